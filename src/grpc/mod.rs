@@ -1,0 +1,18 @@
+//! The gRPC admin service: generated code (quarantined in [`pb`]), the service, and the one
+//! place where protobuf and domain types convert.
+
+pub mod client;
+pub mod convert;
+pub mod service;
+
+/// Generated protobuf and tonic code; never used outside `grpc`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("batchmanager.v1");
+
+    /// Encoded descriptor set of the contract, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/batch_manager_descriptor.bin"));
+}
+
+pub use service::{grpc_router, AdminService};

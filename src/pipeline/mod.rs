@@ -1,0 +1,9 @@
+//! The pipeline, backend-agnostic: intake (`init`), then per chunk `task1` -> `task2` -> `update`.
+
+pub mod init;
+pub mod steps;
+pub mod tasks;
+
+pub use init::{Accepted, Intake, IntakeError};
+pub use steps::{StepError, Steps};
+pub use tasks::{ChunkTask, TaskError, TaskInput, Tasks};

@@ -1,0 +1,290 @@
+//! The per-chunk steps the state machine invokes: task 1, task 2 and update. Each takes the
+//! JSON event of its Task state and returns its JSON result, or a [`StepError`] whose
+//! `error_type` the definition's Retry and Catch rules match.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::tasks::{ChunkTask, TaskInput, Tasks};
+use crate::domain::{BatchId, ItemId, ItemOutcome};
+use crate::store::{BatchStore, ChunkClaim, ItemState, RecordOutcome, StoreError};
+
+/// Error name of a task's transient failure.
+pub const TRANSIENT_TASK_ERROR: &str = "BatchManager.TransientTaskError";
+
+/// The event of a task state (`Parameters` of Task1/Task2 in the definition).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskEvent {
+    pub batch_id: String,
+    pub chunk: u64,
+    /// `$$.State.RetryCount`.
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+/// What a task step returns to the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskResult {
+    /// False when the chunk was cancelled or already recorded: the rest is skipped.
+    pub active: bool,
+    /// Items the task was given.
+    pub processed: usize,
+    /// Items the task failed.
+    pub failed: usize,
+}
+
+/// The error a Catch rule hands to the update step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaughtError {
+    #[serde(rename = "Error")]
+    pub error: String,
+    #[serde(rename = "Cause", default)]
+    pub cause: String,
+}
+
+impl CaughtError {
+    /// The message the chunk's unfinished items fail with. Lambda wraps a function's error in a
+    /// JSON `Cause` (`{"errorMessage": ...}`); the message is inside it.
+    pub fn item_message(&self) -> String {
+        let message = serde_json::from_str::<serde_json::Value>(&self.cause)
+            .ok()
+            .and_then(|cause| {
+                cause
+                    .get("errorMessage")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| self.cause.clone());
+        if self.error == TRANSIENT_TASK_ERROR && !message.is_empty() {
+            message
+        } else if message.is_empty() {
+            self.error.clone()
+        } else {
+            format!("{}: {message}", self.error)
+        }
+    }
+}
+
+/// The event of the update states (`RecordChunk`, `RecordChunkFailure`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateEvent {
+    pub batch_id: String,
+    pub chunk: u64,
+    /// Set when a task's retries ran out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<CaughtError>,
+}
+
+/// What the update step returns: the batch as it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateResult {
+    pub batch_id: String,
+    pub chunk: u64,
+    /// False when this chunk had been recorded before (a replayed event).
+    pub recorded: bool,
+    pub batch_status: String,
+}
+
+/// A step's failure, named for the state machine.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("{0}")]
+    TransientTask(String),
+    #[error("store unavailable")]
+    StoreUnavailable(#[source] StoreError),
+    #[error("stored data is unreadable")]
+    StoreCorrupt(#[source] StoreError),
+    #[error("invalid event: {0}")]
+    InvalidEvent(String),
+    #[error("chunk {chunk} of batch {batch_id} does not exist")]
+    ChunkNotFound { batch_id: String, chunk: u64 },
+    #[error("task returned {returned} outcomes for {expected} items")]
+    TaskContractViolation { expected: usize, returned: usize },
+}
+
+impl StepError {
+    /// The stable error name Retry/Catch rules match.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::TransientTask(_) => TRANSIENT_TASK_ERROR,
+            Self::StoreUnavailable(_) => "BatchManager.StoreUnavailable",
+            Self::StoreCorrupt(_) => "BatchManager.StoreCorrupt",
+            Self::InvalidEvent(_) => "BatchManager.InvalidEvent",
+            Self::ChunkNotFound { .. } => "BatchManager.ChunkNotFound",
+            Self::TaskContractViolation { .. } => "BatchManager.TaskContractViolation",
+        }
+    }
+
+    /// The message shown to the state machine (and, for task errors, to the items). Store
+    /// details stay in the logs.
+    pub fn cause(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl From<StoreError> for StepError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(_) => Self::StoreUnavailable(err),
+            StoreError::Corrupt(_) => Self::StoreCorrupt(err),
+        }
+    }
+}
+
+fn parse_batch_id(raw: &str) -> Result<BatchId, StepError> {
+    BatchId::parse(raw).map_err(|err| StepError::InvalidEvent(err.to_string()))
+}
+
+/// The steps, bound to a store and the user's tasks.
+#[derive(Clone)]
+pub struct Steps {
+    store: Arc<dyn BatchStore>,
+    tasks: Tasks,
+}
+
+impl Steps {
+    pub fn new(store: Arc<dyn BatchStore>, tasks: Tasks) -> Self {
+        Self { store, tasks }
+    }
+
+    /// Task 1: claims the chunk (a claimed chunk is no longer cancellable), runs the user's
+    /// task 1 on its pending items and saves the failures; the rest go on to task 2.
+    pub async fn task1(&self, event: TaskEvent) -> Result<TaskResult, StepError> {
+        let batch_id = parse_batch_id(&event.batch_id)?;
+        let chunk = match self.store.claim_chunk(&batch_id, event.chunk).await? {
+            ChunkClaim::Active(chunk) => chunk,
+            ChunkClaim::Inactive => return Ok(TaskResult::inactive()),
+            ChunkClaim::NotFound => return Err(not_found(&event)),
+        };
+        let (positions, items) = pending_items(&chunk.items, &chunk.states);
+        let outcomes = run_task(&*self.tasks.task1, &batch_id, &event, &items).await?;
+        let failures: Vec<(usize, ItemOutcome)> = positions
+            .into_iter()
+            .zip(outcomes)
+            .filter(|(_, outcome)| matches!(outcome, ItemOutcome::Failed(_)))
+            .collect();
+        let attempts = event.attempt + 1;
+        // Successes stay pending for task 2; a clean first attempt has nothing to save.
+        if !failures.is_empty() || attempts > chunk.attempts.max(1) {
+            self.store
+                .save_outcomes(&batch_id, event.chunk, &failures, attempts)
+                .await?;
+        }
+        Ok(TaskResult {
+            active: true,
+            processed: items.len(),
+            failed: failures.len(),
+        })
+    }
+
+    /// Task 2: runs the user's task 2 on the items task 1 left pending and saves every outcome.
+    pub async fn task2(&self, event: TaskEvent) -> Result<TaskResult, StepError> {
+        let batch_id = parse_batch_id(&event.batch_id)?;
+        let Some(chunk) = self.store.load_chunk(&batch_id, event.chunk).await? else {
+            return Err(not_found(&event));
+        };
+        if !chunk.stage.is_open() {
+            return Ok(TaskResult::inactive());
+        }
+        let (positions, items) = pending_items(&chunk.items, &chunk.states);
+        let outcomes = run_task(&*self.tasks.task2, &batch_id, &event, &items).await?;
+        let failed = outcomes
+            .iter()
+            .filter(|outcome| matches!(outcome, ItemOutcome::Failed(_)))
+            .count();
+        let outcomes: Vec<(usize, ItemOutcome)> = positions.into_iter().zip(outcomes).collect();
+        self.store
+            .save_outcomes(&batch_id, event.chunk, &outcomes, event.attempt + 1)
+            .await?;
+        Ok(TaskResult {
+            active: true,
+            processed: items.len(),
+            failed,
+        })
+    }
+
+    /// Update: counts the chunk's outcomes into its batch, once.
+    pub async fn update(&self, event: UpdateEvent) -> Result<UpdateResult, StepError> {
+        let batch_id = parse_batch_id(&event.batch_id)?;
+        let failure = event.failure.as_ref().map(CaughtError::item_message);
+        let outcome = self
+            .store
+            .record_chunk(&batch_id, event.chunk, failure.as_deref())
+            .await?;
+        let (batch, recorded) = match outcome {
+            RecordOutcome::Recorded(batch) => (batch, true),
+            RecordOutcome::AlreadyRecorded(batch) => (batch, false),
+            RecordOutcome::NotFound => {
+                return Err(StepError::ChunkNotFound {
+                    batch_id: event.batch_id,
+                    chunk: event.chunk,
+                })
+            }
+        };
+        Ok(UpdateResult {
+            batch_id: event.batch_id,
+            chunk: event.chunk,
+            recorded,
+            batch_status: batch.status.as_str().to_owned(),
+        })
+    }
+}
+
+impl TaskResult {
+    fn inactive() -> Self {
+        Self {
+            active: false,
+            processed: 0,
+            failed: 0,
+        }
+    }
+}
+
+fn not_found(event: &TaskEvent) -> StepError {
+    StepError::ChunkNotFound {
+        batch_id: event.batch_id.clone(),
+        chunk: event.chunk,
+    }
+}
+
+fn pending_items(items: &[ItemId], states: &[ItemState]) -> (Vec<usize>, Vec<ItemId>) {
+    items
+        .iter()
+        .zip(states)
+        .enumerate()
+        .filter(|(_, (_, state))| **state == ItemState::Pending)
+        .map(|(position, (item, _))| (position, item.clone()))
+        .unzip()
+}
+
+async fn run_task(
+    task: &dyn ChunkTask,
+    batch_id: &BatchId,
+    event: &TaskEvent,
+    items: &[ItemId],
+) -> Result<Vec<ItemOutcome>, StepError> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let outcomes = task
+        .process(TaskInput {
+            batch_id,
+            chunk: event.chunk,
+            attempt: event.attempt,
+            items,
+        })
+        .await
+        .map_err(|err| StepError::TransientTask(err.0))?;
+    if outcomes.len() != items.len() {
+        return Err(StepError::TaskContractViolation {
+            expected: items.len(),
+            returned: outcomes.len(),
+        });
+    }
+    Ok(outcomes)
+}

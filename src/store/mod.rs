@@ -1,0 +1,269 @@
+//! Storage of batches, parts, chunks and item outcomes behind one trait, [`BatchStore`],
+//! with an embedded SQLite implementation (local) and a DynamoDB one (AWS).
+//!
+//! Items are stored per chunk (IDs and outcomes together), never a row per item: what is
+//! written per chunk rather than per item decides both speed and cost.
+
+pub mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::domain::{
+    Batch, BatchId, BatchStatus, ItemId, ItemOutcome, ItemRecord, ItemStatus, NewPart, Timestamp,
+};
+
+/// A storage failure. Details are for the logs, never for clients.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or refused the work for now; retrying may succeed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data that cannot be read back; not retryable.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// What storing a part did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// The part was stored; `chunks` are its new chunks, to be started.
+    Created { batch: Batch, chunks: Vec<u64> },
+    /// The same part (same items) was stored before; `unstarted_chunks` are its chunks that no
+    /// task has started yet, which may be started again safely.
+    AlreadyStored {
+        batch: Batch,
+        unstarted_chunks: Vec<u64>,
+    },
+    /// The batch or part exists with other content.
+    Conflict(String),
+    /// The batch cannot take this part (it is cancelled or already holds every item).
+    Rejected(String),
+}
+
+/// What cancelling did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    Cancelled(Batch),
+    AlreadyTerminal(Batch),
+    NotFound,
+}
+
+/// A chunk's lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkStage {
+    /// Stored; no task has started it; cancelling skips it.
+    Pending,
+    /// A task has started it; it runs to the end.
+    Started,
+    /// Its outcome is in the batch counters.
+    Recorded,
+    /// Cancelled before it started.
+    Cancelled,
+}
+
+impl ChunkStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Started => "STARTED",
+            Self::Recorded => "RECORDED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            Self::Pending,
+            Self::Started,
+            Self::Recorded,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|stage| stage.as_str() == name)
+    }
+
+    /// Whether tasks may still write outcomes.
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Pending | Self::Started)
+    }
+}
+
+/// One item's state inside a chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemState {
+    Pending,
+    Succeeded,
+    Failed(String),
+    Cancelled,
+}
+
+impl ItemState {
+    pub fn status(&self) -> ItemStatus {
+        match self {
+            Self::Pending => ItemStatus::Pending,
+            Self::Succeeded => ItemStatus::Succeeded,
+            Self::Failed(_) => ItemStatus::Failed,
+            Self::Cancelled => ItemStatus::Cancelled,
+        }
+    }
+}
+
+impl From<ItemOutcome> for ItemState {
+    fn from(outcome: ItemOutcome) -> Self {
+        match outcome {
+            ItemOutcome::Succeeded => Self::Succeeded,
+            ItemOutcome::Failed(message) => Self::Failed(message),
+        }
+    }
+}
+
+/// A chunk's items and their states, as tasks see them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub batch_id: BatchId,
+    pub index: u64,
+    pub stage: ChunkStage,
+    pub items: Vec<ItemId>,
+    /// One per item, in the same order.
+    pub states: Vec<ItemState>,
+    /// The most task attempts any task made on this chunk.
+    pub attempts: u32,
+}
+
+/// What a task sees when it asks to start a chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkClaim {
+    /// The chunk is (now) started; work on it.
+    Active(Chunk),
+    /// Cancelled or already recorded: nothing to do.
+    Inactive,
+    NotFound,
+}
+
+/// What recording a chunk did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// Counted now; the batch as it stands after.
+    Recorded(Batch),
+    /// Counted before (a replayed update): nothing changed.
+    AlreadyRecorded(Batch),
+    NotFound,
+}
+
+/// A page of results and the token of the next page (None on the last one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub entries: Vec<T>,
+    pub next_page_token: Option<String>,
+}
+
+/// `ListBatches` parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchQuery {
+    pub status: Option<BatchStatus>,
+    pub page_size: u32,
+    pub page_token: Option<String>,
+}
+
+/// `ListBatchItems` parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemQuery {
+    pub batch_id: BatchId,
+    pub status: Option<ItemStatus>,
+    pub page_size: u32,
+    pub page_token: Option<String>,
+}
+
+/// Why a page token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("page_token: is not a token this service issued")]
+pub struct BadPageToken;
+
+/// A list call's failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    #[error(transparent)]
+    BadPageToken(#[from] BadPageToken),
+    #[error("batch not found")]
+    NotFound,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Persistent state of batches and chunks. Every method is atomic and safe to call again
+/// with the same arguments (Lambda and Express workflows deliver at least once).
+#[async_trait]
+pub trait BatchStore: Send + Sync + 'static {
+    /// Stores a part (creating its batch on the first part) and its chunks.
+    async fn append_part(&self, part: &NewPart) -> Result<AppendOutcome, StoreError>;
+
+    /// One read, whatever the batch's size.
+    async fn get_batch(&self, batch_id: &BatchId) -> Result<Option<Batch>, StoreError>;
+
+    /// Newest first.
+    async fn list_batches(&self, query: &BatchQuery) -> Result<Page<Batch>, ListError>;
+
+    /// In submission order.
+    async fn list_items(&self, query: &ItemQuery) -> Result<Page<ItemRecord>, ListError>;
+
+    /// Cancels the chunks no task has started; the batch turns CANCELLED once no chunk is in flight.
+    async fn cancel_batch(&self, batch_id: &BatchId) -> Result<CancelOutcome, StoreError>;
+
+    /// Marks a chunk started (so cancelling no longer skips it) and returns it, unless it is
+    /// cancelled or recorded. Also moves a PENDING batch to RUNNING.
+    async fn claim_chunk(&self, batch_id: &BatchId, chunk: u64) -> Result<ChunkClaim, StoreError>;
+
+    /// Reads a chunk.
+    async fn load_chunk(&self, batch_id: &BatchId, chunk: u64)
+        -> Result<Option<Chunk>, StoreError>;
+
+    /// Saves a task's outcomes for some of a chunk's items (by position); ignored once the chunk
+    /// is recorded or cancelled. `attempts` only ever raises the chunk's count.
+    async fn save_outcomes(
+        &self,
+        batch_id: &BatchId,
+        chunk: u64,
+        outcomes: &[(usize, ItemOutcome)],
+        attempts: u32,
+    ) -> Result<(), StoreError>;
+
+    /// Counts a chunk's outcomes into its batch, once: items still pending fail with
+    /// `failure` (or a generic message). Turns the batch terminal when its last chunk is counted.
+    async fn record_chunk(
+        &self,
+        batch_id: &BatchId,
+        chunk: u64,
+        failure: Option<&str>,
+    ) -> Result<RecordOutcome, StoreError>;
+
+    /// Waits until something may have changed (a write committed here, or `poll` elapsed for
+    /// stores that cannot tell), for watchers.
+    async fn wait_for_change(&self, since: u64, poll: Duration) -> u64;
+}
+
+/// Message given to items whose chunk was recorded with no outcome and no task error.
+pub const NO_OUTCOME_MESSAGE: &str = "no task outcome was recorded for this item";
+
+/// Status of a batch after a change, from its counters.
+pub fn derive_status(
+    current: BatchStatus,
+    cancel_requested: bool,
+    complete: bool,
+    succeeded: u64,
+    failed: u64,
+) -> BatchStatus {
+    if current.is_terminal() {
+        current
+    } else if complete {
+        BatchStatus::settled(cancel_requested, succeeded, failed)
+    } else {
+        current
+    }
+}
+
+/// When a batch turned terminal, if it did.
+pub fn completion_time(status: BatchStatus, now: Timestamp) -> Option<Timestamp> {
+    status.is_terminal().then_some(now)
+}
