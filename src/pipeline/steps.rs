@@ -162,7 +162,9 @@ impl Steps {
             ChunkClaim::NotFound => return Err(not_found(&event)),
         };
         let (positions, items) = pending_items(&chunk.items, &chunk.states);
-        let outcomes = run_task(&*self.tasks.task1, &batch_id, &event, &items).await?;
+        let outcomes = self
+            .run_task(&*self.tasks.task1, &batch_id, &event, &items)
+            .await?;
         let failures: Vec<(usize, ItemOutcome)> = positions
             .into_iter()
             .zip(outcomes)
@@ -192,7 +194,9 @@ impl Steps {
             return Ok(TaskResult::inactive());
         }
         let (positions, items) = pending_items(&chunk.items, &chunk.states);
-        let outcomes = run_task(&*self.tasks.task2, &batch_id, &event, &items).await?;
+        let outcomes = self
+            .run_task(&*self.tasks.task2, &batch_id, &event, &items)
+            .await?;
         let failed = outcomes
             .iter()
             .filter(|outcome| matches!(outcome, ItemOutcome::Failed(_)))
@@ -235,6 +239,44 @@ impl Steps {
     }
 }
 
+impl Steps {
+    /// Runs a user task on the pending items. A failed attempt is still counted in the chunk's
+    /// attempts, so items that end failed show how often they were tried.
+    async fn run_task(
+        &self,
+        task: &dyn ChunkTask,
+        batch_id: &BatchId,
+        event: &TaskEvent,
+        items: &[ItemId],
+    ) -> Result<Vec<ItemOutcome>, StepError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let input = TaskInput {
+            batch_id,
+            chunk: event.chunk,
+            attempt: event.attempt,
+            items,
+        };
+        let outcomes = match task.process(input).await {
+            Ok(outcomes) => outcomes,
+            Err(err) => {
+                self.store
+                    .save_outcomes(batch_id, event.chunk, &[], event.attempt + 1)
+                    .await?;
+                return Err(StepError::TransientTask(err.0));
+            }
+        };
+        if outcomes.len() != items.len() {
+            return Err(StepError::TaskContractViolation {
+                expected: items.len(),
+                returned: outcomes.len(),
+            });
+        }
+        Ok(outcomes)
+    }
+}
+
 impl TaskResult {
     fn inactive() -> Self {
         Self {
@@ -260,31 +302,4 @@ fn pending_items(items: &[ItemId], states: &[ItemState]) -> (Vec<usize>, Vec<Ite
         .filter(|(_, (_, state))| **state == ItemState::Pending)
         .map(|(position, (item, _))| (position, item.clone()))
         .unzip()
-}
-
-async fn run_task(
-    task: &dyn ChunkTask,
-    batch_id: &BatchId,
-    event: &TaskEvent,
-    items: &[ItemId],
-) -> Result<Vec<ItemOutcome>, StepError> {
-    if items.is_empty() {
-        return Ok(Vec::new());
-    }
-    let outcomes = task
-        .process(TaskInput {
-            batch_id,
-            chunk: event.chunk,
-            attempt: event.attempt,
-            items,
-        })
-        .await
-        .map_err(|err| StepError::TransientTask(err.0))?;
-    if outcomes.len() != items.len() {
-        return Err(StepError::TaskContractViolation {
-            expected: items.len(),
-            returned: outcomes.len(),
-        });
-    }
-    Ok(outcomes)
 }

@@ -1,0 +1,147 @@
+//! Every kind of bad gRPC input is INVALID_ARGUMENT naming the field and the rule, and writes
+//! nothing.
+
+mod common;
+
+use batch_manager::grpc::pb;
+use common::*;
+use tonic::Code;
+
+fn submit(batch_id: &str, item_ids: Vec<String>, batch_size: u32) -> pb::SubmitBatchRequest {
+    pb::SubmitBatchRequest {
+        batch_id: batch_id.to_owned(),
+        item_ids,
+        batch_size,
+    }
+}
+
+#[tokio::test]
+async fn bad_submissions_are_rejected_and_the_database_is_unchanged() {
+    let mut test = spawn_app().await;
+    // One good batch first, so "unchanged" is checked against a database with content.
+    test.client
+        .submit_batch(submit("existing", uuids(3), 3))
+        .await
+        .unwrap();
+    test.wait_terminal("existing").await;
+    let before = database_fingerprint(&test.db);
+
+    let many: Vec<String> = (0..100_001).map(|i| format!("item-{i}")).collect();
+    let cases: Vec<(pb::SubmitBatchRequest, &str, &str)> = vec![
+        (submit("b1", vec![], 10), "item_ids", "at least one"),
+        (
+            submit("b2", vec!["a".into(), "".into()], 10),
+            "item_ids[1]",
+            "empty",
+        ),
+        (
+            submit("b3", vec!["a".into(), "a".into()], 10),
+            "item_ids[1]",
+            "duplicate",
+        ),
+        (
+            submit("b4", vec!["x".repeat(257)], 10),
+            "item_ids[0]",
+            "256 bytes",
+        ),
+        (
+            submit("b5", vec!["tab\there".into()], 10),
+            "item_ids[0]",
+            "control",
+        ),
+        (
+            submit("b6", vec!["nul\0".into()], 10),
+            "item_ids[0]",
+            "control",
+        ),
+        (
+            submit("b7", vec!["a".into()], 1001),
+            "batch_size",
+            "between 1 and 1000",
+        ),
+        (submit("b8", many, 100), "item_ids", "at most 100000"),
+        (
+            submit(&"b".repeat(257), vec!["a".into()], 10),
+            "batch_id",
+            "256 bytes",
+        ),
+        (
+            submit("bad\nid", vec!["a".into()], 10),
+            "batch_id",
+            "control",
+        ),
+    ];
+    for (request, field, rule) in cases {
+        let shown = format!("{:?}", request.batch_id);
+        let status = test.client.submit_batch(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{shown}");
+        assert!(
+            status.message().starts_with(&format!("{field}:")) && status.message().contains(rule),
+            "{shown}: {:?} should name {field} and say {rule:?}",
+            status.message()
+        );
+    }
+
+    let append = |batch_id: &str, total: u64, part: u64, size: u32| pb::AppendBatchItemsRequest {
+        batch_id: batch_id.into(),
+        total_items: total,
+        batch_size: size,
+        part_number: part,
+        item_ids: vec!["a".into(), "b".into()],
+    };
+    let append_cases = vec![
+        (append("", 2, 1, 10), "batch_id"),
+        (append("p", 0, 1, 10), "total_items"),
+        (append("p", 1, 1, 10), "total_items"),
+        (append("p", 2, 0, 10), "part_number"),
+        (append("p", 2, 1, 5000), "batch_size"),
+    ];
+    for (request, field) in append_cases {
+        let status = test.client.append_batch_items(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().starts_with(&format!("{field}:")),
+            "{}",
+            status.message()
+        );
+    }
+
+    let listing = vec![
+        pb::ListBatchesRequest {
+            status: 99,
+            page_size: 0,
+            page_token: String::new(),
+        },
+        pb::ListBatchesRequest {
+            status: 0,
+            page_size: 1001,
+            page_token: String::new(),
+        },
+    ];
+    for request in listing {
+        let status = test.client.list_batches(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+    }
+    let status = test
+        .client
+        .list_batch_items(pb::ListBatchItemsRequest {
+            batch_id: "existing".into(),
+            status: 42,
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().starts_with("status:"));
+    let status = test
+        .client
+        .get_batch_status(pb::GetBatchStatusRequest {
+            batch_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    assert_eq!(database_fingerprint(&test.db), before);
+}

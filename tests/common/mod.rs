@@ -1,0 +1,196 @@
+//! Shared test helpers: a real server on loopback port 0 with a fresh SQLite file, a connected
+//! gRPC client, and ways to wait for a batch and to fingerprint the database.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use batch_manager::app::{LocalApp, LocalConfig};
+use batch_manager::engine::local::EngineConfig;
+use batch_manager::grpc::pb;
+use batch_manager::grpc::pb::batch_manager_client::BatchManagerClient;
+use batch_manager::pipeline::Tasks;
+use tonic::transport::Channel;
+
+/// Longest a test waits for a batch to end.
+pub const BATCH_DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct TestApp {
+    pub app: LocalApp,
+    pub client: BatchManagerClient<Channel>,
+    pub db: PathBuf,
+    _directory: tempfile::TempDir,
+}
+
+fn loopback() -> SocketAddr {
+    ([127, 0, 0, 1], 0).into()
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Tasks::default()).await
+}
+
+pub async fn spawn_app_with(tasks: Tasks) -> TestApp {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let db = directory.path().join("test.db");
+    let app = LocalApp::spawn(
+        LocalConfig {
+            grpc_addr: loopback(),
+            http_addr: loopback(),
+            db: db.clone(),
+            engine: EngineConfig::default(),
+        },
+        tasks,
+    )
+    .await
+    .expect("server starts");
+    let client = connect(app.grpc_addr).await;
+    TestApp {
+        app,
+        client,
+        db,
+        _directory: directory,
+    }
+}
+
+pub async fn connect(addr: SocketAddr) -> BatchManagerClient<Channel> {
+    BatchManagerClient::connect(format!("http://{addr}"))
+        .await
+        .expect("client connects")
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+impl TestApp {
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.app.http_addr)
+    }
+
+    pub async fn status(&mut self, batch_id: &str) -> pb::Batch {
+        self.client
+            .get_batch_status(pb::GetBatchStatusRequest {
+                batch_id: batch_id.to_owned(),
+            })
+            .await
+            .expect("GetBatchStatus")
+            .into_inner()
+            .batch
+            .expect("batch")
+    }
+
+    /// Polls until the batch is terminal; panics after [`BATCH_DEADLINE`].
+    pub async fn wait_terminal(&mut self, batch_id: &str) -> pb::Batch {
+        wait_terminal(&mut self.client, batch_id).await
+    }
+
+    pub async fn all_items(&mut self, batch_id: &str, status: pb::ItemStatus) -> Vec<pb::Item> {
+        all_items(&mut self.client, batch_id, status).await
+    }
+}
+
+pub async fn wait_terminal(client: &mut BatchManagerClient<Channel>, batch_id: &str) -> pb::Batch {
+    let deadline = Instant::now() + BATCH_DEADLINE;
+    loop {
+        let batch = client
+            .get_batch_status(pb::GetBatchStatusRequest {
+                batch_id: batch_id.to_owned(),
+            })
+            .await
+            .expect("GetBatchStatus")
+            .into_inner()
+            .batch
+            .expect("batch");
+        if is_terminal(batch.status()) {
+            return batch;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "batch {batch_id} did not finish: {batch:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn is_terminal(status: pb::BatchStatus) -> bool {
+    !matches!(
+        status,
+        pb::BatchStatus::Pending | pb::BatchStatus::Running | pb::BatchStatus::Unspecified
+    )
+}
+
+pub async fn all_items(
+    client: &mut BatchManagerClient<Channel>,
+    batch_id: &str,
+    status: pb::ItemStatus,
+) -> Vec<pb::Item> {
+    let mut items = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_batch_items(pb::ListBatchItemsRequest {
+                batch_id: batch_id.to_owned(),
+                status: status as i32,
+                page_size: 1000,
+                page_token,
+            })
+            .await
+            .expect("ListBatchItems")
+            .into_inner();
+        items.extend(page.items);
+        if page.next_page_token.is_empty() {
+            return items;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// The seed example's body, as shipped with the old system.
+pub fn seed_body() -> serde_json::Value {
+    serde_json::from_str(include_str!("../fixtures/seed-request.json")).expect("fixture")
+}
+
+pub fn seed_item_ids() -> Vec<String> {
+    seed_body()["itemIds"]
+        .as_array()
+        .expect("itemIds")
+        .iter()
+        .map(|id| id.as_str().expect("string").to_owned())
+        .collect()
+}
+
+pub fn uuids(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .collect()
+}
+
+/// A fingerprint of every table's rows, to show a rejected request wrote nothing.
+pub fn database_fingerprint(db: &Path) -> String {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open database");
+    let mut tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    tables.retain(|name| name != "sqlite_sequence");
+    let mut fingerprint = String::new();
+    for table in tables {
+        let mut statement = conn.prepare(&format!("SELECT * FROM {table}")).unwrap();
+        let columns = statement.column_count();
+        let mut rows = statement.query([]).unwrap();
+        fingerprint.push_str(&format!("[{table}]\n"));
+        while let Some(row) = rows.next().unwrap() {
+            for column in 0..columns {
+                let value: rusqlite::types::Value = row.get(column).unwrap();
+                fingerprint.push_str(&format!("{value:?}|"));
+            }
+            fingerprint.push('\n');
+        }
+    }
+    fingerprint
+}
