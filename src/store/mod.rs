@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::domain::{
-    Batch, BatchId, BatchStatus, ItemId, ItemOutcome, ItemRecord, ItemStatus, NewPart, Timestamp,
+    Batch, BatchId, BatchStatus, ItemId, ItemOutcome, ItemRecord, ItemStatus, NewPart,
 };
 
 /// A storage failure. Details are for the logs, never for clients.
@@ -245,25 +245,3 @@ pub trait BatchStore: Send + Sync + 'static {
 
 /// Message given to items whose chunk was recorded with no outcome and no task error.
 pub const NO_OUTCOME_MESSAGE: &str = "no task outcome was recorded for this item";
-
-/// Status of a batch after a change, from its counters.
-pub fn derive_status(
-    current: BatchStatus,
-    cancel_requested: bool,
-    complete: bool,
-    succeeded: u64,
-    failed: u64,
-) -> BatchStatus {
-    if current.is_terminal() {
-        current
-    } else if complete {
-        BatchStatus::settled(cancel_requested, succeeded, failed)
-    } else {
-        current
-    }
-}
-
-/// When a batch turned terminal, if it did.
-pub fn completion_time(status: BatchStatus, now: Timestamp) -> Option<Timestamp> {
-    status.is_terminal().then_some(now)
-}

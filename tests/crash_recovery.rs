@@ -1,0 +1,115 @@
+//! A server killed with SIGKILL mid-batch and started again on the same database finishes the
+//! batch with every item in exactly one terminal status and exact counters.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use batch_manager::grpc::pb;
+use common::process::ServerProcess;
+use common::*;
+
+const ITEMS: usize = 20_000;
+const BATCH_SIZE: u32 = 2;
+
+fn expected_items() -> (Vec<String>, HashMap<String, pb::ItemStatus>) {
+    let mut ids = uuids(ITEMS);
+    for (index, id) in ids.iter_mut().enumerate() {
+        if index % 10 == 3 {
+            *id = format!("legacy-{index}");
+        }
+    }
+    let expected = ids
+        .iter()
+        .map(|id| {
+            let status = if id.starts_with("legacy-") {
+                pb::ItemStatus::Failed
+            } else {
+                pb::ItemStatus::Succeeded
+            };
+            (id.clone(), status)
+        })
+        .collect();
+    (ids, expected)
+}
+
+/// Waits until at least `chunks` chunks are recorded, returning the batch then.
+async fn wait_for_progress(server: &ServerProcess, batch_id: &str, chunks: u64) -> pb::Batch {
+    let mut client = connect(server.grpc_addr).await;
+    let deadline = Instant::now() + BATCH_DEADLINE;
+    loop {
+        let batch = client
+            .get_batch_status(pb::GetBatchStatusRequest {
+                batch_id: batch_id.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .batch
+            .unwrap();
+        if batch.completed_chunks >= chunks {
+            return batch;
+        }
+        assert!(Instant::now() < deadline, "no progress: {batch:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_batch_resumes_and_counts_every_item_once() {
+    let directory = tempfile::tempdir().unwrap();
+    let db = directory.path().join("crash.db");
+    let (ids, expected) = expected_items();
+
+    let first = ServerProcess::start(&db);
+    let mut client = connect(first.grpc_addr).await;
+    client
+        .submit_batch(pb::SubmitBatchRequest {
+            batch_id: "crash-batch".into(),
+            item_ids: ids.clone(),
+            batch_size: BATCH_SIZE,
+        })
+        .await
+        .unwrap();
+    let total_chunks = (ITEMS as u64).div_ceil(u64::from(BATCH_SIZE));
+    let seen = wait_for_progress(&first, "crash-batch", 20).await;
+    first.kill_hard();
+    assert!(
+        seen.completed_chunks < total_chunks,
+        "the batch finished before the kill; the test proves nothing: {seen:?}"
+    );
+
+    // Killed a second time, further on, to resume from a resumed state.
+    let second = ServerProcess::start(&db);
+    let seen_again = wait_for_progress(&second, "crash-batch", seen.completed_chunks + 20).await;
+    second.kill_hard();
+    assert!(seen_again.completed_chunks < total_chunks, "{seen_again:?}");
+
+    let third = ServerProcess::start(&db);
+    let mut client = connect(third.grpc_addr).await;
+    let batch = wait_terminal(&mut client, "crash-batch").await;
+    let expected_failed = expected
+        .values()
+        .filter(|status| **status == pb::ItemStatus::Failed)
+        .count() as u64;
+    assert_eq!(batch.status(), pb::BatchStatus::CompletedWithFailures);
+    assert_eq!(batch.failed_items, expected_failed);
+    assert_eq!(batch.succeeded_items, ITEMS as u64 - expected_failed);
+    assert_eq!(batch.pending_items, 0);
+    assert_eq!(batch.cancelled_items, 0);
+    assert_eq!(batch.completed_chunks, total_chunks);
+    assert_eq!(batch.total_chunks, total_chunks);
+
+    let items = all_items(&mut client, "crash-batch", pb::ItemStatus::Unspecified).await;
+    assert_eq!(items.len(), ITEMS, "every item listed exactly once");
+    for (item, id) in items.iter().zip(&ids) {
+        assert_eq!(&item.item_id, id);
+        assert_eq!(item.status(), expected[id], "{item:?}");
+    }
+
+    assert!(
+        third.terminate().success(),
+        "SIGTERM stops the server cleanly"
+    );
+}
