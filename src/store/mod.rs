@@ -4,6 +4,7 @@
 //! Items are stored per chunk (IDs and outcomes together), never a row per item: what is
 //! written per chunk rather than per item decides both speed and cost.
 
+pub mod dynamo;
 pub mod sqlite;
 
 use std::time::Duration;

@@ -1,0 +1,159 @@
+//! moto's AWS API server on loopback, one per test binary, plus SDK configuration pointing at it
+//! and DynamoDB tables created as `cf-templates/batch-processing-stack.yaml` defines them.
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
+    Projection, ProjectionType, ScalarAttributeType,
+};
+use tokio::sync::OnceCell;
+
+static MOTO: OnceCell<String> = OnceCell::const_new();
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// The endpoint of this test binary's moto server, started on first use. The server stops by
+/// itself when the test process exits (a shell watches the parent).
+pub async fn moto_endpoint() -> String {
+    MOTO.get_or_init(|| async {
+        let port = free_port();
+        let moto = which("moto_server");
+        let script = format!(
+            "'{moto}' -H 127.0.0.1 -p {port} >/dev/null 2>&1 & child=$!; \
+             while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $child",
+            parent = std::process::id()
+        );
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if reqwest::get(format!("{endpoint}/moto-api/")).await.is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        endpoint
+    })
+    .await
+    .clone()
+}
+
+fn which(program: &str) -> String {
+    let output = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .expect("sh");
+    let path = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    assert!(
+        !path.is_empty(),
+        "{program} is not on PATH: run scripts/test.sh (it installs moto[server])"
+    );
+    path
+}
+
+/// Environment for a child process (the Lambda binary) talking to moto.
+pub fn aws_env(endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", endpoint.to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+    ]
+}
+
+/// SDK configuration pointing at `endpoint`.
+pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "testing", "testing", None, None, "tests",
+        ))
+        .load()
+        .await
+}
+
+/// Unique table names for one test.
+pub fn table_names(prefix: &str) -> (String, String) {
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    (
+        format!("{prefix}-{}-batches", &unique[..8]),
+        format!("{prefix}-{}-requests", &unique[..8]),
+    )
+}
+
+fn key(name: &str, key_type: KeyType) -> KeySchemaElement {
+    KeySchemaElement::builder()
+        .attribute_name(name)
+        .key_type(key_type)
+        .build()
+        .expect("key")
+}
+
+fn string_attribute(name: &str) -> AttributeDefinition {
+    AttributeDefinition::builder()
+        .attribute_name(name)
+        .attribute_type(ScalarAttributeType::S)
+        .build()
+        .expect("attribute")
+}
+
+fn keys_only_index(name: &str, hash: &str, range: &str) -> GlobalSecondaryIndex {
+    GlobalSecondaryIndex::builder()
+        .index_name(name)
+        .key_schema(key(hash, KeyType::Hash))
+        .key_schema(key(range, KeyType::Range))
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::KeysOnly)
+                .build(),
+        )
+        .build()
+        .expect("index")
+}
+
+/// Creates both tables with the keys and indexes of the stack template.
+pub async fn create_tables(client: &aws_sdk_dynamodb::Client, batch_table: &str, request_table: &str) {
+    client
+        .create_table()
+        .table_name(batch_table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(string_attribute("batchId"))
+        .attribute_definitions(string_attribute("status"))
+        .attribute_definitions(string_attribute("createdKey"))
+        .attribute_definitions(string_attribute("listPartition"))
+        .key_schema(key("batchId", KeyType::Hash))
+        .global_secondary_indexes(keys_only_index("by-status", "status", "createdKey"))
+        .global_secondary_indexes(keys_only_index("by-created", "listPartition", "createdKey"))
+        .send()
+        .await
+        .expect("create batch table");
+    client
+        .create_table()
+        .table_name(request_table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(string_attribute("batchId"))
+        .attribute_definitions(string_attribute("sk"))
+        .key_schema(key("batchId", KeyType::Hash))
+        .key_schema(key("sk", KeyType::Range))
+        .send()
+        .await
+        .expect("create request table");
+}
