@@ -5,8 +5,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    AppendOutcome, BatchQuery, BatchStore, CancelOutcome, Chunk, ChunkClaim, ItemQuery,
-    ListError, Page, RecordOutcome, StoreError,
+    AppendOutcome, BatchQuery, BatchStore, CancelOutcome, Chunk, ChunkClaim, ItemQuery, ListError,
+    Page, RecordOutcome, StoreError,
 };
 use crate::domain::{Batch, BatchId, ItemOutcome, ItemRecord, NewPart};
 
@@ -54,10 +54,18 @@ impl BatchStore for DynamoStore {
     async fn cancel_batch(&self, _batch_id: &BatchId) -> Result<CancelOutcome, StoreError> {
         Err(pending())
     }
-    async fn claim_chunk(&self, _batch_id: &BatchId, _chunk: u64) -> Result<ChunkClaim, StoreError> {
+    async fn claim_chunk(
+        &self,
+        _batch_id: &BatchId,
+        _chunk: u64,
+    ) -> Result<ChunkClaim, StoreError> {
         Err(pending())
     }
-    async fn load_chunk(&self, _batch_id: &BatchId, _chunk: u64) -> Result<Option<Chunk>, StoreError> {
+    async fn load_chunk(
+        &self,
+        _batch_id: &BatchId,
+        _chunk: u64,
+    ) -> Result<Option<Chunk>, StoreError> {
         Err(pending())
     }
     async fn save_outcomes(

@@ -4,6 +4,7 @@
 //! Items are stored per chunk (IDs and outcomes together), never a row per item: what is
 //! written per chunk rather than per item decides both speed and cost.
 
+pub mod codec;
 pub mod dynamo;
 pub mod sqlite;
 
@@ -243,6 +244,3 @@ pub trait BatchStore: Send + Sync + 'static {
     /// stores that cannot tell), for watchers.
     async fn wait_for_change(&self, since: u64, poll: Duration) -> u64;
 }
-
-/// Message given to items whose chunk was recorded with no outcome and no task error.
-pub const NO_OUTCOME_MESSAGE: &str = "no task outcome was recorded for this item";

@@ -4,10 +4,8 @@
 //! Writes go through one writer thread that groups concurrent requests into one transaction
 //! (each request in its own savepoint, answered only after the commit), so many chunks
 //! finishing at once cost one commit. Reads use a small pool of read-only connections.
-//! A chunk is one row: its item IDs joined by newlines (IDs cannot hold control characters),
-//! one status letter per item, and a JSON map of the failed items' messages.
+//! A chunk is one row holding its item IDs and outcomes together, encoded by [`codec`].
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,14 +14,12 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::codec::{self, ChunkOutcomes, ItemPager};
 use super::{
     AppendOutcome, BadPageToken, BatchQuery, BatchStore, CancelOutcome, Chunk, ChunkClaim,
-    ChunkStage, ItemQuery, ItemState, ListError, Page, RecordOutcome, StoreError,
-    NO_OUTCOME_MESSAGE,
+    ChunkStage, ItemQuery, ListError, Page, RecordOutcome, StoreError,
 };
-use crate::domain::{
-    Batch, BatchId, BatchStatus, ItemId, ItemOutcome, ItemRecord, ItemStatus, NewPart, Timestamp,
-};
+use crate::domain::{Batch, BatchId, BatchStatus, ItemOutcome, ItemRecord, NewPart, Timestamp};
 use crate::engine::local::journal::{
     ExecutionEnd, ExecutionJournal, ExecutionKey, ExecutionRecord,
 };
@@ -359,18 +355,10 @@ fn load_batch_by_seq(conn: &Connection, seq: i64) -> Result<BatchRow, StoreError
         .query_row([seq], BatchRow::from_row)?)
 }
 
-/// Letters of the per-item status string.
-const PENDING: u8 = b'P';
-const SUCCEEDED: u8 = b'S';
-const FAILED: u8 = b'F';
-
-/// A chunk row decoded.
+/// A chunk row: its outcomes and its joined item IDs.
 struct ChunkRow {
-    stage: ChunkStage,
+    outcomes: ChunkOutcomes,
     item_ids: String,
-    states: Vec<u8>,
-    errors: BTreeMap<usize, String>,
-    attempts: u32,
 }
 
 impl ChunkRow {
@@ -389,112 +377,39 @@ impl ChunkRow {
         })
         .optional()?
         .map(|(stage, item_ids, states, errors, attempts)| {
-            Self::decode(&stage, item_ids, states, errors, attempts)
+            Ok(Self {
+                outcomes: ChunkOutcomes::decode(&stage, states, errors.as_deref(), attempts)?,
+                item_ids,
+            })
         })
         .transpose()
     }
 
-    fn decode(
-        stage: &str,
-        item_ids: String,
-        states: String,
-        errors: Option<String>,
-        attempts: u32,
-    ) -> Result<Self, StoreError> {
-        let stage = ChunkStage::from_name(stage)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown chunk stage {stage:?}")))?;
-        let errors = match errors {
-            Some(json) => serde_json::from_str(&json)
-                .map_err(|err| StoreError::Corrupt(format!("chunk errors: {err}")))?,
-            None => BTreeMap::new(),
-        };
-        Ok(Self {
-            stage,
-            item_ids,
-            states: states.into_bytes(),
-            errors,
-            attempts,
-        })
-    }
-
-    fn item_state(&self, position: usize) -> ItemState {
-        if self.stage == ChunkStage::Cancelled {
-            return ItemState::Cancelled;
-        }
-        match self.states.get(position) {
-            Some(&SUCCEEDED) => ItemState::Succeeded,
-            Some(&FAILED) => ItemState::Failed(
-                self.errors
-                    .get(&position)
-                    .cloned()
-                    .unwrap_or_else(|| NO_OUTCOME_MESSAGE.to_owned()),
-            ),
-            _ => ItemState::Pending,
-        }
-    }
-
     fn into_chunk(self, batch_id: BatchId, index: u64) -> Chunk {
-        let states = (0..self.states.len())
-            .map(|position| self.item_state(position))
-            .collect();
-        Chunk {
-            batch_id,
-            index,
-            stage: self.stage,
-            items: self
-                .item_ids
-                .split('\n')
-                .map(|id| ItemId::from_trusted(id.to_owned()))
-                .collect(),
-            states,
-            attempts: self.attempts,
-        }
+        self.outcomes.into_chunk(batch_id, index, &self.item_ids)
     }
+}
 
-    fn apply(&mut self, position: usize, outcome: &ItemOutcome) {
-        let Some(slot) = self.states.get_mut(position) else {
-            return;
-        };
-        match outcome {
-            ItemOutcome::Succeeded => {
-                *slot = SUCCEEDED;
-                self.errors.remove(&position);
-            }
-            ItemOutcome::Failed(message) => {
-                *slot = FAILED;
-                self.errors.insert(position, message.clone());
-            }
-        }
-    }
-
-    fn count(&self, letter: u8) -> u64 {
-        self.states.iter().filter(|&&state| state == letter).count() as u64
-    }
-
-    fn write_states(&self, conn: &Connection, seq: i64, chunk: u64) -> Result<(), StoreError> {
-        let errors = if self.errors.is_empty() {
-            None
-        } else {
-            Some(
-                serde_json::to_string(&self.errors)
-                    .map_err(|err| StoreError::Corrupt(err.to_string()))?,
-            )
-        };
-        conn.prepare_cached(
-            "UPDATE chunks SET stage = ?3, states = ?4, errors = ?5, failed_count = ?6, attempts = ?7 \
-             WHERE batch_seq = ?1 AND chunk = ?2",
-        )?
-        .execute(params![
-            seq,
-            chunk,
-            self.stage.as_str(),
-            std::str::from_utf8(&self.states).unwrap_or_default(),
-            errors,
-            self.count(FAILED),
-            self.attempts,
-        ])?;
-        Ok(())
-    }
+fn write_outcomes(
+    conn: &Connection,
+    seq: i64,
+    chunk: u64,
+    outcomes: &ChunkOutcomes,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE chunks SET stage = ?3, states = ?4, errors = ?5, failed_count = ?6, attempts = ?7 \
+         WHERE batch_seq = ?1 AND chunk = ?2",
+    )?
+    .execute(params![
+        seq,
+        chunk,
+        outcomes.stage.as_str(),
+        outcomes.states_text(),
+        outcomes.errors_json(),
+        outcomes.count(codec::FAILED),
+        outcomes.attempts,
+    ])?;
+    Ok(())
 }
 
 fn append_part(conn: &Connection, part: &NewPart) -> Result<AppendOutcome, StoreError> {
@@ -582,22 +497,13 @@ fn append_part(conn: &Connection, part: &NewPart) -> Result<AppendOutcome, Store
     let mut insert_chunk = conn.prepare_cached(
         "INSERT INTO chunks (batch_seq, chunk, stage, item_count, item_ids, states) VALUES (?1, ?2, 'PENDING', ?3, ?4, ?5)",
     )?;
-    let mut joined = String::new();
     for (offset, items) in part.chunks().enumerate() {
-        joined.clear();
-        for (position, item) in items.iter().enumerate() {
-            if position > 0 {
-                joined.push('\n');
-            }
-            joined.push_str(item.as_str());
-        }
-        let states = "P".repeat(items.len());
         insert_chunk.execute(params![
             row.seq,
             first_chunk + offset as u64,
             items.len(),
-            joined,
-            states
+            codec::join_ids(items),
+            ChunkOutcomes::new(items.len()).states_text()
         ])?;
     }
     conn.prepare_cached(
@@ -617,15 +523,15 @@ fn claim_chunk(conn: &Connection, batch_id: &str, chunk: u64) -> Result<ChunkCla
     let Some(mut row) = ChunkRow::read(conn, batch.seq, chunk)? else {
         return Ok(ChunkClaim::NotFound);
     };
-    if !row.stage.is_open() {
+    if !row.outcomes.stage.is_open() {
         return Ok(ChunkClaim::Inactive);
     }
-    if row.stage == ChunkStage::Pending {
+    if row.outcomes.stage == ChunkStage::Pending {
         conn.prepare_cached(
             "UPDATE chunks SET stage = 'STARTED' WHERE batch_seq = ?1 AND chunk = ?2",
         )?
         .execute(params![batch.seq, chunk])?;
-        row.stage = ChunkStage::Started;
+        row.outcomes.stage = ChunkStage::Started;
         if batch.batch.status == BatchStatus::Pending {
             conn.prepare_cached(
                 "UPDATE batches SET status = 'RUNNING', updated_at = ?2 WHERE seq = ?1",
@@ -651,14 +557,15 @@ fn save_outcomes(
     let Some(mut row) = ChunkRow::read(conn, batch.seq, chunk)? else {
         return Ok(());
     };
-    if !row.stage.is_open() {
+    let stored = &mut row.outcomes;
+    if !stored.stage.is_open() {
         return Ok(());
     }
     for (position, outcome) in outcomes {
-        row.apply(*position, outcome);
+        stored.apply(*position, outcome);
     }
-    row.attempts = row.attempts.max(attempts);
-    row.write_states(conn, batch.seq, chunk)
+    stored.attempts = stored.attempts.max(attempts);
+    write_outcomes(conn, batch.seq, chunk, stored)
 }
 
 fn record_chunk(
@@ -673,22 +580,17 @@ fn record_chunk(
     let Some(mut row) = ChunkRow::read(conn, batch.seq, chunk)? else {
         return Ok(RecordOutcome::NotFound);
     };
-    if !row.stage.is_open() {
+    let outcomes = &mut row.outcomes;
+    if !outcomes.stage.is_open() {
         return Ok(RecordOutcome::AlreadyRecorded(batch.batch));
     }
-    let message = failure.unwrap_or(NO_OUTCOME_MESSAGE).to_owned();
-    for position in 0..row.states.len() {
-        if row.states[position] == PENDING {
-            row.apply(position, &ItemOutcome::Failed(message.clone()));
-        }
-    }
-    row.stage = ChunkStage::Recorded;
-    row.write_states(conn, batch.seq, chunk)?;
+    outcomes.settle(failure.unwrap_or(codec::NO_OUTCOME_MESSAGE));
+    write_outcomes(conn, batch.seq, chunk, outcomes)?;
 
     let now = Timestamp::now();
     let counts = &mut batch.batch;
-    counts.succeeded_items += row.count(SUCCEEDED);
-    counts.failed_items += row.count(FAILED);
+    counts.succeeded_items += outcomes.count(codec::SUCCEEDED);
+    counts.failed_items += outcomes.count(codec::FAILED);
     counts.completed_chunks += 1;
     counts.updated_at = now;
     if !counts.status.is_terminal() {
@@ -761,22 +663,9 @@ fn cancel_batch(conn: &Connection, batch_id: &str) -> Result<CancelOutcome, Stor
     Ok(CancelOutcome::Cancelled(batch.batch))
 }
 
-/// Page tokens are hex so they read as opaque and survive any transport.
-fn encode_token(raw: &str) -> String {
-    hex::encode(raw)
-}
-
-fn decode_token(token: &str, prefix: &str) -> Result<String, BadPageToken> {
-    let bytes = hex::decode(token).map_err(|_| BadPageToken)?;
-    let text = String::from_utf8(bytes).map_err(|_| BadPageToken)?;
-    text.strip_prefix(prefix)
-        .map(str::to_owned)
-        .ok_or(BadPageToken)
-}
-
 fn list_batches(conn: &Connection, query: &BatchQuery) -> Result<Page<Batch>, ListError> {
     let before = match &query.page_token {
-        Some(token) => decode_token(token, "batches:")?
+        Some(token) => codec::decode_token(token, "batches:")?
             .parse::<i64>()
             .map_err(|_| BadPageToken)?,
         None => i64::MAX,
@@ -809,7 +698,7 @@ fn list_batches(conn: &Connection, query: &BatchQuery) -> Result<Page<Batch>, Li
     let next_page_token = if rows.len() as i64 == limit {
         rows.pop();
         rows.last()
-            .map(|row| encode_token(&format!("batches:{}", row.seq)))
+            .map(|row| codec::encode_token(&format!("batches:{}", row.seq)))
     } else {
         None
     };
@@ -820,34 +709,18 @@ fn list_batches(conn: &Connection, query: &BatchQuery) -> Result<Page<Batch>, Li
 }
 
 fn list_items(conn: &Connection, query: &ItemQuery) -> Result<Page<ItemRecord>, ListError> {
-    let (mut chunk, mut offset) = match &query.page_token {
-        Some(token) => {
-            let position = decode_token(token, &format!("items:{}:", query.batch_id))?;
-            let (chunk, offset) = position.split_once(':').ok_or(BadPageToken)?;
-            (
-                chunk.parse::<u64>().map_err(|_| BadPageToken)?,
-                offset.parse::<usize>().map_err(|_| BadPageToken)?,
-            )
-        }
-        None => (0, 0),
-    };
+    let mut pager = ItemPager::new(query)?;
     let batch = load_batch(conn, query.batch_id.as_str())?.ok_or(ListError::NotFound)?;
-    let stage_filter = match query.status {
-        None | Some(ItemStatus::Succeeded) => "",
-        Some(ItemStatus::Failed) => "AND stage = 'RECORDED' AND failed_count > 0",
-        Some(ItemStatus::Pending) => "AND stage IN ('PENDING', 'STARTED')",
-        Some(ItemStatus::Cancelled) => "AND stage = 'CANCELLED'",
-    };
-    let sql = format!(
-        "SELECT chunk, stage, item_ids, states, errors, attempts FROM chunks \
-         WHERE batch_seq = ?1 AND chunk >= ?2 {stage_filter} ORDER BY chunk LIMIT ?3"
-    );
-    let mut statement = conn.prepare_cached(&sql).map_err(StoreError::from)?;
-    let wanted = query.page_size as usize;
-    let mut entries = Vec::new();
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT chunk, stage, item_ids, states, errors, attempts, failed_count FROM chunks \
+             WHERE batch_seq = ?1 AND chunk >= ?2 ORDER BY chunk LIMIT ?3",
+        )
+        .map_err(StoreError::from)?;
+    let mut next_chunk = pager.start_chunk;
     loop {
         let rows = statement
-            .query_map(params![batch.seq, chunk, CHUNKS_PER_READ], |r| {
+            .query_map(params![batch.seq, next_chunk, CHUNKS_PER_READ], |r| {
                 Ok((
                     r.get::<_, u64>(0)?,
                     r.get::<_, String>(1)?,
@@ -855,53 +728,25 @@ fn list_items(conn: &Connection, query: &ItemQuery) -> Result<Page<ItemRecord>, 
                     r.get::<_, String>(3)?,
                     r.get::<_, Option<String>>(4)?,
                     r.get::<_, u32>(5)?,
+                    r.get::<_, u64>(6)?,
                 ))
             })
             .map_err(StoreError::from)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(StoreError::from)?;
         let exhausted = (rows.len() as i64) < CHUNKS_PER_READ;
-        for (index, stage, item_ids, states, errors, attempts) in rows {
-            let row = ChunkRow::decode(&stage, item_ids, states, errors, attempts)?;
-            let start = if index == chunk { offset } else { 0 };
-            for (position, id) in row.item_ids.split('\n').enumerate().skip(start) {
-                if entries.len() == wanted {
-                    let token =
-                        encode_token(&format!("items:{}:{index}:{position}", query.batch_id));
-                    return Ok(Page {
-                        entries,
-                        next_page_token: Some(token),
-                    });
-                }
-                let state = match row.stage {
-                    // Outcomes count once their chunk is recorded; until then the item is pending,
-                    // as the batch counters say.
-                    ChunkStage::Pending | ChunkStage::Started => ItemState::Pending,
-                    _ => row.item_state(position),
-                };
-                if query.status.is_some_and(|wanted| wanted != state.status()) {
-                    continue;
-                }
-                let (status, error) = match state {
-                    ItemState::Failed(message) => (ItemStatus::Failed, Some(message)),
-                    other => (other.status(), None),
-                };
-                entries.push(ItemRecord {
-                    item_id: ItemId::from_trusted(id.to_owned()),
-                    status,
-                    error,
-                    attempts: row.attempts,
-                    chunk: index,
-                });
+        for (index, stage, item_ids, states, errors, attempts, failed_count) in rows {
+            next_chunk = index + 1;
+            let outcomes = ChunkOutcomes::decode(&stage, states, errors.as_deref(), attempts)?;
+            if !pager.may_match(outcomes.stage, failed_count) {
+                continue;
             }
-            chunk = index + 1;
-            offset = 0;
+            if let Some(page) = pager.push(index, &outcomes, &item_ids) {
+                return Ok(page);
+            }
         }
         if exhausted {
-            return Ok(Page {
-                entries,
-                next_page_token: None,
-            });
+            return Ok(pager.finish());
         }
     }
 }

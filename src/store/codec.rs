@@ -1,0 +1,265 @@
+//! How a chunk's outcomes are encoded, whatever the backend: one status letter per item, a JSON
+//! map of the failed items' messages, and item IDs joined by newlines (IDs cannot hold control
+//! characters). Also the paging of items over chunks and the page tokens both backends issue.
+
+use std::collections::BTreeMap;
+
+use super::{BadPageToken, Chunk, ChunkStage, ItemQuery, ItemState, Page, StoreError};
+use crate::domain::{BatchId, ItemId, ItemOutcome, ItemRecord, ItemStatus};
+
+pub const PENDING: u8 = b'P';
+pub const SUCCEEDED: u8 = b'S';
+pub const FAILED: u8 = b'F';
+
+/// Message given to items whose chunk was recorded with no outcome and no task error.
+pub const NO_OUTCOME_MESSAGE: &str = "no task outcome was recorded for this item";
+
+/// A chunk's outcomes as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkOutcomes {
+    pub stage: ChunkStage,
+    pub states: Vec<u8>,
+    pub errors: BTreeMap<usize, String>,
+    pub attempts: u32,
+}
+
+impl ChunkOutcomes {
+    /// A new chunk of `items` items, all pending.
+    pub fn new(items: usize) -> Self {
+        Self {
+            stage: ChunkStage::Pending,
+            states: vec![PENDING; items],
+            errors: BTreeMap::new(),
+            attempts: 0,
+        }
+    }
+
+    pub fn decode(
+        stage: &str,
+        states: String,
+        errors: Option<&str>,
+        attempts: u32,
+    ) -> Result<Self, StoreError> {
+        let stage = ChunkStage::from_name(stage)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown chunk stage {stage:?}")))?;
+        let errors = match errors {
+            Some(json) => serde_json::from_str(json)
+                .map_err(|err| StoreError::Corrupt(format!("chunk errors: {err}")))?,
+            None => BTreeMap::new(),
+        };
+        Ok(Self {
+            stage,
+            states: states.into_bytes(),
+            errors,
+            attempts,
+        })
+    }
+
+    pub fn states_text(&self) -> &str {
+        std::str::from_utf8(&self.states).unwrap_or_default()
+    }
+
+    /// The failed items' messages as JSON, or None when no item failed.
+    pub fn errors_json(&self) -> Option<String> {
+        if self.errors.is_empty() {
+            None
+        } else {
+            serde_json::to_string(&self.errors).ok()
+        }
+    }
+
+    /// An item's state as tasks see it.
+    pub fn item_state(&self, position: usize) -> ItemState {
+        if self.stage == ChunkStage::Cancelled {
+            return ItemState::Cancelled;
+        }
+        match self.states.get(position) {
+            Some(&SUCCEEDED) => ItemState::Succeeded,
+            Some(&FAILED) => ItemState::Failed(
+                self.errors
+                    .get(&position)
+                    .cloned()
+                    .unwrap_or_else(|| NO_OUTCOME_MESSAGE.to_owned()),
+            ),
+            _ => ItemState::Pending,
+        }
+    }
+
+    /// An item's state as clients see it: outcomes count once their chunk is recorded, until
+    /// then the item is pending, as the batch counters say.
+    pub fn visible_state(&self, position: usize) -> ItemState {
+        match self.stage {
+            ChunkStage::Pending | ChunkStage::Started => ItemState::Pending,
+            _ => self.item_state(position),
+        }
+    }
+
+    pub fn apply(&mut self, position: usize, outcome: &ItemOutcome) {
+        let Some(slot) = self.states.get_mut(position) else {
+            return;
+        };
+        match outcome {
+            ItemOutcome::Succeeded => {
+                *slot = SUCCEEDED;
+                self.errors.remove(&position);
+            }
+            ItemOutcome::Failed(message) => {
+                *slot = FAILED;
+                self.errors.insert(position, message.clone());
+            }
+        }
+    }
+
+    /// Fails every pending item with `message` and marks the chunk recorded.
+    pub fn settle(&mut self, message: &str) {
+        let failure = ItemOutcome::Failed(message.to_owned());
+        for position in 0..self.states.len() {
+            if self.states[position] == PENDING {
+                self.apply(position, &failure);
+            }
+        }
+        self.stage = ChunkStage::Recorded;
+    }
+
+    pub fn count(&self, letter: u8) -> u64 {
+        self.states.iter().filter(|&&state| state == letter).count() as u64
+    }
+
+    pub fn into_chunk(self, batch_id: BatchId, index: u64, item_ids: &str) -> Chunk {
+        let states = (0..self.states.len())
+            .map(|position| self.item_state(position))
+            .collect();
+        Chunk {
+            batch_id,
+            index,
+            stage: self.stage,
+            items: split_ids(item_ids)
+                .map(|id| ItemId::from_trusted(id.to_owned()))
+                .collect(),
+            states,
+            attempts: self.attempts,
+        }
+    }
+}
+
+/// Joins a chunk's IDs for storage.
+pub fn join_ids(items: &[ItemId]) -> String {
+    let mut joined = String::with_capacity(items.iter().map(|id| id.as_str().len() + 1).sum());
+    for (position, item) in items.iter().enumerate() {
+        if position > 0 {
+            joined.push('\n');
+        }
+        joined.push_str(item.as_str());
+    }
+    joined
+}
+
+pub fn split_ids(joined: &str) -> impl Iterator<Item = &str> {
+    joined.split('\n')
+}
+
+/// Page tokens are hex so they read as opaque and survive any transport.
+pub fn encode_token(raw: &str) -> String {
+    hex::encode(raw)
+}
+
+pub fn decode_token(token: &str, prefix: &str) -> Result<String, BadPageToken> {
+    let bytes = hex::decode(token).map_err(|_| BadPageToken)?;
+    let text = String::from_utf8(bytes).map_err(|_| BadPageToken)?;
+    text.strip_prefix(prefix)
+        .map(str::to_owned)
+        .ok_or(BadPageToken)
+}
+
+/// Collects one page of `ListBatchItems` from chunks fed in order.
+pub struct ItemPager<'a> {
+    query: &'a ItemQuery,
+    /// First chunk to read, and the position in it to start at.
+    pub start_chunk: u64,
+    start_offset: usize,
+    entries: Vec<ItemRecord>,
+}
+
+impl<'a> ItemPager<'a> {
+    pub fn new(query: &'a ItemQuery) -> Result<Self, BadPageToken> {
+        let (start_chunk, start_offset) = match &query.page_token {
+            Some(token) => {
+                let position = decode_token(token, &format!("items:{}:", query.batch_id))?;
+                let (chunk, offset) = position.split_once(':').ok_or(BadPageToken)?;
+                (
+                    chunk.parse().map_err(|_| BadPageToken)?,
+                    offset.parse().map_err(|_| BadPageToken)?,
+                )
+            }
+            None => (0, 0),
+        };
+        Ok(Self {
+            query,
+            start_chunk,
+            start_offset,
+            entries: Vec::new(),
+        })
+    }
+
+    /// Whether a chunk can hold items the query wants, judged from its stage and failure count.
+    pub fn may_match(&self, stage: ChunkStage, failed_count: u64) -> bool {
+        match self.query.status {
+            None | Some(ItemStatus::Succeeded) => stage != ChunkStage::Cancelled,
+            Some(ItemStatus::Failed) => stage == ChunkStage::Recorded && failed_count > 0,
+            Some(ItemStatus::Pending) => matches!(stage, ChunkStage::Pending | ChunkStage::Started),
+            Some(ItemStatus::Cancelled) => stage == ChunkStage::Cancelled,
+        }
+    }
+
+    /// Adds a chunk's items; returns the page once it is full.
+    pub fn push(
+        &mut self,
+        index: u64,
+        outcomes: &ChunkOutcomes,
+        item_ids: &str,
+    ) -> Option<Page<ItemRecord>> {
+        let skip = if index == self.start_chunk {
+            self.start_offset
+        } else {
+            0
+        };
+        for (position, id) in split_ids(item_ids).enumerate().skip(skip) {
+            if self.entries.len() == self.query.page_size as usize {
+                let token =
+                    encode_token(&format!("items:{}:{index}:{position}", self.query.batch_id));
+                return Some(Page {
+                    entries: std::mem::take(&mut self.entries),
+                    next_page_token: Some(token),
+                });
+            }
+            let state = outcomes.visible_state(position);
+            if self
+                .query
+                .status
+                .is_some_and(|wanted| wanted != state.status())
+            {
+                continue;
+            }
+            let (status, error) = match state {
+                ItemState::Failed(message) => (ItemStatus::Failed, Some(message)),
+                other => (other.status(), None),
+            };
+            self.entries.push(ItemRecord {
+                item_id: ItemId::from_trusted(id.to_owned()),
+                status,
+                error,
+                attempts: outcomes.attempts,
+                chunk: index,
+            });
+        }
+        None
+    }
+
+    /// The last page.
+    pub fn finish(self) -> Page<ItemRecord> {
+        Page {
+            entries: self.entries,
+            next_page_token: None,
+        }
+    }
+}
