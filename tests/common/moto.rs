@@ -6,8 +6,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
-    Projection, ProjectionType, ScalarAttributeType,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType,
 };
 use tokio::sync::OnceCell;
 
@@ -130,7 +130,11 @@ fn keys_only_index(name: &str, hash: &str, range: &str) -> GlobalSecondaryIndex 
 }
 
 /// Creates both tables with the keys and indexes of the stack template.
-pub async fn create_tables(client: &aws_sdk_dynamodb::Client, batch_table: &str, request_table: &str) {
+pub async fn create_tables(
+    client: &aws_sdk_dynamodb::Client,
+    batch_table: &str,
+    request_table: &str,
+) {
     client
         .create_table()
         .table_name(batch_table)
