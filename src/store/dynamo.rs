@@ -302,14 +302,20 @@ fn is_condition_failure<E, R>(err: &SdkError<E, R>, check: impl Fn(&E) -> bool) 
 }
 
 impl DynamoStore {
-    /// A store on the given tables. The client is rebuilt with a patient retry policy: the SDK
-    /// backs off with jitter on throttling and transient errors.
+    /// A store on the given tables. The client keeps its retry policy (the SDK backs off with
+    /// jitter on throttling and transient errors) but makes at least 8 attempts per request.
     pub fn new(client: aws_sdk_dynamodb::Client, tables: DynamoTables) -> Self {
-        let config = client
+        let retry = client
             .config()
-            .to_builder()
-            .retry_config(RetryConfig::standard().with_max_attempts(SDK_MAX_ATTEMPTS))
-            .build();
+            .retry_config()
+            .cloned()
+            .unwrap_or_else(RetryConfig::standard);
+        let retry = if retry.max_attempts() < SDK_MAX_ATTEMPTS {
+            retry.with_max_attempts(SDK_MAX_ATTEMPTS)
+        } else {
+            retry
+        };
+        let config = client.config().to_builder().retry_config(retry).build();
         Self {
             client: aws_sdk_dynamodb::Client::from_conf(config),
             tables: Arc::new(tables),

@@ -1,0 +1,97 @@
+//! DynamoDB cost of the happy path, measured from the requests the store sends: write units
+//! (DynamoDB's rule: 1 per started KiB of each item written, doubled inside transactions) and
+//! requests per 1,000 items, for a batch of 10,000 UUIDs at batch size 100 run through the real
+//! steps with the default tasks. The target is at most 0.5 write units per item; the system
+//! this replaces spent at least 2 (a row per item, written twice).
+
+mod common;
+
+use std::sync::Arc;
+
+use batch_manager::domain::{parse_item_ids, BatchId, BatchSize, BatchStatus, NewPart};
+use batch_manager::pipeline::steps::{TaskEvent, UpdateEvent};
+use batch_manager::pipeline::{Steps, Tasks};
+use batch_manager::store::dynamo::{DynamoStore, DynamoTables};
+use batch_manager::store::{AppendOutcome, BatchStore};
+use common::moto;
+
+const ITEMS: usize = 10_000;
+const BATCH_SIZE: u64 = 100;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_happy_path_spends_at_most_half_a_write_unit_per_item() {
+    let endpoint = moto::moto_endpoint().await;
+    let client = aws_sdk_dynamodb::Client::new(&moto::sdk_config(&endpoint).await);
+    let (batch_table, request_table) = moto::table_names("cost");
+    moto::create_tables(&client, &batch_table, &request_table).await;
+    let store = DynamoStore::new(
+        client,
+        DynamoTables {
+            batch_table,
+            request_table,
+        },
+    );
+    let shared: Arc<dyn BatchStore> = Arc::new(store.clone());
+
+    let ids: Vec<String> = (0..ITEMS)
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .collect();
+    let part = NewPart::new(
+        BatchId::parse("costed").unwrap(),
+        ITEMS as u64,
+        BatchSize::parse(BATCH_SIZE, "batch_size").unwrap(),
+        1,
+        parse_item_ids(ids, "item_ids").unwrap(),
+        "total_items",
+        "part_number",
+    )
+    .unwrap();
+    let AppendOutcome::Created { chunks, .. } = shared.append_part(&part).await.unwrap() else {
+        panic!("part not created");
+    };
+    let after_intake = store.metrics();
+
+    let steps = Steps::new(Arc::clone(&shared), Tasks::default());
+    for chunk in chunks {
+        let event = TaskEvent {
+            batch_id: "costed".into(),
+            chunk,
+            attempt: 0,
+        };
+        steps.task1(event.clone()).await.unwrap();
+        steps.task2(event).await.unwrap();
+        steps
+            .update(UpdateEvent {
+                batch_id: "costed".into(),
+                chunk,
+                failure: None,
+            })
+            .await
+            .unwrap();
+    }
+    let batch = shared
+        .get_batch(&BatchId::parse("costed").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch.status, BatchStatus::Completed);
+    assert_eq!(batch.succeeded_items, ITEMS as u64);
+
+    let total = store.metrics();
+    let per_item = total.write_units as f64 / ITEMS as f64;
+    let per_thousand = |requests: u64| requests as f64 * 1000.0 / ITEMS as f64;
+    println!("DynamoDB happy path, {ITEMS} items at batch size {BATCH_SIZE}:");
+    println!(
+        "  intake: {} write units ({:.3} per item), {} write requests",
+        after_intake.write_units,
+        after_intake.write_units as f64 / ITEMS as f64,
+        after_intake.write_requests
+    );
+    println!(
+        "  total:  {} write units ({per_item:.3} per item); per 1,000 items: {:.0} write requests, {:.0} read requests",
+        total.write_units,
+        per_thousand(total.write_requests),
+        per_thousand(total.read_requests)
+    );
+    assert!(per_item <= 0.5, "{per_item} write units per item");
+}
