@@ -31,8 +31,8 @@ use futures::{stream, StreamExt, TryStreamExt};
 
 use super::codec::{self, ChunkOutcomes, ItemPager};
 use super::{
-    AppendOutcome, BadPageToken, BatchQuery, BatchStore, CancelOutcome, Chunk, ChunkClaim,
-    ChunkStage, ItemQuery, ListError, Page, RecordOutcome, StoreError,
+    judge_part, AppendOutcome, BadPageToken, BatchQuery, BatchStore, CancelOutcome, Chunk,
+    ChunkClaim, ChunkStage, ItemQuery, ListError, Page, PartVerdict, RecordOutcome, StoreError,
 };
 use crate::domain::{Batch, BatchId, BatchStatus, ItemOutcome, ItemRecord, NewPart, Timestamp};
 
@@ -470,6 +470,29 @@ fn backoff_with_jitter(round: u32) -> Duration {
 }
 
 impl DynamoStore {
+    /// Runs a transaction of `items` billed at `units` write units; false when a condition
+    /// failed (another writer got there first).
+    async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+        units: u64,
+    ) -> Result<bool, StoreError> {
+        self.meter.write(2 * units);
+        let outcome = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await;
+        match outcome {
+            Ok(_) => Ok(true),
+            Err(err) if is_condition_failure(&err, |e| e.is_transaction_canceled_exception()) => {
+                Ok(false)
+            }
+            Err(err) => Err(unavailable(err)),
+        }
+    }
+
     /// Creates the batch item unless it exists; returns the stored batch.
     async fn create_or_load_batch(&self, part: &NewPart) -> Result<BatchRecord, StoreError> {
         if let Some(existing) = self.load_batch(&part.batch_id).await? {
@@ -692,21 +715,14 @@ impl DynamoStore {
             .expression_attribute_values(":now", n(now.0))
             .build()
             .map_err(|err| StoreError::Corrupt(err.to_string()))?;
-        self.meter.write(2 * 2);
-        let outcome = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(chunk_update).build())
-            .transact_items(TransactWriteItem::builder().update(batch_update).build())
-            .send()
-            .await;
-        match outcome {
-            Ok(_) => Ok(true),
-            Err(err) if is_condition_failure(&err, |e| e.is_transaction_canceled_exception()) => {
-                Ok(false)
-            }
-            Err(err) => Err(unavailable(err)),
-        }
+        self.transact(
+            vec![
+                TransactWriteItem::builder().update(chunk_update).build(),
+                TransactWriteItem::builder().update(batch_update).build(),
+            ],
+            2,
+        )
+        .await
     }
 
     async fn get_batches(&self, keys: Vec<BatchId>) -> Result<Vec<Batch>, StoreError> {
@@ -737,54 +753,40 @@ impl BatchStore for DynamoStore {
         for _ in 0..OPTIMISTIC_ATTEMPTS {
             let record = self.create_or_load_batch(part).await?;
             let batch = &record.batch;
-            if batch.total_items != part.total_items {
-                return Ok(AppendOutcome::Conflict(format!(
-                    "batch {} exists with {} items in total, not {}",
-                    part.batch_id, batch.total_items, part.total_items
-                )));
-            }
-            if let Some(stored) = self
+            let stored = self
                 .get_request_item(&part.batch_id, part_sk(part.part_number))
-                .await?
-            {
-                if text(&stored, "digest")? != digest {
-                    return Ok(AppendOutcome::Conflict(format!(
-                        "part {} of batch {} was stored with other items",
-                        part.part_number, part.batch_id
-                    )));
-                }
-                let first_chunk: u64 = number(&stored, "firstChunk")?;
-                let chunk_count: u64 = number(&stored, "chunkCount")?;
-                if !flag(&stored, "chunksWritten") {
-                    // A previous attempt reserved the part but stopped before its chunks were
-                    // all written; no execution was started for them yet, so write them now.
-                    self.write_chunks(part, first_chunk).await?;
-                    return Ok(AppendOutcome::Created {
+                .await?;
+            let stored_digest = stored
+                .as_ref()
+                .map(|item| text(item, "digest"))
+                .transpose()?;
+            match judge_part(batch, record.cancel_requested, stored_digest, part, &digest) {
+                PartVerdict::Refuse(outcome) => return Ok(outcome),
+                PartVerdict::AlreadyStored => {
+                    let stored = stored.unwrap_or_default();
+                    let first_chunk: u64 = number(&stored, "firstChunk")?;
+                    let chunk_count: u64 = number(&stored, "chunkCount")?;
+                    if !flag(&stored, "chunksWritten") {
+                        // A previous attempt reserved the part but stopped before its chunks
+                        // were all written; no execution was started for them yet, so write
+                        // them now.
+                        self.write_chunks(part, first_chunk).await?;
+                        return Ok(AppendOutcome::Created {
+                            batch: record.batch,
+                            chunks: (first_chunk..first_chunk + chunk_count).collect(),
+                        });
+                    }
+                    let unstarted_chunks = self
+                        .unstarted_chunks(&part.batch_id, first_chunk, chunk_count)
+                        .await?;
+                    return Ok(AppendOutcome::AlreadyStored {
                         batch: record.batch,
-                        chunks: (first_chunk..first_chunk + chunk_count).collect(),
+                        unstarted_chunks,
                     });
                 }
-                let unstarted_chunks = self
-                    .unstarted_chunks(&part.batch_id, first_chunk, chunk_count)
-                    .await?;
-                return Ok(AppendOutcome::AlreadyStored {
-                    batch: record.batch,
-                    unstarted_chunks,
-                });
-            }
-            if record.cancel_requested {
-                return Ok(AppendOutcome::Rejected(format!(
-                    "batch {} is cancelled",
-                    part.batch_id
-                )));
+                PartVerdict::Store => {}
             }
             let item_count = part.items.len() as u64;
-            if batch.received_items + item_count > batch.total_items {
-                return Ok(AppendOutcome::Rejected(format!(
-                    "batch {} expects {} items and holds {}; {} more would exceed it",
-                    part.batch_id, batch.total_items, batch.received_items, item_count
-                )));
-            }
 
             // Reserve the part and its chunk range in one transaction, on the condition that
             // no other part or cancel changed the batch since it was read.
@@ -822,22 +824,17 @@ impl BatchStore for DynamoStore {
                 .expression_attribute_values(":no", AttributeValue::Bool(false))
                 .build()
                 .map_err(|err| StoreError::Corrupt(err.to_string()))?;
-            self.meter.write(2 * 2);
             let reserved = self
-                .client
-                .transact_write_items()
-                .transact_items(TransactWriteItem::builder().put(put_part).build())
-                .transact_items(TransactWriteItem::builder().update(reserve).build())
-                .send()
-                .await;
-            match reserved {
-                Ok(_) => {}
-                Err(err)
-                    if is_condition_failure(&err, |e| e.is_transaction_canceled_exception()) =>
-                {
-                    continue
-                }
-                Err(err) => return Err(unavailable(err)),
+                .transact(
+                    vec![
+                        TransactWriteItem::builder().put(put_part).build(),
+                        TransactWriteItem::builder().update(reserve).build(),
+                    ],
+                    2,
+                )
+                .await?;
+            if !reserved {
+                continue;
             }
             self.write_chunks(part, first_chunk).await?;
             let mut batch = record.batch;
@@ -1172,22 +1169,17 @@ impl BatchStore for DynamoStore {
                 .expression_attribute_values(":now", n(Timestamp::now().0))
                 .build()
                 .map_err(|err| StoreError::Corrupt(err.to_string()))?;
-            self.meter.write(2 * (units + 1));
             let recorded = self
-                .client
-                .transact_write_items()
-                .transact_items(TransactWriteItem::builder().put(put_state).build())
-                .transact_items(TransactWriteItem::builder().update(count).build())
-                .send()
-                .await;
-            match recorded {
-                Ok(_) => return Ok(RecordOutcome::Recorded(self.settle(batch_id, true).await?)),
-                Err(err)
-                    if is_condition_failure(&err, |e| e.is_transaction_canceled_exception()) =>
-                {
-                    continue
-                }
-                Err(err) => return Err(unavailable(err)),
+                .transact(
+                    vec![
+                        TransactWriteItem::builder().put(put_state).build(),
+                        TransactWriteItem::builder().update(count).build(),
+                    ],
+                    units + 1,
+                )
+                .await?;
+            if recorded {
+                return Ok(RecordOutcome::Recorded(self.settle(batch_id, true).await?));
             }
         }
         Err(StoreError::Unavailable(format!(

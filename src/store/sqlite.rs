@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::codec::{self, ChunkOutcomes, ItemPager};
 use super::{
-    AppendOutcome, BadPageToken, BatchQuery, BatchStore, CancelOutcome, Chunk, ChunkClaim,
-    ChunkStage, ItemQuery, ListError, Page, RecordOutcome, StoreError,
+    judge_part, AppendOutcome, BadPageToken, BatchQuery, BatchStore, CancelOutcome, Chunk,
+    ChunkClaim, ChunkStage, ItemQuery, ListError, Page, PartVerdict, RecordOutcome, StoreError,
 };
 use crate::domain::{Batch, BatchId, BatchStatus, ItemOutcome, ItemRecord, NewPart, Timestamp};
 use crate::engine::local::journal::{
@@ -431,12 +431,7 @@ fn append_part(conn: &Connection, part: &NewPart) -> Result<AppendOutcome, Store
             load_batch_by_seq(conn, conn.last_insert_rowid())?
         }
     };
-    if row.batch.total_items != part.total_items {
-        return Ok(AppendOutcome::Conflict(format!(
-            "batch {} exists with {} items in total, not {}",
-            part.batch_id, row.batch.total_items, part.total_items
-        )));
-    }
+    let digest = part.digest();
     let stored_part = conn
         .prepare_cached(
             "SELECT digest, first_chunk, chunk_count FROM parts WHERE batch_seq = ?1 AND part_number = ?2",
@@ -445,41 +440,35 @@ fn append_part(conn: &Connection, part: &NewPart) -> Result<AppendOutcome, Store
             Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?, r.get::<_, u64>(2)?))
         })
         .optional()?;
-    if let Some((digest, first_chunk, chunk_count)) = stored_part {
-        if digest != part.digest() {
-            return Ok(AppendOutcome::Conflict(format!(
-                "part {} of batch {} was stored with other items",
-                part.part_number, part.batch_id
-            )));
+    let stored_digest = stored_part.as_ref().map(|(digest, ..)| digest.as_str());
+    match judge_part(
+        &row.batch,
+        row.cancel_requested,
+        stored_digest,
+        part,
+        &digest,
+    ) {
+        PartVerdict::Refuse(outcome) => return Ok(outcome),
+        PartVerdict::AlreadyStored => {
+            let (_, first_chunk, chunk_count) = stored_part.unwrap_or_default();
+            let unstarted_chunks = conn
+                .prepare_cached(
+                    "SELECT chunk FROM chunks WHERE batch_seq = ?1 AND chunk >= ?2 AND chunk < ?3 AND stage = 'PENDING' ORDER BY chunk",
+                )?
+                .query_map(
+                    params![row.seq, first_chunk, first_chunk + chunk_count],
+                    |r| r.get::<_, u64>(0),
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(AppendOutcome::AlreadyStored {
+                batch: row.batch,
+                unstarted_chunks,
+            });
         }
-        let unstarted_chunks = conn
-            .prepare_cached(
-                "SELECT chunk FROM chunks WHERE batch_seq = ?1 AND chunk >= ?2 AND chunk < ?3 AND stage = 'PENDING' ORDER BY chunk",
-            )?
-            .query_map(
-                params![row.seq, first_chunk, first_chunk + chunk_count],
-                |r| r.get::<_, u64>(0),
-            )?
-            .collect::<Result<Vec<_>, _>>()?;
-        return Ok(AppendOutcome::AlreadyStored {
-            batch: row.batch,
-            unstarted_chunks,
-        });
-    }
-    if row.cancel_requested {
-        return Ok(AppendOutcome::Rejected(format!(
-            "batch {} is cancelled",
-            part.batch_id
-        )));
-    }
-    let item_count = part.items.len() as u64;
-    if row.batch.received_items + item_count > row.batch.total_items {
-        return Ok(AppendOutcome::Rejected(format!(
-            "batch {} expects {} items and holds {}; {} more would exceed it",
-            part.batch_id, row.batch.total_items, row.batch.received_items, item_count
-        )));
+        PartVerdict::Store => {}
     }
 
+    let item_count = part.items.len() as u64;
     let first_chunk = row.batch.total_chunks;
     let chunk_count = part.chunk_count();
     conn.prepare_cached(
@@ -489,7 +478,7 @@ fn append_part(conn: &Connection, part: &NewPart) -> Result<AppendOutcome, Store
     .execute(params![
         row.seq,
         part.part_number,
-        part.digest(),
+        digest,
         first_chunk,
         chunk_count,
         item_count
