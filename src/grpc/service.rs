@@ -10,8 +10,8 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::pb;
 use super::pb::batch_manager_server::{BatchManager, BatchManagerServer};
-use crate::domain::{Batch, BatchId};
-use crate::pipeline::Intake;
+use crate::domain::{Batch, BatchId, NewPart};
+use crate::pipeline::{Accepted, Intake};
 use crate::store::{BatchQuery, BatchStore, CancelOutcome, ItemQuery};
 
 /// Largest gRPC message the server accepts: 100,000 IDs of up to 256 bytes, with room to spare.
@@ -31,6 +31,13 @@ pub struct AdminService {
 impl AdminService {
     pub fn new(intake: Intake, store: Arc<dyn BatchStore>) -> Self {
         Self { intake, store }
+    }
+
+    async fn accept(&self, part: &NewPart) -> Result<Accepted, Status> {
+        self.intake
+            .submit(part)
+            .await
+            .map_err(convert::intake_error)
     }
 
     async fn batch(&self, batch_id: &BatchId) -> Result<Batch, Status> {
@@ -73,12 +80,9 @@ impl BatchManager for AdminService {
         &self,
         request: Request<pb::SubmitBatchRequest>,
     ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
-        let part = convert::submit_part(request.into_inner())?;
         let accepted = self
-            .intake
-            .submit(&part)
-            .await
-            .map_err(convert::intake_error)?;
+            .accept(&convert::submit_part(request.into_inner())?)
+            .await?;
         let batch = accepted.batch;
         Ok(Response::new(pb::SubmitBatchResponse {
             batch_id: batch.batch_id.to_string(),
@@ -93,12 +97,9 @@ impl BatchManager for AdminService {
         &self,
         request: Request<pb::AppendBatchItemsRequest>,
     ) -> Result<Response<pb::AppendBatchItemsResponse>, Status> {
-        let part = convert::append_part(request.into_inner())?;
         let accepted = self
-            .intake
-            .submit(&part)
-            .await
-            .map_err(convert::intake_error)?;
+            .accept(&convert::append_part(request.into_inner())?)
+            .await?;
         let batch = accepted.batch;
         Ok(Response::new(pb::AppendBatchItemsResponse {
             batch_id: batch.batch_id.to_string(),
