@@ -1,5 +1,6 @@
-//! `serve` with the local backend: the SQLite store, the embedded engine, the gRPC service and
-//! the seed HTTP endpoint, started together and stopped together.
+//! `serve`: the gRPC service and the seed HTTP endpoint over one backend, started together and
+//! stopped together. Local: the SQLite store and the embedded engine. AWS: a deployed stack's
+//! DynamoDB tables and Step Functions state machine.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,9 +13,12 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::config::AwsSettings;
 use crate::engine::local::{EngineConfig, EngineRunner, LocalEngine};
+use crate::engine::stepfunctions::{self, StepFunctionsOrchestrator};
 use crate::grpc::{grpc_router, AdminService};
 use crate::pipeline::{Intake, Steps, Tasks};
+use crate::store::dynamo::DynamoStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::BatchStore;
 
@@ -32,8 +36,7 @@ pub struct LocalApp {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub store: SqliteStore,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<anyhow::Result<()>>,
+    server: Server,
 }
 
 impl LocalApp {
@@ -47,43 +50,157 @@ impl LocalApp {
             .await
             .context("starting the engine")?;
         let intake = Intake::new(Arc::clone(&shared_store), Arc::new(engine));
+        let server = Server::start(
+            config.grpc_addr,
+            config.http_addr,
+            intake,
+            shared_store,
+            Some(runner),
+        )
+        .await?;
+        tracing::info!(
+            grpc_addr = %server.grpc_addr,
+            http_addr = %server.http_addr,
+            db = %config.db.display(),
+            "serving"
+        );
+        Ok(Self {
+            grpc_addr: server.grpc_addr,
+            http_addr: server.http_addr,
+            store,
+            server,
+        })
+    }
 
-        let grpc_listener = TcpListener::bind(config.grpc_addr)
+    /// Stops accepting requests, lets the engine's steps under way end, and returns.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.server.shutdown().await
+    }
+
+    /// Runs until `signal` resolves, then shuts down.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        self.server.run_until(signal).await
+    }
+}
+
+/// What a server on a deployed stack needs.
+#[derive(Debug, Clone)]
+pub struct AwsConfig {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub stack: AwsSettings,
+}
+
+/// A running server on a deployed stack: chunks run in Step Functions, not in this process.
+pub struct AwsApp {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub store: DynamoStore,
+    server: Server,
+}
+
+impl AwsApp {
+    /// Builds the DynamoDB store and the Step Functions orchestrator from `sdk_config`, binds
+    /// both listeners and returns once the server accepts requests. Makes no AWS call.
+    pub async fn spawn(
+        config: AwsConfig,
+        sdk_config: &aws_config::SdkConfig,
+    ) -> anyhow::Result<Self> {
+        let store = DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(sdk_config),
+            config.stack.tables.clone(),
+        );
+        let orchestrator = StepFunctionsOrchestrator::new(
+            stepfunctions::client(sdk_config),
+            config.stack.state_machine_arn.clone(),
+        );
+        let shared_store: Arc<dyn BatchStore> = Arc::new(store.clone());
+        let intake = Intake::new(Arc::clone(&shared_store), Arc::new(orchestrator));
+        let server = Server::start(
+            config.grpc_addr,
+            config.http_addr,
+            intake,
+            shared_store,
+            None,
+        )
+        .await?;
+        tracing::info!(
+            grpc_addr = %server.grpc_addr,
+            http_addr = %server.http_addr,
+            batch_table = %config.stack.tables.batch_table,
+            request_table = %config.stack.tables.request_table,
+            state_machine = %config.stack.state_machine_arn,
+            "serving"
+        );
+        Ok(Self {
+            grpc_addr: server.grpc_addr,
+            http_addr: server.http_addr,
+            store,
+            server,
+        })
+    }
+
+    /// Stops accepting requests and returns once the requests under way are answered.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.server.shutdown().await
+    }
+
+    /// Runs until `signal` resolves, then shuts down.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        self.server.run_until(signal).await
+    }
+}
+
+/// The gRPC service and the seed HTTP endpoint, serving in a task until stopped.
+struct Server {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    /// Binds both listeners and starts serving. `engine` is the embedded engine to stop with
+    /// the listeners, when the backend runs chunks in this process.
+    async fn start(
+        grpc_addr: SocketAddr,
+        http_addr: SocketAddr,
+        intake: Intake,
+        store: Arc<dyn BatchStore>,
+        engine: Option<EngineRunner>,
+    ) -> anyhow::Result<Self> {
+        let grpc_listener = TcpListener::bind(grpc_addr)
             .await
-            .with_context(|| format!("binding gRPC address {}", config.grpc_addr))?;
-        let http_listener = TcpListener::bind(config.http_addr)
+            .with_context(|| format!("binding gRPC address {grpc_addr}"))?;
+        let http_listener = TcpListener::bind(http_addr)
             .await
-            .with_context(|| format!("binding HTTP address {}", config.http_addr))?;
+            .with_context(|| format!("binding HTTP address {http_addr}"))?;
         let grpc_addr = grpc_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
-        let routes = grpc_router(AdminService::new(intake.clone(), shared_store)).await?;
+        let routes = grpc_router(AdminService::new(intake.clone(), store)).await?;
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(run(
             routes,
             grpc_listener,
             crate::http::router(intake),
             http_listener,
-            runner,
+            engine,
             stopped,
         ));
-        tracing::info!(%grpc_addr, %http_addr, db = %config.db.display(), "serving");
         Ok(Self {
             grpc_addr,
             http_addr,
-            store,
             stop,
             task,
         })
     }
 
-    /// Stops accepting requests, lets the engine's steps under way end, and returns.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
         self.task.await.context("server task panicked")?
     }
 
-    /// Runs until `signal` resolves, then shuts down.
-    pub async fn run_until(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+    async fn run_until(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
         signal.await;
         tracing::info!("shutting down");
         self.shutdown().await
@@ -95,7 +212,7 @@ async fn run(
     grpc_listener: TcpListener,
     http: axum::Router,
     http_listener: TcpListener,
-    engine: EngineRunner,
+    engine: Option<EngineRunner>,
     stopped: oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
     let (grpc_stop, grpc_stopped) = oneshot::channel::<()>();
@@ -117,7 +234,9 @@ async fn run(
     let _ = stopped.await;
     let _ = grpc_stop.send(());
     let _ = http_stop.send(());
-    engine.shutdown().await;
+    if let Some(engine) = engine {
+        engine.shutdown().await;
+    }
     grpc.await?.context("gRPC server")?;
     http.await?.context("HTTP server")?;
     Ok(())

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::store::dynamo::DynamoTables;
+
 /// Batch-processing manager: a local gRPC service with an embedded engine, or four AWS Lambdas
 /// under Step Functions, from one binary.
 #[derive(Debug, Parser)]
@@ -57,7 +59,7 @@ pub struct ServeArgs {
         default_value = "127.0.0.1:50051"
     )]
     pub grpc_addr: SocketAddr,
-    /// Seed-compatible HTTP listen address (local backend).
+    /// Seed-compatible HTTP listen address.
     #[arg(
         long,
         env = "BATCH_MANAGER_HTTP_ADDR",
@@ -75,18 +77,88 @@ pub struct ServeArgs {
     pub aws: AwsArgs,
 }
 
-/// The deployed stack `--backend aws` works on.
+/// The deployed stack `--backend aws` works on. Optional here so that the local backend runs
+/// without them; [`AwsArgs::require`] insists on all three.
 #[derive(Debug, Clone, Args)]
 pub struct AwsArgs {
-    /// DynamoDB batch table (the stack's BatchTableName output).
+    /// DynamoDB batch table (the stack's BatchTableName output; aws backend).
     #[arg(long, env = "BATCH_TABLE")]
     pub batch_table: Option<String>,
-    /// DynamoDB request table (the stack's RequestTableName output).
+    /// DynamoDB request table (the stack's RequestTableName output; aws backend).
     #[arg(long, env = "REQUEST_TABLE")]
     pub request_table: Option<String>,
-    /// The chunk state machine (the stack's StateMachineArn output).
+    /// The chunk state machine (the stack's StateMachineArn output; aws backend).
     #[arg(long, env = "STATE_MACHINE_ARN")]
     pub state_machine_arn: Option<String>,
+}
+
+/// Everything `--backend aws` needs to find a deployed stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsSettings {
+    pub tables: DynamoTables,
+    pub state_machine_arn: String,
+}
+
+/// A setting `--backend aws` cannot run without.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("missing --{flag} (or the {env_var} environment variable): the stack's {output} output")]
+pub struct MissingSetting {
+    pub flag: &'static str,
+    pub env_var: &'static str,
+    pub output: &'static str,
+}
+
+impl AwsArgs {
+    /// The settings, or the first one missing. Empty values count as missing.
+    pub fn require(&self) -> Result<AwsSettings, MissingSetting> {
+        fn present(
+            value: &Option<String>,
+            flag: &'static str,
+            env_var: &'static str,
+            output: &'static str,
+        ) -> Result<String, MissingSetting> {
+            value
+                .clone()
+                .filter(|value| !value.is_empty())
+                .ok_or(MissingSetting {
+                    flag,
+                    env_var,
+                    output,
+                })
+        }
+        Ok(AwsSettings {
+            tables: DynamoTables {
+                batch_table: present(
+                    &self.batch_table,
+                    "batch-table",
+                    "BATCH_TABLE",
+                    "BatchTableName",
+                )?,
+                request_table: present(
+                    &self.request_table,
+                    "request-table",
+                    "REQUEST_TABLE",
+                    "RequestTableName",
+                )?,
+            },
+            state_machine_arn: present(
+                &self.state_machine_arn,
+                "state-machine-arn",
+                "STATE_MACHINE_ARN",
+                "StateMachineArn",
+            )?,
+        })
+    }
+}
+
+/// The AWS SDK configuration from the standard sources (environment variables such as
+/// `AWS_REGION` and `AWS_ENDPOINT_URL`, profile files, the Lambda or container credentials).
+/// Credentials are fetched on first use; with the region in the environment, as on Lambda,
+/// loading makes no network call.
+pub async fn aws_sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await
 }
 
 #[derive(Debug, Clone, Args)]

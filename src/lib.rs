@@ -5,12 +5,12 @@
 //! `cf-templates/state-machine.asl.json`.
 //!
 //! Layout, edge to core:
-//! - [`grpc`], [`http`], [`seed`], [`cli`]: the edges (gRPC admin service and clients, the
-//!   seed-compatible HTTP endpoint);
+//! - [`grpc`], [`http`], [`seed`], [`cli`], [`lambda`]: the edges (gRPC admin service and
+//!   clients, the seed-compatible HTTP endpoint, the four AWS Lambda roles);
 //! - [`domain`]: parsed, trusted values;
 //! - [`pipeline`]: intake and the per-chunk steps; [`pipeline::tasks`] is the user's trait;
-//! - [`store`]: persistence (SQLite locally);
-//! - [`engine`]: orchestration (the embedded ASL engine locally);
+//! - [`store`]: persistence (SQLite locally, DynamoDB on AWS);
+//! - [`engine`]: orchestration (the embedded ASL engine locally, Step Functions on AWS);
 //! - [`app`], [`config`], [`bench`]: wiring, settings, the benchmark.
 
 pub mod app;
@@ -21,6 +21,7 @@ pub mod domain;
 pub mod engine;
 pub mod grpc;
 pub mod http;
+pub mod lambda;
 pub mod pipeline;
 pub mod seed;
 pub mod store;

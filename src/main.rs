@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use batch_manager::app::{AwsApp, AwsConfig};
 use batch_manager::config::{Backend, Cli, Command, ServeArgs};
 use batch_manager::engine::local::EngineConfig;
 
@@ -35,11 +36,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await?;
             app.run_until(batch_manager::app::shutdown_signal()).await
         }
-        Backend::Aws => anyhow::bail!("the aws backend is not available in this build"),
+        Backend::Aws => {
+            let stack = args.aws.require()?;
+            let sdk_config = batch_manager::config::aws_sdk_config().await;
+            let app = AwsApp::spawn(
+                AwsConfig {
+                    grpc_addr: args.grpc_addr,
+                    http_addr: args.http_addr,
+                    stack,
+                },
+                &sdk_config,
+            )
+            .await?;
+            app.run_until(batch_manager::app::shutdown_signal()).await
+        }
     }
 }
 
 fn main() -> ExitCode {
+    if batch_manager::lambda::is_lambda_environment() {
+        return batch_manager::lambda::main();
+    }
     let cli = Cli::parse();
     let default_filter = match cli.command {
         Command::Serve(_) => "info",

@@ -2,6 +2,7 @@
 //! embedded engine locally; both run `cf-templates/state-machine.asl.json`.
 
 pub mod local;
+pub mod stepfunctions;
 
 use async_trait::async_trait;
 

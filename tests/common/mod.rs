@@ -2,6 +2,7 @@
 //! gRPC client, and ways to wait for a batch and to fingerprint the database.
 #![allow(dead_code)]
 
+pub mod lambda;
 pub mod moto;
 pub mod process;
 

@@ -32,13 +32,14 @@ pub async fn moto_endpoint() -> String {
              while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $child",
             parent = std::process::id()
         );
-        Command::new("sh")
+        let mut watcher = Command::new("sh")
             .args(["-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start moto_server");
+        std::thread::spawn(move || watcher.wait());
         let endpoint = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

@@ -1,0 +1,296 @@
+//! The binary as an AWS Lambda function: role dispatch and what every role shares.
+//!
+//! One artifact is deployed to four functions. Each process serves one role, named by the
+//! function's Handler property (`_HANDLER`; `BATCH_MANAGER_HANDLER` overrides it):
+//! - `init`: API Gateway's `POST /stateMachineInit` ([`api`]);
+//! - `task1`, `task2`, `update`: the state machine's Task states ([`steps`]).
+//!
+//! Settings are read once from the environment ([`LambdaSettings`]); the SDK configuration,
+//! clients, store and steps are built once per process, before the first poll of the Runtime
+//! API, and borrowed by every invocation. Nothing at init touches the network: the SDK
+//! connects on first use. An unknown role or a missing setting is reported to the Runtime
+//! API's init error endpoint, and the process exits.
+
+pub mod api;
+pub mod steps;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use lambda_runtime::Diagnostic;
+
+use crate::engine::stepfunctions::{self, StepFunctionsOrchestrator};
+use crate::pipeline::{Intake, Steps, Tasks};
+use crate::store::dynamo::{DynamoStore, DynamoTables};
+use crate::store::BatchStore;
+
+pub use steps::StepRole;
+
+/// Set by Lambda in every function's environment; its presence selects the Lambda roles.
+pub const RUNTIME_API_VAR: &str = "AWS_LAMBDA_RUNTIME_API";
+/// The function's Handler property, as Lambda passes it.
+pub const HANDLER_VAR: &str = "_HANDLER";
+/// Overrides [`HANDLER_VAR`].
+pub const HANDLER_OVERRIDE_VAR: &str = "BATCH_MANAGER_HANDLER";
+/// The stack's batch table.
+pub const BATCH_TABLE_VAR: &str = "BATCH_TABLE";
+/// The stack's request table.
+pub const REQUEST_TABLE_VAR: &str = "REQUEST_TABLE";
+/// The chunk state machine; only `init` starts executions.
+pub const STATE_MACHINE_ARN_VAR: &str = "STATE_MACHINE_ARN";
+
+/// The roles, by the names the Handler property uses.
+pub const ROLE_NAMES: &str = "init, task1, task2, update";
+
+/// Whether this process runs under a Lambda Runtime API.
+pub fn is_lambda_environment() -> bool {
+    std::env::var_os(RUNTIME_API_VAR).is_some()
+}
+
+/// A role this binary serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Init,
+    Step(StepRole),
+}
+
+impl Role {
+    /// Parses a Handler property value.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "init" => Some(Self::Init),
+            "task1" => Some(Self::Step(StepRole::Task1)),
+            "task2" => Some(Self::Step(StepRole::Task2)),
+            "update" => Some(Self::Step(StepRole::Update)),
+            _ => None,
+        }
+    }
+}
+
+/// Why a function cannot start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InitError {
+    #[error("no role given: set the function's Handler ({HANDLER_VAR}) or {HANDLER_OVERRIDE_VAR} to one of {ROLE_NAMES}")]
+    MissingRole,
+    #[error("unknown role {given:?}: the function's Handler ({HANDLER_VAR}) or {HANDLER_OVERRIDE_VAR} must be one of {ROLE_NAMES}")]
+    UnknownRole { given: String },
+    #[error("missing environment variable {0}")]
+    MissingSetting(&'static str),
+}
+
+impl InitError {
+    /// The stable error name reported to the Runtime API.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::MissingRole | Self::UnknownRole { .. } => "BatchManager.UnknownRole",
+            Self::MissingSetting(_) => "BatchManager.MissingSetting",
+        }
+    }
+}
+
+/// What this process serves, with the settings only that role needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoleSettings {
+    Init { state_machine_arn: String },
+    Step(StepRole),
+}
+
+/// A function's settings, read once from its environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LambdaSettings {
+    pub role: RoleSettings,
+    pub tables: DynamoTables,
+}
+
+impl LambdaSettings {
+    /// Reads the process environment. Empty values count as missing.
+    pub fn from_env() -> Result<Self, InitError> {
+        Self::from_lookup(|name| {
+            std::env::var_os(name)
+                .map(|value| value.to_string_lossy().into_owned())
+                .filter(|value| !value.is_empty())
+        })
+    }
+
+    /// Reads settings through `lookup` (a variable's non-empty value, if set).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, InitError> {
+        let name = lookup(HANDLER_OVERRIDE_VAR)
+            .or_else(|| lookup(HANDLER_VAR))
+            .ok_or(InitError::MissingRole)?;
+        let role = Role::from_name(&name).ok_or_else(|| InitError::UnknownRole {
+            given: name.clone(),
+        })?;
+        let required = |var: &'static str| lookup(var).ok_or(InitError::MissingSetting(var));
+        let tables = DynamoTables {
+            batch_table: required(BATCH_TABLE_VAR)?,
+            request_table: required(REQUEST_TABLE_VAR)?,
+        };
+        let role = match role {
+            Role::Init => RoleSettings::Init {
+                state_machine_arn: required(STATE_MACHINE_ARN_VAR)?,
+            },
+            Role::Step(step) => RoleSettings::Step(step),
+        };
+        Ok(Self { role, tables })
+    }
+}
+
+/// Runs this process's role until the Runtime API stops it. The whole of `main` under Lambda.
+pub fn main() -> ExitCode {
+    lambda_runtime::tracing::init_default_subscriber_with_writer(std::io::stderr);
+    // One invocation at a time per process: a single-threaded runtime starts fastest and
+    // still overlaps the I/O of one invocation (e.g. concurrent StartExecution calls).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: starting the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "the function is exiting");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads the settings, builds what the role needs once, and serves invocations.
+pub async fn run() -> Result<(), lambda_runtime::Error> {
+    let settings = match LambdaSettings::from_env() {
+        Ok(settings) => settings,
+        Err(err) => {
+            report_init_error(&err).await;
+            return Err(err.into());
+        }
+    };
+    let sdk_config = crate::config::aws_sdk_config().await;
+    let store: Arc<dyn BatchStore> = Arc::new(DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk_config),
+        settings.tables,
+    ));
+    match settings.role {
+        RoleSettings::Init { state_machine_arn } => {
+            let orchestrator = StepFunctionsOrchestrator::new(
+                stepfunctions::client(&sdk_config),
+                state_machine_arn,
+            );
+            api::serve(Intake::new(store, Arc::new(orchestrator))).await
+        }
+        RoleSettings::Step(role) => steps::serve(role, Steps::new(store, Tasks::default())).await,
+    }
+}
+
+/// Tells the Runtime API why init failed. The `lambda_runtime` crate reports only failures of
+/// its own SnapStart hooks there, so a failure before the runtime starts is posted here.
+async fn report_init_error(err: &InitError) {
+    let diagnostic = Diagnostic {
+        error_type: err.error_type().to_owned(),
+        error_message: err.to_string(),
+    };
+    if let Err(failure) = post_init_error(&diagnostic).await {
+        tracing::error!(error = %failure, "could not report the init error to the Runtime API");
+    }
+}
+
+async fn post_init_error(diagnostic: &Diagnostic) -> Result<(), lambda_runtime::Error> {
+    let endpoint: lambda_http::http::Uri = std::env::var(RUNTIME_API_VAR)?.parse()?;
+    let client = lambda_runtime_api_client::PooledClient::builder()
+        .with_endpoint(endpoint)
+        .build();
+    let request = lambda_http::http::Request::post("/2018-06-01/runtime/init/error")
+        .header("lambda-runtime-function-error-type", &diagnostic.error_type)
+        .header("content-type", "application/json")
+        .body(lambda_runtime_api_client::body::Body::from(
+            serde_json::to_vec(diagnostic)?,
+        ))?;
+    let response = client.call(request).await?;
+    if !response.status().is_success() {
+        return Err(format!("the Runtime API answered {}", response.status()).into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<LambdaSettings, InitError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        LambdaSettings::from_lookup(|name| vars.get(name).cloned().filter(|v| !v.is_empty()))
+    }
+
+    const TABLES: [(&str, &str); 2] = [("BATCH_TABLE", "b"), ("REQUEST_TABLE", "r")];
+
+    #[test]
+    fn each_role_name_selects_its_role() {
+        for (name, role) in [
+            ("task1", StepRole::Task1),
+            ("task2", StepRole::Task2),
+            ("update", StepRole::Update),
+        ] {
+            let parsed = settings(&[TABLES[0], TABLES[1], ("_HANDLER", name)]).unwrap();
+            assert_eq!(parsed.role, RoleSettings::Step(role));
+        }
+        let init = settings(&[
+            TABLES[0],
+            TABLES[1],
+            ("_HANDLER", "init"),
+            ("STATE_MACHINE_ARN", "arn"),
+        ])
+        .unwrap();
+        assert_eq!(
+            init.role,
+            RoleSettings::Init {
+                state_machine_arn: "arn".to_owned()
+            }
+        );
+        assert_eq!(init.tables.batch_table, "b");
+        assert_eq!(init.tables.request_table, "r");
+    }
+
+    #[test]
+    fn the_override_wins_over_the_handler_property() {
+        let parsed = settings(&[
+            TABLES[0],
+            TABLES[1],
+            ("_HANDLER", "bootstrap"),
+            ("BATCH_MANAGER_HANDLER", "update"),
+        ])
+        .unwrap();
+        assert_eq!(parsed.role, RoleSettings::Step(StepRole::Update));
+    }
+
+    #[test]
+    fn an_unknown_or_missing_role_names_the_valid_ones() {
+        for vars in [
+            vec![TABLES[0], TABLES[1], ("_HANDLER", "Init")],
+            vec![TABLES[0], TABLES[1]],
+            vec![TABLES[0], TABLES[1], ("_HANDLER", "")],
+        ] {
+            let err = settings(&vars).unwrap_err();
+            assert_eq!(err.error_type(), "BatchManager.UnknownRole");
+            assert!(err.to_string().contains(ROLE_NAMES), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_setting_is_named() {
+        let err = settings(&[("_HANDLER", "task1"), TABLES[1]]).unwrap_err();
+        assert_eq!(err, InitError::MissingSetting("BATCH_TABLE"));
+        let err = settings(&[("_HANDLER", "update"), TABLES[0]]).unwrap_err();
+        assert_eq!(err, InitError::MissingSetting("REQUEST_TABLE"));
+        let err = settings(&[("_HANDLER", "init"), TABLES[0], TABLES[1]]).unwrap_err();
+        assert_eq!(err, InitError::MissingSetting("STATE_MACHINE_ARN"));
+        assert!(err.to_string().contains("STATE_MACHINE_ARN"));
+    }
+}

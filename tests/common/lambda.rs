@@ -1,0 +1,455 @@
+//! The Lambda side of the tests: a Runtime API emulator on loopback, the real `batch-manager`
+//! binary running under it in one of its roles, and a stack on moto (the two DynamoDB tables
+//! and a Step Functions state machine with the shipped definition) for the functions to use.
+//!
+//! The emulator implements what a runtime calls: `GET .../invocation/next` (a long poll that
+//! hands out queued events), `POST .../invocation/{id}/response`, `POST .../invocation/{id}/error`
+//! and `POST .../init/error`. One emulator serves one function process, as Lambda does.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::moto;
+
+/// Longest a test waits for one invocation's answer.
+pub const INVOKE_DEADLINE: Duration = Duration::from_secs(60);
+/// Longest a test waits for a function to reach its first poll, report an init error, or exit.
+pub const START_DEADLINE: Duration = Duration::from_secs(20);
+
+const ACCOUNT: &str = "123456789012";
+const REGION: &str = "us-east-1";
+
+/// An error a function reported, as the Runtime API receives it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionError {
+    pub error_type: String,
+    pub error_message: String,
+}
+
+type Outcome = Result<Value, FunctionError>;
+
+struct Invocation {
+    request_id: String,
+    event: Value,
+}
+
+struct ApiState {
+    function_arn: String,
+    queue: mpsc::UnboundedSender<Invocation>,
+    next: tokio::sync::Mutex<mpsc::UnboundedReceiver<Invocation>>,
+    waiting: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
+    init_error: watch::Sender<Option<FunctionError>>,
+    first_poll: watch::Sender<Option<Instant>>,
+}
+
+/// A Runtime API emulator on 127.0.0.1, port chosen by the system.
+pub struct RuntimeApi {
+    pub addr: SocketAddr,
+    state: Arc<ApiState>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl RuntimeApi {
+    pub async fn start(function_name: &str) -> Self {
+        let (queue, next) = mpsc::unbounded_channel();
+        let state = Arc::new(ApiState {
+            function_arn: format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:{function_name}"),
+            queue,
+            next: tokio::sync::Mutex::new(next),
+            waiting: Mutex::new(HashMap::new()),
+            init_error: watch::channel(None).0,
+            first_poll: watch::channel(None).0,
+        });
+        let router = Router::new()
+            .route("/2018-06-01/runtime/invocation/next", get(next_invocation))
+            .route(
+                "/2018-06-01/runtime/invocation/{id}/response",
+                post(invocation_response),
+            )
+            .route(
+                "/2018-06-01/runtime/invocation/{id}/error",
+                post(invocation_error),
+            )
+            .route("/2018-06-01/runtime/init/error", post(init_error))
+            .with_state(Arc::clone(&state));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the Runtime API emulator");
+        let addr = listener.local_addr().expect("emulator address");
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .await
+                .expect("emulator serves");
+        });
+        Self {
+            addr,
+            state,
+            server,
+        }
+    }
+
+    /// Queues `event` for the function and waits for its response or error.
+    pub async fn invoke(&self, event: Value) -> Result<Value, FunctionError> {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let (answer, answered) = oneshot::channel();
+        self.state
+            .waiting
+            .lock()
+            .unwrap()
+            .insert(request_id.clone(), answer);
+        self.state
+            .queue
+            .send(Invocation { request_id, event })
+            .unwrap_or_else(|_| panic!("the emulator stopped"));
+        tokio::time::timeout(INVOKE_DEADLINE, answered)
+            .await
+            .expect("the function answers in time")
+            .expect("the emulator keeps the answer")
+    }
+
+    /// The error the function reported at init, once it does (None if not within `deadline`).
+    pub async fn init_error(&self, deadline: Duration) -> Option<FunctionError> {
+        let mut reported = self.state.init_error.subscribe();
+        let waited = tokio::time::timeout(deadline, reported.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(error)) => error.clone(),
+            _ => None,
+        }
+    }
+
+    /// When the function first asked for an event (None if not within `deadline`).
+    pub async fn first_poll(&self, deadline: Duration) -> Option<Instant> {
+        let mut polled = self.state.first_poll.subscribe();
+        let waited = tokio::time::timeout(deadline, polled.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(at)) => *at,
+            _ => None,
+        }
+    }
+}
+
+impl Drop for RuntimeApi {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn next_invocation(State(state): State<Arc<ApiState>>) -> Response {
+    state.first_poll.send_if_modified(|first| {
+        if first.is_none() {
+            *first = Some(Instant::now());
+            true
+        } else {
+            false
+        }
+    });
+    let Some(invocation) = state.next.lock().await.recv().await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let deadline = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        + INVOKE_DEADLINE;
+    let trace_id = format!(
+        "Root=1-{:08x}-{};Parent={};Sampled=0",
+        deadline.as_secs(),
+        &uuid::Uuid::new_v4().simple().to_string()[..24],
+        &uuid::Uuid::new_v4().simple().to_string()[..16],
+    );
+    (
+        [
+            ("lambda-runtime-aws-request-id", invocation.request_id),
+            (
+                "lambda-runtime-deadline-ms",
+                deadline.as_millis().to_string(),
+            ),
+            (
+                "lambda-runtime-invoked-function-arn",
+                state.function_arn.clone(),
+            ),
+            ("lambda-runtime-trace-id", trace_id),
+            ("content-type", "application/json".to_owned()),
+        ],
+        invocation.event.to_string(),
+    )
+        .into_response()
+}
+
+fn answer(state: &ApiState, request_id: &str, outcome: Outcome) -> StatusCode {
+    match state.waiting.lock().unwrap().remove(request_id) {
+        Some(waiter) => {
+            let _ = waiter.send(outcome);
+            StatusCode::ACCEPTED
+        }
+        None => StatusCode::NOT_FOUND,
+    }
+}
+
+async fn invocation_response(
+    State(state): State<Arc<ApiState>>,
+    Path(request_id): Path<String>,
+    body: Bytes,
+) -> StatusCode {
+    let outcome = serde_json::from_slice(&body).unwrap_or_else(|err| {
+        panic!(
+            "the response is not JSON ({err}): {}",
+            String::from_utf8_lossy(&body)
+        )
+    });
+    answer(&state, &request_id, Ok(outcome))
+}
+
+fn reported_error(headers: &HeaderMap, body: &[u8]) -> FunctionError {
+    serde_json::from_slice(body).unwrap_or_else(|_| FunctionError {
+        error_type: headers
+            .get("lambda-runtime-function-error-type")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("Unknown")
+            .to_owned(),
+        error_message: String::from_utf8_lossy(body).into_owned(),
+    })
+}
+
+async fn invocation_error(
+    State(state): State<Arc<ApiState>>,
+    Path(request_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let error = reported_error(&headers, &body);
+    answer(&state, &request_id, Err(error))
+}
+
+async fn init_error(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let error = reported_error(&headers, &body);
+    state.init_error.send_replace(Some(error));
+    StatusCode::ACCEPTED
+}
+
+/// The binary the tests run: `BATCH_MANAGER_BIN` when set (e.g. a release build), else the
+/// build under test.
+pub fn binary() -> String {
+    std::env::var("BATCH_MANAGER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_batch-manager").to_owned())
+}
+
+/// A function process under its own Runtime API emulator.
+pub struct LambdaFunction {
+    pub api: RuntimeApi,
+    /// Just before the process was spawned.
+    pub started_at: Instant,
+    child: Child,
+    logs: Arc<Mutex<String>>,
+}
+
+impl LambdaFunction {
+    /// Starts the binary with only `vars` (plus what Lambda itself sets) in its environment, as
+    /// on Lambda; `handler` is the Handler property (`_HANDLER`), if any.
+    pub async fn start(handler: Option<&str>, vars: &[(String, String)]) -> Self {
+        let function_name = format!("batch-manager-{}", handler.unwrap_or("unset"));
+        let api = RuntimeApi::start(&function_name).await;
+        let mut command = Command::new(binary());
+        command
+            .env_clear()
+            .env("AWS_LAMBDA_RUNTIME_API", api.addr.to_string())
+            .env("AWS_LAMBDA_FUNCTION_NAME", &function_name)
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("RUST_LOG", "info")
+            .envs(vars.iter().map(|(name, value)| (name, value)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(handler) = handler {
+            command.env("_HANDLER", handler);
+        }
+        let started_at = Instant::now();
+        let mut child = command.spawn().expect("spawn batch-manager");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            use std::io::{BufRead, BufReader};
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        Self {
+            api,
+            started_at,
+            child,
+            logs,
+        }
+    }
+
+    pub async fn invoke(&self, event: Value) -> Result<Value, FunctionError> {
+        self.api.invoke(event).await
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the function has written to stderr so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits for the process to exit (None if it is still running after `deadline`).
+    pub async fn exit_status(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for LambdaFunction {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Lambda ARNs the test state machine's Task states name.
+pub fn function_arn(role: &str) -> String {
+    format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:batch-manager-{role}")
+}
+
+/// The definition's substitutions, as the stack template sets them.
+pub fn definition_substitutions() -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::from([
+        ("Task1FunctionArn".to_owned(), function_arn("task1")),
+        ("Task2FunctionArn".to_owned(), function_arn("task2")),
+        ("UpdateFunctionArn".to_owned(), function_arn("update")),
+    ])
+}
+
+/// A stack on moto: both tables and a state machine with the shipped definition. moto stores
+/// the executions the init function starts but does not run them; the tests play Step
+/// Functions.
+pub struct MotoStack {
+    pub endpoint: String,
+    pub sdk_config: aws_config::SdkConfig,
+    pub batch_table: String,
+    pub request_table: String,
+    pub state_machine_arn: String,
+}
+
+impl MotoStack {
+    pub async fn deploy(prefix: &str) -> Self {
+        let endpoint = moto::moto_endpoint().await;
+        let sdk_config = moto::sdk_config(&endpoint).await;
+        let (batch_table, request_table) = moto::table_names(prefix);
+        moto::create_tables(
+            &aws_sdk_dynamodb::Client::new(&sdk_config),
+            &batch_table,
+            &request_table,
+        )
+        .await;
+        let mut definition = batch_manager::engine::STATE_MACHINE_DEFINITION.to_owned();
+        for (name, value) in definition_substitutions() {
+            definition = definition.replace(&format!("${{{name}}}"), &value);
+        }
+        let state_machine_arn = aws_sdk_sfn::Client::new(&sdk_config)
+            .create_state_machine()
+            .name(format!("{batch_table}-chunks"))
+            .definition(definition)
+            .role_arn(format!("arn:aws:iam::{ACCOUNT}:role/batch-manager-chunks"))
+            .r#type(aws_sdk_sfn::types::StateMachineType::Standard)
+            .send()
+            .await
+            .expect("create the state machine")
+            .state_machine_arn;
+        Self {
+            endpoint,
+            sdk_config,
+            batch_table,
+            request_table,
+            state_machine_arn,
+        }
+    }
+
+    /// A function's environment, as the stack template sets it, plus moto's endpoint and
+    /// credentials.
+    pub fn function_env(&self) -> Vec<(String, String)> {
+        let mut vars: Vec<(String, String)> = moto::aws_env(&self.endpoint)
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect();
+        vars.push(("BATCH_TABLE".to_owned(), self.batch_table.clone()));
+        vars.push(("REQUEST_TABLE".to_owned(), self.request_table.clone()));
+        vars.push((
+            "STATE_MACHINE_ARN".to_owned(),
+            self.state_machine_arn.clone(),
+        ));
+        vars
+    }
+
+    /// Starts the binary in `role` against this stack and waits for its first poll.
+    pub async fn function(&self, role: &str) -> LambdaFunction {
+        let function = LambdaFunction::start(Some(role), &self.function_env()).await;
+        assert!(
+            function.api.first_poll(START_DEADLINE).await.is_some(),
+            "the {role} function did not start: {}",
+            function.logs()
+        );
+        function
+    }
+
+    pub fn sfn(&self) -> aws_sdk_sfn::Client {
+        aws_sdk_sfn::Client::new(&self.sdk_config)
+    }
+
+    /// The executions started so far: name and parsed input, by name.
+    pub async fn executions(&self) -> Vec<(String, Value)> {
+        let sfn = self.sfn();
+        let listed = sfn
+            .list_executions()
+            .state_machine_arn(&self.state_machine_arn)
+            .max_results(1000)
+            .send()
+            .await
+            .expect("ListExecutions");
+        let mut executions = Vec::new();
+        for execution in listed.executions() {
+            let described = sfn
+                .describe_execution()
+                .execution_arn(execution.execution_arn())
+                .send()
+                .await
+                .expect("DescribeExecution");
+            let input = serde_json::from_str(described.input().expect("execution input"))
+                .expect("execution input is JSON");
+            executions.push((execution.name().to_owned(), input));
+        }
+        executions.sort_by(|a, b| a.0.cmp(&b.0));
+        executions
+    }
+}
