@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need into .tools/ (Python and npm packages, by name), then runs every
-# check: proto lint, template and state machine lint, formatting, clippy and the test suite.
+# check: proto lint, template and state machine lint, formatting, clippy, the test suite, and the
+# packaging check (the arm64 Lambda zip builds and stays within 8 MB; skip it with
+# BATCH_MANAGER_SKIP_PACKAGING=1 for a quicker local run).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -32,3 +34,16 @@ echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test
+
+if [ "${BATCH_MANAGER_SKIP_PACKAGING:-0}" != 1 ]; then
+  echo "== packaging: arm64 Lambda zip"
+  rustup target add aarch64-unknown-linux-gnu
+  cargo lambda build --release --arm64 --output-format zip
+  artifact=target/lambda/batch-manager/bootstrap.zip
+  bytes=$(stat -c %s "$artifact")
+  echo "$artifact: $bytes bytes"
+  if [ "$bytes" -gt 8000000 ]; then
+    echo "the Lambda zip is over 8 MB" >&2
+    exit 1
+  fi
+fi
