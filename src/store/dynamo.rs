@@ -297,8 +297,28 @@ impl ChunkStateRecord {
     }
 }
 
-fn is_condition_failure<E, R>(err: &SdkError<E, R>, check: impl Fn(&E) -> bool) -> bool {
-    err.as_service_error().is_some_and(check)
+/// The output of a conditional write, or None when its condition failed (another writer got
+/// there first).
+fn conditional<T, E, R>(
+    sent: Result<T, SdkError<E, R>>,
+    is_condition_failure: impl Fn(&E) -> bool,
+) -> Result<Option<T>, StoreError>
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match sent {
+        Ok(output) => Ok(Some(output)),
+        Err(err) if err.as_service_error().is_some_and(is_condition_failure) => Ok(None),
+        Err(err) => Err(unavailable(err)),
+    }
+}
+
+impl From<aws_sdk_dynamodb::error::BuildError> for StoreError {
+    /// A request missing a field this module always sets.
+    fn from(err: aws_sdk_dynamodb::error::BuildError) -> Self {
+        StoreError::Corrupt(err.to_string())
+    }
 }
 
 impl DynamoStore {
@@ -414,10 +434,7 @@ impl DynamoStore {
         let mut pending: Vec<WriteRequest> = page
             .into_iter()
             .map(|item| {
-                let put = PutRequest::builder()
-                    .set_item(Some(item))
-                    .build()
-                    .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+                let put = PutRequest::builder().set_item(Some(item)).build()?;
                 Ok::<_, StoreError>(WriteRequest::builder().put_request(put).build())
             })
             .collect::<Result<_, _>>()?;
@@ -484,13 +501,7 @@ impl DynamoStore {
             .set_transact_items(Some(items))
             .send()
             .await;
-        match outcome {
-            Ok(_) => Ok(true),
-            Err(err) if is_condition_failure(&err, |e| e.is_transaction_canceled_exception()) => {
-                Ok(false)
-            }
-            Err(err) => Err(unavailable(err)),
-        }
+        Ok(conditional(outcome, |e| e.is_transaction_canceled_exception())?.is_some())
     }
 
     /// Creates the batch item unless it exists; returns the stored batch.
@@ -508,16 +519,12 @@ impl DynamoStore {
             .condition_expression("attribute_not_exists(batchId)")
             .send()
             .await;
-        match created {
-            Ok(_) => BatchRecord::from_item(&item),
-            Err(err)
-                if is_condition_failure(&err, |e| e.is_conditional_check_failed_exception()) =>
-            {
-                self.load_batch(&part.batch_id)
-                    .await?
-                    .ok_or_else(|| StoreError::Unavailable("batch vanished while created".into()))
-            }
-            Err(err) => Err(unavailable(err)),
+        match conditional(created, |e| e.is_conditional_check_failed_exception())? {
+            Some(_) => BatchRecord::from_item(&item),
+            None => self
+                .load_batch(&part.batch_id)
+                .await?
+                .ok_or_else(|| StoreError::Unavailable("batch vanished while created".into())),
         }
     }
 
@@ -665,19 +672,11 @@ impl DynamoStore {
                 update.update_expression("SET #status = :next, updatedAt = :now")
             };
             self.meter.write(1);
-            match update.send().await {
-                Ok(output) => {
-                    let item = output.attributes.unwrap_or_default();
-                    return Ok(BatchRecord::from_item(&item)?.batch);
-                }
-                Err(err)
-                    if is_condition_failure(&err, |e| {
-                        e.is_conditional_check_failed_exception()
-                    }) =>
-                {
-                    continue
-                }
-                Err(err) => return Err(unavailable(err)),
+            let sent = update.send().await;
+            if let Some(output) = conditional(sent, |e| e.is_conditional_check_failed_exception())?
+            {
+                let item = output.attributes.unwrap_or_default();
+                return Ok(BatchRecord::from_item(&item)?.batch);
             }
         }
         Err(StoreError::Unavailable(format!(
@@ -702,8 +701,7 @@ impl DynamoStore {
             .expression_attribute_values(":cancelled", s(ChunkStage::Cancelled.as_str()))
             .expression_attribute_values(":pending", s(ChunkStage::Pending.as_str()))
             .expression_attribute_values(":one", n(1))
-            .build()
-            .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+            .build()?;
         let batch_update = Update::builder()
             .table_name(&self.tables.batch_table)
             .set_key(Some(Self::batch_key(batch_id)))
@@ -713,8 +711,7 @@ impl DynamoStore {
             .expression_attribute_values(":items", n(item_count))
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":now", n(now.0))
-            .build()
-            .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+            .build()?;
         self.transact(
             vec![
                 TransactWriteItem::builder().update(chunk_update).build(),
@@ -805,8 +802,7 @@ impl BatchStore for DynamoStore {
                 .table_name(&self.tables.request_table)
                 .set_item(Some(part_item))
                 .condition_expression("attribute_not_exists(sk)")
-                .build()
-                .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+                .build()?;
             let reserve = Update::builder()
                 .table_name(&self.tables.batch_table)
                 .set_key(Some(Self::batch_key(&part.batch_id)))
@@ -822,8 +818,7 @@ impl BatchStore for DynamoStore {
                 .expression_attribute_values(":seen_chunks", n(first_chunk))
                 .expression_attribute_values(":seen_received", n(batch.received_items))
                 .expression_attribute_values(":no", AttributeValue::Bool(false))
-                .build()
-                .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+                .build()?;
             let reserved = self
                 .transact(
                     vec![
@@ -990,19 +985,9 @@ impl BatchStore for DynamoStore {
                 .expression_attribute_values(":received", n(record.batch.received_items))
                 .send()
                 .await;
-            match requested {
-                Ok(_) => {
-                    marked = true;
-                    break;
-                }
-                Err(err)
-                    if is_condition_failure(&err, |e| {
-                        e.is_conditional_check_failed_exception()
-                    }) =>
-                {
-                    continue
-                }
-                Err(err) => return Err(unavailable(err)),
+            if conditional(requested, |e| e.is_conditional_check_failed_exception())?.is_some() {
+                marked = true;
+                break;
             }
         }
         if !marked {
@@ -1155,8 +1140,7 @@ impl BatchStore for DynamoStore {
                 .expression_attribute_values(":seen", n(seen_version))
                 .expression_attribute_values(":pending", s(ChunkStage::Pending.as_str()))
                 .expression_attribute_values(":started", s(ChunkStage::Started.as_str()))
-                .build()
-                .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+                .build()?;
             let count = Update::builder()
                 .table_name(&self.tables.batch_table)
                 .set_key(Some(Self::batch_key(batch_id)))
@@ -1167,8 +1151,7 @@ impl BatchStore for DynamoStore {
                 .expression_attribute_values(":failed", n(state.outcomes.count(codec::FAILED)))
                 .expression_attribute_values(":one", n(1))
                 .expression_attribute_values(":now", n(Timestamp::now().0))
-                .build()
-                .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+                .build()?;
             let recorded = self
                 .transact(
                     vec![
@@ -1216,14 +1199,6 @@ impl DynamoStore {
             .expression_attribute_values(":seen", n(seen_version))
             .send()
             .await;
-        match written {
-            Ok(_) => Ok(true),
-            Err(err)
-                if is_condition_failure(&err, |e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(err) => Err(unavailable(err)),
-        }
+        Ok(conditional(written, |e| e.is_conditional_check_failed_exception())?.is_some())
     }
 }

@@ -1,5 +1,6 @@
-//! moto's AWS API server on loopback, one per test binary, plus SDK configuration pointing at it
-//! and DynamoDB tables created as `cf-templates/batch-processing-stack.yaml` defines them.
+//! moto's AWS API server on loopback, one per test binary and serving one request at a time
+//! (`tests/support/moto_server.py` says why), plus SDK configuration pointing at it and DynamoDB
+//! tables created as `cf-templates/batch-processing-stack.yaml` defines them.
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
@@ -26,10 +27,14 @@ fn free_port() -> u16 {
 pub async fn moto_endpoint() -> String {
     MOTO.get_or_init(|| async {
         let port = free_port();
+        // The Python beside moto_server is the one moto is installed in.
         let moto = which("moto_server");
+        let python = std::path::Path::new(&moto).with_file_name("python3");
+        let launcher = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/moto_server.py");
         let script = format!(
-            "'{moto}' -H 127.0.0.1 -p {port} >/dev/null 2>&1 & child=$!; \
+            "'{python}' '{launcher}' 127.0.0.1 {port} >/dev/null 2>&1 & child=$!; \
              while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $child",
+            python = python.display(),
             parent = std::process::id()
         );
         let mut watcher = Command::new("sh")
