@@ -562,7 +562,9 @@ async fn store_failures_surface_by_name_without_their_details() {
             error_message: "store unavailable".to_owned(),
         }
     );
-    let logs = task1.logs();
+    let logs = task1
+        .logs_containing("ResourceNotFound", Duration::from_secs(10))
+        .await;
     assert!(
         logs.contains("ResourceNotFound"),
         "the details are in the function's log: {logs}"

@@ -315,6 +315,19 @@ impl LambdaFunction {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The function's stderr once it contains `needle`, or as it stands after `deadline`
+    /// (stderr is collected by a thread, so a line may land just after the response).
+    pub async fn logs_containing(&self, needle: &str, deadline: Duration) -> String {
+        let until = Instant::now() + deadline;
+        loop {
+            let logs = self.logs();
+            if logs.contains(needle) || Instant::now() >= until {
+                return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits for the process to exit (None if it is still running after `deadline`).
     pub async fn exit_status(&mut self, deadline: Duration) -> Option<ExitStatus> {
         let until = Instant::now() + deadline;
