@@ -7,13 +7,7 @@ use batch_manager::grpc::pb;
 use common::*;
 use tonic::Code;
 
-fn submit(batch_id: &str, item_ids: Vec<String>, batch_size: u32) -> pb::SubmitBatchRequest {
-    pb::SubmitBatchRequest {
-        batch_id: batch_id.to_owned(),
-        item_ids,
-        batch_size,
-    }
-}
+use common::submit_request as submit;
 
 #[tokio::test]
 async fn bad_submissions_are_rejected_and_the_database_is_unchanged() {

@@ -39,15 +39,7 @@ async fn wait_for_progress(server: &ServerProcess, batch_id: &str, chunks: u64) 
     let mut client = connect(server.grpc_addr).await;
     let deadline = Instant::now() + BATCH_DEADLINE;
     loop {
-        let batch = client
-            .get_batch_status(pb::GetBatchStatusRequest {
-                batch_id: batch_id.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .batch
-            .unwrap();
+        let batch = fetch_status(&mut client, batch_id).await;
         if batch.completed_chunks >= chunks {
             return batch;
         }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use batch_manager::domain::{parse_item_ids, BatchId, BatchSize, BatchStatus, NewPart};
 use batch_manager::pipeline::steps::{TaskEvent, UpdateEvent};
 use batch_manager::pipeline::{Steps, Tasks};
-use batch_manager::store::dynamo::{DynamoStore, DynamoTables};
 use batch_manager::store::{AppendOutcome, BatchStore};
 use common::moto;
 
@@ -20,17 +19,7 @@ const BATCH_SIZE: u64 = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_happy_path_spends_at_most_half_a_write_unit_per_item() {
-    let endpoint = moto::moto_endpoint().await;
-    let client = aws_sdk_dynamodb::Client::new(&moto::sdk_config(&endpoint).await);
-    let (batch_table, request_table) = moto::table_names("cost");
-    moto::create_tables(&client, &batch_table, &request_table).await;
-    let store = DynamoStore::new(
-        client,
-        DynamoTables {
-            batch_table,
-            request_table,
-        },
-    );
+    let store = moto::dynamo_store("cost").await;
     let shared: Arc<dyn BatchStore> = Arc::new(store.clone());
 
     let ids: Vec<String> = (0..ITEMS)

@@ -16,7 +16,6 @@ use axum::response::{IntoResponse, Response};
 use batch_manager::domain::{parse_item_ids, BatchId, BatchSize, BatchStatus, NewPart};
 use batch_manager::pipeline::steps::{TaskEvent, UpdateEvent};
 use batch_manager::pipeline::{Steps, Tasks};
-use batch_manager::store::dynamo::{DynamoStore, DynamoTables};
 use batch_manager::store::{AppendOutcome, BatchStore, ItemQuery};
 use common::moto;
 use serde_json::{json, Value};
@@ -128,12 +127,7 @@ async fn start_proxy(upstream: String) -> (String, Arc<Faults>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_and_unprocessed_items_are_retried_and_nothing_is_lost() {
-    let upstream = moto::moto_endpoint().await;
-    let setup = aws_sdk_dynamodb::Client::new(&moto::sdk_config(&upstream).await);
-    let (batch_table, request_table) = moto::table_names("faults");
-    moto::create_tables(&setup, &batch_table, &request_table).await;
-
-    let (proxy, faults) = start_proxy(upstream).await;
+    let (proxy, faults) = start_proxy(moto::moto_endpoint().await).await;
     let config = aws_sdk_dynamodb::config::Builder::from(&moto::sdk_config(&proxy).await)
         .retry_config(
             RetryConfig::standard()
@@ -141,13 +135,7 @@ async fn throttling_and_unprocessed_items_are_retried_and_nothing_is_lost() {
                 .with_max_backoff(std::time::Duration::from_millis(200)),
         )
         .build();
-    let store = DynamoStore::new(
-        aws_sdk_dynamodb::Client::from_conf(config),
-        DynamoTables {
-            batch_table,
-            request_table,
-        },
-    );
+    let store = moto::dynamo_store_with("faults", config).await;
     let shared: Arc<dyn BatchStore> = Arc::new(store.clone());
 
     let ids: Vec<String> = (0..600).map(|_| uuid::Uuid::new_v4().to_string()).collect();

@@ -13,13 +13,7 @@ use batch_manager::pipeline::{ChunkTask, TaskError, TaskInput, Tasks};
 use common::*;
 use tonic::Code;
 
-fn submit(batch_id: &str, item_ids: Vec<String>, batch_size: u32) -> pb::SubmitBatchRequest {
-    pb::SubmitBatchRequest {
-        batch_id: batch_id.to_owned(),
-        item_ids,
-        batch_size,
-    }
-}
+use common::submit_request as submit;
 
 #[tokio::test]
 async fn the_seed_example_completes_with_ten_succeeded_items() {

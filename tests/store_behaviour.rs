@@ -8,7 +8,6 @@ use std::sync::Arc;
 use batch_manager::domain::{
     parse_item_ids, BatchId, BatchSize, BatchStatus, ItemOutcome, ItemStatus, NewPart,
 };
-use batch_manager::store::dynamo::{DynamoStore, DynamoTables};
 use batch_manager::store::sqlite::SqliteStore;
 use batch_manager::store::{
     AppendOutcome, BatchQuery, BatchStore, CancelOutcome, ChunkClaim, ItemQuery, ListError,
@@ -23,18 +22,7 @@ async fn sqlite_store() -> (Arc<dyn BatchStore>, tempfile::TempDir) {
 }
 
 async fn dynamo_store() -> (Arc<dyn BatchStore>, ()) {
-    let endpoint = moto::moto_endpoint().await;
-    let client = aws_sdk_dynamodb::Client::new(&moto::sdk_config(&endpoint).await);
-    let (batch_table, request_table) = moto::table_names("behaviour");
-    moto::create_tables(&client, &batch_table, &request_table).await;
-    let store = DynamoStore::new(
-        client,
-        DynamoTables {
-            batch_table,
-            request_table,
-        },
-    );
-    (Arc::new(store), ())
+    (Arc::new(moto::dynamo_store("behaviour").await), ())
 }
 
 fn part(batch: &str, total: u64, size: u64, number: u64, ids: &[&str]) -> NewPart {

@@ -72,15 +72,7 @@ impl TestApp {
     }
 
     pub async fn status(&mut self, batch_id: &str) -> pb::Batch {
-        self.client
-            .get_batch_status(pb::GetBatchStatusRequest {
-                batch_id: batch_id.to_owned(),
-            })
-            .await
-            .expect("GetBatchStatus")
-            .into_inner()
-            .batch
-            .expect("batch")
+        fetch_status(&mut self.client, batch_id).await
     }
 
     /// Polls until the batch is terminal; panics after [`BATCH_DEADLINE`].
@@ -93,18 +85,36 @@ impl TestApp {
     }
 }
 
+/// `GetBatchStatus`, which must succeed.
+pub async fn fetch_status(client: &mut BatchManagerClient<Channel>, batch_id: &str) -> pb::Batch {
+    client
+        .get_batch_status(pb::GetBatchStatusRequest {
+            batch_id: batch_id.to_owned(),
+        })
+        .await
+        .expect("GetBatchStatus")
+        .into_inner()
+        .batch
+        .expect("batch")
+}
+
+/// A `SubmitBatch` request.
+pub fn submit_request(
+    batch_id: &str,
+    item_ids: Vec<String>,
+    batch_size: u32,
+) -> pb::SubmitBatchRequest {
+    pb::SubmitBatchRequest {
+        batch_id: batch_id.to_owned(),
+        item_ids,
+        batch_size,
+    }
+}
+
 pub async fn wait_terminal(client: &mut BatchManagerClient<Channel>, batch_id: &str) -> pb::Batch {
     let deadline = Instant::now() + BATCH_DEADLINE;
     loop {
-        let batch = client
-            .get_batch_status(pb::GetBatchStatusRequest {
-                batch_id: batch_id.to_owned(),
-            })
-            .await
-            .expect("GetBatchStatus")
-            .into_inner()
-            .batch
-            .expect("batch");
+        let batch = fetch_status(client, batch_id).await;
         if is_terminal(batch.status()) {
             return batch;
         }

@@ -167,3 +167,29 @@ pub async fn create_tables(
         .await
         .expect("create request table");
 }
+
+/// A DynamoDB store on fresh tables in this binary's moto server, with `config` (SDK settings
+/// pointing at moto, or at a proxy in front of it).
+pub async fn dynamo_store_with(
+    prefix: &str,
+    config: aws_sdk_dynamodb::Config,
+) -> batch_manager::store::dynamo::DynamoStore {
+    let endpoint = moto_endpoint().await;
+    let setup = aws_sdk_dynamodb::Client::new(&sdk_config(&endpoint).await);
+    let (batch_table, request_table) = table_names(prefix);
+    create_tables(&setup, &batch_table, &request_table).await;
+    batch_manager::store::dynamo::DynamoStore::new(
+        aws_sdk_dynamodb::Client::from_conf(config),
+        batch_manager::store::dynamo::DynamoTables {
+            batch_table,
+            request_table,
+        },
+    )
+}
+
+/// A DynamoDB store on fresh tables in this binary's moto server.
+pub async fn dynamo_store(prefix: &str) -> batch_manager::store::dynamo::DynamoStore {
+    let endpoint = moto_endpoint().await;
+    let config = aws_sdk_dynamodb::Config::from(&sdk_config(&endpoint).await);
+    dynamo_store_with(prefix, config).await
+}
