@@ -227,7 +227,11 @@ impl BatchManager for AdminService {
                     last_sent = Some(current.clone());
                     tokio::time::sleep(WATCH_MIN_GAP).await;
                 }
-                generation = store.wait_for_change(generation, WATCH_POLL).await;
+                generation = tokio::select! {
+                    changed = store.wait_for_change(generation, WATCH_POLL) => changed,
+                    // The client went away: stop reading the batch for it.
+                    _ = sender.closed() => return,
+                };
                 current = match store.get_batch(&batch_id).await {
                     Ok(Some(batch)) => batch,
                     Ok(None) => {
