@@ -72,10 +72,20 @@ pub enum EngineError {
     Cursor(String, serde_json::Error),
 }
 
-struct Work {
-    key: ExecutionKey,
-    cursor: Cursor,
-    started_at: Timestamp,
+/// An execution waiting for a worker. A batch of small chunks queues one per chunk, so a fresh
+/// execution is kept small (its batch id shared, no cursor): its first cursor is built when a
+/// worker takes it.
+enum Work {
+    Fresh {
+        batch_id: Arc<BatchId>,
+        chunk: u64,
+        started_at: Timestamp,
+    },
+    Resumed {
+        key: ExecutionKey,
+        cursor: Cursor,
+        started_at: Timestamp,
+    },
 }
 
 struct Shared {
@@ -155,7 +165,7 @@ impl LocalEngine {
         for record in records {
             let cursor: Cursor = serde_json::from_str(&record.cursor)
                 .map_err(|err| EngineError::Cursor(record.key.name(), err))?;
-            let work = Work {
+            let work = Work::Resumed {
                 key: record.key,
                 cursor,
                 started_at: record.started_at,
@@ -173,25 +183,25 @@ impl LocalEngine {
 
     async fn create(&self, keys: Vec<ExecutionKey>) -> Result<(), crate::store::StoreError> {
         let started_at = Timestamp::now();
-        let mut cursors = Vec::with_capacity(keys.len());
         let mut rows = Vec::with_capacity(keys.len());
         for key in keys {
             let cursor = self.shared.machine.start(execution_input(&key));
             let json = serde_json::to_string(&cursor)
                 .map_err(|err| crate::store::StoreError::Corrupt(err.to_string()))?;
-            rows.push((key.clone(), json));
-            cursors.push((key, cursor));
+            rows.push((key, json));
         }
         let created = self.shared.journal.create_executions(rows).await?;
-        let created: std::collections::HashSet<ExecutionKey> = created.into_iter().collect();
-        for (key, cursor) in cursors {
-            if created.contains(&key) {
-                self.enqueue(Work {
-                    key,
-                    cursor,
-                    started_at,
-                });
-            }
+        let mut shared_id: Option<Arc<BatchId>> = None;
+        for key in created {
+            let batch_id = match &shared_id {
+                Some(id) if **id == key.batch_id => Arc::clone(id),
+                _ => Arc::clone(shared_id.insert(Arc::new(key.batch_id))),
+            };
+            self.enqueue(Work::Fresh {
+                batch_id,
+                chunk: key.chunk,
+                started_at,
+            });
         }
         Ok(())
     }
@@ -230,11 +240,25 @@ impl LocalEngine {
 
     /// Runs an execution until it ends, sleeps or the engine stops.
     async fn run(&self, work: Work) {
-        let Work {
-            key,
-            mut cursor,
-            started_at,
-        } = work;
+        let (key, mut cursor, started_at) = match work {
+            Work::Fresh {
+                batch_id,
+                chunk,
+                started_at,
+            } => {
+                let key = ExecutionKey {
+                    batch_id: BatchId::clone(&batch_id),
+                    chunk,
+                };
+                let cursor = self.shared.machine.start(execution_input(&key));
+                (key, cursor, started_at)
+            }
+            Work::Resumed {
+                key,
+                cursor,
+                started_at,
+            } => (key, cursor, started_at),
+        };
         let context = ExecutionContext {
             execution_name: key.name(),
             execution_input: execution_input(&key),
@@ -272,7 +296,7 @@ impl LocalEngine {
             if let Err(err) = saved {
                 tracing::error!(execution = %key.name(), error = %err, "journal write failed; retrying the state");
                 self.enqueue_after(
-                    Work {
+                    Work::Resumed {
                         key,
                         cursor,
                         started_at,
@@ -285,7 +309,7 @@ impl LocalEngine {
                 Step::Continue(next) => cursor = next,
                 Step::Sleep { duration, then } => {
                     self.enqueue_after(
-                        Work {
+                        Work::Resumed {
                             key,
                             cursor: then,
                             started_at,
