@@ -31,9 +31,10 @@
 //! # Paths
 //!
 //! Reading paths (`InputPath`, `OutputPath`, `Variable`, `key.$` values, `SecondsPath`, ...) are
-//! RFC 9535 JSONPath queries, so a member name with a character such as `-` needs bracket
-//! notation (`$['my-field']`). A path made only of names and integer indexes yields the one value it
-//! selects; any other path (wildcard, slice, filter, descendants) yields an array of its matches.
+//! JSONPath queries. A path made only of names and integer indexes (dotted names may hold any
+//! character but `.`, `[`, `]`, quotes, spaces and JSONPath operators, as on Step Functions:
+//! `$.my-field`) yields the one value it selects; any other path (wildcard, slice, filter,
+//! descendants, evaluated as RFC 9535 queries) yields an array of its matches.
 //! A path that selects nothing fails the execution with `States.Runtime` (a Choice rule's
 //! `IsPresent` is then simply false). Paths starting with
 //! `$$` read the context object: `Execution.{Id,Name,Input,StartTime}`,
@@ -43,12 +44,11 @@
 //!
 //! # Errors at run time
 //!
-//! `States.Runtime` (a path selected nothing, a `ResultPath` could not be applied, a value had
-//! the wrong type) and `States.DataLimitExceeded` (a payload over 262,144 bytes) end the
-//! execution: no Retrier or Catcher handles them, as on Step Functions. Every other Task error
-//! goes through `Retry` and then `Catch`. (Step Functions names a failed `ResultPath`
-//! `States.ResultPathMatchFailure`; here it is `States.Runtime`, so a definition never relies
-//! on catching it.)
+//! `States.Runtime` (a path selected nothing, a value had the wrong type) and
+//! `States.DataLimitExceeded` (a payload over 262,144 bytes) end the execution: no Retrier or
+//! Catcher handles them, as on Step Functions. Every other Task error goes through `Retry` and
+//! then `Catch`, including `States.ResultPathMatchFailure` (a Task's `ResultPath` could not be
+//! applied to its input), as on Step Functions.
 //!
 //! # Driving an execution
 //!
@@ -89,6 +89,8 @@ const ALL_ERRORS: &str = "States.ALL";
 const ANY_TASK_ERROR: &str = "States.TaskFailed";
 const TIMEOUT_ERROR: &str = "States.Timeout";
 const RUNTIME_ERROR: &str = "States.Runtime";
+/// The error of a `ResultPath` that cannot be applied; Retry and Catch handle it.
+const RESULT_PATH_ERROR: &str = "States.ResultPathMatchFailure";
 const DATA_LIMIT_ERROR: &str = "States.DataLimitExceeded";
 const NO_CHOICE_MATCHED_ERROR: &str = "States.NoChoiceMatched";
 
@@ -1519,7 +1521,13 @@ fn parse_read_path(state: &str, field: &str, text: &str) -> Result<ReadPath, Def
             "{text:?} is not a path: a path starts with \"$\""
         )));
     }
-    let query = JsonPath::parse(&query_text)
+    // Step Functions reads `$.my-field` as a member name; RFC 9535 only allows plain names in
+    // dotted form, so a path of names and indexes is handed over in bracket notation.
+    let canonical = match parse_reference_path(&query_text) {
+        Ok(steps) => bracketed(&steps),
+        Err(_) => query_text.clone(),
+    };
+    let query = JsonPath::parse(&canonical)
         .map_err(|error| invalid(format!("{text:?} is not a valid JSONPath: {error}")))?;
     Ok(ReadPath {
         field: field.to_owned(),
@@ -1528,6 +1536,29 @@ fn parse_read_path(state: &str, field: &str, text: &str) -> Result<ReadPath, Def
         query,
         definite: parse_reference_path(&query_text).is_ok(),
     })
+}
+
+/// A path of names and indexes in RFC 9535 bracket notation: `$['a-b'][0]`.
+fn bracketed(steps: &[PathStep]) -> String {
+    let mut path = String::from("$");
+    for step in steps {
+        match step {
+            PathStep::Field(name) => {
+                path.push_str("['");
+                for c in name.chars() {
+                    match c {
+                        '\\' => path.push_str("\\\\"),
+                        '\'' => path.push_str("\\'"),
+                        c if (c as u32) < 0x20 => path.push_str(&format!("\\u{:04x}", c as u32)),
+                        c => path.push(c),
+                    }
+                }
+                path.push_str("']");
+            }
+            PathStep::Index(index) => path.push_str(&format!("[{index}]")),
+        }
+    }
+    path
 }
 
 /// Parses a Reference Path: `$` followed by `.name`, `['name']`, `["name"]` or `[index]` steps.
@@ -1745,11 +1776,12 @@ impl ResultPath {
             ResultPath::At { text, steps } => (text, steps),
         };
         let mut output = input;
-        write_at(&mut output, steps, result).map_err(|problem| {
-            TaskFailure::runtime(
-                scope,
-                format_args!("the ResultPath {text:?} cannot be applied to the input: {problem}"),
-            )
+        write_at(&mut output, steps, result).map_err(|problem| TaskFailure {
+            error: RESULT_PATH_ERROR.to_owned(),
+            cause: format!(
+                "state {:?}: the ResultPath {text:?} cannot be applied to the input: {problem}",
+                scope.state_name
+            ),
         })?;
         Ok(output)
     }
@@ -3032,17 +3064,56 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_result_path_that_clashes_with_the_input_fails_with_states_runtime() {
+    async fn a_result_path_that_clashes_with_the_input_fails_with_result_path_match_failure() {
         let tasks = FakeTasks::returning(json!(1));
         let machine = single(task(json!({ "ResultPath": "$.a.b" })));
         let step = step_from_start(&machine, json!({ "a": "text" }), &tasks).await;
-        assert!(runtime_cause(&step).contains("finds a string"), "{step:?}");
+        assert_eq!(failed_with(&step), "States.ResultPathMatchFailure");
+        assert!(format!("{step:?}").contains("finds a string"), "{step:?}");
         let machine = single(task(json!({ "ResultPath": "$.list[3]" })));
         let step = step_from_start(&machine, json!({ "list": [] }), &tasks).await;
-        assert!(
-            runtime_cause(&step).contains("outside an array"),
-            "{step:?}"
+        assert_eq!(failed_with(&step), "States.ResultPathMatchFailure");
+        assert!(format!("{step:?}").contains("outside an array"), "{step:?}");
+    }
+
+    #[tokio::test]
+    async fn a_result_path_match_failure_is_caught_as_on_step_functions() {
+        let machine = machine(json!({
+            "StartAt": "T",
+            "States": {
+                "T": {
+                    "Type": "Task", "Resource": "arn:t", "ResultPath": "$.a.b",
+                    "Catch": [{ "ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "Done" }],
+                    "Next": "Done"
+                },
+                "Done": { "Type": "Succeed" }
+            }
+        }));
+        let tasks = FakeTasks::returning(json!(1));
+        let step = step_from_start(&machine, json!({ "a": "text" }), &tasks).await;
+        let caught = continue_to(step);
+        assert_eq!(caught.state, "Done");
+        assert_eq!(
+            caught.input["error"]["Error"],
+            "States.ResultPathMatchFailure"
         );
+    }
+
+    #[tokio::test]
+    async fn dotted_names_with_dashes_read_as_on_step_functions() {
+        let machine = single(task(json!({
+            "InputPath": "$.my-order",
+            "Parameters": { "id.$": "$.order-id", "first.$": "$.line-items[0]" }
+        })));
+        let tasks = FakeTasks::returning(json!({}));
+        step_from_start(
+            &machine,
+            json!({ "my-order": { "order-id": 7, "line-items": ["x", "y"] } }),
+            &tasks,
+        )
+        .await;
+        let inputs: Vec<Value> = tasks.calls().into_iter().map(|(_, input)| input).collect();
+        assert_eq!(inputs, vec![json!({ "id": 7, "first": "x" })]);
     }
 
     #[tokio::test]
