@@ -31,10 +31,12 @@ pub async fn moto_endpoint() -> String {
         let moto = which("moto_server");
         let python = std::path::Path::new(&moto).with_file_name("python3");
         let launcher = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/moto_server.py");
+        let log = std::env::temp_dir().join(format!("batch-manager-moto-{port}.log"));
         let script = format!(
-            "'{python}' '{launcher}' 127.0.0.1 {port} >/dev/null 2>&1 & child=$!; \
+            "'{python}' '{launcher}' 127.0.0.1 {port} >'{log}' 2>&1 & child=$!; \\
              while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $child",
             python = python.display(),
+            log = log.display(),
             parent = std::process::id()
         );
         let mut watcher = Command::new("sh")
@@ -43,7 +45,7 @@ pub async fn moto_endpoint() -> String {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start moto_server");
+            .expect("start moto's server");
         std::thread::spawn(move || watcher.wait());
         let endpoint = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -51,7 +53,11 @@ pub async fn moto_endpoint() -> String {
             if reqwest::get(format!("{endpoint}/moto-api/")).await.is_ok() {
                 break;
             }
-            assert!(Instant::now() < deadline, "moto_server did not start");
+            assert!(
+                Instant::now() < deadline,
+                "moto's server did not start; its output:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         endpoint

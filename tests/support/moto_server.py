@@ -10,12 +10,14 @@ usage: python moto_server.py HOST PORT
 
 import sys
 
-from moto.moto_server.werkzeug_app import (
-    DomainDispatcherApplication,
-    MotoRequestHandler,
-    create_backend_app,
-)
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import run_simple
+
+try:
+    # Newer moto releases ship their own request handler; older ones use werkzeug's.
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+except ImportError:
+    MotoRequestHandler = None
 
 
 def main() -> None:
