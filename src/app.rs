@@ -31,12 +31,40 @@ pub struct LocalConfig {
     pub engine: EngineConfig,
 }
 
-/// A running local server.
-pub struct LocalApp {
+/// A running server over a store of type `S`.
+pub struct App<S> {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
-    pub store: SqliteStore,
+    pub store: S,
     server: Server,
+}
+
+/// A running local server: SQLite store and embedded engine.
+pub type LocalApp = App<SqliteStore>;
+
+/// A running server on a deployed stack: chunks run in Step Functions, not in this process.
+pub type AwsApp = App<DynamoStore>;
+
+impl<S> App<S> {
+    fn new(server: Server, store: S) -> Self {
+        Self {
+            grpc_addr: server.grpc_addr,
+            http_addr: server.http_addr,
+            store,
+            server,
+        }
+    }
+
+    /// Stops accepting requests, lets the work under way end (for the local backend, the
+    /// engine's steps), and returns.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.server.shutdown().await
+    }
+
+    /// Runs until `signal` resolves, then shuts down.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        self.server.run_until(signal).await
+    }
 }
 
 impl LocalApp {
@@ -64,22 +92,7 @@ impl LocalApp {
             db = %config.db.display(),
             "serving"
         );
-        Ok(Self {
-            grpc_addr: server.grpc_addr,
-            http_addr: server.http_addr,
-            store,
-            server,
-        })
-    }
-
-    /// Stops accepting requests, lets the engine's steps under way end, and returns.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
-        self.server.shutdown().await
-    }
-
-    /// Runs until `signal` resolves, then shuts down.
-    pub async fn run_until(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
-        self.server.run_until(signal).await
+        Ok(Self::new(server, store))
     }
 }
 
@@ -89,14 +102,6 @@ pub struct AwsConfig {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub stack: AwsSettings,
-}
-
-/// A running server on a deployed stack: chunks run in Step Functions, not in this process.
-pub struct AwsApp {
-    pub grpc_addr: SocketAddr,
-    pub http_addr: SocketAddr,
-    pub store: DynamoStore,
-    server: Server,
 }
 
 impl AwsApp {
@@ -132,22 +137,7 @@ impl AwsApp {
             state_machine = %config.stack.state_machine_arn,
             "serving"
         );
-        Ok(Self {
-            grpc_addr: server.grpc_addr,
-            http_addr: server.http_addr,
-            store,
-            server,
-        })
-    }
-
-    /// Stops accepting requests and returns once the requests under way are answered.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
-        self.server.shutdown().await
-    }
-
-    /// Runs until `signal` resolves, then shuts down.
-    pub async fn run_until(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
-        self.server.run_until(signal).await
+        Ok(Self::new(server, store))
     }
 }
 
