@@ -359,12 +359,12 @@ async fn play_execution(
     name: &str,
     input: Value,
 ) -> Step {
-    let context = ExecutionContext {
-        execution_name: name.to_owned(),
-        execution_input: input.clone(),
-        start_time: Timestamp::now().to_rfc3339(),
-        state_machine_name: "batch-manager-chunks".to_owned(),
-    };
+    let context = ExecutionContext::new(
+        name,
+        input.clone(),
+        Timestamp::now().to_rfc3339(),
+        "batch-manager-chunks",
+    );
     let mut cursor = machine.start(input);
     loop {
         match machine.step(cursor, &context, tasks).await {
@@ -606,12 +606,12 @@ async fn the_fixture_events_are_what_the_definition_sends() {
         StateMachine::from_json(STATE_MACHINE_DEFINITION, &definition_substitutions()).unwrap();
     let tasks = RecordingTasks::default();
     let input = json!({"batchId": SEED_BATCH_ID, "chunk": 0});
-    let context = ExecutionContext {
-        execution_name: "fixture".to_owned(),
-        execution_input: input.clone(),
-        start_time: Timestamp::now().to_rfc3339(),
-        state_machine_name: "batch-manager-chunks".to_owned(),
-    };
+    let context = ExecutionContext::new(
+        "fixture",
+        input.clone(),
+        Timestamp::now().to_rfc3339(),
+        "batch-manager-chunks",
+    );
     let mut cursor = machine.start(input);
     let end = loop {
         match machine.step(cursor, &context, &tasks).await {

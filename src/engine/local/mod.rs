@@ -259,12 +259,12 @@ impl LocalEngine {
                 started_at,
             } => (key, cursor, started_at),
         };
-        let context = ExecutionContext {
-            execution_name: key.name(),
-            execution_input: execution_input(&key),
-            start_time: started_at.to_rfc3339(),
-            state_machine_name: STATE_MACHINE_NAME.to_owned(),
-        };
+        let context = ExecutionContext::new(
+            key.name(),
+            execution_input(&key),
+            started_at.to_rfc3339(),
+            STATE_MACHINE_NAME,
+        );
         let invoker = StepInvoker {
             steps: &self.shared.steps,
         };

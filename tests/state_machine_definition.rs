@@ -1,0 +1,205 @@
+//! The shipped definition, `cf-templates/state-machine.asl.json`, run on the interpreter's
+//! public API: the path every chunk takes (task 1 -> task 2 -> update), a cancelled chunk, and
+//! a chunk whose task keeps failing. Set `ASL_DEFINITION` to check another definition file.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use batch_manager::engine::local::asl::{
+    Cursor, ExecutionContext, StateMachine, Step, TaskFailure, TaskInvoker,
+};
+use serde_json::{json, Value};
+
+type Responder = dyn Fn(&str) -> Result<Value, TaskFailure> + Send + Sync;
+
+/// Records every invocation and answers with `respond(resource)`.
+struct RecordingTasks {
+    calls: Mutex<Vec<(String, Value)>>,
+    respond: Box<Responder>,
+}
+
+impl RecordingTasks {
+    fn new(respond: impl Fn(&str) -> Result<Value, TaskFailure> + Send + Sync + 'static) -> Self {
+        RecordingTasks {
+            calls: Mutex::new(Vec::new()),
+            respond: Box::new(respond),
+        }
+    }
+
+    fn calls(&self) -> Vec<(String, Value)> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl TaskInvoker for RecordingTasks {
+    async fn invoke(&self, resource: &str, input: Value) -> Result<Value, TaskFailure> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((resource.to_owned(), input));
+        (self.respond)(resource)
+    }
+}
+
+fn shipped_machine() -> StateMachine {
+    let path = std::env::var("ASL_DEFINITION").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/cf-templates/state-machine.asl.json"
+        )
+        .to_owned()
+    });
+    let definition = std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("cannot read the state machine definition {path}: {error}"));
+    let substitutions = BTreeMap::from([
+        ("Task1FunctionArn".to_owned(), "arn:task1".to_owned()),
+        ("Task2FunctionArn".to_owned(), "arn:task2".to_owned()),
+        ("UpdateFunctionArn".to_owned(), "arn:update".to_owned()),
+    ]);
+    StateMachine::from_json(&definition, &substitutions).expect("the shipped definition is valid")
+}
+
+fn chunk_input() -> Value {
+    json!({ "batchId": "batch-7", "chunk": 3 })
+}
+
+fn context() -> ExecutionContext {
+    ExecutionContext::new(
+        "batch-7/3",
+        chunk_input(),
+        "2024-05-01T10:00:00Z",
+        "batch-manager-chunks",
+    )
+}
+
+/// The steps of one execution: the states it entered, the sleeps it asked for, and its end.
+struct Run {
+    visited: Vec<String>,
+    sleeps: Vec<Duration>,
+    end: Step,
+}
+
+/// Steps an execution to its end without sleeping (the sleeps are recorded instead).
+async fn run_to_end(machine: &StateMachine, tasks: &RecordingTasks) -> Run {
+    let context = context();
+    let mut cursor: Cursor = machine.start(chunk_input());
+    let (mut visited, mut sleeps) = (Vec::new(), Vec::new());
+    for _ in 0..100 {
+        visited.push(cursor.state().to_owned());
+        match machine.step(cursor, &context, tasks).await {
+            Step::Continue(next) => cursor = next,
+            Step::Sleep { duration, then } => {
+                sleeps.push(duration);
+                cursor = then;
+            }
+            end => {
+                return Run {
+                    visited,
+                    sleeps,
+                    end,
+                }
+            }
+        }
+    }
+    panic!("the execution did not end within 100 steps");
+}
+
+#[tokio::test]
+async fn the_shipped_definition_runs_the_happy_path() {
+    let machine = shipped_machine();
+    let tasks = RecordingTasks::new(|resource| match resource {
+        "arn:task1" => Ok(json!({ "active": true })),
+        "arn:task2" => Ok(json!({ "processed": 10 })),
+        _ => Ok(json!({ "recorded": true })),
+    });
+    let run = run_to_end(&machine, &tasks).await;
+    assert_eq!(run.end, Step::Succeeded(json!({ "recorded": true })));
+    assert!(run.sleeps.is_empty());
+    assert_eq!(
+        run.visited,
+        ["Task1", "ChunkStillActive", "Task2", "RecordChunk"]
+    );
+    let expected_task_input = json!({ "batchId": "batch-7", "chunk": 3, "attempt": 0 });
+    assert_eq!(
+        tasks.calls(),
+        [
+            ("arn:task1".to_owned(), expected_task_input.clone()),
+            ("arn:task2".to_owned(), expected_task_input),
+            (
+                "arn:update".to_owned(),
+                json!({ "batchId": "batch-7", "chunk": 3 })
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_shipped_definition_skips_a_cancelled_chunk() {
+    let machine = shipped_machine();
+    let tasks = RecordingTasks::new(|resource| match resource {
+        "arn:task1" => Ok(json!({ "active": false })),
+        other => panic!("{other} must not run for a cancelled chunk"),
+    });
+    let run = run_to_end(&machine, &tasks).await;
+    assert_eq!(run.visited, ["Task1", "ChunkStillActive", "ChunkSkipped"]);
+    assert_eq!(run.end, Step::Succeeded(json!({ "skipped": true })));
+}
+
+#[tokio::test]
+async fn the_shipped_definition_records_a_chunk_failure_after_three_retries() {
+    let machine = shipped_machine();
+    let tasks = RecordingTasks::new(|resource| match resource {
+        "arn:task1" => Ok(json!({ "active": true })),
+        "arn:task2" => Err(TaskFailure {
+            error: "BatchManager.TransientTaskError".to_owned(),
+            cause: "store timed out".to_owned(),
+        }),
+        _ => Ok(json!({ "recorded": "failed" })),
+    });
+    let run = run_to_end(&machine, &tasks).await;
+    assert_eq!(run.sleeps, [1, 2, 4].map(Duration::from_secs));
+    assert!(
+        matches!(&run.end, Step::Failed { error, .. } if error == "BatchManager.ChunkFailed"),
+        "{:?}",
+        run.end
+    );
+
+    let calls = tasks.calls();
+    let attempts: Vec<Value> = calls
+        .iter()
+        .filter(|(resource, _)| resource == "arn:task2")
+        .map(|(_, input)| input["attempt"].clone())
+        .collect();
+    assert_eq!(attempts, [json!(0), json!(1), json!(2), json!(3)]);
+    let (resource, record_input) = calls.last().unwrap();
+    assert_eq!(resource, "arn:update");
+    assert_eq!(
+        record_input,
+        &json!({
+            "batchId": "batch-7",
+            "chunk": 3,
+            "failure": { "Error": "BatchManager.TransientTaskError", "Cause": "store timed out" }
+        })
+    );
+}
+
+#[tokio::test]
+async fn the_shipped_definition_catches_an_oversized_task_result_and_records_the_chunk() {
+    let machine = shipped_machine();
+    let tasks = RecordingTasks::new(|resource| match resource {
+        "arn:task1" => Ok(json!({ "blob": "x".repeat(300_000) })),
+        _ => Ok(json!({ "recorded": "failed" })),
+    });
+    let run = run_to_end(&machine, &tasks).await;
+    assert_eq!(run.visited, ["Task1", "RecordChunkFailure", "ChunkFailed"]);
+    let calls = tasks.calls();
+    let (resource, record_input) = calls.last().unwrap();
+    assert_eq!(resource, "arn:update");
+    assert_eq!(
+        record_input["failure"]["Error"],
+        json!("States.DataLimitExceeded")
+    );
+}
