@@ -291,4 +291,24 @@ mod tests {
             &json!({ "escaped": ["literal"], "in_wildcard": ["literal"] })
         );
     }
+
+    #[tokio::test]
+    async fn filters_with_or_without_parentheses_select_the_same_values() {
+        let machine = single(json!({
+            "Type": "Pass",
+            "Parameters": {
+                "bare.$": "$.items[?@.id > 1].id",
+                "parenthesised.$": "$.items[?(@.id > 1)].id",
+                "descendants.$": "$..id"
+            },
+            "Next": "Done"
+        }));
+        let tasks = FakeTasks::returning(json!(null));
+        let input = json!({ "items": [{ "id": 1 }, { "id": 2 }, { "id": 3 }] });
+        let step = step_from_start(&machine, input, &tasks).await;
+        assert_eq!(
+            continue_to(step).input(),
+            &json!({ "bare": [2, 3], "parenthesised": [2, 3], "descendants": [1, 2, 3] })
+        );
+    }
 }
