@@ -1,5 +1,5 @@
 //! What the interpreter's unit tests share: a recording [`TaskInvoker`], machines built from
-//! `json!` definitions, a fixed clock and helpers that step and inspect executions.
+//! `json!` definitions, a fixed clock, and functions that step executions and inspect their steps.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
