@@ -67,7 +67,10 @@ fn check_id(field: &str, raw: &str) -> Result<(), InvalidInput> {
     if let Some(c) = raw.chars().find(|c| c.is_control()) {
         return Err(InvalidInput::new(
             field,
-            format!("must not contain control characters (found U+{:04X})", u32::from(c)),
+            format!(
+                "must not contain control characters (found U+{:04X})",
+                u32::from(c)
+            ),
         ));
     }
     if let Some(c) = raw.chars().find(|&c| is_invisible_format_character(c)) {

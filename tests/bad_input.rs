@@ -90,7 +90,11 @@ async fn bad_submissions_are_rejected_and_the_database_is_unchanged() {
             "U+FEFF",
         ),
         (submit("  \t ", vec!["a".into()], 10), "batch_id", "control"),
-        (submit("   ", vec!["a".into()], 10), "batch_id", "only whitespace"),
+        (
+            submit("   ", vec!["a".into()], 10),
+            "batch_id",
+            "only whitespace",
+        ),
         (
             submit("batch\u{2069}", vec!["a".into()], 10),
             "batch_id",
@@ -205,9 +209,9 @@ async fn numbers_beyond_the_allowed_range_are_invalid_argument_naming_the_field(
         let status = test.client.append_batch_items(request).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{shown}: {status:?}");
         assert!(
-            status
-                .message()
-                .starts_with(&format!("{field}: must be an integer between 1 and {max_count}")),
+            status.message().starts_with(&format!(
+                "{field}: must be an integer between 1 and {max_count}"
+            )),
             "{shown}: {:?}",
             status.message()
         );
@@ -224,7 +228,9 @@ async fn numbers_beyond_the_allowed_range_are_invalid_argument_naming_the_field(
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
         assert!(
-            status.message().starts_with("page_size: must be between 1 and 1000"),
+            status
+                .message()
+                .starts_with("page_size: must be between 1 and 1000"),
             "{:?}",
             status.message()
         );
@@ -235,7 +241,9 @@ async fn numbers_beyond_the_allowed_range_are_invalid_argument_naming_the_field(
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().starts_with("batch_size: must be an integer between 1 and 1000"));
+    assert!(status
+        .message()
+        .starts_with("batch_size: must be an integer between 1 and 1000"));
     assert_eq!(database_fingerprint(&test.db), before);
 
     let accepted = test

@@ -162,15 +162,45 @@ async fn numbers_beyond_the_allowed_range_are_400_naming_the_field_and_write_not
     };
     let beyond = (max_count + 1).to_string();
     let cases = [
-        (body("9223372036854775808", "5", "1"), "totalItems", "1", max_count),
-        (body("18446744073709551615", "5", "1"), "totalItems", "1", max_count),
-        (body("18446744073709551616", "5", "1"), "totalItems", "1", max_count),
+        (
+            body("9223372036854775808", "5", "1"),
+            "totalItems",
+            "1",
+            max_count,
+        ),
+        (
+            body("18446744073709551615", "5", "1"),
+            "totalItems",
+            "1",
+            max_count,
+        ),
+        (
+            body("18446744073709551616", "5", "1"),
+            "totalItems",
+            "1",
+            max_count,
+        ),
         (body("1e30", "5", "1"), "totalItems", "1", max_count),
         (body(&beyond, "5", "1"), "totalItems", "1", max_count),
-        (body("10", "5", "9223372036854775808"), "currentBatch", "1", max_count),
-        (body("10", "5", "18446744073709551615"), "currentBatch", "1", max_count),
+        (
+            body("10", "5", "9223372036854775808"),
+            "currentBatch",
+            "1",
+            max_count,
+        ),
+        (
+            body("10", "5", "18446744073709551615"),
+            "currentBatch",
+            "1",
+            max_count,
+        ),
         (body("10", "5", &beyond), "currentBatch", "1", max_count),
-        (body("10", "9223372036854775808", "1"), "batchSize", "1", 1000),
+        (
+            body("10", "9223372036854775808", "1"),
+            "batchSize",
+            "1",
+            1000,
+        ),
         (body("10", "4294967297", "1"), "batchSize", "1", 1000),
     ];
     for (body, field, low, high) in cases {

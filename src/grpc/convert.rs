@@ -6,8 +6,8 @@ use tonic::Status;
 
 use super::pb;
 use crate::domain::{
-    parse_count, parse_item_ids, Batch, BatchId, BatchSize, BatchStatus, InvalidInput, ItemRecord, ItemStatus,
-    NewPart, Timestamp,
+    parse_count, parse_item_ids, Batch, BatchId, BatchSize, BatchStatus, InvalidInput, ItemRecord,
+    ItemStatus, NewPart, Timestamp,
 };
 use crate::pipeline::IntakeError;
 use crate::store::{ListError, StoreError};

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use batch_manager::app::{LocalApp, LocalConfig};
+use batch_manager::config::ConnectionConfig;
 use batch_manager::engine::local::EngineConfig;
 use batch_manager::grpc::pb;
 use batch_manager::grpc::pb::batch_manager_client::BatchManagerClient;
@@ -44,6 +45,7 @@ pub async fn spawn_app_with(tasks: Tasks) -> TestApp {
             http_addr: loopback(),
             db: db.clone(),
             engine: EngineConfig::default(),
+            connections: ConnectionConfig::default(),
         },
         tasks,
     )
