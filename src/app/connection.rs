@@ -78,19 +78,24 @@ pub struct ConnectionState {
     activity: Mutex<Activity>,
     close_requested: AtomicBool,
     close: Notify,
+    /// Signalled when a deadline moves earlier (a request head began to arrive).
+    deadline_moved: Notify,
 }
 
 impl ConnectionState {
     pub fn new(id: u64, now: Instant) -> Self {
         Self {
             id,
+            // A client connects to send a request: the first head is due from the start, as
+            // only a connection kept alive after an answer may wait for the idle timeout.
             activity: Mutex::new(Activity {
                 in_flight: 0,
                 idle_since: now,
-                head_started: None,
+                head_started: Some(now),
             }),
             close_requested: AtomicBool::new(false),
             close: Notify::new(),
+            deadline_moved: Notify::new(),
         }
     }
 
@@ -112,7 +117,13 @@ impl ConnectionState {
         let mut activity = self.activity();
         if activity.in_flight == 0 && activity.head_started.is_none() {
             activity.head_started = Some(now);
+            self.deadline_moved.notify_one();
         }
+    }
+
+    /// Resolves when a deadline moved earlier, so that the verdict must be asked again.
+    pub async fn deadline_moved(&self) {
+        self.deadline_moved.notified().await;
     }
 
     /// Since when the connection has had no request under way; None while one is.
@@ -361,26 +372,48 @@ mod tests {
     };
 
     #[test]
-    fn an_idle_connection_closes_after_the_idle_timeout() {
+    fn a_new_connection_must_send_its_first_head_within_the_header_timeout() {
         let start = Instant::now();
         let state = ConnectionState::new(1, start);
         assert_eq!(
             state.verdict(start, &TIMEOUTS),
             Verdict::Keep {
-                recheck_at: start + TIMEOUTS.idle
+                recheck_at: start + Duration::from_secs(10)
             }
         );
         assert_eq!(
-            state.verdict(start + TIMEOUTS.idle, &TIMEOUTS),
-            Verdict::Close(CloseReason::Idle)
+            state.verdict(start + Duration::from_secs(10), &TIMEOUTS),
+            Verdict::Close(CloseReason::SlowHeader)
+        );
+        let http2 = Timeouts {
+            header: None,
+            ..TIMEOUTS
+        };
+        assert_eq!(
+            state.verdict(start + Duration::from_secs(10), &http2),
+            Verdict::Keep {
+                recheck_at: start + TIMEOUTS.idle
+            }
         );
     }
 
     #[test]
-    fn a_head_that_started_arriving_must_end_within_the_header_timeout() {
+    fn a_kept_alive_connection_waits_the_idle_timeout_then_the_header_timeout_from_its_next_byte() {
         let start = Instant::now();
-        let state = ConnectionState::new(1, start);
-        let first_byte = start + Duration::from_secs(30);
+        let state = Arc::new(ConnectionState::new(1, start));
+        drop(state.begin_request());
+        let idle_since = state.idle_since().expect("idle");
+        assert_eq!(
+            state.verdict(idle_since, &TIMEOUTS),
+            Verdict::Keep {
+                recheck_at: idle_since + TIMEOUTS.idle
+            }
+        );
+        assert_eq!(
+            state.verdict(idle_since + TIMEOUTS.idle, &TIMEOUTS),
+            Verdict::Close(CloseReason::Idle)
+        );
+        let first_byte = idle_since + Duration::from_secs(30);
         state.note_bytes_received(first_byte);
         state.note_bytes_received(first_byte + Duration::from_secs(5));
         assert_eq!(
@@ -399,7 +432,6 @@ mod tests {
     fn a_request_under_way_is_never_idle_and_its_end_restarts_the_idle_clock() {
         let start = Instant::now();
         let state = Arc::new(ConnectionState::new(1, start));
-        state.note_bytes_received(start);
         let guard = state.begin_request();
         let later = start + Duration::from_secs(600);
         assert!(matches!(

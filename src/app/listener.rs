@@ -377,6 +377,7 @@ async fn supervise<C>(
                     connection.as_mut().graceful_shutdown();
                 }
             }
+            () = state.deadline_moved(), if closing_by.is_none() => {}
             _ = state.close_requested(), if closing_by.is_none() => {
                 connection.as_mut().graceful_shutdown();
                 closing_by = Some(Instant::now() + CLOSE_GRACE);

@@ -1,0 +1,223 @@
+//! The real binary's connection handling: idle, slow-header and stalled-body clients are cut
+//! off by the configured timeouts, and a server holding more connections than it has file
+//! descriptors still serves a new client.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::process::{Launch, ServerProcess};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Longest a test waits for the server to act; far above every configured timeout.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn start(args: &[&str]) -> (ServerProcess, tempfile::TempDir) {
+    start_with(Launch {
+        args,
+        open_file_limit: None,
+    })
+}
+
+fn start_with(launch: Launch<'_>) -> (ServerProcess, tempfile::TempDir) {
+    let directory = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(&directory.path().join("edges.db"), launch);
+    (server, directory)
+}
+
+/// Reads until the server closes the connection; panics if it has not within [`PATIENCE`].
+async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(PATIENCE, async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the server kept the connection open; it sent {:?}",
+        String::from_utf8_lossy(&received)
+    );
+    received
+}
+
+fn seed_request(host: SocketAddr) -> Vec<u8> {
+    let body = common::seed_body().to_string();
+    format!(
+        "POST /stateMachineInit HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Sends the seed request on a fresh connection and returns the status line.
+async fn post_seed(http: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(http).await.expect("connect");
+    stream.write_all(&seed_request(http)).await.expect("send");
+    let response = read_until_closed(&mut stream).await;
+    String::from_utf8_lossy(&response)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_connection_that_never_sends_a_request_is_closed_after_the_header_timeout() {
+    let (server, _directory) = start(&["--http-header-timeout", "1s", "--http-idle-timeout", "1h"]);
+    let mut silent = TcpStream::connect(server.http_addr).await.unwrap();
+    assert!(read_until_closed(&mut silent).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_kept_alive_http_connection_is_closed_after_the_idle_timeout() {
+    let (server, _directory) = start(&["--http-idle-timeout", "1s", "--http-header-timeout", "1h"]);
+    let mut reused = TcpStream::connect(server.http_addr).await.unwrap();
+    reused
+        .write_all(b"GET /nowhere HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let response = read_until_closed(&mut reused).await;
+    assert!(response.starts_with(b"HTTP/1.1 404"), "{response:?}");
+}
+
+#[tokio::test]
+async fn a_request_head_sent_a_byte_at_a_time_is_cut_off_at_the_header_timeout() {
+    let (server, _directory) = start(&["--http-header-timeout", "1s", "--http-idle-timeout", "1h"]);
+    let mut slow = TcpStream::connect(server.http_addr).await.unwrap();
+    let head = b"POST /stateMachineInit HTTP/1.1\r\nHost: localhost\r\nX-Padding: ";
+    let started = Instant::now();
+    let mut sent = 0;
+    let cut_off = loop {
+        let byte = head.get(sent).copied().unwrap_or(b'a');
+        if slow.write_all(&[byte]).await.is_err() {
+            break true;
+        }
+        sent += 1;
+        let mut buffer = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(200), slow.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(_)) | Err(_) => {}
+        }
+        if started.elapsed() > PATIENCE {
+            break false;
+        }
+    };
+    assert!(
+        cut_off,
+        "a head trickling in for {PATIENCE:?} was never cut off"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_answered_408_in_json_and_the_connection_closed() {
+    let (server, _directory) = start(&["--http-body-timeout", "1s"]);
+    let mut stalled = TcpStream::connect(server.http_addr).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /stateMachineInit HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"batchId\": ",
+        )
+        .await
+        .unwrap();
+    let response = String::from_utf8(read_until_closed(&mut stalled).await).unwrap();
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    let body: Value = serde_json::from_str(body).unwrap();
+    assert!(
+        body["message"].as_str().unwrap().starts_with("body:"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_grpc_connection_is_sent_away_after_the_idle_timeout() {
+    let (server, _directory) = start(&["--grpc-idle-timeout", "1s"]);
+    let mut idle = TcpStream::connect(server.grpc_addr).await.unwrap();
+    // The HTTP/2 preface and an empty SETTINGS frame, then nothing.
+    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let received = read_until_closed(&mut idle).await;
+    let mut frame_types = Vec::new();
+    let mut rest = &received[..];
+    while rest.len() >= 9 {
+        let length = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        frame_types.push(rest[3]);
+        rest = &rest[(9 + length).min(rest.len())..];
+    }
+    const GOAWAY: u8 = 0x7;
+    assert!(
+        frame_types.contains(&GOAWAY),
+        "no GOAWAY before closing: frame types {frame_types:?}"
+    );
+}
+
+/// Opens `count` connections and keeps them open, sending nothing.
+async fn hold_idle_connections(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        held.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    held
+}
+
+#[tokio::test]
+async fn a_server_holding_more_idle_connections_than_file_descriptors_still_serves_a_new_client() {
+    let (server, _directory) = start_with(Launch {
+        args: &[],
+        open_file_limit: Some(256),
+    });
+    let _held = hold_idle_connections(server.http_addr, 400).await;
+    let status = tokio::time::timeout(PATIENCE, post_seed(server.http_addr))
+        .await
+        .expect("a new client is served while 400 idle connections are held");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let log = server.log();
+    assert!(
+        log.iter()
+            .any(|line| line.contains("http_max_connections=64")),
+        "the cap is derived from the open-file limit: {log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|line| line.contains("connection limit reached")),
+        "reaching the cap is logged: {log:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_cap_above_the_file_limit_backs_off_logs_and_still_serves_a_new_client() {
+    let (server, _directory) = start_with(Launch {
+        args: &["--http-max-connections", "100000"],
+        open_file_limit: Some(128),
+    });
+    let _held = hold_idle_connections(server.http_addr, 300).await;
+    let status = tokio::time::timeout(PATIENCE, post_seed(server.http_addr))
+        .await
+        .expect("a new client is served although accept runs out of descriptors");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let log = server.log();
+    let failures: Vec<&String> = log
+        .iter()
+        .filter(|line| line.contains("accepting connections fails"))
+        .collect();
+    assert!(!failures.is_empty(), "accept failures are logged: {log:#?}");
+    assert!(
+        failures.len() < 20,
+        "accept failures are logged at a limited rate: {failures:#?}"
+    );
+}
