@@ -29,7 +29,7 @@ async fn exchange(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
     (status, head.to_ascii_lowercase(), body.to_owned())
 }
 
-fn request(method: &str, path: &str, headers: &[(&str, String)], body: &str) -> Vec<u8> {
+fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Vec<u8> {
     let mut text = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
     for (name, value) in headers {
         text.push_str(&format!("{name}: {value}\r\n"));
@@ -43,8 +43,8 @@ fn json_post(host: SocketAddr, body: &str) -> Vec<u8> {
         "POST",
         "/stateMachineInit",
         &[
-            ("Host", host.to_string()),
-            ("Content-Type", "application/json".into()),
+            ("Host", &host.to_string()),
+            ("Content-Type", "application/json"),
         ],
         body,
     )
@@ -54,17 +54,18 @@ fn json_post(host: SocketAddr, body: &str) -> Vec<u8> {
 async fn every_framework_error_is_answered_with_a_json_message_and_the_right_status() {
     let test = spawn_app().await;
     let addr = test.app.http_addr;
-    let host = ("Host", addr.to_string());
-    let json = ("Content-Type", "application/json".to_owned());
+    let authority = addr.to_string();
+    let host = ("Host", authority.as_str());
+    let json = ("Content-Type", "application/json");
     let huge_field = "a".repeat(40 * 1024);
     let many_fields: String = (0..150).map(|i| format!("X-Field-{i}: 1\r\n")).collect();
     let seed = seed_body().to_string();
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
-        ("unknown path", request("GET", "/nowhere", &[host.clone()], ""), 404),
-        ("unknown path, POST", request("POST", "/nowhere", &[host.clone(), json.clone()], "{}"), 404),
-        ("wrong method", request("GET", "/stateMachineInit", &[host.clone()], ""), 405),
-        ("wrong method, DELETE", request("DELETE", "/stateMachineInit", &[host.clone()], ""), 405),
-        ("preflight", request("OPTIONS", "/stateMachineInit", &[host.clone()], ""), 405),
+        ("unknown path", request("GET", "/nowhere", &[host], ""), 404),
+        ("unknown path, POST", request("POST", "/nowhere", &[host, json], "{}"), 404),
+        ("wrong method", request("GET", "/stateMachineInit", &[host], ""), 405),
+        ("wrong method, DELETE", request("DELETE", "/stateMachineInit", &[host], ""), 405),
+        ("preflight", request("OPTIONS", "/stateMachineInit", &[host], ""), 405),
         (
             "declared body too large",
             format!("POST /stateMachineInit HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 99999999999\r\n\r\n").into_bytes(),
@@ -72,7 +73,7 @@ async fn every_framework_error_is_answered_with_a_json_message_and_the_right_sta
         ),
         (
             "header field too large",
-            request("GET", "/stateMachineInit", &[host.clone(), ("X-Huge", huge_field)], ""),
+            request("GET", "/stateMachineInit", &[host, ("X-Huge", &huge_field)], ""),
             431,
         ),
         (
@@ -101,7 +102,7 @@ async fn every_framework_error_is_answered_with_a_json_message_and_the_right_sta
         ("body is empty", json_post(addr, ""), 400),
         (
             "not JSON content",
-            request("POST", "/stateMachineInit", &[host.clone(), ("Content-Type", "text/plain".into())], &seed),
+            request("POST", "/stateMachineInit", &[host, ("Content-Type", "text/plain")], &seed),
             415,
         ),
     ];
@@ -128,6 +129,9 @@ async fn every_framework_error_is_answered_with_a_json_message_and_the_right_sta
     );
 }
 
+/// A refused request: what it is, its headers, the status and the field its message names.
+type Refusal<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
+
 async fn post_seed_with(test: &TestApp, headers: &[(&str, &str)]) -> (u16, Value) {
     let mut request = reqwest::Client::new()
         .post(test.http_url("/stateMachineInit"))
@@ -144,7 +148,7 @@ async fn post_seed_with(test: &TestApp, headers: &[(&str, &str)]) -> (u16, Value
 async fn requests_a_browser_could_send_from_another_site_are_refused_and_write_nothing() {
     let test = spawn_app().await;
     let json = ("content-type", "application/json");
-    let cases: Vec<(&str, Vec<(&str, &str)>, u16, &str)> = vec![
+    let cases: Vec<Refusal> = vec![
         (
             "a form-style text/plain body",
             vec![("content-type", "text/plain")],
