@@ -221,3 +221,50 @@ async fn a_cap_above_the_file_limit_backs_off_logs_and_still_serves_a_new_client
         "accept failures are logged at a limited rate: {failures:#?}"
     );
 }
+
+#[tokio::test]
+async fn a_grpc_listener_at_its_cap_closes_an_idle_connection_to_serve_a_new_client() {
+    let (server, _directory) = start(&["--grpc-max-connections", "4"]);
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        let mut stream = TcpStream::connect(server.grpc_addr).await.unwrap();
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .unwrap();
+        idle.push(stream);
+    }
+    let status = tokio::time::timeout(PATIENCE, async {
+        let mut client = common::connect(server.grpc_addr).await;
+        client
+            .get_batch_status(batch_manager::grpc::pb::GetBatchStatusRequest {
+                batch_id: "absent".into(),
+            })
+            .await
+            .unwrap_err()
+    })
+    .await
+    .expect("a new gRPC client is served while the cap is held by idle connections");
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    let mut closed = 0;
+    for stream in &mut idle {
+        let mut buffer = [0u8; 1024];
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(100), async {
+            loop {
+                match stream.read(&mut buffer).await {
+                    Ok(0) => return Ok(0),
+                    Ok(_) => continue,
+                    Err(err) => return Err(err),
+                }
+            }
+        })
+        .await
+        {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 1,
+        "an idle connection made room for the new client"
+    );
+}
