@@ -19,12 +19,16 @@ fn init_tracing(default: &str) {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    match batch_manager::config::raise_open_file_limit() {
-        Ok(limit) => tracing::debug!(open_file_limit = limit, "open-file limit"),
-        Err(err) => tracing::warn!(error = %err, "could not raise the open-file limit"),
-    }
+    let open_file_limit = match batch_manager::config::raise_open_file_limit() {
+        Ok(limit) => limit,
+        Err(err) => {
+            tracing::warn!(error = %err, "could not raise the open-file limit");
+            batch_manager::config::open_file_limit()
+        }
+    };
     let connections = args.connections.settings();
     tracing::info!(
+        open_file_limit,
         http_max_connections = connections.http.max_connections,
         grpc_max_connections = connections.grpc.max_connections,
         "connection limits"

@@ -146,25 +146,52 @@ async fn a_body_that_stops_arriving_is_answered_408_in_json_and_the_connection_c
 #[tokio::test]
 async fn an_idle_grpc_connection_is_sent_away_after_the_idle_timeout() {
     let (server, _directory) = start(&["--grpc-idle-timeout", "1s"]);
-    let mut idle = TcpStream::connect(server.grpc_addr).await.unwrap();
-    // The HTTP/2 preface and an empty SETTINGS frame, then nothing.
-    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    let frame_types = h2_frames_until_closed(server.grpc_addr).await;
+    assert!(frame_types.contains(&GOAWAY), "{frame_types:?}");
+}
+
+/// Speaks just enough HTTP/2 to stay a live client (the preface, an empty SETTINGS frame, an
+/// answer to every PING) until the server closes the connection; returns the frame types it
+/// sent. Panics if the server keeps the connection past [`PATIENCE`].
+async fn h2_frames_until_closed(addr: SocketAddr) -> Vec<u8> {
+    const PING: u8 = 0x6;
+    const ACK: u8 = 0x1;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .await
         .unwrap();
-    let received = read_until_closed(&mut idle).await;
     let mut frame_types = Vec::new();
-    let mut rest = &received[..];
-    while rest.len() >= 9 {
-        let length = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
-        frame_types.push(rest[3]);
-        rest = &rest[(9 + length).min(rest.len())..];
-    }
-    const GOAWAY: u8 = 0x7;
+    let closed = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let mut header = [0u8; 9];
+            if stream.read_exact(&mut header).await.is_err() {
+                return;
+            }
+            let length =
+                usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            let mut payload = vec![0u8; length];
+            if stream.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            frame_types.push(header[3]);
+            if header[3] == PING && header[4] & ACK == 0 {
+                let mut ack = header;
+                ack[4] = ACK;
+                let _ = stream.write_all(&ack).await;
+                let _ = stream.write_all(&payload).await;
+            }
+        }
+    })
+    .await;
     assert!(
-        frame_types.contains(&GOAWAY),
-        "no GOAWAY before closing: frame types {frame_types:?}"
+        closed.is_ok(),
+        "the server kept the connection open; frame types {frame_types:?}"
     );
+    frame_types
 }
+
+const GOAWAY: u8 = 0x7;
 
 /// Opens `count` connections and keeps them open, sending nothing.
 async fn hold_idle_connections(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
@@ -267,4 +294,16 @@ async fn a_grpc_listener_at_its_cap_closes_an_idle_connection_to_serve_a_new_cli
         closed >= 1,
         "an idle connection made room for the new client"
     );
+}
+
+#[tokio::test]
+async fn a_grpc_connection_past_its_maximum_age_is_sent_away() {
+    let (server, _directory) = start(&[
+        "--grpc-max-connection-age",
+        "1s",
+        "--grpc-idle-timeout",
+        "1h",
+    ]);
+    let frame_types = h2_frames_until_closed(server.grpc_addr).await;
+    assert!(frame_types.contains(&GOAWAY), "{frame_types:?}");
 }
