@@ -111,6 +111,11 @@ pub struct ConnectionArgs {
     #[arg(long, env = "BATCH_MANAGER_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s",
           value_parser = humantime::parse_duration)]
     pub grpc_keepalive_timeout: Duration,
+    /// Longest wait for the next piece of a gRPC request body; a call whose request stalls
+    /// fails instead of holding its stream.
+    #[arg(long, env = "BATCH_MANAGER_GRPC_BODY_TIMEOUT", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub grpc_body_timeout: Duration,
     /// A gRPC connection with no call under way is closed (GOAWAY) after this long.
     #[arg(long, env = "BATCH_MANAGER_GRPC_IDLE_TIMEOUT", default_value = "5m",
           value_parser = humantime::parse_duration)]
@@ -147,6 +152,7 @@ impl ConnectionArgs {
                 max_connections: cap(self.grpc_max_connections),
                 keepalive_interval: self.grpc_keepalive_interval,
                 keepalive_timeout: self.grpc_keepalive_timeout,
+                body_timeout: self.grpc_body_timeout,
                 idle_timeout: self.grpc_idle_timeout,
                 max_connection_age: self.grpc_max_connection_age,
             },
@@ -188,6 +194,8 @@ pub struct GrpcLimits {
     pub keepalive_interval: Duration,
     /// Longest wait for a ping's answer.
     pub keepalive_timeout: Duration,
+    /// Longest wait for the next piece of a request body.
+    pub body_timeout: Duration,
     /// A connection with no call under way is closed after this long.
     pub idle_timeout: Duration,
     /// A connection is asked to close after this long, when set.
@@ -210,6 +218,7 @@ impl Default for ConnectionConfig {
                 max_connections: cap,
                 keepalive_interval: Duration::from_secs(60),
                 keepalive_timeout: Duration::from_secs(20),
+                body_timeout: Duration::from_secs(30),
                 idle_timeout: Duration::from_secs(300),
                 max_connection_age: None,
             },

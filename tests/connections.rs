@@ -307,3 +307,67 @@ async fn a_grpc_connection_past_its_maximum_age_is_sent_away() {
     let frame_types = h2_frames_until_closed(server.grpc_addr).await;
     assert!(frame_types.contains(&GOAWAY), "{frame_types:?}");
 }
+
+/// One header field as HPACK "literal without indexing, new name" (no Huffman coding).
+fn hpack_literal(name: &str, value: &str) -> Vec<u8> {
+    assert!(name.len() < 127 && value.len() < 127);
+    let mut field = vec![0x00, name.len() as u8];
+    field.extend_from_slice(name.as_bytes());
+    field.push(value.len() as u8);
+    field.extend_from_slice(value.as_bytes());
+    field
+}
+
+#[tokio::test]
+async fn a_grpc_call_whose_request_body_never_arrives_is_answered_and_its_stream_freed() {
+    const HEADERS: u8 = 0x1;
+    const END_STREAM: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+    let (server, _directory) = start(&["--grpc-body-timeout", "1s"]);
+    let mut stream = TcpStream::connect(server.grpc_addr).await.unwrap();
+    let block: Vec<u8> = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/batchmanager.v1.BatchManager/GetBatchStatus"),
+        (":authority", "localhost"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
+    .iter()
+    .flat_map(|(name, value)| hpack_literal(name, value))
+    .collect();
+    let mut opening =
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec();
+    let length = block.len() as u32;
+    opening.extend_from_slice(&length.to_be_bytes()[1..]);
+    opening.extend_from_slice(&[HEADERS, END_HEADERS, 0, 0, 0, 1]);
+    opening.extend_from_slice(&block);
+    // The call's headers, then never its body.
+    stream.write_all(&opening).await.unwrap();
+
+    let answered = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let mut header = [0u8; 9];
+            stream
+                .read_exact(&mut header)
+                .await
+                .expect("the connection stays up");
+            let length =
+                usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            let mut payload = vec![0u8; length];
+            stream
+                .read_exact(&mut payload)
+                .await
+                .expect("a whole frame");
+            let stream_id = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
+            if header[3] == HEADERS && stream_id == 1 && header[4] & END_STREAM != 0 {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        answered.is_ok(),
+        "a call stalled on its request body was never answered"
+    );
+}

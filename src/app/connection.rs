@@ -220,16 +220,80 @@ impl http_body::Body for TrackedBody {
     }
 }
 
+/// A request body that ends in an error once nothing arrived for its limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body sent nothing for {}", humantime::format_duration(*.0))]
+pub struct BodyStalled(Duration);
+
+pin_project_lite::pin_project! {
+    /// A request body held to a pace: each frame (the first included) must arrive within
+    /// `limit` of the previous one.
+    pub struct PacedBody {
+        #[pin]
+        inner: Incoming,
+        #[pin]
+        deadline: tokio::time::Sleep,
+        limit: Duration,
+    }
+}
+
+impl PacedBody {
+    pub fn new(inner: Incoming, limit: Duration) -> Self {
+        Self {
+            inner,
+            deadline: tokio::time::sleep(limit),
+            limit,
+        }
+    }
+}
+
+impl http_body::Body for PacedBody {
+    type Data = axum::body::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            let next = tokio::time::Instant::now() + *this.limit;
+            this.deadline.as_mut().reset(next);
+            return Poll::Ready(frame.map(|result| result.map_err(Into::into)));
+        }
+        ready!(this.deadline.poll(cx));
+        Poll::Ready(Some(Err(Box::new(BodyStalled(*this.limit)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A router serving one connection, recording when its requests begin and end.
 #[derive(Clone)]
 pub struct TrackedService {
     router: axum::Router,
     state: Arc<ConnectionState>,
+    body_timeout: Option<Duration>,
 }
 
 impl TrackedService {
-    pub fn new(router: axum::Router, state: Arc<ConnectionState>) -> Self {
-        Self { router, state }
+    /// `body_timeout`: when set, request bodies are [`PacedBody`]s held to it.
+    pub fn new(
+        router: axum::Router,
+        state: Arc<ConnectionState>,
+        body_timeout: Option<Duration>,
+    ) -> Self {
+        Self {
+            router,
+            state,
+            body_timeout,
+        }
     }
 }
 
@@ -244,8 +308,12 @@ impl hyper::service::Service<hyper::Request<Incoming>> for TrackedService {
     fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
         let guard = self.state.begin_request();
         let router = self.router.clone();
+        let request = match self.body_timeout {
+            Some(limit) => request.map(|body| Body::new(PacedBody::new(body, limit))),
+            None => request.map(Body::new),
+        };
         Box::pin(async move {
-            let response = router.oneshot(request.map(Body::new)).await?;
+            let response = router.oneshot(request).await?;
             Ok(response.map(|inner| TrackedBody { inner, guard }))
         })
     }

@@ -49,6 +49,8 @@ pub struct ListenerConfig {
     pub protocol: Protocol,
     pub max_connections: usize,
     pub timeouts: Timeouts,
+    /// When set, a request body that sends nothing for this long fails.
+    pub request_body_timeout: Option<Duration>,
     pub http2: Option<Http2Settings>,
     /// For HTTP/1: gives the responses hyper writes by itself a JSON body.
     pub rewrite_head: Option<HeadRewriter>,
@@ -296,7 +298,7 @@ async fn serve_connection(
         Arc::clone(&state),
         config.rewrite_head,
     ));
-    let service = TrackedService::new(router, Arc::clone(&state));
+    let service = TrackedService::new(router, Arc::clone(&state), config.request_body_timeout);
     match (config.protocol, config.http2) {
         (Protocol::Http2, Some(http2)) => {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());

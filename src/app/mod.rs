@@ -259,6 +259,7 @@ fn grpc_listener_config(connections: &ConnectionConfig) -> ListenerConfig {
             idle: grpc.idle_timeout,
             header: None,
         },
+        request_body_timeout: Some(grpc.body_timeout),
         http2: Some(Http2Settings {
             keepalive_interval: grpc.keepalive_interval,
             keepalive_timeout: grpc.keepalive_timeout,
@@ -278,6 +279,8 @@ fn http_listener_config(connections: &ConnectionConfig) -> ListenerConfig {
             idle: http.idle_timeout,
             header: Some(http.header_timeout),
         },
+        // The endpoint's handler reads bodies itself, answering 408 when one stalls.
+        request_body_timeout: None,
         http2: None,
         rewrite_head: Some(crate::http::framing::json_error_response),
     }
