@@ -63,8 +63,8 @@ impl<S> App<S> {
         }
     }
 
-    /// Stops accepting requests, lets the work under way end (for the local backend, the
-    /// engine's steps), and returns.
+    /// Stops accepting requests, ends open watches, lets the work under way end (for the local
+    /// backend, the engine's steps) within the shutdown grace, closes what is left, and returns.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.server.shutdown().await
     }
