@@ -18,7 +18,7 @@ const PATIENCE: Duration = Duration::from_secs(30);
 fn start(args: &[&str]) -> (ServerProcess, tempfile::TempDir) {
     start_with(Launch {
         args,
-        open_file_limit: None,
+        ..Launch::default()
     })
 }
 
@@ -193,6 +193,27 @@ async fn h2_frames_until_closed(addr: SocketAddr) -> Vec<u8> {
 
 const GOAWAY: u8 = 0x7;
 
+#[tokio::test]
+async fn the_soft_open_file_limit_is_raised_to_the_hard_limit_at_start() {
+    let (_soft, hard) = rlimit::Resource::NOFILE.get().unwrap();
+    if hard <= 256 {
+        return;
+    }
+    let (server, _directory) = start_with(Launch {
+        soft_open_file_limit: Some(256),
+        ..Launch::default()
+    });
+    let log = server.log();
+    let limit: u64 = log
+        .iter()
+        .find_map(|line| {
+            let start = line.find("open_file_limit=")? + "open_file_limit=".len();
+            line[start..].split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("the limit is logged: {log:#?}"));
+    assert!(limit > 256 && limit <= hard, "{limit} of hard {hard}");
+}
+
 /// Opens `count` connections and keeps them open, sending nothing.
 async fn hold_idle_connections(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
     let mut held = Vec::with_capacity(count);
@@ -207,6 +228,7 @@ async fn a_server_holding_more_idle_connections_than_file_descriptors_still_serv
     let (server, _directory) = start_with(Launch {
         args: &[],
         open_file_limit: Some(256),
+        ..Launch::default()
     });
     let _held = hold_idle_connections(server.http_addr, 400).await;
     let status = tokio::time::timeout(PATIENCE, post_seed(server.http_addr))
@@ -231,6 +253,7 @@ async fn a_cap_above_the_file_limit_backs_off_logs_and_still_serves_a_new_client
     let (server, _directory) = start_with(Launch {
         args: &["--http-max-connections", "100000"],
         open_file_limit: Some(128),
+        ..Launch::default()
     });
     let _held = hold_idle_connections(server.http_addr, 300).await;
     let status = tokio::time::timeout(PATIENCE, post_seed(server.http_addr))

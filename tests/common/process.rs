@@ -28,6 +28,8 @@ pub struct Launch<'a> {
     pub args: &'a [&'a str],
     /// Soft and hard open-file limit to start the server under.
     pub open_file_limit: Option<u64>,
+    /// Soft open-file limit only (the hard one unchanged) to start the server under.
+    pub soft_open_file_limit: Option<u64>,
 }
 
 impl ServerProcess {
@@ -39,12 +41,17 @@ impl ServerProcess {
     /// Starts `serve` as [`Self::start`] does, with extra flags or a lowered open-file limit.
     pub fn start_with(db: &Path, launch: Launch<'_>) -> Self {
         let binary = env!("CARGO_BIN_EXE_batch-manager");
-        let mut command = match launch.open_file_limit {
-            Some(limit) => {
+        let ulimit = match (launch.open_file_limit, launch.soft_open_file_limit) {
+            (Some(limit), _) => Some(format!("ulimit -n {limit}")),
+            (None, Some(soft)) => Some(format!("ulimit -S -n {soft}")),
+            (None, None) => None,
+        };
+        let mut command = match ulimit {
+            Some(ulimit) => {
                 let mut shell = Command::new("sh");
                 shell
                     .arg("-c")
-                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(format!("{ulimit} && exec \"$0\" \"$@\""))
                     .arg(binary);
                 shell
             }
