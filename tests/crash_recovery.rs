@@ -1,5 +1,6 @@
 //! A server killed with SIGKILL mid-batch and started again on the same database finishes the
-//! batch with every item in exactly one terminal status and exact counters.
+//! batch with every item in exactly one terminal status and exact counters; a server sent
+//! SIGTERM exits promptly, ending the watches open on it.
 
 mod common;
 
