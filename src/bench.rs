@@ -51,6 +51,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 concurrency: usize::from(args.concurrency),
                 ..EngineConfig::default()
             },
+            connections: crate::config::ConnectionConfig::default(),
         },
         Tasks::default(),
     )

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -19,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gRPC admin service, the seed HTTP endpoint and (local backend) the engine.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Submit a batch from a file of item IDs, one per line.
     Submit(SubmitArgs),
     /// Show a batch's status.
@@ -74,7 +75,185 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: u16,
     #[command(flatten)]
+    pub connections: ConnectionArgs,
+    #[command(flatten)]
     pub aws: AwsArgs,
+}
+
+/// Limits and timeouts of the two listeners. Durations read as `500ms`, `10s`, `5m`, `1h`.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionArgs {
+    /// Longest time for a request's head (request line and headers) to arrive, from its first byte.
+    #[arg(long, env = "BATCH_MANAGER_HTTP_HEADER_TIMEOUT", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    pub http_header_timeout: Duration,
+    /// Longest wait for the next piece of a request body.
+    #[arg(long, env = "BATCH_MANAGER_HTTP_BODY_TIMEOUT", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub http_body_timeout: Duration,
+    /// An HTTP connection with no request under way is closed after this long.
+    #[arg(long, env = "BATCH_MANAGER_HTTP_IDLE_TIMEOUT", default_value = "60s",
+          value_parser = humantime::parse_duration)]
+    pub http_idle_timeout: Duration,
+    /// Most open HTTP connections; default: a quarter of the open-file limit, 16 to 4096.
+    #[arg(long, env = "BATCH_MANAGER_HTTP_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: Option<u32>,
+    /// Host names the HTTP endpoint answers to besides the loopback ones (comma-separated);
+    /// with a loopback address, any other Host is refused.
+    #[arg(long, env = "BATCH_MANAGER_HTTP_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub http_allowed_hosts: Vec<String>,
+    /// How often the gRPC server pings a connection to check that its client is still there.
+    #[arg(long, env = "BATCH_MANAGER_GRPC_KEEPALIVE_INTERVAL", default_value = "60s",
+          value_parser = humantime::parse_duration)]
+    pub grpc_keepalive_interval: Duration,
+    /// A connection whose client does not answer a ping within this long is closed.
+    #[arg(long, env = "BATCH_MANAGER_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s",
+          value_parser = humantime::parse_duration)]
+    pub grpc_keepalive_timeout: Duration,
+    /// Longest wait for the next piece of a gRPC request body; a call whose request stalls
+    /// fails instead of holding its stream.
+    #[arg(long, env = "BATCH_MANAGER_GRPC_BODY_TIMEOUT", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub grpc_body_timeout: Duration,
+    /// A gRPC connection with no call under way is closed (GOAWAY) after this long.
+    #[arg(long, env = "BATCH_MANAGER_GRPC_IDLE_TIMEOUT", default_value = "5m",
+          value_parser = humantime::parse_duration)]
+    pub grpc_idle_timeout: Duration,
+    /// A gRPC connection is asked to close (GOAWAY; calls under way finish) after this long;
+    /// unlimited when absent.
+    #[arg(long, env = "BATCH_MANAGER_GRPC_MAX_CONNECTION_AGE",
+          value_parser = humantime::parse_duration)]
+    pub grpc_max_connection_age: Option<Duration>,
+    /// Most open gRPC connections; default: a quarter of the open-file limit, 16 to 4096.
+    #[arg(long, env = "BATCH_MANAGER_GRPC_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub grpc_max_connections: Option<u32>,
+    /// On SIGTERM or SIGINT, longest wait for requests under way before connections are closed.
+    #[arg(long, env = "BATCH_MANAGER_SHUTDOWN_GRACE", default_value = "5s",
+          value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl ConnectionArgs {
+    /// The typed settings; absent connection caps are derived from the open-file limit.
+    pub fn settings(&self) -> ConnectionConfig {
+        let default_cap = default_max_connections(open_file_limit());
+        let cap = |flag: Option<u32>| flag.map_or(default_cap, |n| n as usize);
+        ConnectionConfig {
+            http: HttpLimits {
+                max_connections: cap(self.http_max_connections),
+                header_timeout: self.http_header_timeout,
+                body_timeout: self.http_body_timeout,
+                idle_timeout: self.http_idle_timeout,
+                allowed_hosts: self.http_allowed_hosts.clone(),
+            },
+            grpc: GrpcLimits {
+                max_connections: cap(self.grpc_max_connections),
+                keepalive_interval: self.grpc_keepalive_interval,
+                keepalive_timeout: self.grpc_keepalive_timeout,
+                body_timeout: self.grpc_body_timeout,
+                idle_timeout: self.grpc_idle_timeout,
+                max_connection_age: self.grpc_max_connection_age,
+            },
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
+/// Limits and timeouts of both listeners, and of shutdown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionConfig {
+    pub http: HttpLimits,
+    pub grpc: GrpcLimits,
+    /// On shutdown, the longest wait for requests under way before connections are closed.
+    pub shutdown_grace: Duration,
+}
+
+/// The HTTP listener's limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Most open connections; at the cap, the connection idle the longest is closed to make room.
+    pub max_connections: usize,
+    /// Longest time for a request's head to arrive, from its first byte.
+    pub header_timeout: Duration,
+    /// Longest wait for the next piece of a request body.
+    pub body_timeout: Duration,
+    /// A connection with no request under way is closed after this long.
+    pub idle_timeout: Duration,
+    /// Host names accepted besides the loopback ones.
+    pub allowed_hosts: Vec<String>,
+}
+
+/// The gRPC listener's limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcLimits {
+    /// Most open connections; at the cap, the connection idle the longest is closed to make room.
+    pub max_connections: usize,
+    /// HTTP/2 ping interval.
+    pub keepalive_interval: Duration,
+    /// Longest wait for a ping's answer.
+    pub keepalive_timeout: Duration,
+    /// Longest wait for the next piece of a request body.
+    pub body_timeout: Duration,
+    /// A connection with no call under way is closed after this long.
+    pub idle_timeout: Duration,
+    /// A connection is asked to close after this long, when set.
+    pub max_connection_age: Option<Duration>,
+}
+
+impl Default for ConnectionConfig {
+    /// The defaults of `serve`'s flags.
+    fn default() -> Self {
+        let cap = default_max_connections(open_file_limit());
+        Self {
+            http: HttpLimits {
+                max_connections: cap,
+                header_timeout: Duration::from_secs(10),
+                body_timeout: Duration::from_secs(30),
+                idle_timeout: Duration::from_secs(60),
+                allowed_hosts: Vec::new(),
+            },
+            grpc: GrpcLimits {
+                max_connections: cap,
+                keepalive_interval: Duration::from_secs(60),
+                keepalive_timeout: Duration::from_secs(20),
+                body_timeout: Duration::from_secs(30),
+                idle_timeout: Duration::from_secs(300),
+                max_connection_age: None,
+            },
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Open files set aside for everything but connections: the database, logs, task processes.
+const FILES_RESERVED_BEYOND_CONNECTIONS: u64 = 4;
+/// Bounds of the derived per-listener connection cap.
+const MIN_DERIVED_CONNECTIONS: u64 = 16;
+const MAX_DERIVED_CONNECTIONS: u64 = 4096;
+
+/// The connection cap of each listener when none is given: a quarter of the open-file limit
+/// (both listeners together use at most half, leaving the rest to the database, the engine's
+/// task processes and the files a request opens), from 16 to 4096.
+pub fn default_max_connections(open_file_limit: u64) -> usize {
+    (open_file_limit / FILES_RESERVED_BEYOND_CONNECTIONS)
+        .clamp(MIN_DERIVED_CONNECTIONS, MAX_DERIVED_CONNECTIONS) as usize
+}
+
+/// The process's current (soft) open-file limit; 1024 where it cannot be read.
+pub fn open_file_limit() -> u64 {
+    #[cfg(unix)]
+    if let Ok((soft, _hard)) = rlimit::Resource::NOFILE.get() {
+        return soft;
+    }
+    1024
+}
+
+/// Raises the soft open-file limit to the hard limit, so that the server is limited by what
+/// the system allows rather than by a conservative shell default. Returns the limit now in force.
+pub fn raise_open_file_limit() -> std::io::Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX)
 }
 
 /// The deployed stack `--backend aws` works on. Optional here so that the local backend runs
@@ -227,4 +406,64 @@ pub struct BenchArgs {
     /// Machine-readable JSON output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flag_defaults_are_the_default_connection_settings() {
+        let cli = Cli::try_parse_from(["batch-manager", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        if std::env::vars().any(|(name, _)| name.starts_with("BATCH_MANAGER_")) {
+            return;
+        }
+        assert_eq!(args.connections.settings(), ConnectionConfig::default());
+    }
+
+    #[test]
+    fn durations_and_hosts_parse_from_flags() {
+        let cli = Cli::try_parse_from([
+            "batch-manager",
+            "serve",
+            "--http-header-timeout",
+            "500ms",
+            "--grpc-max-connection-age",
+            "2h",
+            "--http-allowed-hosts",
+            "batch.internal,example.test",
+            "--http-max-connections",
+            "7",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        let settings = args.connections.settings();
+        assert_eq!(settings.http.header_timeout, Duration::from_millis(500));
+        assert_eq!(
+            settings.grpc.max_connection_age,
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(
+            settings.http.allowed_hosts,
+            vec!["batch.internal", "example.test"]
+        );
+        assert_eq!(settings.http.max_connections, 7);
+        assert!(
+            Cli::try_parse_from(["batch-manager", "serve", "--http-max-connections", "0"]).is_err()
+        );
+    }
+
+    #[test]
+    fn the_derived_connection_cap_is_a_quarter_of_the_file_limit_within_bounds() {
+        assert_eq!(default_max_connections(256), 64);
+        assert_eq!(default_max_connections(1024), 256);
+        assert_eq!(default_max_connections(20), 16);
+        assert_eq!(default_max_connections(1 << 20), 4096);
+        assert_eq!(default_max_connections(u64::MAX), 4096);
+    }
 }

@@ -13,6 +13,10 @@ pub const MAX_ITEMS_PER_REQUEST: usize = 100_000;
 pub const MAX_BATCH_SIZE: u32 = 1000;
 /// Chunk size when the client names none.
 pub const DEFAULT_BATCH_SIZE: u32 = 100;
+/// Largest item count or part number: 2^53 - 1, the largest integer every JSON client (a
+/// JavaScript number) holds exactly, and well inside what both stores keep (a signed 64-bit
+/// integer), so sums of counters cannot overflow.
+pub const MAX_COUNT: u64 = (1 << 53) - 1;
 
 /// Input that breaks a rule: names the field and the rule, so a client can fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,6 +35,25 @@ impl InvalidInput {
     }
 }
 
+/// Characters that change how the text around them is shown without being seen themselves:
+/// the bidirectional controls (U+061C, U+200E, U+200F, U+202A to U+202E, U+2066 to U+2069, which
+/// can make an ID read differently in a terminal or a log) and the zero-width characters
+/// (U+200B to U+200D, U+2060, U+FEFF, which make two IDs that look alike differ).
+fn is_invisible_format_character(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
+}
+
+/// The rules every batch and item ID keeps: 1 to [`MAX_ID_BYTES`] bytes of UTF-8, not only
+/// whitespace, no control characters, no bidirectional controls or zero-width characters. IDs
+/// are shown in terminals and logs, where those characters would hide or disguise them.
 fn check_id(field: &str, raw: &str) -> Result<(), InvalidInput> {
     if raw.is_empty() {
         return Err(InvalidInput::new(field, "must not be empty"));
@@ -41,16 +64,31 @@ fn check_id(field: &str, raw: &str) -> Result<(), InvalidInput> {
             format!("must be at most {MAX_ID_BYTES} bytes"),
         ));
     }
-    if raw.chars().any(char::is_control) {
+    if let Some(c) = raw.chars().find(|c| c.is_control()) {
         return Err(InvalidInput::new(
             field,
-            "must not contain control characters",
+            format!(
+                "must not contain control characters (found U+{:04X})",
+                u32::from(c)
+            ),
         ));
+    }
+    if let Some(c) = raw.chars().find(|&c| is_invisible_format_character(c)) {
+        return Err(InvalidInput::new(
+            field,
+            format!(
+                "must not contain bidirectional-control or zero-width characters (found U+{:04X})",
+                u32::from(c)
+            ),
+        ));
+    }
+    if raw.chars().all(char::is_whitespace) {
+        return Err(InvalidInput::new(field, "must not be only whitespace"));
     }
     Ok(())
 }
 
-/// A batch's ID: 1 to 256 bytes, no control characters. The idempotency key of a submission.
+/// A batch's ID, under the ID rules (see `check_id`). The idempotency key of a submission.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BatchId(String);
 
@@ -77,7 +115,8 @@ impl fmt::Display for BatchId {
     }
 }
 
-/// An item's ID: 1 to 256 bytes, no control characters (so a newline can separate IDs in storage).
+/// An item's ID, under the ID rules (see `check_id`); having no control characters, a newline
+/// can separate IDs in storage.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ItemId(String);
 
@@ -124,12 +163,17 @@ impl BatchSize {
 
     pub fn parse(raw: u64, field: &str) -> Result<Self, InvalidInput> {
         if raw == 0 || raw > u64::from(MAX_BATCH_SIZE) {
-            return Err(InvalidInput::new(
-                field,
-                format!("must be between 1 and {MAX_BATCH_SIZE}"),
-            ));
+            return Err(Self::out_of_range(field));
         }
         Ok(Self(raw as u32))
+    }
+
+    /// The error for a chunk size that is not an integer from 1 to [`MAX_BATCH_SIZE`].
+    pub fn out_of_range(field: &str) -> InvalidInput {
+        InvalidInput::new(
+            field,
+            format!("must be an integer between 1 and {MAX_BATCH_SIZE}"),
+        )
     }
 
     pub fn get(self) -> u32 {
@@ -172,6 +216,17 @@ pub fn parse_item_ids(raw: Vec<String>, field: &str) -> Result<Vec<ItemId>, Inva
     Ok(items)
 }
 
+/// Parses an item count or a part number: 1 to [`MAX_COUNT`].
+pub fn parse_count(raw: u64, field: &str) -> Result<u64, InvalidInput> {
+    if raw == 0 || raw > MAX_COUNT {
+        return Err(InvalidInput::new(
+            field,
+            format!("must be an integer between 1 and {MAX_COUNT}"),
+        ));
+    }
+    Ok(raw)
+}
+
 /// One part of a batch: the whole batch for `SubmitBatch`, one POST of the seed protocol, one `AppendBatchItems`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewPart {
@@ -195,9 +250,8 @@ impl NewPart {
         total_field: &str,
         part_field: &str,
     ) -> Result<Self, InvalidInput> {
-        if part_number == 0 {
-            return Err(InvalidInput::new(part_field, "must be a positive integer"));
-        }
+        let total_items = parse_count(total_items, total_field)?;
+        let part_number = parse_count(part_number, part_field)?;
         if total_items < items.len() as u64 {
             return Err(InvalidInput::new(
                 total_field,
@@ -409,6 +463,34 @@ mod tests {
         let err = ItemId::parse("a\tb", "item_ids[0]").unwrap_err();
         assert_eq!(err.field, "item_ids[0]");
         assert!(err.rule.contains("control"));
+    }
+
+    #[test]
+    fn an_id_of_only_whitespace_is_rejected_and_inner_spaces_are_kept() {
+        for raw in [" ", "   ", "\u{3000}", " \u{00A0} "] {
+            let err = BatchId::parse(raw).unwrap_err();
+            assert_eq!(err.rule, "must not be only whitespace", "{raw:?}");
+        }
+        assert!(ItemId::parse("two words", "f").is_ok());
+    }
+
+    #[test]
+    fn an_id_with_a_bidi_control_or_zero_width_character_is_rejected_naming_it() {
+        let hidden = [
+            '\u{061C}', '\u{200B}', '\u{200C}', '\u{200D}', '\u{200E}', '\u{200F}', '\u{202A}',
+            '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2060}', '\u{2066}', '\u{2067}',
+            '\u{2068}', '\u{2069}', '\u{FEFF}',
+        ];
+        for c in hidden {
+            let err = ItemId::parse(format!("invoice{c}fdp.exe"), "item_ids[0]").unwrap_err();
+            assert_eq!(err.field, "item_ids[0]");
+            assert!(
+                err.rule.contains(&format!("U+{:04X}", u32::from(c))),
+                "{c:?}: {}",
+                err.rule
+            );
+        }
+        assert!(ItemId::parse("caf\u{00E9}-\u{65E5}\u{672C}", "f").is_ok());
     }
 
     #[test]

@@ -19,6 +19,20 @@ fn init_tracing(default: &str) {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let open_file_limit = match batch_manager::config::raise_open_file_limit() {
+        Ok(limit) => limit,
+        Err(err) => {
+            tracing::warn!(error = %err, "could not raise the open-file limit");
+            batch_manager::config::open_file_limit()
+        }
+    };
+    let connections = args.connections.settings();
+    tracing::info!(
+        open_file_limit,
+        http_max_connections = connections.http.max_connections,
+        grpc_max_connections = connections.grpc.max_connections,
+        "connection limits"
+    );
     match args.backend {
         Backend::Local => {
             let app = batch_manager::app::LocalApp::spawn(
@@ -30,6 +44,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                         concurrency: usize::from(args.concurrency),
                         ..EngineConfig::default()
                     },
+                    connections,
                 },
                 batch_manager::pipeline::Tasks::default(),
             )
@@ -44,6 +59,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     grpc_addr: args.grpc_addr,
                     http_addr: args.http_addr,
                     stack,
+                    connections,
                 },
                 &sdk_config,
             )
@@ -75,7 +91,7 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Submit(args) => batch_manager::cli::submit(args).await,
             Command::Status(args) => batch_manager::cli::status(args).await,
             Command::Watch(args) => batch_manager::cli::watch(args).await,

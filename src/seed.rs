@@ -4,7 +4,9 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::domain::{parse_item_ids, BatchId, BatchSize, InvalidInput, NewPart};
+use crate::domain::{
+    parse_count, parse_item_ids, BatchId, BatchSize, InvalidInput, NewPart, MAX_COUNT,
+};
 use crate::pipeline::{Intake, IntakeError};
 use crate::store::StoreError;
 
@@ -37,11 +39,23 @@ fn field<'a>(body: &'a Map<String, Value>, name: &str) -> Result<&'a Value, Inva
         .ok_or_else(|| InvalidInput::new(name, "is required"))
 }
 
-fn positive_integer(body: &Map<String, Value>, name: &str) -> Result<u64, InvalidInput> {
-    field(body, name)?
+/// A count or part number: an integer from 1 to [`MAX_COUNT`]. Larger numbers, negative ones
+/// and fractions are refused here, before they reach a store that could not hold them.
+fn count(body: &Map<String, Value>, name: &str) -> Result<u64, InvalidInput> {
+    let raw = field(body, name)?.as_u64().ok_or_else(|| {
+        InvalidInput::new(
+            name,
+            format!("must be an integer between 1 and {MAX_COUNT}"),
+        )
+    })?;
+    parse_count(raw, name)
+}
+
+fn batch_size(body: &Map<String, Value>, name: &str) -> Result<BatchSize, InvalidInput> {
+    let raw = field(body, name)?
         .as_u64()
-        .filter(|&n| n > 0)
-        .ok_or_else(|| InvalidInput::new(name, "must be a positive integer"))
+        .ok_or_else(|| BatchSize::out_of_range(name))?;
+    BatchSize::parse(raw, name)
 }
 
 /// Parses a seed request body into a batch part.
@@ -57,9 +71,9 @@ pub fn parse(body: &[u8]) -> Result<NewPart, InvalidInput> {
         }
         _ => return Err(InvalidInput::new("batchId", "must be a string")),
     };
-    let total_items = positive_integer(&body, "totalItems")?;
-    let batch_size = BatchSize::parse(positive_integer(&body, "batchSize")?, "batchSize")?;
-    let current_batch = positive_integer(&body, "currentBatch")?;
+    let total_items = count(&body, "totalItems")?;
+    let batch_size = batch_size(&body, "batchSize")?;
+    let current_batch = count(&body, "currentBatch")?;
     let Value::Array(raw_ids) = field(&body, "itemIds")? else {
         return Err(InvalidInput::new("itemIds", "must be an array of strings"));
     };

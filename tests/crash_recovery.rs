@@ -1,5 +1,6 @@
 //! A server killed with SIGKILL mid-batch and started again on the same database finishes the
-//! batch with every item in exactly one terminal status and exact counters.
+//! batch with every item in exactly one terminal status and exact counters; a server sent
+//! SIGTERM exits promptly, ending the watches open on it.
 
 mod common;
 
@@ -104,4 +105,52 @@ async fn a_server_killed_mid_batch_resumes_and_counts_every_item_once() {
         third.terminate().success(),
         "SIGTERM stops the server cleanly"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_watch_open_on_a_running_batch_ends_the_watch_and_exits() {
+    let directory = tempfile::tempdir().unwrap();
+    let db = directory.path().join("watched.db");
+    let mut server = ServerProcess::start(&db);
+    let mut client = connect(server.grpc_addr).await;
+    client
+        .submit_batch(submit_request("watched", uuids(100_000), 1))
+        .await
+        .unwrap();
+    let mut watch = client
+        .watch_batch(pb::WatchBatchRequest {
+            batch_id: "watched".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = watch
+        .message()
+        .await
+        .unwrap()
+        .expect("a first snapshot")
+        .batch
+        .expect("batch");
+
+    server.signal_terminate();
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(snapshot)) => last = snapshot.batch.expect("batch"),
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the watch ends after SIGTERM");
+    let status = ended.expect("the watch ends with a status, not silently");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        !is_terminal(last.status()),
+        "the batch finished before the shutdown; the test proves nothing: {last:?}"
+    );
+    let exit = tokio::task::block_in_place(|| server.wait_exit(Duration::from_secs(30)))
+        .expect("the server exits after SIGTERM while a watch was open");
+    assert!(exit.success(), "{exit:?}");
 }

@@ -291,6 +291,53 @@ async fn the_watch_stream_ends_after_the_terminal_snapshot() {
     assert!(done.windows(2).all(|pair| pair[0] <= pair[1]), "{done:?}");
 }
 
+#[tokio::test]
+async fn a_watch_outlives_the_grpc_idle_timeout_while_its_batch_waits_on_a_slow_task() {
+    let gate = Arc::new(Gate {
+        entered: AtomicUsize::new(0),
+        release: tokio::sync::Semaphore::new(0),
+    });
+    let mut connections = batch_manager::config::ConnectionConfig::default();
+    connections.grpc.idle_timeout = Duration::from_millis(100);
+    let mut test = spawn_app_configured(
+        Tasks {
+            task2: Arc::new(SharedGate(Arc::clone(&gate))),
+            ..Tasks::default()
+        },
+        connections,
+    )
+    .await;
+    test.client
+        .submit_batch(submit("slow-watched", uuids(20), 10))
+        .await
+        .unwrap();
+    let mut stream = test
+        .client
+        .watch_batch(pb::WatchBatchRequest {
+            batch_id: "slow-watched".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let deadline = std::time::Instant::now() + BATCH_DEADLINE;
+    while gate.entered.load(Ordering::SeqCst) < 2 {
+        assert!(std::time::Instant::now() < deadline, "chunks never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Many idle timeouts (and the grace of a connection closed for idleness) pass with nothing
+    // sent on the stream; it is a call under way, so its connection is not idle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    gate.release.add_permits(2);
+    let mut last = None;
+    while let Some(message) = stream.message().await.expect("the watch is still open") {
+        last = message.batch;
+    }
+    assert_eq!(
+        last.expect("snapshots").status(),
+        pb::BatchStatus::Completed
+    );
+}
+
 /// Task 2 that fails its first attempt of every chunk.
 struct FlakyOnce;
 

@@ -107,6 +107,9 @@ async fn malformed_seed_requests_are_400_naming_the_field_and_write_nothing() {
         (with("batchId", json!(42)), "batchId"),
         (with("batchId", json!("")), "batchId"),
         (with("batchId", json!("a\u{0007}b")), "batchId"),
+        (with("batchId", json!("    ")), "batchId"),
+        (with("batchId", json!("batch\u{202E}")), "batchId"),
+        (with("batchId", json!("\u{FEFF}batch")), "batchId"),
         (without("totalItems"), "totalItems"),
         (with("totalItems", json!("10")), "totalItems"),
         (with("totalItems", json!(0)), "totalItems"),
@@ -125,6 +128,9 @@ async fn malformed_seed_requests_are_400_naming_the_field_and_write_nothing() {
         (with("itemIds", json!(["ok", ""])), "itemIds[1]"),
         (with("itemIds", json!(["x".repeat(257)])), "itemIds[0]"),
         (with("itemIds", json!(["line\nbreak"])), "itemIds[0]"),
+        (with("itemIds", json!(["ok", " "])), "itemIds[1]"),
+        (with("itemIds", json!(["a\u{2067}b"])), "itemIds[0]"),
+        (with("itemIds", json!(["a\u{200D}b"])), "itemIds[0]"),
         (serde_json::to_vec(&duplicate).unwrap(), "itemIds[1]"),
     ];
     for (body, field) in cases {
@@ -142,6 +148,71 @@ async fn malformed_seed_requests_are_400_naming_the_field_and_write_nothing() {
     }
     let fingerprint = database_fingerprint(&test.db);
     assert!(!fingerprint.contains("4b4dc5c6"), "nothing was written");
+}
+
+#[tokio::test]
+async fn numbers_beyond_the_allowed_range_are_400_naming_the_field_and_write_nothing() {
+    let test = spawn_app().await;
+    let before = database_fingerprint(&test.db);
+    let max_count = batch_manager::domain::MAX_COUNT;
+    let body = |total: &str, size: &str, current: &str| {
+        format!(
+            r#"{{"batchId": "huge-numbers", "totalItems": {total}, "batchSize": {size}, "currentBatch": {current}, "itemIds": ["a"]}}"#
+        )
+    };
+    let beyond = (max_count + 1).to_string();
+    let cases = [
+        (
+            body("9223372036854775808", "5", "1"),
+            "totalItems",
+            "1",
+            max_count,
+        ),
+        (
+            body("18446744073709551615", "5", "1"),
+            "totalItems",
+            "1",
+            max_count,
+        ),
+        (
+            body("18446744073709551616", "5", "1"),
+            "totalItems",
+            "1",
+            max_count,
+        ),
+        (body("1e30", "5", "1"), "totalItems", "1", max_count),
+        (body(&beyond, "5", "1"), "totalItems", "1", max_count),
+        (
+            body("10", "5", "9223372036854775808"),
+            "currentBatch",
+            "1",
+            max_count,
+        ),
+        (
+            body("10", "5", "18446744073709551615"),
+            "currentBatch",
+            "1",
+            max_count,
+        ),
+        (body("10", "5", &beyond), "currentBatch", "1", max_count),
+        (
+            body("10", "9223372036854775808", "1"),
+            "batchSize",
+            "1",
+            1000,
+        ),
+        (body("10", "4294967297", "1"), "batchSize", "1", 1000),
+    ];
+    for (body, field, low, high) in cases {
+        let (status, reply) = post(&test, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {reply}");
+        let expected = format!("{field}: must be an integer between {low} and {high}");
+        assert!(
+            reply["message"].as_str().unwrap().starts_with(&expected),
+            "{body}: expected {expected:?}, got {reply}"
+        );
+    }
+    assert_eq!(database_fingerprint(&test.db), before);
 }
 
 #[tokio::test]

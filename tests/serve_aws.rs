@@ -37,6 +37,7 @@ async fn submitted_batches_are_stored_in_dynamodb_and_started_in_step_functions(
             grpc_addr: loopback,
             http_addr: loopback,
             stack: settings(&stack),
+            connections: batch_manager::config::ConnectionConfig::default(),
         },
         &stack.sdk_config,
     )

@@ -6,8 +6,8 @@ use tonic::Status;
 
 use super::pb;
 use crate::domain::{
-    parse_item_ids, Batch, BatchId, BatchSize, BatchStatus, InvalidInput, ItemRecord, ItemStatus,
-    NewPart, Timestamp,
+    parse_count, parse_item_ids, Batch, BatchId, BatchSize, BatchStatus, InvalidInput, ItemRecord,
+    ItemStatus, NewPart, Timestamp,
 };
 use crate::pipeline::IntakeError;
 use crate::store::{ListError, StoreError};
@@ -92,12 +92,8 @@ pub fn submit_part(request: pb::SubmitBatchRequest) -> Result<NewPart, Status> {
 
 pub fn append_part(request: pb::AppendBatchItemsRequest) -> Result<NewPart, Status> {
     let batch_id = parse_batch_id(request.batch_id)?;
-    if request.total_items == 0 {
-        return Err(invalid_argument(InvalidInput::new(
-            "total_items",
-            "must be a positive integer",
-        )));
-    }
+    parse_count(request.total_items, "total_items").map_err(invalid_argument)?;
+    parse_count(request.part_number, "part_number").map_err(invalid_argument)?;
     let batch_size = BatchSize::parse_or_default(u64::from(request.batch_size), "batch_size")
         .map_err(invalid_argument)?;
     let items = parse_item_ids(request.item_ids, "item_ids").map_err(invalid_argument)?;
@@ -119,7 +115,7 @@ pub fn page_size(raw: u32, default: u32, max: u32) -> Result<u32, Status> {
         size if size <= max => Ok(size),
         _ => Err(invalid_argument(InvalidInput::new(
             "page_size",
-            format!("must be at most {max}"),
+            format!("must be between 1 and {max}, or 0 for the default ({default})"),
         ))),
     }
 }

@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -26,11 +27,22 @@ const WATCH_MIN_GAP: Duration = Duration::from_millis(100);
 pub struct AdminService {
     intake: Intake,
     store: Arc<dyn BatchStore>,
+    stopping: watch::Receiver<bool>,
 }
 
 impl AdminService {
-    pub fn new(intake: Intake, store: Arc<dyn BatchStore>) -> Self {
-        Self { intake, store }
+    /// `stopping` turns true when the server shuts down: open watches then end with
+    /// UNAVAILABLE, so that their connections can close.
+    pub fn new(
+        intake: Intake,
+        store: Arc<dyn BatchStore>,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            intake,
+            store,
+            stopping,
+        }
     }
 
     async fn accept(&self, part: &NewPart) -> Result<Accepted, Status> {
@@ -70,6 +82,10 @@ pub async fn grpc_router(service: AdminService) -> anyhow::Result<tonic::service
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha))
+}
+
+fn shutting_down() -> Status {
+    Status::unavailable("the server is shutting down; watch again once it is back")
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchBatchResponse, Status>> + Send>>;
@@ -209,6 +225,7 @@ impl BatchManager for AdminService {
         let first = self.batch(&batch_id).await?;
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
         let store = Arc::clone(&self.store);
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             let mut generation = 0;
             let mut last_sent: Option<Batch> = None;
@@ -231,6 +248,10 @@ impl BatchManager for AdminService {
                     changed = store.wait_for_change(generation, WATCH_POLL) => changed,
                     // The client went away: stop reading the batch for it.
                     _ = sender.closed() => return,
+                    () = async { let _ = stopping.wait_for(|stopping| *stopping).await; } => {
+                        let _ = sender.send(Err(shutting_down())).await;
+                        return;
+                    }
                 };
                 current = match store.get_batch(&batch_id).await {
                     Ok(Some(batch)) => batch,

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use batch_manager::app::{LocalApp, LocalConfig};
+use batch_manager::config::ConnectionConfig;
 use batch_manager::engine::local::EngineConfig;
 use batch_manager::grpc::pb;
 use batch_manager::grpc::pb::batch_manager_client::BatchManagerClient;
@@ -36,6 +37,11 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(tasks: Tasks) -> TestApp {
+    spawn_app_configured(tasks, ConnectionConfig::default()).await
+}
+
+/// A server with these tasks and connection settings.
+pub async fn spawn_app_configured(tasks: Tasks, connections: ConnectionConfig) -> TestApp {
     let directory = tempfile::tempdir().expect("temporary directory");
     let db = directory.path().join("test.db");
     let app = LocalApp::spawn(
@@ -44,6 +50,7 @@ pub async fn spawn_app_with(tasks: Tasks) -> TestApp {
             http_addr: loopback(),
             db: db.clone(),
             engine: EngineConfig::default(),
+            connections,
         },
         tasks,
     )

@@ -1,17 +1,19 @@
-//! The real `batch-manager` binary as a child process, for tests that kill it.
+//! The real `batch-manager` binary as a child process, for tests that kill it, signal it, or
+//! start it under a lowered open-file limit.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A `batch-manager serve` child process.
 pub struct ServerProcess {
     pub child: Child,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 fn address_after(line: &str, key: &str) -> Option<SocketAddr> {
@@ -19,10 +21,43 @@ fn address_after(line: &str, key: &str) -> Option<SocketAddr> {
     line[start..].split_whitespace().next()?.parse().ok()
 }
 
+/// How to start a server beyond its database.
+#[derive(Debug, Default, Clone)]
+pub struct Launch<'a> {
+    /// Extra `serve` flags.
+    pub args: &'a [&'a str],
+    /// Soft and hard open-file limit to start the server under.
+    pub open_file_limit: Option<u64>,
+    /// Soft open-file limit only (the hard one unchanged) to start the server under.
+    pub soft_open_file_limit: Option<u64>,
+}
+
 impl ServerProcess {
     /// Starts `serve` on loopback port 0 with the given database, and waits until it listens.
     pub fn start(db: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_batch-manager"))
+        Self::start_with(db, Launch::default())
+    }
+
+    /// Starts `serve` as [`Self::start`] does, with extra flags or a lowered open-file limit.
+    pub fn start_with(db: &Path, launch: Launch<'_>) -> Self {
+        let binary = env!("CARGO_BIN_EXE_batch-manager");
+        let ulimit = match (launch.open_file_limit, launch.soft_open_file_limit) {
+            (Some(limit), _) => Some(format!("ulimit -n {limit}")),
+            (None, Some(soft)) => Some(format!("ulimit -S -n {soft}")),
+            (None, None) => None,
+        };
+        let mut command = match ulimit {
+            Some(ulimit) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg(format!("{ulimit} && exec \"$0\" \"$@\""))
+                    .arg(binary);
+                shell
+            }
+            None => Command::new(binary),
+        };
+        command
             .args([
                 "serve",
                 "--grpc-addr",
@@ -32,13 +67,15 @@ impl ServerProcess {
                 "--db",
             ])
             .arg(db)
+            .args(launch.args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn batch-manager serve");
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn batch-manager serve");
         let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
         let (found, addresses) = mpsc::channel();
+        let lines = Arc::clone(&log);
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -51,6 +88,7 @@ impl ServerProcess {
                         sent = true;
                     }
                 }
+                lines.lock().unwrap().push(line);
             }
         });
         let (grpc_addr, http_addr) = addresses
@@ -60,7 +98,13 @@ impl ServerProcess {
             child,
             grpc_addr,
             http_addr,
+            log,
         }
+    }
+
+    /// The lines the server logged so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
     }
 
     /// SIGKILL: no shutdown code runs.
@@ -69,21 +113,39 @@ impl ServerProcess {
         self.child.wait().expect("reap");
     }
 
-    /// SIGTERM, then wait for a clean exit.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    /// Sends SIGTERM and returns at once.
+    pub fn signal_terminate(&self) {
         let pid = self.child.id().to_string();
         Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("send SIGTERM");
-        for _ in 0..300 {
+    }
+
+    /// The exit status, once the process exited within `limit`; None if it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
+                return Some(status);
             }
-            std::thread::sleep(Duration::from_millis(100));
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        self.child.kill().expect("kill");
-        panic!("the server did not stop within 30 s of SIGTERM");
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        self.signal_terminate();
+        match self.wait_exit(Duration::from_secs(30)) {
+            Some(status) => status,
+            None => {
+                self.child.kill().expect("kill");
+                panic!("the server did not stop within 30 s of SIGTERM");
+            }
+        }
     }
 }
 

@@ -1,22 +1,29 @@
 //! `serve`: the gRPC service and the seed HTTP endpoint over one backend, started together and
 //! stopped together. Local: the SQLite store and the embedded engine. AWS: a deployed stack's
-//! DynamoDB tables and Step Functions state machine.
+//! DynamoDB tables and Step Functions state machine. Both listeners run on one connection layer
+//! ([`listener`]): connection caps, timeouts, and a shutdown bounded by a grace period.
+
+mod connection;
+mod listener;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::config::AwsSettings;
+use self::connection::{Protocol, Timeouts};
+use self::listener::{Http2Settings, ListenerConfig};
+use crate::config::{AwsSettings, ConnectionConfig};
 use crate::engine::local::{EngineConfig, EngineRunner, LocalEngine};
 use crate::engine::stepfunctions::{self, StepFunctionsOrchestrator};
 use crate::grpc::{grpc_router, AdminService};
+use crate::http::{HostPolicy, HttpSettings};
 use crate::pipeline::{Intake, Steps, Tasks};
 use crate::store::dynamo::DynamoStore;
 use crate::store::sqlite::SqliteStore;
@@ -29,6 +36,7 @@ pub struct LocalConfig {
     pub http_addr: SocketAddr,
     pub db: PathBuf,
     pub engine: EngineConfig,
+    pub connections: ConnectionConfig,
 }
 
 /// A running server over a store of type `S`.
@@ -55,8 +63,8 @@ impl<S> App<S> {
         }
     }
 
-    /// Stops accepting requests, lets the work under way end (for the local backend, the
-    /// engine's steps), and returns.
+    /// Stops accepting requests, ends open watches, lets the work under way end (for the local
+    /// backend, the engine's steps) within the shutdown grace, closes what is left, and returns.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.server.shutdown().await
     }
@@ -79,8 +87,8 @@ impl LocalApp {
             .context("starting the engine")?;
         let intake = Intake::new(Arc::clone(&shared_store), Arc::new(engine));
         let server = Server::start(
-            config.grpc_addr,
-            config.http_addr,
+            (config.grpc_addr, config.http_addr),
+            &config.connections,
             intake,
             shared_store,
             Some(runner),
@@ -102,6 +110,7 @@ pub struct AwsConfig {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub stack: AwsSettings,
+    pub connections: ConnectionConfig,
 }
 
 impl AwsApp {
@@ -122,8 +131,8 @@ impl AwsApp {
         let shared_store: Arc<dyn BatchStore> = Arc::new(store.clone());
         let intake = Intake::new(Arc::clone(&shared_store), Arc::new(orchestrator));
         let server = Server::start(
-            config.grpc_addr,
-            config.http_addr,
+            (config.grpc_addr, config.http_addr),
+            &config.connections,
             intake,
             shared_store,
             None,
@@ -141,24 +150,29 @@ impl AwsApp {
     }
 }
 
-/// The gRPC service and the seed HTTP endpoint, serving in a task until stopped.
+/// The gRPC service and the seed HTTP endpoint, each on its own listener, until stopped.
 struct Server {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<anyhow::Result<()>>,
+    stop: watch::Sender<Option<Instant>>,
+    watchers_stop: watch::Sender<bool>,
+    grpc: JoinHandle<()>,
+    http: JoinHandle<()>,
+    engine: Option<EngineRunner>,
+    shutdown_grace: Duration,
 }
 
 impl Server {
     /// Binds both listeners and starts serving. `engine` is the embedded engine to stop with
     /// the listeners, when the backend runs chunks in this process.
     async fn start(
-        grpc_addr: SocketAddr,
-        http_addr: SocketAddr,
+        addresses: (SocketAddr, SocketAddr),
+        connections: &ConnectionConfig,
         intake: Intake,
         store: Arc<dyn BatchStore>,
         engine: Option<EngineRunner>,
     ) -> anyhow::Result<Self> {
+        let (grpc_addr, http_addr) = addresses;
         let grpc_listener = TcpListener::bind(grpc_addr)
             .await
             .with_context(|| format!("binding gRPC address {grpc_addr}"))?;
@@ -167,27 +181,65 @@ impl Server {
             .with_context(|| format!("binding HTTP address {http_addr}"))?;
         let grpc_addr = grpc_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
-        let routes = grpc_router(AdminService::new(intake.clone(), store)).await?;
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(run(
-            routes,
+        let (stop, stopped) = watch::channel(None);
+        let (watchers_stop, watchers_stopped) = watch::channel(false);
+        let admin = AdminService::new(intake.clone(), store, watchers_stopped);
+        let grpc_routes = grpc_router(admin).await?.prepare().into_axum_router();
+        let http_routes = crate::http::router(
+            intake,
+            HttpSettings {
+                body_timeout: connections.http.body_timeout,
+                hosts: HostPolicy::for_address(http_addr, &connections.http.allowed_hosts),
+            },
+        );
+        let grpc = tokio::spawn(listener::serve(
             grpc_listener,
-            crate::http::router(intake),
+            grpc_routes,
+            grpc_listener_config(connections),
+            stopped.clone(),
+        ));
+        let http = tokio::spawn(listener::serve(
             http_listener,
-            engine,
+            http_routes,
+            http_listener_config(connections),
             stopped,
         ));
         Ok(Self {
             grpc_addr,
             http_addr,
             stop,
-            task,
+            watchers_stop,
+            grpc,
+            http,
+            engine,
+            shutdown_grace: connections.shutdown_grace,
         })
     }
 
+    /// Stops accepting, ends open watches, lets requests and engine steps under way finish
+    /// within the shutdown grace, then closes what is left (engine steps cut short resume from
+    /// their journal on the next start).
     async fn shutdown(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        self.task.await.context("server task panicked")?
+        let deadline = Instant::now() + self.shutdown_grace;
+        let _ = self.watchers_stop.send(true);
+        let _ = self.stop.send(Some(deadline));
+        let engine = async {
+            if let Some(engine) = self.engine {
+                if tokio::time::timeout_at(deadline.into(), engine.shutdown())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        "engine steps still under way after the shutdown grace were stopped; \
+                         they resume on the next start"
+                    );
+                }
+            }
+        };
+        let (grpc, http, ()) = tokio::join!(self.grpc, self.http, engine);
+        grpc.context("gRPC listener panicked")?;
+        http.context("HTTP listener panicked")?;
+        Ok(())
     }
 
     async fn run_until(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -197,39 +249,41 @@ impl Server {
     }
 }
 
-async fn run(
-    routes: tonic::service::Routes,
-    grpc_listener: TcpListener,
-    http: axum::Router,
-    http_listener: TcpListener,
-    engine: Option<EngineRunner>,
-    stopped: oneshot::Receiver<()>,
-) -> anyhow::Result<()> {
-    let (grpc_stop, grpc_stopped) = oneshot::channel::<()>();
-    let (http_stop, http_stopped) = oneshot::channel::<()>();
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async {
-                let _ = grpc_stopped.await;
-            }),
-    );
-    let http = tokio::spawn(async move {
-        axum::serve(http_listener, http)
-            .with_graceful_shutdown(async {
-                let _ = http_stopped.await;
-            })
-            .await
-    });
-    let _ = stopped.await;
-    let _ = grpc_stop.send(());
-    let _ = http_stop.send(());
-    if let Some(engine) = engine {
-        engine.shutdown().await;
+fn grpc_listener_config(connections: &ConnectionConfig) -> ListenerConfig {
+    let grpc = &connections.grpc;
+    ListenerConfig {
+        name: "gRPC",
+        protocol: Protocol::Http2,
+        max_connections: grpc.max_connections,
+        timeouts: Timeouts {
+            idle: grpc.idle_timeout,
+            header: None,
+        },
+        request_body_timeout: Some(grpc.body_timeout),
+        http2: Some(Http2Settings {
+            keepalive_interval: grpc.keepalive_interval,
+            keepalive_timeout: grpc.keepalive_timeout,
+            max_connection_age: grpc.max_connection_age,
+        }),
+        rewrite_head: None,
     }
-    grpc.await?.context("gRPC server")?;
-    http.await?.context("HTTP server")?;
-    Ok(())
+}
+
+fn http_listener_config(connections: &ConnectionConfig) -> ListenerConfig {
+    let http = &connections.http;
+    ListenerConfig {
+        name: "HTTP",
+        protocol: Protocol::Http1,
+        max_connections: http.max_connections,
+        timeouts: Timeouts {
+            idle: http.idle_timeout,
+            header: Some(http.header_timeout),
+        },
+        // The endpoint's handler reads bodies itself, answering 408 when one stalls.
+        request_body_timeout: None,
+        http2: None,
+        rewrite_head: Some(crate::http::framing::json_error_response),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,0 +1,178 @@
+//! The seed-compatible HTTP endpoint of `serve`: `POST /stateMachineInit`. Every answer is JSON,
+//! errors included (`{"message": ...}`); requests from other sites are refused ([`guard`]).
+
+pub mod framing;
+pub mod guard;
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{middleware, Json, Router};
+use http_body_util::BodyExt;
+use serde_json::json;
+
+use crate::pipeline::Intake;
+use crate::seed;
+
+pub use guard::HostPolicy;
+
+/// Largest request body: 100,000 IDs of 256 bytes as JSON, with room to spare.
+pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// How the endpoint treats requests beyond their content.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Longest wait for the next piece of a request body.
+    pub body_timeout: Duration,
+    /// Which Host names (and so which origins) are served.
+    pub hosts: HostPolicy,
+}
+
+#[derive(Clone)]
+struct Endpoint {
+    intake: Intake,
+    body_timeout: Duration,
+}
+
+/// A JSON error answer.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "message": message.into() }))).into_response()
+}
+
+/// The HTTP router.
+pub fn router(intake: Intake, settings: HttpSettings) -> Router {
+    let endpoint = Endpoint {
+        intake,
+        body_timeout: settings.body_timeout,
+    };
+    Router::new()
+        .route(
+            seed::ROUTE,
+            post(state_machine_init)
+                .route_layer(middleware::from_fn(guard::require_json_content_type)),
+        )
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .with_state(endpoint)
+        .layer(middleware::from_fn_with_state(
+            settings.hosts,
+            guard::refuse_foreign_requests,
+        ))
+        .layer(middleware::map_response(ensure_json_error))
+}
+
+async fn state_machine_init(State(endpoint): State<Endpoint>, request: Request) -> Response {
+    let body = match read_body(request.into_body(), endpoint.body_timeout).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal,
+    };
+    let reply = seed::handle(&endpoint.intake, &body).await;
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(reply.body)).into_response()
+}
+
+/// Reads a whole body of at most [`MAX_BODY_BYTES`], waiting at most `timeout` for each piece.
+/// A body that stalls, is too large or breaks its framing is refused, and the connection is
+/// closed (the rest of the body is never read).
+async fn read_body(mut body: Body, timeout: Duration) -> Result<Bytes, Response> {
+    let too_large = || {
+        closing(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body: must be at most {MAX_BODY_BYTES} bytes"),
+        ))
+    };
+    if http_body::Body::size_hint(&body).lower() > MAX_BODY_BYTES as u64 {
+        return Err(too_large());
+    }
+    let mut collected = Vec::new();
+    loop {
+        let frame =
+            match tokio::time::timeout(timeout, body.frame()).await {
+                Err(_) => {
+                    return Err(closing(error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!(
+                            "body: no data received for {}; send the whole body without pausing",
+                            humantime::format_duration(timeout)
+                        ),
+                    )))
+                }
+                Ok(None) => return Ok(Bytes::from(collected)),
+                Ok(Some(Err(_))) => return Err(closing(error(
+                    StatusCode::BAD_REQUEST,
+                    "body: could not be read: its framing (Content-Length or chunked encoding) \
+                     is malformed, or the connection ended before the body did",
+                ))),
+                Ok(Some(Ok(frame))) => frame,
+            };
+        if let Ok(data) = frame.into_data() {
+            if collected.len() + data.len() > MAX_BODY_BYTES {
+                return Err(too_large());
+            }
+            collected.extend_from_slice(&data);
+        }
+    }
+}
+
+/// Marks an answer as the connection's last.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no route for {method} {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
+    let mut response = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} {} is not allowed; use POST", uri.path()),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    response
+}
+
+/// Gives any error answer without a JSON body (one a framework layer made) the JSON shape of
+/// every other, keeping its status and headers.
+async fn ensure_json_error(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = match body.collect().await {
+        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes())
+            .trim()
+            .to_owned(),
+        Err(_) => String::new(),
+    };
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_owned()
+    } else {
+        text
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let json = error(status, message);
+    let (json_parts, json_body) = json.into_parts();
+    parts.headers.extend(json_parts.headers);
+    Response::from_parts(parts, json_body)
+}
