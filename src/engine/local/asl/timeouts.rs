@@ -47,7 +47,8 @@ pub(super) struct TaskLimits {
 #[derive(Debug)]
 enum Seconds {
     Fixed(u64),
-    Path(ReadPath),
+    // Boxed: a path is large, and most Tasks have neither path.
+    Path(Box<ReadPath>),
 }
 
 /// The limits of one attempt, with every path read.
@@ -175,7 +176,7 @@ impl Seconds {
                         ),
                     ));
                 }
-                Ok(Some(Seconds::Path(read)))
+                Ok(Some(Seconds::Path(Box::new(read))))
             }
             (None, None) => Ok(None),
         }
