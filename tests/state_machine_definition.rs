@@ -1,6 +1,8 @@
 //! The shipped definition, `cf-templates/state-machine.asl.json`, run on the interpreter's
 //! public API: the path every chunk takes (task 1 -> task 2 -> update), a cancelled chunk, and
 //! a chunk whose task keeps failing. Set `ASL_DEFINITION` to check another definition file.
+//! Last, the shape of an external job's definition (submit, then a Wait -> status Task ->
+//! Choice loop with a deadline and a heartbeat per status check) on a heartbeating invoker.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -8,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use batch_manager::engine::local::asl::{
-    Cursor, ExecutionContext, StateMachine, Step, TaskFailure, TaskInvoker,
+    Cursor, ExecutionContext, Heartbeat, StateMachine, Step, TaskFailure, TaskInvoker,
 };
 use serde_json::{json, Value};
 
@@ -83,7 +85,7 @@ struct Run {
 }
 
 /// Steps an execution to its end without sleeping (the sleeps are recorded instead).
-async fn run_to_end(machine: &StateMachine, tasks: &RecordingTasks) -> Run {
+async fn run_to_end(machine: &StateMachine, tasks: &dyn TaskInvoker) -> Run {
     let context = context();
     let mut cursor: Cursor = machine.start(chunk_input());
     let (mut visited, mut sleeps) = (Vec::new(), Vec::new());
@@ -201,5 +203,146 @@ async fn the_shipped_definition_catches_an_oversized_task_result_and_records_the
     assert_eq!(
         record_input["failure"]["Error"],
         json!("States.DataLimitExceeded")
+    );
+}
+
+/// A definition that submits an external job, then polls its status every 60 seconds; each
+/// status check has 10 seconds and must heartbeat every 3, and is retried once on a timeout.
+fn job_polling_machine() -> StateMachine {
+    let definition = json!({
+        "StartAt": "SubmitJob",
+        "States": {
+            "SubmitJob": {
+                "Type": "Task", "Resource": "arn:submit", "TimeoutSeconds": 30,
+                "ResultPath": "$.job", "Next": "WaitForJob"
+            },
+            "WaitForJob": { "Type": "Wait", "Seconds": 60, "Next": "CheckJob" },
+            "CheckJob": {
+                "Type": "Task", "Resource": "arn:status",
+                "Parameters": { "jobId.$": "$.job.jobId" },
+                "TimeoutSeconds": 10, "HeartbeatSeconds": 3, "ResultPath": "$.status",
+                "Retry": [{ "ErrorEquals": ["States.Timeout"], "MaxAttempts": 1 }],
+                "Catch": [{ "ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "JobLost" }],
+                "Next": "JobDone?"
+            },
+            "JobDone?": {
+                "Type": "Choice",
+                "Choices": [
+                    { "Variable": "$.status.state", "StringEquals": "SUCCEEDED", "Next": "JobSucceeded" },
+                    { "Variable": "$.status.state", "StringEquals": "RUNNING", "Next": "WaitForJob" }
+                ],
+                "Default": "JobLost"
+            },
+            "JobSucceeded": { "Type": "Succeed" },
+            "JobLost": { "Type": "Fail", "Error": "Job.Lost" }
+        }
+    });
+    StateMachine::from_json(&definition.to_string(), &BTreeMap::new())
+        .expect("the job polling definition is valid")
+}
+
+/// An external job's service: each status check answers the next of `checks` in turn.
+struct JobService {
+    checks: Mutex<Vec<StatusCheck>>,
+}
+
+enum StatusCheck {
+    /// The status call hangs without a heartbeat.
+    Hangs,
+    /// The status call takes `seconds`, beating every second, then answers `state`.
+    Answers { seconds: u64, state: &'static str },
+}
+
+#[async_trait]
+impl TaskInvoker for JobService {
+    async fn invoke(&self, resource: &str, input: Value) -> Result<Value, TaskFailure> {
+        panic!("the interpreter calls invoke_with_heartbeat, not invoke({resource}, {input})")
+    }
+
+    async fn invoke_with_heartbeat(
+        &self,
+        resource: &str,
+        input: Value,
+        heartbeat: Heartbeat,
+    ) -> Result<Value, TaskFailure> {
+        if resource == "arn:submit" {
+            assert_eq!(heartbeat.interval(), None);
+            return Ok(json!({ "jobId": "job-1" }));
+        }
+        assert_eq!(input, json!({ "jobId": "job-1" }));
+        assert_eq!(heartbeat.interval(), Some(Duration::from_secs(3)));
+        let check = self.checks.lock().unwrap().remove(0);
+        match check {
+            StatusCheck::Hangs => std::future::pending().await,
+            StatusCheck::Answers { seconds, state } => {
+                for _ in 0..seconds {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    heartbeat.beat();
+                }
+                Ok(json!({ "state": state }))
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_polling_definition_retries_a_hung_status_check_and_keeps_polling() {
+    let machine = job_polling_machine();
+    let service = JobService {
+        checks: Mutex::new(vec![
+            StatusCheck::Answers {
+                seconds: 5,
+                state: "RUNNING",
+            },
+            StatusCheck::Hangs,
+            StatusCheck::Answers {
+                seconds: 1,
+                state: "SUCCEEDED",
+            },
+        ]),
+    };
+    let run = run_to_end(&machine, &service).await;
+    assert_eq!(
+        run.end,
+        Step::Succeeded(json!({
+            "batchId": "batch-7", "chunk": 3,
+            "job": { "jobId": "job-1" },
+            "status": { "state": "SUCCEEDED" }
+        }))
+    );
+    assert_eq!(
+        run.visited,
+        [
+            "SubmitJob",
+            "WaitForJob",
+            "CheckJob",
+            "JobDone?",
+            "WaitForJob",
+            "CheckJob",
+            "CheckJob",
+            "JobDone?",
+            "JobSucceeded"
+        ]
+    );
+    assert!(service.checks.lock().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_polling_definition_gives_up_on_a_status_check_that_hangs_twice() {
+    let machine = job_polling_machine();
+    let service = JobService {
+        checks: Mutex::new(vec![StatusCheck::Hangs, StatusCheck::Hangs]),
+    };
+    let run = run_to_end(&machine, &service).await;
+    assert_eq!(
+        run.end,
+        Step::Failed {
+            error: "Job.Lost".to_owned(),
+            cause: String::new()
+        }
+    );
+    assert_eq!(
+        run.visited,
+        ["SubmitJob", "WaitForJob", "CheckJob", "CheckJob", "JobLost"]
     );
 }

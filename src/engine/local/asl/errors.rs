@@ -9,9 +9,15 @@ use super::fields::Fields;
 
 /// Matches every error name (`States.Runtime` never reaches a Retrier or Catcher).
 pub(super) const ALL_ERRORS: &str = "States.ALL";
-/// Matches every error name but `States.Timeout`.
+/// Matches every error name but the two timeouts, `States.Timeout` and
+/// `States.HeartbeatTimeout`.
 pub(super) const ANY_TASK_ERROR: &str = "States.TaskFailed";
+/// A Task attempt ran past its `TimeoutSeconds`. As an `ErrorEquals` name it also matches
+/// [`HEARTBEAT_TIMEOUT_ERROR`]: the States Language defines `States.Timeout` as a Task that
+/// either ran too long or failed to heartbeat in time.
 pub(super) const TIMEOUT_ERROR: &str = "States.Timeout";
+/// A Task attempt sent no heartbeat for longer than its `HeartbeatSeconds`.
+pub(super) const HEARTBEAT_TIMEOUT_ERROR: &str = "States.HeartbeatTimeout";
 /// A path selected nothing or a value had the wrong type; no Retrier or Catcher handles it.
 pub(super) const RUNTIME_ERROR: &str = "States.Runtime";
 /// A `ResultPath` cannot be applied to the state's input; Retry and Catch handle it.
@@ -185,10 +191,12 @@ impl ErrorEquals {
     }
 
     pub(super) fn matches(&self, error: &str) -> bool {
-        self.0.iter().any(|name| {
-            name == error
-                || name == ALL_ERRORS
-                || (name == ANY_TASK_ERROR && error != TIMEOUT_ERROR)
+        let is_timeout = error == TIMEOUT_ERROR || error == HEARTBEAT_TIMEOUT_ERROR;
+        self.0.iter().any(|name| match name.as_str() {
+            ALL_ERRORS => true,
+            ANY_TASK_ERROR => !is_timeout,
+            TIMEOUT_ERROR => is_timeout,
+            name => name == error,
         })
     }
 
@@ -263,5 +271,16 @@ mod tests {
         assert!(names(&[ALL_ERRORS]).matches(TIMEOUT_ERROR));
         assert!(names(&[ANY_TASK_ERROR]).matches("Lambda.Unknown"));
         assert!(!names(&[ANY_TASK_ERROR]).matches(TIMEOUT_ERROR));
+    }
+
+    #[test]
+    fn a_heartbeat_timeout_is_matched_by_its_name_states_timeout_and_states_all_only() {
+        let names = |list: &[&str]| ErrorEquals(list.iter().map(|n| (*n).to_owned()).collect());
+        assert!(names(&[HEARTBEAT_TIMEOUT_ERROR]).matches(HEARTBEAT_TIMEOUT_ERROR));
+        assert!(names(&[TIMEOUT_ERROR]).matches(HEARTBEAT_TIMEOUT_ERROR));
+        assert!(names(&[ALL_ERRORS]).matches(HEARTBEAT_TIMEOUT_ERROR));
+        assert!(!names(&[ANY_TASK_ERROR]).matches(HEARTBEAT_TIMEOUT_ERROR));
+        assert!(!names(&[HEARTBEAT_TIMEOUT_ERROR]).matches(TIMEOUT_ERROR));
+        assert!(!names(&["Other"]).matches(HEARTBEAT_TIMEOUT_ERROR));
     }
 }

@@ -12,8 +12,9 @@
 //! body: `InputPath`, the body, `OutputPath`, the payload limit), the six state types (`task`,
 //! `pass`, `choice`, `wait`, `succeed`, `fail`), `retry` and `catch`, `condition` and
 //! `comparison` (choice rules), `paths`, `path_syntax` and `result_path`, `template`
-//! (`Parameters`, `ResultSelector`), `context` (the context object `$$`), `cursor`,
-//! `timestamp`, `errors`, and `fields` (the reader every parser uses).
+//! (`Parameters`, `ResultSelector`), `timeouts` (a Task's timeout and heartbeat), `context`
+//! (the context object `$$`), `cursor`, `timestamp`, `errors`, and `fields` (the reader every
+//! parser uses).
 //!
 //! # Supported subset
 //!
@@ -23,9 +24,10 @@
 //! * States: `Task`, `Pass`, `Choice`, `Wait`, `Succeed` and `Fail`. `Map` and `Parallel` are
 //!   rejected.
 //! * Task: `Resource`, `InputPath`, `Parameters`, `ResultSelector`, `ResultPath`, `OutputPath`,
+//!   `TimeoutSeconds` or `TimeoutSecondsPath`, `HeartbeatSeconds` or `HeartbeatSecondsPath`,
 //!   `Retry` (`ErrorEquals`, `IntervalSeconds`, `MaxAttempts`, `BackoffRate`, `MaxDelaySeconds`,
-//!   `JitterStrategy`), `Catch` (`ErrorEquals`, `Next`, `ResultPath`), `Next`/`End`. Timeouts,
-//!   heartbeats and `Credentials` are rejected, because nothing here could enforce them.
+//!   `JitterStrategy`), `Catch` (`ErrorEquals`, `Next`, `ResultPath`), `Next`/`End`.
+//!   `Credentials` is rejected: nothing here could assume a role.
 //! * Pass: `InputPath`, `Parameters`, `Result`, `ResultPath`, `OutputPath`, `Next`/`End`.
 //! * Choice: `Choices` with `And`, `Or`, `Not`, every String/Numeric/Boolean/Timestamp comparison
 //!   and its `...Path` form, `IsNull`, `IsPresent`, `IsNumeric`, `IsString`, `IsBoolean`,
@@ -60,6 +62,21 @@
 //! refused, a `TimestampPath` value without one fails with `States.Runtime`, and a Choice rule
 //! treats such a string as not a timestamp.
 //!
+//! # Task timeouts and heartbeats
+//!
+//! A Task attempt has a timeout (`TimeoutSeconds`, or a positive integer read by the Reference
+//! Path `TimeoutSecondsPath` from the effective input; 99,999,999 seconds when neither is
+//! given, as on Step Functions), counted from the start of the invocation. With
+//! `HeartbeatSeconds` (or `HeartbeatSecondsPath`), which must be smaller than the timeout,
+//! the attempt must also call [`Heartbeat::beat`] at least that often: the interpreter hands
+//! the handle to [`TaskInvoker::invoke_with_heartbeat`]. An attempt past its timeout fails
+//! with `States.Timeout`, one that missed its heartbeat with `States.HeartbeatTimeout`; its
+//! invocation is dropped and the state's Retry and Catch take the failure. In `ErrorEquals`,
+//! `States.ALL` matches both, `States.Timeout` matches both (the States Language defines it as
+//! a Task that ran too long or failed to heartbeat), `States.HeartbeatTimeout` only the
+//! latter, and `States.TaskFailed` neither. A path value that is not a positive integer, or a
+//! heartbeat interval not smaller than the timeout, fails with `States.Runtime`.
+//!
 //! # Errors at run time
 //!
 //! `States.Runtime` (a path selected nothing, a value had the wrong type, a Wait was too long)
@@ -73,7 +90,11 @@
 //!
 //! The caller owns the loop and the clock, and persists the [`Cursor`] between steps. A step
 //! cut short before its outcome is persisted runs again from the same [`Cursor`], so a Task may
-//! run more than once: Task resources should be idempotent, as on Step Functions.
+//! run more than once: Task resources should be idempotent, as on Step Functions. A Task's
+//! deadline and heartbeat clock are not persisted: a Task attempt re-run after a restart
+//! starts with a fresh timeout, so the attempt cut short and its re-run together may take
+//! longer than `TimeoutSeconds`. Timeouts run on the Tokio clock, so [`StateMachine::step`]
+//! needs a Tokio runtime with its time driver enabled.
 //!
 //! ```text
 //! let mut cursor = machine.start(input);
@@ -110,6 +131,7 @@ mod task;
 mod template;
 #[cfg(test)]
 mod test_support;
+mod timeouts;
 mod timestamp;
 mod wait;
 
@@ -118,3 +140,4 @@ pub use cursor::Cursor;
 pub use errors::{DefinitionError, TaskFailure};
 pub use machine::{StateMachine, Step};
 pub use task::TaskInvoker;
+pub use timeouts::Heartbeat;

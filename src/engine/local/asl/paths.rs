@@ -89,6 +89,11 @@ impl ReadPath {
         &self.field
     }
 
+    /// Whether this is a Reference Path: names and integer indexes only, selecting one value.
+    pub(super) fn is_reference(&self) -> bool {
+        self.cardinality == Cardinality::One
+    }
+
     /// What the path selects in `data` (or in the context object), if anything.
     pub(super) fn lookup(&self, data: &Value, scope: &Scope<'_>) -> Option<Value> {
         let root = if self.reads_context {

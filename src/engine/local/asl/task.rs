@@ -1,6 +1,6 @@
-//! The Task state: `Parameters` build the input, the caller's [`TaskInvoker`] does the work,
-//! `ResultSelector` and `ResultPath` shape the result; failures go through `Retry`, then
-//! `Catch`.
+//! The Task state: `Parameters` build the input, the caller's [`TaskInvoker`] does the work
+//! within the state's time limits (`timeouts`), `ResultSelector` and `ResultPath` shape the
+//! result; failures go through `Retry`, then `Catch`.
 
 use serde_json::Value;
 
@@ -12,12 +12,38 @@ use super::fields::Fields;
 use super::result_path::ResultPath;
 use super::retry::Retriers;
 use super::template::Template;
+use super::timeouts::{Heartbeat, TaskLimits};
 
 /// Runs the work behind Task states.
+///
+/// The interpreter calls [`invoke_with_heartbeat`](Self::invoke_with_heartbeat), whose default
+/// calls [`invoke`](Self::invoke): implement `invoke`, and override `invoke_with_heartbeat`
+/// only for work that reports its progress.
+///
+/// An attempt that runs past the state's `TimeoutSeconds`, or goes its `HeartbeatSeconds`
+/// without a heartbeat, fails with `States.Timeout` or `States.HeartbeatTimeout`, and the
+/// future the invoker returned is dropped. Work that future owns stops there; work it started
+/// elsewhere (a process, an external job) goes on unless the invoker stops it on drop, so the
+/// next attempt should find such work again by a deterministic name rather than start it
+/// twice.
 #[async_trait::async_trait]
 pub trait TaskInvoker: Send + Sync {
     /// Runs the Task state's resource with its effective input.
     async fn invoke(&self, resource: &str, input: Value) -> Result<Value, TaskFailure>;
+
+    /// Runs the resource as [`invoke`](Self::invoke) does, with the attempt's [`Heartbeat`]
+    /// to call while the work makes progress. The default sends no heartbeat, as a Lambda
+    /// function on Step Functions: a state with `HeartbeatSeconds` then fails with
+    /// `States.HeartbeatTimeout` unless the work ends within the interval.
+    async fn invoke_with_heartbeat(
+        &self,
+        resource: &str,
+        input: Value,
+        heartbeat: Heartbeat,
+    ) -> Result<Value, TaskFailure> {
+        drop(heartbeat);
+        self.invoke(resource, input).await
+    }
 }
 
 #[derive(Debug)]
@@ -26,6 +52,7 @@ pub(super) struct TaskState {
     parameters: Option<Template>,
     result_selector: Option<Template>,
     result_path: ResultPath,
+    limits: TaskLimits,
     retry: Retriers,
     catch: Catchers,
     transition: Transition,
@@ -50,6 +77,10 @@ impl TaskState {
         "ResultSelector",
         "ResultPath",
         "OutputPath",
+        "TimeoutSeconds",
+        "TimeoutSecondsPath",
+        "HeartbeatSeconds",
+        "HeartbeatSecondsPath",
         "Retry",
         "Catch",
         "Next",
@@ -65,6 +96,7 @@ impl TaskState {
             parameters: Template::parse_optional(fields, "Parameters")?,
             result_selector: Template::parse_optional(fields, "ResultSelector")?,
             result_path: ResultPath::parse(fields, "ResultPath")?,
+            limits: TaskLimits::parse(fields)?,
             retry,
             catch,
             transition: Transition::parse(fields)?,
@@ -106,13 +138,17 @@ impl TaskState {
         }
     }
 
-    /// `Parameters`, the invocation, `ResultSelector`: the Task's result.
+    /// The time limits, `Parameters`, the invocation, `ResultSelector`: the Task's result.
     async fn attempt(
         &self,
         effective: &Value,
         scope: &Scope<'_>,
         tasks: &dyn TaskInvoker,
     ) -> Result<Value, Fault> {
+        let limits = self
+            .limits
+            .resolve(effective, scope)
+            .map_err(Fault::Terminal)?;
         let input = match &self.parameters {
             Some(parameters) => parameters
                 .render(effective, scope)
@@ -121,8 +157,10 @@ impl TaskState {
         };
         let input =
             ensure_within_limit(input, "the Task's input", scope).map_err(Fault::Terminal)?;
-        let result = tasks
-            .invoke(&self.resource, input)
+        let result = limits
+            .run(scope, move |heartbeat| {
+                tasks.invoke_with_heartbeat(&self.resource, input, heartbeat)
+            })
             .await
             .map_err(Fault::Recoverable)?;
         // An oversized result is a failure of this Task, which its Retry and Catch see, as on
@@ -171,15 +209,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn task_timeouts_heartbeats_credentials_and_jsonata_fields_are_rejected() {
-        for field in [
-            "TimeoutSeconds",
-            "HeartbeatSeconds",
-            "Credentials",
-            "Assign",
-            "Arguments",
-            "Output",
-        ] {
+    fn task_credentials_and_jsonata_fields_are_rejected() {
+        for field in ["Credentials", "Assign", "Arguments", "Output"] {
             let mut state = task(json!({}));
             state[field] = json!(10);
             let message = single_rejection(state);

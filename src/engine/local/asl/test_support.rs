@@ -1,5 +1,6 @@
-//! What the interpreter's unit tests share: a recording [`TaskInvoker`], machines built from
-//! `json!` definitions, a fixed clock, and functions that step executions and inspect their steps.
+//! What the interpreter's unit tests share: a recording [`TaskInvoker`], a slow one that
+//! works in virtual time, machines built from `json!` definitions, a fixed clock, and
+//! functions that step executions and inspect their steps.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -12,7 +13,8 @@ use super::envelope::MAX_PAYLOAD_BYTES;
 use super::errors::RUNTIME_ERROR;
 use super::timestamp::parse_timestamp;
 use super::{
-    Cursor, DefinitionError, ExecutionContext, StateMachine, Step, TaskFailure, TaskInvoker,
+    Cursor, DefinitionError, ExecutionContext, Heartbeat, StateMachine, Step, TaskFailure,
+    TaskInvoker,
 };
 
 type Responder = dyn Fn(&str, &Value, usize) -> Result<Value, TaskFailure> + Send + Sync;
@@ -57,6 +59,72 @@ impl TaskInvoker for FakeTasks {
             calls.len() - 1
         };
         (self.respond)(resource, &input, call_index)
+    }
+}
+
+/// Works for a while in (paused, virtual) time, then returns `{"worked": seconds}`. Call `n`
+/// works `work[n]` (the last entry for every later call) and, with `beat_every`, beats the
+/// heartbeat that often while it works.
+pub(super) struct SlowTasks {
+    work: Vec<Duration>,
+    beat_every: Option<Duration>,
+    calls: Mutex<usize>,
+}
+
+impl SlowTasks {
+    pub(super) fn working(work: &[u64]) -> Self {
+        SlowTasks {
+            work: work.iter().copied().map(Duration::from_secs).collect(),
+            beat_every: None,
+            calls: Mutex::new(0),
+        }
+    }
+
+    pub(super) fn beating_every(mut self, seconds: u64) -> Self {
+        self.beat_every = Some(Duration::from_secs(seconds));
+        self
+    }
+
+    /// How many times the task was invoked.
+    pub(super) fn calls(&self) -> usize {
+        *self.calls.lock().unwrap()
+    }
+
+    async fn work(&self, heartbeat: Option<Heartbeat>) -> Result<Value, TaskFailure> {
+        let call = {
+            let mut calls = self.calls.lock().unwrap();
+            *calls += 1;
+            *calls - 1
+        };
+        let work = self.work[call.min(self.work.len() - 1)];
+        let started = tokio::time::Instant::now();
+        let finish = started + work;
+        while let (Some(every), Some(heartbeat)) = (self.beat_every, &heartbeat) {
+            let next = tokio::time::Instant::now() + every;
+            if next >= finish {
+                break;
+            }
+            tokio::time::sleep_until(next).await;
+            heartbeat.beat();
+        }
+        tokio::time::sleep_until(finish).await;
+        Ok(json!({ "worked": work.as_secs() }))
+    }
+}
+
+#[async_trait::async_trait]
+impl TaskInvoker for SlowTasks {
+    async fn invoke(&self, _resource: &str, _input: Value) -> Result<Value, TaskFailure> {
+        self.work(None).await
+    }
+
+    async fn invoke_with_heartbeat(
+        &self,
+        _resource: &str,
+        _input: Value,
+        heartbeat: Heartbeat,
+    ) -> Result<Value, TaskFailure> {
+        self.work(Some(heartbeat)).await
     }
 }
 
@@ -128,7 +196,7 @@ pub(super) fn oversized() -> Value {
     json!({ "blob": "x".repeat(MAX_PAYLOAD_BYTES) })
 }
 
-pub(super) async fn step(machine: &StateMachine, cursor: Cursor, tasks: &FakeTasks) -> Step {
+pub(super) async fn step(machine: &StateMachine, cursor: Cursor, tasks: &dyn TaskInvoker) -> Step {
     machine
         .step_at(cursor, &execution(), tasks, fixed_now())
         .await
@@ -137,7 +205,7 @@ pub(super) async fn step(machine: &StateMachine, cursor: Cursor, tasks: &FakeTas
 pub(super) async fn step_from_start(
     machine: &StateMachine,
     input: Value,
-    tasks: &FakeTasks,
+    tasks: &dyn TaskInvoker,
 ) -> Step {
     step(machine, machine.start(input), tasks).await
 }
@@ -146,7 +214,7 @@ pub(super) async fn step_from_start(
 pub(super) async fn run_to_end(
     machine: &StateMachine,
     input: Value,
-    tasks: &FakeTasks,
+    tasks: &dyn TaskInvoker,
 ) -> (Step, Vec<Duration>) {
     let mut cursor = machine.start(input);
     let mut sleeps = Vec::new();
