@@ -564,3 +564,72 @@ async fn the_server_serves_health_and_accepts_a_hundred_thousand_items_in_one_ca
     let batch = test.wait_terminal("large").await;
     assert_eq!(batch.succeeded_items, 100_000);
 }
+
+/// Succeeded + failed + cancelled + pending, which must equal the total exactly.
+fn accounted_items(batch: &pb::Batch) -> u64 {
+    batch.succeeded_items + batch.failed_items + batch.cancelled_items + batch.pending_items
+}
+
+#[tokio::test]
+async fn concurrent_cancels_from_several_clients_count_every_item_once() {
+    let gate = Arc::new(Gate {
+        entered: AtomicUsize::new(0),
+        release: tokio::sync::Semaphore::new(0),
+    });
+    let mut test = spawn_app_with(Tasks {
+        task2: Arc::new(SharedGate(Arc::clone(&gate))),
+        ..Tasks::default()
+    })
+    .await;
+    // 500 items expected, 200 received at batch size 1: 300 never arrive.
+    test.client
+        .append_batch_items(pb::AppendBatchItemsRequest {
+            batch_id: "cancel-race".into(),
+            total_items: 500,
+            batch_size: 1,
+            part_number: 1,
+            item_ids: uuids(200),
+        })
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + BATCH_DEADLINE;
+    while gate.entered.load(Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "chunks never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let mut cancels = Vec::new();
+    for _ in 0..10 {
+        let mut client = connect(test.app.grpc_addr).await;
+        cancels.push(tokio::spawn(async move {
+            client
+                .cancel_batch(pb::CancelBatchRequest {
+                    batch_id: "cancel-race".into(),
+                })
+                .await
+                .map(|response| response.into_inner().batch.unwrap())
+        }));
+    }
+    for cancel in cancels {
+        match cancel.await.unwrap() {
+            Ok(batch) => assert_eq!(accounted_items(&batch), 500, "{batch:?}"),
+            Err(status) => assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}"),
+        }
+    }
+    let cancelled = test.status("cancel-race").await;
+    assert_eq!(accounted_items(&cancelled), 500, "{cancelled:?}");
+    assert!(cancelled.cancelled_items >= 300, "{cancelled:?}");
+
+    gate.release.add_permits(1000);
+    let batch = test.wait_terminal("cancel-race").await;
+    assert_eq!(batch.status(), pb::BatchStatus::Cancelled);
+    assert_eq!(batch.pending_items, 0);
+    assert_eq!(
+        batch.succeeded_items + batch.failed_items + batch.cancelled_items,
+        500,
+        "{batch:?}"
+    );
+    assert_eq!(batch.completed_chunks, 200);
+    let entered = gate.entered.load(Ordering::SeqCst) as u64;
+    assert_eq!(batch.succeeded_items, entered);
+}

@@ -522,6 +522,76 @@ async fn unknown_batches_and_chunks_are_reported_as_such(store: Arc<dyn BatchSto
     assert_eq!(loaded.items.len(), 1);
 }
 
+/// Succeeded + failed + cancelled, which must never exceed the total (pending is what is left).
+fn settled_items(batch: &batch_manager::domain::Batch) -> u64 {
+    batch.succeeded_items + batch.failed_items + batch.cancelled_items
+}
+
+async fn concurrent_cancels_count_the_items_never_received_once(store: Arc<dyn BatchStore>) {
+    // 60 items expected, 24 received at batch size 1: chunks 0-3 are running, and claims of
+    // chunks 4-7 race with ten cancels.
+    let ids: Vec<String> = (0..24).map(|i| format!("k{i:02}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    created_chunks(
+        store
+            .append_part(&part("k", 60, 1, 1, &refs))
+            .await
+            .unwrap(),
+    );
+    for chunk in 0..4 {
+        process(&*store, "k", chunk).await;
+    }
+    let cancels: Vec<_> = (0..10)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.cancel_batch(&id("k")).await.unwrap() })
+        })
+        .collect();
+    let claims: Vec<_> = (4..8)
+        .map(|chunk| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { (chunk, store.claim_chunk(&id("k"), chunk).await.unwrap()) })
+        })
+        .collect();
+    for cancel in cancels {
+        let CancelOutcome::Cancelled(batch) = cancel.await.unwrap() else {
+            panic!("not cancelled");
+        };
+        assert!(settled_items(&batch) <= batch.total_items, "{batch:?}");
+    }
+    let mut running: Vec<u64> = (0..4).collect();
+    for claim in claims {
+        if let (chunk, ChunkClaim::Active(_)) = claim.await.unwrap() {
+            running.push(chunk);
+        }
+    }
+    let in_flight = running.len() as u64;
+    let batch = store.get_batch(&id("k")).await.unwrap().unwrap();
+    assert_eq!(batch.status, BatchStatus::Running);
+    assert_eq!(batch.cancelled_items, 60 - in_flight, "{batch:?}");
+    assert_eq!(batch.completed_chunks, 24 - in_flight);
+
+    // Back to back, after the race: nothing more to count.
+    for _ in 0..2 {
+        let CancelOutcome::Cancelled(again) = store.cancel_batch(&id("k")).await.unwrap() else {
+            panic!("not cancelled");
+        };
+        assert_eq!(again.cancelled_items, 60 - in_flight);
+    }
+    for &chunk in &running {
+        if chunk >= 4 {
+            process(&*store, "k", chunk).await;
+        }
+        store.record_chunk(&id("k"), chunk, None).await.unwrap();
+    }
+    let done = store.get_batch(&id("k")).await.unwrap().unwrap();
+    assert_eq!(done.status, BatchStatus::Cancelled);
+    assert_eq!(done.succeeded_items, in_flight);
+    assert_eq!(done.cancelled_items, 60 - in_flight);
+    assert_eq!(settled_items(&done), done.total_items);
+    assert_eq!(done.completed_chunks, done.total_chunks);
+}
+
 macro_rules! both_backends {
     ($($behaviour:ident),* $(,)?) => {
         mod sqlite {
@@ -555,4 +625,5 @@ both_backends!(
     items_page_in_order_and_filter_by_status,
     batches_list_newest_first_by_status_in_pages,
     unknown_batches_and_chunks_are_reported_as_such,
+    concurrent_cancels_count_the_items_never_received_once,
 );

@@ -626,7 +626,13 @@ fn cancel_batch(conn: &Connection, batch_id: &str) -> Result<CancelOutcome, Stor
         "UPDATE chunks SET stage = 'CANCELLED' WHERE batch_seq = ?1 AND stage = 'PENDING'",
     )?
     .execute([batch.seq])?;
-    let never_received = batch.batch.total_items - batch.batch.received_items;
+    // Items of parts never received are cancelled by the first request only: the batch
+    // refuses parts once cancelled, so that count cannot change after it.
+    let never_received = if batch.cancel_requested {
+        0
+    } else {
+        batch.batch.total_items - batch.batch.received_items
+    };
     let now = Timestamp::now();
     batch.cancel_requested = true;
     batch.batch.cancelled_items += skipped_items + never_received;
