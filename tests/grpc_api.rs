@@ -633,3 +633,52 @@ async fn concurrent_cancels_from_several_clients_count_every_item_once() {
     let entered = gate.entered.load(Ordering::SeqCst) as u64;
     assert_eq!(batch.succeeded_items, entered);
 }
+
+#[tokio::test]
+async fn a_cancelled_batch_lists_every_received_item_without_a_filter() {
+    let gate = Arc::new(Gate {
+        entered: AtomicUsize::new(0),
+        release: tokio::sync::Semaphore::new(0),
+    });
+    let mut test = spawn_app_with(Tasks {
+        task2: Arc::new(SharedGate(Arc::clone(&gate))),
+        ..Tasks::default()
+    })
+    .await;
+    let ids = uuids(2000);
+    test.client
+        .append_batch_items(pb::AppendBatchItemsRequest {
+            batch_id: "cancelled-listing".into(),
+            total_items: 2500,
+            batch_size: 1,
+            part_number: 1,
+            item_ids: ids.clone(),
+        })
+        .await
+        .unwrap();
+    test.client
+        .cancel_batch(pb::CancelBatchRequest {
+            batch_id: "cancelled-listing".into(),
+        })
+        .await
+        .unwrap();
+    gate.release.add_permits(10_000);
+    let batch = test.wait_terminal("cancelled-listing").await;
+    assert_eq!(batch.status(), pb::BatchStatus::Cancelled);
+
+    let listed = test
+        .all_items("cancelled-listing", pb::ItemStatus::Unspecified)
+        .await;
+    let listed_ids: Vec<&str> = listed.iter().map(|item| item.item_id.as_str()).collect();
+    assert_eq!(listed_ids, ids.iter().map(String::as_str).collect::<Vec<_>>());
+    let count = |status: pb::ItemStatus| {
+        listed
+            .iter()
+            .filter(|item| item.status() == status)
+            .count() as u64
+    };
+    assert_eq!(count(pb::ItemStatus::Succeeded), batch.succeeded_items);
+    // The 500 items never received are counted as cancelled, not listed.
+    assert_eq!(count(pb::ItemStatus::Cancelled), batch.cancelled_items - 500);
+    assert_eq!(count(pb::ItemStatus::Pending), 0);
+}

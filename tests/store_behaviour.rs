@@ -592,6 +592,79 @@ async fn concurrent_cancels_count_the_items_never_received_once(store: Arc<dyn B
     assert_eq!(done.completed_chunks, done.total_chunks);
 }
 
+/// Every item of a batch through `ListBatchItems` pages of `page_size`, following the tokens.
+async fn list_all(
+    store: &dyn BatchStore,
+    batch: &str,
+    status: Option<ItemStatus>,
+    page_size: u32,
+) -> Vec<(String, ItemStatus)> {
+    let mut listed = Vec::new();
+    let mut token = None;
+    for _ in 0..10_000 {
+        let page = store
+            .list_items(&ItemQuery {
+                batch_id: id(batch),
+                status,
+                page_size,
+                page_token: token,
+            })
+            .await
+            .unwrap();
+        listed.extend(
+            page.entries
+                .into_iter()
+                .map(|item| (item.item_id.into_string(), item.status)),
+        );
+        match page.next_page_token {
+            Some(next) => token = Some(next),
+            None => return listed,
+        }
+    }
+    panic!("listing {batch} never ended");
+}
+
+async fn the_unfiltered_listing_of_a_cancelled_batch_shows_every_received_item(
+    store: Arc<dyn BatchStore>,
+) {
+    let ids: Vec<String> = (0..12).map(|i| format!("u{i:02}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    created_chunks(
+        store
+            .append_part(&part("u", 30, 1, 1, &refs))
+            .await
+            .unwrap(),
+    );
+    process(&*store, "u", 0).await;
+    store.record_chunk(&id("u"), 0, None).await.unwrap();
+    process(&*store, "u", 1).await;
+    store.cancel_batch(&id("u")).await.unwrap();
+    store.record_chunk(&id("u"), 1, None).await.unwrap();
+    let batch = store.get_batch(&id("u")).await.unwrap().unwrap();
+    assert_eq!(batch.status, BatchStatus::Cancelled);
+    assert_eq!((batch.succeeded_items, batch.cancelled_items), (2, 28));
+
+    for page_size in [1, 5, 100] {
+        let listed = list_all(&*store, "u", None, page_size).await;
+        let expected: Vec<(String, ItemStatus)> = ids
+            .iter()
+            .enumerate()
+            .map(|(position, item)| {
+                let status = if position < 2 {
+                    ItemStatus::Succeeded
+                } else {
+                    ItemStatus::Cancelled
+                };
+                (item.clone(), status)
+            })
+            .collect();
+        assert_eq!(listed, expected, "page size {page_size}");
+    }
+    // The 18 items never received are counted as cancelled but have no ID to list.
+    let cancelled = list_all(&*store, "u", Some(ItemStatus::Cancelled), 100).await;
+    assert_eq!(cancelled.len() as u64, batch.cancelled_items - 18);
+}
+
 macro_rules! both_backends {
     ($($behaviour:ident),* $(,)?) => {
         mod sqlite {
@@ -626,4 +699,5 @@ both_backends!(
     batches_list_newest_first_by_status_in_pages,
     unknown_batches_and_chunks_are_reported_as_such,
     concurrent_cancels_count_the_items_never_received_once,
+    the_unfiltered_listing_of_a_cancelled_batch_shows_every_received_item,
 );

@@ -204,7 +204,8 @@ impl<'a> ItemPager<'a> {
     /// Whether a chunk can hold items the query wants, judged from its stage and failure count.
     pub fn may_match(&self, stage: ChunkStage, failed_count: u64) -> bool {
         match self.query.status {
-            None | Some(ItemStatus::Succeeded) => stage != ChunkStage::Cancelled,
+            None => true,
+            Some(ItemStatus::Succeeded) => stage == ChunkStage::Recorded,
             Some(ItemStatus::Failed) => stage == ChunkStage::Recorded && failed_count > 0,
             Some(ItemStatus::Pending) => matches!(stage, ChunkStage::Pending | ChunkStage::Started),
             Some(ItemStatus::Cancelled) => stage == ChunkStage::Cancelled,
