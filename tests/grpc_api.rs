@@ -682,3 +682,26 @@ async fn a_cancelled_batch_lists_every_received_item_without_a_filter() {
     assert_eq!(count(pb::ItemStatus::Cancelled), batch.cancelled_items - 500);
     assert_eq!(count(pb::ItemStatus::Pending), 0);
 }
+
+#[tokio::test]
+async fn a_page_token_with_a_chunk_past_two_to_the_63_is_invalid_argument() {
+    let mut test = spawn_app().await;
+    test.client
+        .submit_batch(submit("huge-token", uuids(3), 1))
+        .await
+        .unwrap();
+    for chunk in ["9223372036854775808", "18446744073709551615"] {
+        let status = test
+            .client
+            .list_batch_items(pb::ListBatchItemsRequest {
+                batch_id: "huge-token".into(),
+                status: 0,
+                page_size: 10,
+                page_token: hex::encode(format!("items:huge-token:{chunk}:0")),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("page_token"), "{status:?}");
+    }
+}

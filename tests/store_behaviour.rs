@@ -665,6 +665,42 @@ async fn the_unfiltered_listing_of_a_cancelled_batch_shows_every_received_item(
     assert_eq!(cancelled.len() as u64, batch.cancelled_items - 18);
 }
 
+async fn a_page_token_past_the_largest_chunk_number_is_a_bad_token(store: Arc<dyn BatchStore>) {
+    created_chunks(
+        store
+            .append_part(&part("t", 3, 1, 1, &["a", "b", "c"]))
+            .await
+            .unwrap(),
+    );
+    for chunk in ["9223372036854775808", "18446744073709551615", "18446744073709551616"] {
+        let token = hex::encode(format!("items:t:{chunk}:0"));
+        let listed = store
+            .list_items(&ItemQuery {
+                batch_id: id("t"),
+                status: None,
+                page_size: 10,
+                page_token: Some(token),
+            })
+            .await;
+        assert!(
+            matches!(listed, Err(ListError::BadPageToken(_))),
+            "chunk {chunk}: {listed:?}"
+        );
+    }
+    let last = hex::encode("items:t:9223372036854775807:0");
+    let page = store
+        .list_items(&ItemQuery {
+            batch_id: id("t"),
+            status: None,
+            page_size: 10,
+            page_token: Some(last),
+        })
+        .await
+        .unwrap();
+    assert!(page.entries.is_empty());
+    assert_eq!(page.next_page_token, None);
+}
+
 macro_rules! both_backends {
     ($($behaviour:ident),* $(,)?) => {
         mod sqlite {
@@ -700,4 +736,5 @@ both_backends!(
     unknown_batches_and_chunks_are_reported_as_such,
     concurrent_cancels_count_the_items_never_received_once,
     the_unfiltered_listing_of_a_cancelled_batch_shows_every_received_item,
+    a_page_token_past_the_largest_chunk_number_is_a_bad_token,
 );

@@ -11,6 +11,9 @@ pub const PENDING: u8 = b'P';
 pub const SUCCEEDED: u8 = b'S';
 pub const FAILED: u8 = b'F';
 
+/// The largest chunk number a batch can hold (SQLite stores it as a signed 64-bit integer).
+pub const MAX_CHUNK: u64 = i64::MAX as u64;
+
 /// Message given to items whose chunk was recorded with no outcome and no task error.
 pub const NO_OUTCOME_MESSAGE: &str = "no task outcome was recorded for this item";
 
@@ -186,10 +189,13 @@ impl<'a> ItemPager<'a> {
             Some(token) => {
                 let position = decode_token(token, &format!("items:{}:", query.batch_id))?;
                 let (chunk, offset) = position.split_once(':').ok_or(BadPageToken)?;
-                (
-                    chunk.parse().map_err(|_| BadPageToken)?,
-                    offset.parse().map_err(|_| BadPageToken)?,
-                )
+                let chunk: u64 = chunk.parse().map_err(|_| BadPageToken)?;
+                // Chunk numbers are stored as signed 64-bit integers; no token this service
+                // issues points past them.
+                if chunk > MAX_CHUNK {
+                    return Err(BadPageToken);
+                }
+                (chunk, offset.parse().map_err(|_| BadPageToken)?)
             }
             None => (0, 0),
         };
