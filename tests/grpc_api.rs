@@ -705,3 +705,30 @@ async fn a_page_token_with_a_chunk_past_two_to_the_63_is_invalid_argument() {
         assert!(status.message().contains("page_token"), "{status:?}");
     }
 }
+
+#[tokio::test]
+async fn the_same_batch_with_another_batch_size_is_already_exists_naming_batch_size() {
+    let mut test = spawn_app().await;
+    let ids = uuids(12);
+    test.client
+        .submit_batch(submit("sized", ids.clone(), 4))
+        .await
+        .unwrap();
+    test.wait_terminal("sized").await;
+    let before = database_fingerprint(&test.db);
+    let status = test
+        .client
+        .submit_batch(submit("sized", ids.clone(), 5))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert!(status.message().contains("batch_size"), "{status:?}");
+    assert_eq!(database_fingerprint(&test.db), before);
+    let again = test
+        .client
+        .submit_batch(submit("sized", ids, 4))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.created);
+}

@@ -701,6 +701,34 @@ async fn a_page_token_past_the_largest_chunk_number_is_a_bad_token(store: Arc<dy
     assert_eq!(page.next_page_token, None);
 }
 
+async fn a_part_with_another_batch_size_is_a_conflict_naming_batch_size(
+    store: Arc<dyn BatchStore>,
+) {
+    created_chunks(
+        store
+            .append_part(&part("z", 4, 2, 1, &["a", "b"]))
+            .await
+            .unwrap(),
+    );
+    for (number, ids) in [(1, ["a", "b"]), (2, ["c", "d"])] {
+        match store
+            .append_part(&part("z", 4, 3, number, &ids))
+            .await
+            .unwrap()
+        {
+            AppendOutcome::Conflict(reason) => {
+                assert!(reason.contains("batch_size 2, not 3"), "{reason}")
+            }
+            other => panic!("part {number}: expected a conflict, got {other:?}"),
+        }
+    }
+    let batch = store.get_batch(&id("z")).await.unwrap().unwrap();
+    assert_eq!(
+        (batch.batch_size, batch.received_items, batch.total_chunks),
+        (2, 2, 1)
+    );
+}
+
 macro_rules! both_backends {
     ($($behaviour:ident),* $(,)?) => {
         mod sqlite {
@@ -737,4 +765,5 @@ both_backends!(
     concurrent_cancels_count_the_items_never_received_once,
     the_unfiltered_listing_of_a_cancelled_batch_shows_every_received_item,
     a_page_token_past_the_largest_chunk_number_is_a_bad_token,
+    a_part_with_another_batch_size_is_a_conflict_naming_batch_size,
 );

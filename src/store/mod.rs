@@ -271,6 +271,14 @@ pub fn judge_part(
             part.batch_id, batch.total_items, part.total_items
         )));
     }
+    if batch.batch_size != part.batch_size.get() {
+        return PartVerdict::Refuse(AppendOutcome::Conflict(format!(
+            "batch {} exists with batch_size {}, not {}",
+            part.batch_id,
+            batch.batch_size,
+            part.batch_size.get()
+        )));
+    }
     match stored_digest {
         Some(stored) if stored == digest => return PartVerdict::AlreadyStored,
         Some(_) => {
