@@ -707,6 +707,60 @@ async fn a_page_token_with_a_chunk_past_two_to_the_63_is_invalid_argument() {
 }
 
 #[tokio::test]
+async fn a_part_repeating_an_item_of_an_earlier_part_is_already_exists_and_writes_nothing() {
+    let mut test = spawn_app().await;
+    let ids = uuids(40);
+    let part = |number: u64, items: Vec<String>| pb::AppendBatchItemsRequest {
+        batch_id: "repeats".into(),
+        total_items: 60,
+        batch_size: 10,
+        part_number: number,
+        item_ids: items,
+    };
+    test.client
+        .append_batch_items(part(1, ids[..20].to_vec()))
+        .await
+        .unwrap();
+    // Part 1's chunks run to the end first, so that nothing but the refused part could change
+    // the database.
+    let deadline = std::time::Instant::now() + BATCH_DEADLINE;
+    let mut before = database_fingerprint(&test.db);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "part 1 never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = database_fingerprint(&test.db);
+        if now == before && test.status("repeats").await.completed_chunks == 2 {
+            break;
+        }
+        before = now;
+    }
+    let mut second = ids[20..40].to_vec();
+    second[7] = ids[3].clone();
+    let status = test
+        .client
+        .append_batch_items(part(2, second))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert!(status.message().contains(&ids[3]), "{status:?}");
+    assert!(status.message().contains("part 1"), "{status:?}");
+    assert_eq!(database_fingerprint(&test.db), before);
+
+    test.client
+        .append_batch_items(part(2, ids[20..40].to_vec()))
+        .await
+        .unwrap();
+    test.client
+        .append_batch_items(part(3, uuids(20)))
+        .await
+        .unwrap();
+    let batch = test.wait_terminal("repeats").await;
+    assert_eq!(batch.succeeded_items, 60);
+    let listed = test.all_items("repeats", pb::ItemStatus::Unspecified).await;
+    assert_eq!(listed.len(), 60);
+}
+
+#[tokio::test]
 async fn the_same_batch_with_another_batch_size_is_already_exists_naming_batch_size() {
     let mut test = spawn_app().await;
     let ids = uuids(12);

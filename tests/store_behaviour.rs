@@ -701,6 +701,64 @@ async fn a_page_token_past_the_largest_chunk_number_is_a_bad_token(store: Arc<dy
     assert_eq!(page.next_page_token, None);
 }
 
+async fn a_part_repeating_an_id_of_an_earlier_part_is_a_conflict_naming_both(
+    store: Arc<dyn BatchStore>,
+) {
+    let first: Vec<String> = (0..3000).map(|i| format!("first-{i}")).collect();
+    let second: Vec<String> = (0..3000).map(|i| format!("second-{i}")).collect();
+    let first_refs: Vec<&str> = first.iter().map(String::as_str).collect();
+    let second_refs: Vec<&str> = second.iter().map(String::as_str).collect();
+    created_chunks(
+        store
+            .append_part(&part("d", 9000, 100, 1, &first_refs))
+            .await
+            .unwrap(),
+    );
+    created_chunks(
+        store
+            .append_part(&part("d", 9000, 100, 2, &second_refs))
+            .await
+            .unwrap(),
+    );
+    let before = store.get_batch(&id("d")).await.unwrap().unwrap();
+
+    // Part 3 repeats one ID of part 1, near its end, among fresh IDs.
+    let mut third: Vec<String> = (0..3000).map(|i| format!("third-{i}")).collect();
+    third[2500] = "first-2999".to_owned();
+    let third_refs: Vec<&str> = third.iter().map(String::as_str).collect();
+    match store
+        .append_part(&part("d", 9000, 100, 3, &third_refs))
+        .await
+        .unwrap()
+    {
+        AppendOutcome::Conflict(reason) => {
+            assert!(reason.contains("\"first-2999\""), "{reason}");
+            assert!(reason.contains("index 2500 in part 3"), "{reason}");
+            assert!(reason.contains("already in part 1"), "{reason}");
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let after = store.get_batch(&id("d")).await.unwrap().unwrap();
+    assert_eq!(after, before, "a refused part writes nothing");
+
+    // The same part number with fresh IDs is stored, and completes the batch.
+    third[2500] = "third-2500".to_owned();
+    let third_refs: Vec<&str> = third.iter().map(String::as_str).collect();
+    created_chunks(
+        store
+            .append_part(&part("d", 9000, 100, 3, &third_refs))
+            .await
+            .unwrap(),
+    );
+    let full = store.get_batch(&id("d")).await.unwrap().unwrap();
+    assert_eq!(full.received_items, 9000);
+    let listed = list_all(&*store, "d", None, 10_000).await;
+    let mut unique: Vec<&str> = listed.iter().map(|(item, _)| item.as_str()).collect();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), 9000, "every ID listed once");
+}
+
 async fn a_part_with_another_batch_size_is_a_conflict_naming_batch_size(
     store: Arc<dyn BatchStore>,
 ) {
@@ -765,5 +823,6 @@ both_backends!(
     concurrent_cancels_count_the_items_never_received_once,
     the_unfiltered_listing_of_a_cancelled_batch_shows_every_received_item,
     a_page_token_past_the_largest_chunk_number_is_a_bad_token,
+    a_part_repeating_an_id_of_an_earlier_part_is_a_conflict_naming_both,
     a_part_with_another_batch_size_is_a_conflict_naming_batch_size,
 );

@@ -30,6 +30,7 @@ use aws_sdk_dynamodb::types::{
 use futures::{stream, StreamExt, TryStreamExt};
 
 use super::codec::{self, ChunkOutcomes, ItemPager};
+use super::id_hashes::{self, PartIndex};
 use super::{
     judge_part, AppendOutcome, BadPageToken, BatchQuery, BatchStore, CancelOutcome, Chunk,
     ChunkClaim, ChunkStage, ItemQuery, ListError, Page, PartVerdict, RecordOutcome, StoreError,
@@ -38,6 +39,8 @@ use crate::domain::{Batch, BatchId, BatchStatus, ItemOutcome, ItemRecord, NewPar
 
 type Item = HashMap<String, AttributeValue>;
 
+/// IDs whose hashes share one item (8 bytes each, under DynamoDB's 400 KB item limit).
+const HASHES_PER_ITEM: usize = 48_000;
 /// Most items in one `BatchWriteItem` request.
 const BATCH_WRITE_LIMIT: usize = 25;
 /// `BatchWriteItem` requests in flight at once while storing a part.
@@ -161,6 +164,7 @@ fn value_size(value: &AttributeValue) -> usize {
                 .sum::<usize>()
         }
         AttributeValue::L(list) => 3 + list.iter().map(|v| value_size(v) + 1).sum::<usize>(),
+        AttributeValue::B(blob) => blob.as_ref().len(),
         _ => 1,
     }
 }
@@ -172,6 +176,27 @@ fn write_units(item: &Item) -> u64 {
 
 fn part_sk(part: u64) -> String {
     format!("part#{part:020}")
+}
+
+fn hashes_sk(part: u64, segment: usize) -> String {
+    format!("part#{part:020}#hashes#{segment:03}")
+}
+
+/// What a `part#<n>` or `part#<n>#hashes#<k>` key names.
+enum PartKey {
+    Part(u64),
+    Hashes(u64),
+}
+
+fn part_of(sk: &str) -> Option<PartKey> {
+    let rest = sk.strip_prefix("part#")?;
+    match rest.split_once('#') {
+        Some((number, segment)) if segment.starts_with("hashes#") => {
+            Some(PartKey::Hashes(number.parse().ok()?))
+        }
+        None => Some(PartKey::Part(rest.parse().ok()?)),
+        _ => None,
+    }
 }
 
 fn chunk_sk(chunk: u64) -> String {
@@ -722,6 +747,116 @@ impl DynamoStore {
         .await
     }
 
+    /// A part's ID hashes as request-table items, 48,000 to an item.
+    fn hash_segments(&self, part: &NewPart, index: &PartIndex) -> Vec<Item> {
+        index
+            .blob()
+            .chunks(HASHES_PER_ITEM * 8)
+            .enumerate()
+            .map(|(segment, bytes)| {
+                let mut item =
+                    Self::request_key(&part.batch_id, hashes_sk(part.part_number, segment));
+                item.insert(
+                    "hashes".to_owned(),
+                    AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(bytes)),
+                );
+                item
+            })
+            .collect()
+    }
+
+    /// The refusal of a part that repeats an ID of an earlier part of its batch, if it does:
+    /// merges the part's hashes with every earlier part's, then confirms a shared hash
+    /// against the earlier part's IDs.
+    async fn find_repeated_item(
+        &self,
+        part: &NewPart,
+        index: &PartIndex,
+    ) -> Result<Option<AppendOutcome>, StoreError> {
+        let mut earlier: Vec<EarlierPart> = Vec::new();
+        let mut start_key = None;
+        loop {
+            self.meter.read();
+            let output = self
+                .client
+                .query()
+                .table_name(&self.tables.request_table)
+                .key_condition_expression("batchId = :batch AND begins_with(sk, :parts)")
+                .expression_attribute_values(":batch", s(part.batch_id.as_str()))
+                .expression_attribute_values(":parts", s("part#"))
+                .consistent_read(true)
+                .set_exclusive_start_key(start_key.take())
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in output.items() {
+                match part_of(text(item, "sk")?) {
+                    Some(PartKey::Part(part_number)) => earlier.push(EarlierPart {
+                        number: part_number,
+                        first_chunk: number(item, "firstChunk")?,
+                        chunk_count: number(item, "chunkCount")?,
+                        chunks_written: flag(item, "chunksWritten"),
+                        hashed: false,
+                        candidates: Vec::new(),
+                    }),
+                    Some(PartKey::Hashes(part_number)) => {
+                        let Some(AttributeValue::B(blob)) = item.get("hashes") else {
+                            return Err(corrupt("hashes"));
+                        };
+                        if let Some(last) = earlier.last_mut().filter(|p| p.number == part_number) {
+                            last.hashed = true;
+                            last.candidates
+                                .extend(index.shared_hashes([blob.as_ref()])?);
+                        }
+                    }
+                    None => {}
+                }
+            }
+            match output.last_evaluated_key {
+                Some(key) if !key.is_empty() => start_key = Some(key),
+                _ => break,
+            }
+        }
+        for mut suspect in earlier {
+            if !suspect.hashed {
+                // Stored before IDs were hashed: each of its IDs is a suspect.
+                suspect.candidates = index.all_hashes();
+            }
+            if suspect.candidates.is_empty() {
+                continue;
+            }
+            suspect.candidates.sort_unstable();
+            suspect.candidates.dedup();
+            if !suspect.chunks_written {
+                return Err(StoreError::Unavailable(format!(
+                    "part {} of {} is still being written",
+                    suspect.number, part.batch_id
+                )));
+            }
+            let mut joined = Vec::new();
+            self.for_each_chunk_item(
+                &part.batch_id,
+                suspect.first_chunk,
+                Some(suspect.first_chunk + suspect.chunk_count),
+                true,
+                |sk, item| {
+                    if let Some((_, true)) = chunk_of(sk) {
+                        joined.push(text(item, "itemIds")?.to_owned());
+                    }
+                    Ok(true)
+                },
+            )
+            .await?;
+            let earlier_ids = joined.iter().flat_map(|ids| codec::split_ids(ids));
+            if let Some(position) =
+                index.first_repeat(&part.items, &suspect.candidates, earlier_ids)
+            {
+                return Ok(Some(id_hashes::repeated_item(part, position, suspect.number)));
+            }
+        }
+        Ok(None)
+    }
+
     async fn get_batches(&self, keys: Vec<BatchId>) -> Result<Vec<Batch>, StoreError> {
         let batches = stream::iter(keys)
             .map(|batch_id| async move { self.load_batch(&batch_id).await })
@@ -736,6 +871,18 @@ impl DynamoStore {
     }
 }
 
+/// An earlier part of a batch, as far as repeated IDs go.
+struct EarlierPart {
+    number: u64,
+    first_chunk: u64,
+    chunk_count: u64,
+    chunks_written: bool,
+    /// Whether its ID hashes are stored.
+    hashed: bool,
+    /// Hashes of the new part's IDs that this part may hold.
+    candidates: Vec<u64>,
+}
+
 /// The `ListBatches` position: the last index key returned.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct BatchCursor {
@@ -747,6 +894,7 @@ struct BatchCursor {
 impl BatchStore for DynamoStore {
     async fn append_part(&self, part: &NewPart) -> Result<AppendOutcome, StoreError> {
         let digest = part.digest();
+        let index = PartIndex::new(&part.items);
         for _ in 0..OPTIMISTIC_ATTEMPTS {
             let record = self.create_or_load_batch(part).await?;
             let batch = &record.batch;
@@ -782,6 +930,9 @@ impl BatchStore for DynamoStore {
                     });
                 }
                 PartVerdict::Store => {}
+            }
+            if let Some(refusal) = self.find_repeated_item(part, &index).await? {
+                return Ok(refusal);
             }
             let item_count = part.items.len() as u64;
 
@@ -819,15 +970,23 @@ impl BatchStore for DynamoStore {
                 .expression_attribute_values(":seen_received", n(batch.received_items))
                 .expression_attribute_values(":no", AttributeValue::Bool(false))
                 .build()?;
-            let reserved = self
-                .transact(
-                    vec![
-                        TransactWriteItem::builder().put(put_part).build(),
-                        TransactWriteItem::builder().update(reserve).build(),
-                    ],
-                    2,
-                )
-                .await?;
+            let mut writes = vec![
+                TransactWriteItem::builder().put(put_part).build(),
+                TransactWriteItem::builder().update(reserve).build(),
+            ];
+            let mut units = 2;
+            // No part can follow the one that completes the batch: its hashes are not kept.
+            if batch.received_items + item_count < batch.total_items {
+                for segment in self.hash_segments(part, &index) {
+                    units += write_units(&segment);
+                    let put = Put::builder()
+                        .table_name(&self.tables.request_table)
+                        .set_item(Some(segment))
+                        .build()?;
+                    writes.push(TransactWriteItem::builder().put(put).build());
+                }
+            }
+            let reserved = self.transact(writes, units).await?;
             if !reserved {
                 continue;
             }

@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod dynamo;
+mod id_hashes;
 pub mod sqlite;
 
 use std::time::Duration;

@@ -15,6 +15,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::codec::{self, ChunkOutcomes, ItemPager};
+use super::id_hashes::{self, PartIndex};
 use super::{
     judge_part, AppendOutcome, BadPageToken, BatchQuery, BatchStore, CancelOutcome, Chunk,
     ChunkClaim, ChunkStage, ItemQuery, ListError, Page, PartVerdict, RecordOutcome, StoreError,
@@ -57,6 +58,12 @@ CREATE TABLE IF NOT EXISTS parts (
     item_count INTEGER NOT NULL,
     PRIMARY KEY (batch_seq, part_number)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS part_id_hashes (
+    batch_seq INTEGER NOT NULL,
+    part_number INTEGER NOT NULL,
+    hashes BLOB NOT NULL,
+    PRIMARY KEY (batch_seq, part_number)
+);
 CREATE TABLE IF NOT EXISTS chunks (
     batch_seq INTEGER NOT NULL,
     chunk INTEGER NOT NULL,
@@ -468,9 +475,14 @@ fn append_part(conn: &Connection, part: &NewPart) -> Result<AppendOutcome, Store
         PartVerdict::Store => {}
     }
 
+    let index = PartIndex::new(&part.items);
+    if let Some(refusal) = find_repeated_item(conn, row.seq, part, &index)? {
+        return Ok(refusal);
+    }
     let item_count = part.items.len() as u64;
     let first_chunk = row.batch.total_chunks;
     let chunk_count = part.chunk_count();
+    store_part_hashes(conn, row.seq, part, &row.batch, &index)?;
     conn.prepare_cached(
         "INSERT INTO parts (batch_seq, part_number, digest, first_chunk, chunk_count, item_count) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -503,6 +515,87 @@ fn append_part(conn: &Connection, part: &NewPart) -> Result<AppendOutcome, Store
         batch: load_batch_by_seq(conn, row.seq)?.batch,
         chunks: (first_chunk..first_chunk + chunk_count).collect(),
     })
+}
+
+/// An earlier part of a batch, as far as repeated IDs go.
+struct EarlierPart {
+    part_number: u64,
+    first_chunk: u64,
+    chunk_count: u64,
+    /// Hashes of the new part's IDs that this part may hold.
+    candidates: Vec<u64>,
+}
+
+/// The refusal of a part that repeats an ID of an earlier part of its batch, if it does.
+fn find_repeated_item(
+    conn: &Connection,
+    seq: i64,
+    part: &NewPart,
+    index: &PartIndex,
+) -> Result<Option<AppendOutcome>, StoreError> {
+    let mut suspects = Vec::new();
+    let mut statement = conn.prepare_cached(
+        "SELECT p.part_number, p.first_chunk, p.chunk_count, h.hashes FROM parts p \
+         LEFT JOIN part_id_hashes h ON h.batch_seq = p.batch_seq AND h.part_number = p.part_number \
+         WHERE p.batch_seq = ?1 ORDER BY p.part_number",
+    )?;
+    let mut rows = statement.query([seq])?;
+    while let Some(row) = rows.next()? {
+        // Parts stored before IDs were hashed have no blob: each of their IDs is a suspect.
+        let candidates = match row.get_ref(3)?.as_blob_or_null().map_err(rusqlite::Error::from)? {
+            Some(blob) => index.shared_hashes([blob])?,
+            None => index.all_hashes(),
+        };
+        if !candidates.is_empty() {
+            suspects.push(EarlierPart {
+                part_number: row.get(0)?,
+                first_chunk: row.get(1)?,
+                chunk_count: row.get(2)?,
+                candidates,
+            });
+        }
+    }
+    let mut read_ids = conn.prepare_cached(
+        "SELECT item_ids FROM chunks WHERE batch_seq = ?1 AND chunk >= ?2 AND chunk < ?3",
+    )?;
+    for earlier in suspects {
+        let chunks = read_ids
+            .query_map(
+                params![seq, earlier.first_chunk, earlier.first_chunk + earlier.chunk_count],
+                |r| r.get::<_, String>(0),
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        let earlier_ids = chunks.iter().flat_map(|joined| codec::split_ids(joined));
+        if let Some(position) = index.first_repeat(&part.items, &earlier.candidates, earlier_ids) {
+            return Ok(Some(id_hashes::repeated_item(
+                part,
+                position,
+                earlier.part_number,
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Keeps a part's ID hashes for checking later parts, unless this part completes its batch (no
+/// part can follow it); the batch's hashes are dropped once it holds every item.
+fn store_part_hashes(
+    conn: &Connection,
+    seq: i64,
+    part: &NewPart,
+    batch: &Batch,
+    index: &PartIndex,
+) -> Result<(), StoreError> {
+    if batch.received_items + part.items.len() as u64 >= batch.total_items {
+        conn.prepare_cached("DELETE FROM part_id_hashes WHERE batch_seq = ?1")?
+            .execute([seq])?;
+    } else {
+        conn.prepare_cached(
+            "INSERT INTO part_id_hashes (batch_seq, part_number, hashes) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![seq, part.part_number, index.blob()])?;
+    }
+    Ok(())
 }
 
 fn claim_chunk(conn: &Connection, batch_id: &str, chunk: u64) -> Result<ChunkClaim, StoreError> {
