@@ -8,6 +8,7 @@ use std::sync::Arc;
 use batch_manager::domain::{
     parse_item_ids, BatchId, BatchSize, BatchStatus, ItemOutcome, ItemStatus, NewPart,
 };
+use batch_manager::store::codec::SKIPPED_CHUNKS_PER_PAGE;
 use batch_manager::store::sqlite::SqliteStore;
 use batch_manager::store::{
     AppendOutcome, BatchQuery, BatchStore, CancelOutcome, ChunkClaim, ItemQuery, ListError,
@@ -787,6 +788,53 @@ async fn a_part_with_another_batch_size_is_a_conflict_naming_batch_size(
     );
 }
 
+async fn a_filtered_listing_examines_a_bounded_number_of_chunks_per_call(
+    store: Arc<dyn BatchStore>,
+) {
+    let chunks = SKIPPED_CHUNKS_PER_PAGE + 76;
+    let ids: Vec<String> = (0..chunks).map(|i| format!("s{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    created_chunks(
+        store
+            .append_part(&part("s", chunks, 1, 1, &refs))
+            .await
+            .unwrap(),
+    );
+    let last = chunks - 1;
+    store.claim_chunk(&id("s"), last).await.unwrap();
+    store
+        .save_outcomes(&id("s"), last, &[(0, ItemOutcome::Failed("late".into()))], 1)
+        .await
+        .unwrap();
+    store.record_chunk(&id("s"), last, None).await.unwrap();
+
+    // Nothing failed among the chunks the first call may examine: an empty page, not the end.
+    let first = store
+        .list_items(&ItemQuery {
+            batch_id: id("s"),
+            status: Some(ItemStatus::Failed),
+            page_size: 10,
+            page_token: None,
+        })
+        .await
+        .unwrap();
+    assert!(first.entries.is_empty(), "{first:?}");
+    assert!(first.next_page_token.is_some());
+    assert_eq!(
+        list_all(&*store, "s", Some(ItemStatus::Failed), 10).await,
+        vec![(format!("s{last}"), ItemStatus::Failed)]
+    );
+    assert_eq!(
+        list_all(&*store, "s", Some(ItemStatus::Pending), 10_000)
+            .await
+            .len() as u64,
+        chunks - 1
+    );
+    let everything = list_all(&*store, "s", None, 300).await;
+    let listed: Vec<&str> = everything.iter().map(|(item, _)| item.as_str()).collect();
+    assert_eq!(listed, refs);
+}
+
 macro_rules! both_backends {
     ($($behaviour:ident),* $(,)?) => {
         mod sqlite {
@@ -825,4 +873,5 @@ both_backends!(
     a_page_token_past_the_largest_chunk_number_is_a_bad_token,
     a_part_repeating_an_id_of_an_earlier_part_is_a_conflict_naming_both,
     a_part_with_another_batch_size_is_a_conflict_naming_batch_size,
+    a_filtered_listing_examines_a_bounded_number_of_chunks_per_call,
 );

@@ -174,29 +174,30 @@ pub fn decode_token(token: &str, prefix: &str) -> Result<String, BadPageToken> {
         .ok_or(BadPageToken)
 }
 
-/// Collects one page of `ListBatchItems` from chunks fed in order.
+/// Most chunks one `ListBatchItems` call examines without finding an item for its page.
+pub const SKIPPED_CHUNKS_PER_PAGE: u64 = 1024;
+/// Most items one `ListBatchItems` call examines without finding one for its page.
+pub const SKIPPED_ITEMS_PER_PAGE: u64 = 32_768;
+
+/// Collects one page of `ListBatchItems` from chunks fed in order. The work of a call is
+/// bounded: once it has examined [`SKIPPED_CHUNKS_PER_PAGE`] chunks or
+/// [`SKIPPED_ITEMS_PER_PAGE`] items that gave the page nothing, it stops with a short (even
+/// empty) page and a token to go on from, so a filter that matches little cannot keep a store
+/// busy for a whole batch.
 pub struct ItemPager<'a> {
     query: &'a ItemQuery,
     /// First chunk to read, and the position in it to start at.
     pub start_chunk: u64,
     start_offset: usize,
     entries: Vec<ItemRecord>,
+    skipped_chunks: u64,
+    skipped_items: u64,
 }
 
 impl<'a> ItemPager<'a> {
     pub fn new(query: &'a ItemQuery) -> Result<Self, BadPageToken> {
         let (start_chunk, start_offset) = match &query.page_token {
-            Some(token) => {
-                let position = decode_token(token, &format!("items:{}:", query.batch_id))?;
-                let (chunk, offset) = position.split_once(':').ok_or(BadPageToken)?;
-                let chunk: u64 = chunk.parse().map_err(|_| BadPageToken)?;
-                // Chunk numbers are stored as signed 64-bit integers; no token this service
-                // issues points past them.
-                if chunk > MAX_CHUNK {
-                    return Err(BadPageToken);
-                }
-                (chunk, offset.parse().map_err(|_| BadPageToken)?)
-            }
+            Some(token) => decode_item_position(token, &query.batch_id)?,
             None => (0, 0),
         };
         Ok(Self {
@@ -204,18 +205,36 @@ impl<'a> ItemPager<'a> {
             start_chunk,
             start_offset,
             entries: Vec::new(),
+            skipped_chunks: 0,
+            skipped_items: 0,
         })
     }
 
-    /// Whether a chunk can hold items the query wants, judged from its stage and failure count.
-    pub fn may_match(&self, stage: ChunkStage, failed_count: u64) -> bool {
+    /// Whether a chunk can hold items the query wants, judged from its stage and counts.
+    pub fn may_match(&self, stage: ChunkStage, item_count: u64, failed_count: u64) -> bool {
         match self.query.status {
             None => true,
-            Some(ItemStatus::Succeeded) => stage == ChunkStage::Recorded,
+            Some(ItemStatus::Succeeded) => {
+                stage == ChunkStage::Recorded && failed_count < item_count
+            }
             Some(ItemStatus::Failed) => stage == ChunkStage::Recorded && failed_count > 0,
             Some(ItemStatus::Pending) => matches!(stage, ChunkStage::Pending | ChunkStage::Started),
             Some(ItemStatus::Cancelled) => stage == ChunkStage::Cancelled,
         }
+    }
+
+    /// Counts a chunk examined that gave the page nothing.
+    pub fn skip(&mut self, item_count: u64) {
+        self.skipped_chunks += 1;
+        self.skipped_items += item_count;
+    }
+
+    /// Whether this call should stop after the chunk just fed: its page is full, or it has
+    /// examined all it may.
+    pub fn is_spent(&self) -> bool {
+        self.entries.len() == self.query.page_size as usize
+            || self.skipped_chunks >= SKIPPED_CHUNKS_PER_PAGE
+            || self.skipped_items >= SKIPPED_ITEMS_PER_PAGE
     }
 
     /// Adds a chunk's items; returns the page once it is full.
@@ -230,13 +249,12 @@ impl<'a> ItemPager<'a> {
         } else {
             0
         };
+        let listed_before = self.entries.len();
         for (position, id) in split_ids(item_ids).enumerate().skip(skip) {
             if self.entries.len() == self.query.page_size as usize {
-                let token =
-                    encode_token(&format!("items:{}:{index}:{position}", self.query.batch_id));
                 return Some(Page {
                     entries: std::mem::take(&mut self.entries),
-                    next_page_token: Some(token),
+                    next_page_token: Some(self.token(index, position)),
                 });
             }
             let state = outcomes.visible_state(position);
@@ -259,7 +277,22 @@ impl<'a> ItemPager<'a> {
                 chunk: index,
             });
         }
+        if self.entries.len() == listed_before {
+            self.skip(outcomes.states.len() as u64);
+        }
         None
+    }
+
+    /// The page so far, to go on from `next_chunk`; the last page when no chunk is left.
+    pub fn stop_before(self, next_chunk: u64, total_chunks: u64) -> Page<ItemRecord> {
+        if next_chunk >= total_chunks {
+            return self.finish();
+        }
+        let token = self.token(next_chunk, 0);
+        Page {
+            entries: self.entries,
+            next_page_token: Some(token),
+        }
     }
 
     /// The last page.
@@ -269,4 +302,21 @@ impl<'a> ItemPager<'a> {
             next_page_token: None,
         }
     }
+
+    fn token(&self, chunk: u64, position: usize) -> String {
+        encode_token(&format!("items:{}:{chunk}:{position}", self.query.batch_id))
+    }
+}
+
+/// The (chunk, position in it) an items page token points at.
+fn decode_item_position(token: &str, batch_id: &BatchId) -> Result<(u64, usize), BadPageToken> {
+    let position = decode_token(token, &format!("items:{batch_id}:"))?;
+    let (chunk, offset) = position.split_once(':').ok_or(BadPageToken)?;
+    let chunk: u64 = chunk.parse().map_err(|_| BadPageToken)?;
+    // Chunk numbers are stored as signed 64-bit integers; no token this service issues points
+    // past them.
+    if chunk > MAX_CHUNK {
+        return Err(BadPageToken);
+    }
+    Ok((chunk, offset.parse().map_err(|_| BadPageToken)?))
 }

@@ -1077,11 +1077,12 @@ impl BatchStore for DynamoStore {
 
     async fn list_items(&self, query: &ItemQuery) -> Result<Page<ItemRecord>, ListError> {
         let mut pager = ItemPager::new(query)?;
-        if self.load_batch(&query.batch_id).await?.is_none() {
+        let Some(batch) = self.load_batch(&query.batch_id).await? else {
             return Err(ListError::NotFound);
-        }
+        };
         let mut page = None;
-        let mut state: Option<(u64, ChunkOutcomes, bool)> = None;
+        let mut stopped_before = None;
+        let mut wanted: Option<(u64, ChunkOutcomes)> = None;
         self.for_each_chunk_item(
             &query.batch_id,
             pager.start_chunk,
@@ -1091,24 +1092,39 @@ impl BatchStore for DynamoStore {
                 let Some((index, is_ids)) = chunk_of(sk) else {
                     return Ok(true);
                 };
-                if !is_ids {
+                if is_ids {
+                    match wanted.take() {
+                        Some((wanted_index, outcomes)) if wanted_index == index => {
+                            page = pager.push(index, &outcomes, text(item, "itemIds")?);
+                            if page.is_some() {
+                                return Ok(false);
+                            }
+                        }
+                        _ => return Ok(true),
+                    }
+                } else {
                     let record = ChunkStateRecord::from_item(item)?;
                     let failed = record.outcomes.count(codec::FAILED);
-                    let wanted = pager.may_match(record.outcomes.stage, failed);
-                    state = Some((index, record.outcomes, wanted));
-                    return Ok(true);
-                }
-                match state.take() {
-                    Some((state_index, outcomes, true)) if state_index == index => {
-                        page = pager.push(index, &outcomes, text(item, "itemIds")?);
-                        Ok(page.is_none())
+                    if pager.may_match(record.outcomes.stage, record.item_count, failed) {
+                        wanted = Some((index, record.outcomes));
+                        return Ok(true);
                     }
-                    _ => Ok(true),
+                    wanted = None;
+                    pager.skip(record.item_count);
                 }
+                if pager.is_spent() {
+                    stopped_before = Some(index + 1);
+                    return Ok(false);
+                }
+                Ok(true)
             },
         )
         .await?;
-        Ok(page.unwrap_or_else(|| pager.finish()))
+        Ok(match (page, stopped_before) {
+            (Some(page), _) => page,
+            (None, Some(next_chunk)) => pager.stop_before(next_chunk, batch.batch.total_chunks),
+            (None, None) => pager.finish(),
+        })
     }
 
     async fn cancel_batch(&self, batch_id: &BatchId) -> Result<CancelOutcome, StoreError> {

@@ -799,44 +799,70 @@ fn list_batches(conn: &Connection, query: &BatchQuery) -> Result<Page<Batch>, Li
 fn list_items(conn: &Connection, query: &ItemQuery) -> Result<Page<ItemRecord>, ListError> {
     let mut pager = ItemPager::new(query)?;
     let batch = load_batch(conn, query.batch_id.as_str())?.ok_or(ListError::NotFound)?;
+    let total_chunks = batch.batch.total_chunks;
     let mut statement = conn
         .prepare_cached(
-            "SELECT chunk, stage, item_ids, states, errors, attempts, failed_count FROM chunks \
-             WHERE batch_seq = ?1 AND chunk >= ?2 ORDER BY chunk LIMIT ?3",
+            "SELECT chunk, stage, item_ids, states, errors, attempts, failed_count, item_count \
+             FROM chunks WHERE batch_seq = ?1 AND chunk >= ?2 ORDER BY chunk LIMIT ?3",
         )
         .map_err(StoreError::from)?;
     let mut next_chunk = pager.start_chunk;
     loop {
         let rows = statement
             .query_map(params![batch.seq, next_chunk, CHUNKS_PER_READ], |r| {
-                Ok((
-                    r.get::<_, u64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                    r.get::<_, u32>(5)?,
-                    r.get::<_, u64>(6)?,
-                ))
+                Ok(ListedChunk {
+                    index: r.get(0)?,
+                    stage: r.get(1)?,
+                    item_ids: r.get(2)?,
+                    states: r.get(3)?,
+                    errors: r.get(4)?,
+                    attempts: r.get(5)?,
+                    failed_count: r.get(6)?,
+                    item_count: r.get(7)?,
+                })
             })
             .map_err(StoreError::from)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(StoreError::from)?;
         let exhausted = (rows.len() as i64) < CHUNKS_PER_READ;
-        for (index, stage, item_ids, states, errors, attempts, failed_count) in rows {
-            next_chunk = index + 1;
-            let outcomes = ChunkOutcomes::decode(&stage, states, errors.as_deref(), attempts)?;
-            if !pager.may_match(outcomes.stage, failed_count) {
-                continue;
+        for chunk in rows {
+            next_chunk = chunk.index + 1;
+            let stage = ChunkStage::from_name(&chunk.stage).ok_or_else(|| {
+                StoreError::Corrupt(format!("unknown chunk stage {:?}", chunk.stage))
+            })?;
+            if !pager.may_match(stage, chunk.item_count, chunk.failed_count) {
+                pager.skip(chunk.item_count);
+            } else {
+                let outcomes = ChunkOutcomes::decode(
+                    &chunk.stage,
+                    chunk.states,
+                    chunk.errors.as_deref(),
+                    chunk.attempts,
+                )?;
+                if let Some(page) = pager.push(chunk.index, &outcomes, &chunk.item_ids) {
+                    return Ok(page);
+                }
             }
-            if let Some(page) = pager.push(index, &outcomes, &item_ids) {
-                return Ok(page);
+            if pager.is_spent() {
+                return Ok(pager.stop_before(next_chunk, total_chunks));
             }
         }
         if exhausted {
             return Ok(pager.finish());
         }
     }
+}
+
+/// A chunk row as `ListBatchItems` reads it.
+struct ListedChunk {
+    index: u64,
+    stage: String,
+    item_ids: String,
+    states: String,
+    errors: Option<String>,
+    attempts: u32,
+    failed_count: u64,
+    item_count: u64,
 }
 
 #[async_trait]
