@@ -3,12 +3,16 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use aws_sdk_dynamodb::types::AttributeValue;
 
 use batch_manager::domain::{
     parse_item_ids, BatchId, BatchSize, BatchStatus, ItemOutcome, ItemStatus, NewPart,
 };
 use batch_manager::store::codec::SKIPPED_CHUNKS_PER_PAGE;
+use batch_manager::store::dynamo::{DynamoStore, DynamoTables};
 use batch_manager::store::sqlite::SqliteStore;
 use batch_manager::store::{
     AppendOutcome, BatchQuery, BatchStore, CancelOutcome, ChunkClaim, ItemQuery, ListError,
@@ -673,7 +677,11 @@ async fn a_page_token_past_the_largest_chunk_number_is_a_bad_token(store: Arc<dy
             .await
             .unwrap(),
     );
-    for chunk in ["9223372036854775808", "18446744073709551615", "18446744073709551616"] {
+    for chunk in [
+        "9223372036854775808",
+        "18446744073709551615",
+        "18446744073709551616",
+    ] {
         let token = hex::encode(format!("items:t:{chunk}:0"));
         let listed = store
             .list_items(&ItemQuery {
@@ -803,7 +811,12 @@ async fn a_filtered_listing_examines_a_bounded_number_of_chunks_per_call(
     let last = chunks - 1;
     store.claim_chunk(&id("s"), last).await.unwrap();
     store
-        .save_outcomes(&id("s"), last, &[(0, ItemOutcome::Failed("late".into()))], 1)
+        .save_outcomes(
+            &id("s"),
+            last,
+            &[(0, ItemOutcome::Failed("late".into()))],
+            1,
+        )
         .await
         .unwrap();
     store.record_chunk(&id("s"), last, None).await.unwrap();
@@ -875,3 +888,87 @@ both_backends!(
     a_part_with_another_batch_size_is_a_conflict_naming_batch_size,
     a_filtered_listing_examines_a_bounded_number_of_chunks_per_call,
 );
+
+/// A DynamoDB store on fresh tables, with a raw client on them and the request table's name.
+async fn dynamo_store_and_client() -> (Arc<dyn BatchStore>, aws_sdk_dynamodb::Client, String) {
+    let endpoint = moto::moto_endpoint().await;
+    let client = aws_sdk_dynamodb::Client::new(&moto::sdk_config(&endpoint).await);
+    let (batch_table, request_table) = moto::table_names("resume");
+    moto::create_tables(&client, &batch_table, &request_table).await;
+    let store = DynamoStore::new(
+        client.clone(),
+        DynamoTables {
+            batch_table,
+            request_table: request_table.clone(),
+        },
+    );
+    (Arc::new(store), client, request_table)
+}
+
+#[tokio::test]
+async fn dynamodb_resuming_an_interrupted_part_write_never_revives_a_cancelled_chunk() {
+    let (store, client, request_table) = dynamo_store_and_client().await;
+    created_chunks(
+        store
+            .append_part(&part("resumed", 20, 1, 1, &["a", "b", "c", "d"]))
+            .await
+            .unwrap(),
+    );
+    // As if the part's write had stopped before chunk 3 and before the part was marked written.
+    let key = |sk: String| {
+        HashMap::from([
+            ("batchId".to_owned(), AttributeValue::S("resumed".into())),
+            ("sk".to_owned(), AttributeValue::S(sk)),
+        ])
+    };
+    client
+        .update_item()
+        .table_name(&request_table)
+        .set_key(Some(key(format!("part#{:020}", 1))))
+        .update_expression("SET chunksWritten = :no")
+        .expression_attribute_values(":no", AttributeValue::Bool(false))
+        .send()
+        .await
+        .unwrap();
+    for sk in [format!("chunk#{:020}", 3), format!("chunk#{:020}#ids", 3)] {
+        client
+            .delete_item()
+            .table_name(&request_table)
+            .set_key(Some(key(sk)))
+            .send()
+            .await
+            .unwrap();
+    }
+    let CancelOutcome::Cancelled(cancelled) = store.cancel_batch(&id("resumed")).await.unwrap()
+    else {
+        panic!("not cancelled");
+    };
+    assert_eq!(cancelled.cancelled_items, 16 + 3);
+    assert_ne!(
+        cancelled.status,
+        BatchStatus::Cancelled,
+        "chunk 3 is unaccounted for"
+    );
+
+    // The client sends the part again: chunk 3 is written, chunks 0-2 stay cancelled.
+    assert_eq!(
+        created_chunks(
+            store
+                .append_part(&part("resumed", 20, 1, 1, &["a", "b", "c", "d"]))
+                .await
+                .unwrap()
+        ),
+        vec![0, 1, 2, 3]
+    );
+    for chunk in 0..4 {
+        assert_eq!(
+            store.claim_chunk(&id("resumed"), chunk).await.unwrap(),
+            ChunkClaim::Inactive
+        );
+    }
+    let batch = store.get_batch(&id("resumed")).await.unwrap().unwrap();
+    assert_eq!(batch.status, BatchStatus::Cancelled);
+    assert_eq!(batch.cancelled_items, 20);
+    assert_eq!(settled_items(&batch), batch.total_items);
+    assert_eq!(batch.completed_chunks, batch.total_chunks);
+}

@@ -554,21 +554,42 @@ impl DynamoStore {
     }
 
     /// Writes a part's chunks (ID items and state items), then marks the part complete.
-    async fn write_chunks(&self, part: &NewPart, first_chunk: u64) -> Result<(), StoreError> {
-        let mut items = Vec::with_capacity(part.chunk_count() as usize * 2);
+    async fn write_chunks(
+        &self,
+        part: &NewPart,
+        first_chunk: u64,
+        write: ChunkWrite,
+    ) -> Result<(), StoreError> {
+        let mut ids = Vec::with_capacity(part.chunk_count() as usize);
+        let mut states = Vec::with_capacity(part.chunk_count() as usize);
         for (offset, chunk_items) in part.chunks().enumerate() {
             let chunk = first_chunk + offset as u64;
-            let mut ids = Self::request_key(&part.batch_id, ids_sk(chunk));
-            ids.insert("itemIds".to_owned(), s(codec::join_ids(chunk_items)));
-            items.push(ids);
+            let mut ids_item = Self::request_key(&part.batch_id, ids_sk(chunk));
+            ids_item.insert("itemIds".to_owned(), s(codec::join_ids(chunk_items)));
+            ids.push(ids_item);
             let state = ChunkStateRecord {
                 outcomes: ChunkOutcomes::new(chunk_items.len()),
                 item_count: chunk_items.len() as u64,
                 version: 0,
             };
-            items.push(state.to_item(&part.batch_id, chunk));
+            states.push(state.to_item(&part.batch_id, chunk));
         }
-        self.write_all(items).await?;
+        match write {
+            ChunkWrite::Fresh => {
+                ids.extend(states);
+                self.write_all(ids).await?;
+            }
+            ChunkWrite::Resume => {
+                // IDs never change, so writing them again is harmless; a state item written
+                // before may have moved on (started, recorded, cancelled) and must stay.
+                self.write_all(ids).await?;
+                stream::iter(states)
+                    .map(|state| self.put_new_state(state))
+                    .buffer_unordered(BATCH_WRITES_IN_FLIGHT)
+                    .try_collect::<Vec<()>>()
+                    .await?;
+            }
+        }
         self.meter.write(1);
         self.client
             .update_item()
@@ -582,6 +603,21 @@ impl DynamoStore {
             .send()
             .await
             .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Writes a chunk's first state item unless it exists.
+    async fn put_new_state(&self, state: Item) -> Result<(), StoreError> {
+        self.meter.write(write_units(&state));
+        let written = self
+            .client
+            .put_item()
+            .table_name(&self.tables.request_table)
+            .set_item(Some(state))
+            .condition_expression("attribute_not_exists(sk)")
+            .send()
+            .await;
+        conditional(written, |e| e.is_conditional_check_failed_exception())?;
         Ok(())
     }
 
@@ -851,7 +887,11 @@ impl DynamoStore {
             if let Some(position) =
                 index.first_repeat(&part.items, &suspect.candidates, earlier_ids)
             {
-                return Ok(Some(id_hashes::repeated_item(part, position, suspect.number)));
+                return Ok(Some(id_hashes::repeated_item(
+                    part,
+                    position,
+                    suspect.number,
+                )));
             }
         }
         Ok(None)
@@ -869,6 +909,16 @@ impl DynamoStore {
             .map(|record| record.batch)
             .collect())
     }
+}
+
+/// How a part's chunks are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkWrite {
+    /// Just reserved: no chunk of the part exists yet.
+    Fresh,
+    /// Reserved by an earlier attempt that may have written some chunks, which tasks or a
+    /// cancel may have moved on since.
+    Resume,
 }
 
 /// An earlier part of a batch, as far as repeated IDs go.
@@ -915,7 +965,8 @@ impl BatchStore for DynamoStore {
                         // A previous attempt reserved the part but stopped before its chunks
                         // were all written; no execution was started for them yet, so write
                         // them now.
-                        self.write_chunks(part, first_chunk).await?;
+                        self.write_chunks(part, first_chunk, ChunkWrite::Resume)
+                            .await?;
                         return Ok(AppendOutcome::Created {
                             batch: record.batch,
                             chunks: (first_chunk..first_chunk + chunk_count).collect(),
@@ -990,7 +1041,8 @@ impl BatchStore for DynamoStore {
             if !reserved {
                 continue;
             }
-            self.write_chunks(part, first_chunk).await?;
+            self.write_chunks(part, first_chunk, ChunkWrite::Fresh)
+                .await?;
             let mut batch = record.batch;
             batch.total_chunks = first_chunk + chunk_count;
             batch.received_items += item_count;
