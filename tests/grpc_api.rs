@@ -670,16 +670,19 @@ async fn a_cancelled_batch_lists_every_received_item_without_a_filter() {
         .all_items("cancelled-listing", pb::ItemStatus::Unspecified)
         .await;
     let listed_ids: Vec<&str> = listed.iter().map(|item| item.item_id.as_str()).collect();
-    assert_eq!(listed_ids, ids.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        listed_ids,
+        ids.iter().map(String::as_str).collect::<Vec<_>>()
+    );
     let count = |status: pb::ItemStatus| {
-        listed
-            .iter()
-            .filter(|item| item.status() == status)
-            .count() as u64
+        listed.iter().filter(|item| item.status() == status).count() as u64
     };
     assert_eq!(count(pb::ItemStatus::Succeeded), batch.succeeded_items);
     // The 500 items never received are counted as cancelled, not listed.
-    assert_eq!(count(pb::ItemStatus::Cancelled), batch.cancelled_items - 500);
+    assert_eq!(
+        count(pb::ItemStatus::Cancelled),
+        batch.cancelled_items - 500
+    );
     assert_eq!(count(pb::ItemStatus::Pending), 0);
 }
 

@@ -201,6 +201,9 @@ mod tests {
         let candidates = colliding.all_hashes();
         assert_eq!(colliding.first_repeat(&items, &candidates, ["z"]), None);
         let honest = PartIndex::new(&items);
-        assert_eq!(honest.first_repeat(&items, &honest.all_hashes(), ["x"]), Some(0));
+        assert_eq!(
+            honest.first_repeat(&items, &honest.all_hashes(), ["x"]),
+            Some(0)
+        );
     }
 }

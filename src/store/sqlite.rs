@@ -542,7 +542,11 @@ fn find_repeated_item(
     let mut rows = statement.query([seq])?;
     while let Some(row) = rows.next()? {
         // Parts stored before IDs were hashed have no blob: each of their IDs is a suspect.
-        let candidates = match row.get_ref(3)?.as_blob_or_null().map_err(rusqlite::Error::from)? {
+        let candidates = match row
+            .get_ref(3)?
+            .as_blob_or_null()
+            .map_err(rusqlite::Error::from)?
+        {
             Some(blob) => index.shared_hashes([blob])?,
             None => index.all_hashes(),
         };
@@ -561,7 +565,11 @@ fn find_repeated_item(
     for earlier in suspects {
         let chunks = read_ids
             .query_map(
-                params![seq, earlier.first_chunk, earlier.first_chunk + earlier.chunk_count],
+                params![
+                    seq,
+                    earlier.first_chunk,
+                    earlier.first_chunk + earlier.chunk_count
+                ],
                 |r| r.get::<_, String>(0),
             )?
             .collect::<Result<Vec<_>, _>>()?;
