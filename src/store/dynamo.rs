@@ -31,9 +31,10 @@ use futures::{stream, StreamExt, TryStreamExt};
 
 use super::codec::{self, ChunkOutcomes, ItemPager};
 use super::id_hashes::{self, PartIndex};
+use super::rules::{self, judge_part, CancelRequest, PartVerdict, Progress};
 use super::{
-    judge_part, AppendOutcome, BadPageToken, BatchQuery, BatchStore, CancelOutcome, Chunk,
-    ChunkClaim, ChunkStage, ItemQuery, ListError, Page, PartVerdict, RecordOutcome, StoreError,
+    AppendOutcome, BadPageToken, BatchQuery, BatchStore, CancelOutcome, Chunk, ChunkClaim,
+    ChunkStage, ItemQuery, ListError, Page, RecordOutcome, StoreError,
 };
 use crate::domain::{Batch, BatchId, BatchStatus, ItemOutcome, ItemRecord, NewPart, Timestamp};
 
@@ -266,12 +267,6 @@ impl BatchRecord {
             ("createdKey".to_owned(), s(format!("{:020}#{id}", now.0))),
             ("listPartition".to_owned(), s(LIST_PARTITION)),
         ])
-    }
-
-    fn is_settled(&self) -> bool {
-        let batch = &self.batch;
-        batch.completed_chunks == batch.total_chunks
-            && (batch.received_items == batch.total_items || self.cancel_requested)
     }
 }
 
@@ -691,26 +686,17 @@ impl DynamoStore {
         }
     }
 
-    /// Moves a settled batch to its terminal status (only one caller wins), or a PENDING batch
-    /// to RUNNING when `started`; returns the batch as it stands.
-    async fn settle(&self, batch_id: &BatchId, started: bool) -> Result<Batch, StoreError> {
+    /// Moves a batch to the status `progress` leads to (only one caller wins); returns the
+    /// batch as it stands.
+    async fn settle(&self, batch_id: &BatchId, progress: Progress) -> Result<Batch, StoreError> {
         for _ in 0..OPTIMISTIC_ATTEMPTS {
             let record = self
                 .load_batch(batch_id)
                 .await?
                 .ok_or_else(|| StoreError::Unavailable(format!("batch {batch_id} vanished")))?;
             let current = record.batch.status;
-            let next = if current.is_terminal() {
-                return Ok(record.batch);
-            } else if record.is_settled() {
-                BatchStatus::settled(
-                    record.cancel_requested,
-                    record.batch.succeeded_items,
-                    record.batch.failed_items,
-                )
-            } else if started && current == BatchStatus::Pending {
-                BatchStatus::Running
-            } else {
+            let Some(next) = rules::next_status(&record.batch, record.cancel_requested, progress)
+            else {
                 return Ok(record.batch);
             };
             let now = Timestamp::now();
@@ -753,6 +739,7 @@ impl DynamoStore {
         chunk: u64,
         item_count: u64,
     ) -> Result<bool, StoreError> {
+        let counts = rules::cancelled_chunks(1, item_count);
         let now = Timestamp::now();
         let chunk_update = Update::builder()
             .table_name(&self.tables.request_table)
@@ -767,10 +754,10 @@ impl DynamoStore {
             .table_name(&self.tables.batch_table)
             .set_key(Some(Self::batch_key(batch_id)))
             .update_expression(
-                "ADD cancelledItems :items, completedChunks :one SET updatedAt = :now",
+                "ADD cancelledItems :items, completedChunks :chunks SET updatedAt = :now",
             )
-            .expression_attribute_values(":items", n(item_count))
-            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":items", n(counts.cancelled_items))
+            .expression_attribute_values(":chunks", n(counts.completed_chunks))
             .expression_attribute_values(":now", n(now.0))
             .build()?;
         self.transact(
@@ -1027,7 +1014,7 @@ impl BatchStore for DynamoStore {
             ];
             let mut units = 2;
             // No part can follow the one that completes the batch: its hashes are not kept.
-            if batch.received_items + item_count < batch.total_items {
+            if !rules::completes_batch(batch, part) {
                 for segment in self.hash_segments(part, &index) {
                     units += write_units(&segment);
                     let put = Put::builder()
@@ -1194,7 +1181,8 @@ impl BatchStore for DynamoStore {
             }
             // Items of parts never received are cancelled with the request; the condition keeps
             // a part arriving meanwhile from slipping past it.
-            let never_received = record.batch.total_items - record.batch.received_items;
+            let never_received =
+                rules::cancel_request(&record.batch, CancelRequest::First).cancelled_items;
             self.meter.write(1);
             let requested = self
                 .client
@@ -1238,7 +1226,7 @@ impl BatchStore for DynamoStore {
             .try_collect::<Vec<bool>>()
             .await?;
         Ok(CancelOutcome::Cancelled(
-            self.settle(batch_id, false).await?,
+            self.settle(batch_id, Progress::CountersChanged).await?,
         ))
     }
 
@@ -1255,7 +1243,7 @@ impl BatchStore for DynamoStore {
                 ChunkStage::Pending if batch.cancel_requested => {
                     // A part stored while the batch was being cancelled: cancel its chunk here.
                     if self.cancel_chunk(batch_id, chunk, state.item_count).await? {
-                        self.settle(batch_id, false).await?;
+                        self.settle(batch_id, Progress::CountersChanged).await?;
                         return Ok(ChunkClaim::Inactive);
                     }
                     continue;
@@ -1266,7 +1254,7 @@ impl BatchStore for DynamoStore {
                         continue;
                     }
                     if batch.batch.status == BatchStatus::Pending {
-                        self.settle(batch_id, true).await?;
+                        self.settle(batch_id, Progress::ChunkStarted).await?;
                     }
                 }
                 ChunkStage::Started => {}
@@ -1350,7 +1338,7 @@ impl BatchStore for DynamoStore {
             };
             if !state.outcomes.stage.is_open() {
                 return Ok(RecordOutcome::AlreadyRecorded(
-                    self.settle(batch_id, false).await?,
+                    self.settle(batch_id, Progress::CountersChanged).await?,
                 ));
             }
             state
@@ -1389,7 +1377,9 @@ impl BatchStore for DynamoStore {
                 )
                 .await?;
             if recorded {
-                return Ok(RecordOutcome::Recorded(self.settle(batch_id, true).await?));
+                return Ok(RecordOutcome::Recorded(
+                    self.settle(batch_id, Progress::ChunkRecorded).await?,
+                ));
             }
         }
         Err(StoreError::Unavailable(format!(

@@ -16,9 +16,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::codec::{self, ChunkOutcomes, ItemPager};
 use super::id_hashes::{self, PartIndex};
+use super::rules::{self, judge_part, CancelRequest, PartVerdict, Progress};
 use super::{
-    judge_part, AppendOutcome, BadPageToken, BatchQuery, BatchStore, CancelOutcome, Chunk,
-    ChunkClaim, ChunkStage, ItemQuery, ListError, Page, PartVerdict, RecordOutcome, StoreError,
+    AppendOutcome, BadPageToken, BatchQuery, BatchStore, CancelOutcome, Chunk, ChunkClaim,
+    ChunkStage, ItemQuery, ListError, Page, RecordOutcome, StoreError,
 };
 use crate::domain::{Batch, BatchId, BatchStatus, ItemOutcome, ItemRecord, NewPart, Timestamp};
 use crate::engine::local::journal::{
@@ -141,9 +142,7 @@ impl BatchRow {
 
     /// Whether every item has a terminal status.
     fn is_settled(&self) -> bool {
-        let batch = &self.batch;
-        batch.completed_chunks == batch.total_chunks
-            && (batch.received_items == batch.total_items || self.cancel_requested)
+        rules::is_settled(&self.batch, self.cancel_requested)
     }
 }
 
@@ -594,7 +593,7 @@ fn store_part_hashes(
     batch: &Batch,
     index: &PartIndex,
 ) -> Result<(), StoreError> {
-    if batch.received_items + part.items.len() as u64 >= batch.total_items {
+    if rules::completes_batch(batch, part) {
         conn.prepare_cached("DELETE FROM part_id_hashes WHERE batch_seq = ?1")?
             .execute([seq])?;
     } else {
@@ -727,21 +726,16 @@ fn cancel_batch(conn: &Connection, batch_id: &str) -> Result<CancelOutcome, Stor
         "UPDATE chunks SET stage = 'CANCELLED' WHERE batch_seq = ?1 AND stage = 'PENDING'",
     )?
     .execute([batch.seq])?;
-    // Items of parts never received are cancelled by the first request only: the batch
-    // refuses parts once cancelled, so that count cannot change after it.
-    let never_received = if batch.cancel_requested {
-        0
-    } else {
-        batch.batch.total_items - batch.batch.received_items
-    };
+    let request = CancelRequest::given(batch.cancel_requested);
+    let counts = rules::cancel_request(&batch.batch, request)
+        + rules::cancelled_chunks(skipped_chunks, skipped_items);
+    counts.apply_to(&mut batch.batch);
     let now = Timestamp::now();
     batch.cancel_requested = true;
-    batch.batch.cancelled_items += skipped_items + never_received;
-    batch.batch.completed_chunks += skipped_chunks;
     batch.batch.updated_at = now;
-    if batch.is_settled() {
-        batch.batch.status = BatchStatus::Cancelled;
-        batch.batch.completed_at = Some(now);
+    if let Some(status) = rules::next_status(&batch.batch, true, Progress::CountersChanged) {
+        batch.batch.status = status;
+        batch.batch.completed_at = status.is_terminal().then_some(now);
     }
     let counts = &batch.batch;
     conn.prepare_cached(
