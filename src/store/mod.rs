@@ -2,7 +2,10 @@
 //! with an embedded SQLite implementation (local) and a DynamoDB one (AWS).
 //!
 //! Items are stored per chunk (IDs and outcomes together), never a row per item: what is
-//! written per chunk rather than per item decides both speed and cost.
+//! written per chunk rather than per item decides both speed and cost. What both stores share
+//! lives beside them: `rules` (part acceptance, settling, status moves, cancel arithmetic, as
+//! pure functions), [`codec`] (the chunk encoding and item paging) and `id_hashes` (finding
+//! item IDs a part repeats from earlier parts).
 
 pub mod codec;
 pub mod dynamo;

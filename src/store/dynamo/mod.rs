@@ -17,7 +17,7 @@
 //! update finds the chunk recorded and changes nothing; the terminal status is then set by a
 //! conditional write that only one caller can win.
 //!
-//! One file per concern: [`attributes`] (names and conversions), [`writes`] (metered,
+//! One file per concern: `attributes` (names and conversions), `writes` (metered,
 //! conditional and batched writes), `batches` (the batch item, its status and cancel), `parts`
 //! (storing a part), `chunks` (chunk items and their lifecycle), `listing` (the list calls).
 
