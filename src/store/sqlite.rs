@@ -457,18 +457,9 @@ fn append_part(conn: &Connection, part: &NewPart) -> Result<AppendOutcome, Store
         PartVerdict::Refuse(outcome) => return Ok(outcome),
         PartVerdict::AlreadyStored => {
             let (_, first_chunk, chunk_count) = stored_part.unwrap_or_default();
-            let unstarted_chunks = conn
-                .prepare_cached(
-                    "SELECT chunk FROM chunks WHERE batch_seq = ?1 AND chunk >= ?2 AND chunk < ?3 AND stage = 'PENDING' ORDER BY chunk",
-                )?
-                .query_map(
-                    params![row.seq, first_chunk, first_chunk + chunk_count],
-                    |r| r.get::<_, u64>(0),
-                )?
-                .collect::<Result<Vec<_>, _>>()?;
             return Ok(AppendOutcome::AlreadyStored {
+                unstarted_chunks: unstarted_chunks(conn, row.seq, first_chunk, chunk_count)?,
                 batch: row.batch,
-                unstarted_chunks,
             });
         }
         PartVerdict::Store => {}
@@ -494,18 +485,7 @@ fn append_part(conn: &Connection, part: &NewPart) -> Result<AppendOutcome, Store
         chunk_count,
         item_count
     ])?;
-    let mut insert_chunk = conn.prepare_cached(
-        "INSERT INTO chunks (batch_seq, chunk, stage, item_count, item_ids, states) VALUES (?1, ?2, 'PENDING', ?3, ?4, ?5)",
-    )?;
-    for (offset, items) in part.chunks().enumerate() {
-        insert_chunk.execute(params![
-            row.seq,
-            first_chunk + offset as u64,
-            items.len(),
-            codec::join_ids(items),
-            ChunkOutcomes::new(items.len()).states_text()
-        ])?;
-    }
+    insert_chunks(conn, row.seq, part, first_chunk)?;
     conn.prepare_cached(
         "UPDATE batches SET received_items = received_items + ?2, total_chunks = total_chunks + ?3, updated_at = ?4 WHERE seq = ?1",
     )?
@@ -514,6 +494,45 @@ fn append_part(conn: &Connection, part: &NewPart) -> Result<AppendOutcome, Store
         batch: load_batch_by_seq(conn, row.seq)?.batch,
         chunks: (first_chunk..first_chunk + chunk_count).collect(),
     })
+}
+
+/// The chunks of a part's range that no task has started.
+fn unstarted_chunks(
+    conn: &Connection,
+    seq: i64,
+    first_chunk: u64,
+    chunk_count: u64,
+) -> Result<Vec<u64>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT chunk FROM chunks WHERE batch_seq = ?1 AND chunk >= ?2 AND chunk < ?3 AND stage = 'PENDING' ORDER BY chunk",
+        )?
+        .query_map(params![seq, first_chunk, first_chunk + chunk_count], |r| {
+            r.get::<_, u64>(0)
+        })?
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Writes a part's chunks, all pending, from `first_chunk` on.
+fn insert_chunks(
+    conn: &Connection,
+    seq: i64,
+    part: &NewPart,
+    first_chunk: u64,
+) -> Result<(), StoreError> {
+    let mut insert_chunk = conn.prepare_cached(
+        "INSERT INTO chunks (batch_seq, chunk, stage, item_count, item_ids, states) VALUES (?1, ?2, 'PENDING', ?3, ?4, ?5)",
+    )?;
+    for (offset, items) in part.chunks().enumerate() {
+        insert_chunk.execute(params![
+            seq,
+            first_chunk + offset as u64,
+            items.len(),
+            codec::join_ids(items),
+            ChunkOutcomes::new(items.len()).states_text()
+        ])?;
+    }
+    Ok(())
 }
 
 /// An earlier part of a batch, as far as repeated IDs go.
