@@ -972,3 +972,63 @@ async fn dynamodb_resuming_an_interrupted_part_write_never_revives_a_cancelled_c
     assert_eq!(settled_items(&batch), batch.total_items);
     assert_eq!(batch.completed_chunks, batch.total_chunks);
 }
+
+/// Intake of 1,000,000 UUIDs in 20 parts of 50,000 on SQLite (every part checked for IDs
+/// repeated from the earlier ones), and a failed-items listing that matches nothing, paged to
+/// the end. Run: `cargo test --release --test store_behaviour figures -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn sqlite_intake_and_listing_figures() {
+    let (store, _directory) = sqlite_store().await;
+    let parts: Vec<NewPart> = (1..=20)
+        .map(|number| {
+            let ids = (0..50_000)
+                .map(|_| uuid::Uuid::new_v4().to_string())
+                .collect();
+            NewPart::new(
+                id("figures"),
+                1_000_000,
+                BatchSize::parse(100, "batch_size").unwrap(),
+                number,
+                parse_item_ids(ids, "item_ids").unwrap(),
+                "total_items",
+                "part_number",
+            )
+            .unwrap()
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    for part in &parts {
+        created_chunks(store.append_part(part).await.unwrap());
+    }
+    let intake = started.elapsed().as_secs_f64();
+    println!(
+        "intake: 1,000,000 items in 20 parts of 50,000 in {intake:.3} s ({:.0} items/s)",
+        1e6 / intake
+    );
+    let started = std::time::Instant::now();
+    let mut calls = 0;
+    let mut token = None;
+    loop {
+        calls += 1;
+        let page = store
+            .list_items(&ItemQuery {
+                batch_id: id("figures"),
+                status: Some(ItemStatus::Failed),
+                page_size: 100,
+                page_token: token,
+            })
+            .await
+            .unwrap();
+        match page.next_page_token {
+            Some(next) => token = Some(next),
+            None => break,
+        }
+    }
+    let listing = started.elapsed().as_secs_f64();
+    println!(
+        "failed-items listing over 10,000 chunks matching nothing: {calls} calls, {listing:.3} s \
+         ({:.2} ms per call)",
+        listing * 1000.0 / f64::from(calls)
+    );
+}

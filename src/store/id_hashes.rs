@@ -4,6 +4,8 @@
 //! hash found in both is confirmed against the earlier part's actual IDs before anything is
 //! refused, so a hash collision refuses nothing.
 
+use std::collections::HashMap;
+
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{AppendOutcome, StoreError};
@@ -18,40 +20,59 @@ pub(crate) fn hash_id(id: &str) -> u64 {
     xxh3_64(id.as_bytes())
 }
 
-/// A new part's IDs by hash: (hash, position in the part), sorted.
+/// A new part's ID hashes, sorted, with a bit filter over their leading bits so that most of
+/// an earlier part's hashes are dismissed by one bit test, read in address order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PartIndex {
-    entries: Vec<(u64, usize)>,
+    hashes: Vec<u64>,
+    /// Bit `h >> filter_shift` is set for every hash `h` of the part.
+    filter: Vec<u64>,
+    filter_shift: u32,
 }
 
 impl PartIndex {
     pub(crate) fn new(items: &[ItemId]) -> Self {
-        let mut entries: Vec<(u64, usize)> = items
-            .iter()
-            .enumerate()
-            .map(|(position, id)| (hash_id(id.as_str()), position))
-            .collect();
-        entries.sort_unstable();
-        Self { entries }
+        let mut hashes: Vec<u64> = items.iter().map(|id| hash_id(id.as_str())).collect();
+        hashes.sort_unstable();
+        // About 16 filter bits per ID (few false hits), between 64 bits and 512 KiB.
+        let bits_log2 = (items.len().max(1) * 16)
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(6, 22);
+        let filter_shift = 64 - bits_log2;
+        let mut filter = vec![0u64; 1 << (bits_log2 - 6)];
+        for hash in &hashes {
+            let bit = hash >> filter_shift;
+            filter[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+        Self {
+            hashes,
+            filter,
+            filter_shift,
+        }
+    }
+
+    fn may_hold(&self, hash: u64) -> bool {
+        let bit = hash >> self.filter_shift;
+        self.filter[(bit / 64) as usize] & (1 << (bit % 64)) != 0
     }
 
     /// The blob to store for this part: its hashes, sorted.
     pub(crate) fn blob(&self) -> Vec<u8> {
-        let mut blob = Vec::with_capacity(self.entries.len() * HASH_BYTES);
-        for (hash, _) in &self.entries {
+        let mut blob = Vec::with_capacity(self.hashes.len() * HASH_BYTES);
+        for hash in &self.hashes {
             blob.extend_from_slice(&hash.to_le_bytes());
         }
         blob
     }
 
     /// The hashes this part shares with an earlier part's blob (given as its consecutive
-    /// segments), by one merge pass over both sorted sequences.
+    /// segments), in ascending order.
     pub(crate) fn shared_hashes<'a>(
         &self,
         earlier: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<Vec<u64>, StoreError> {
-        let mut shared = Vec::new();
-        let mut mine = self.entries.iter().map(|(hash, _)| *hash).peekable();
+        let mut shared: Vec<u64> = Vec::new();
         for segment in earlier {
             if segment.len() % HASH_BYTES != 0 {
                 return Err(StoreError::Corrupt(format!(
@@ -61,13 +82,11 @@ impl PartIndex {
             }
             for bytes in segment.chunks_exact(HASH_BYTES) {
                 let theirs = u64::from_le_bytes(bytes.try_into().unwrap_or_default());
-                while mine.next_if(|&hash| hash < theirs).is_some() {}
-                match mine.peek() {
-                    None => return Ok(shared),
-                    Some(&hash) if hash == theirs && shared.last() != Some(&hash) => {
-                        shared.push(hash);
-                    }
-                    Some(_) => {}
+                if self.may_hold(theirs)
+                    && self.hashes.binary_search(&theirs).is_ok()
+                    && shared.last() != Some(&theirs)
+                {
+                    shared.push(theirs);
                 }
             }
         }
@@ -76,37 +95,33 @@ impl PartIndex {
 
     /// Every hash of this part, for an earlier part stored without a blob.
     pub(crate) fn all_hashes(&self) -> Vec<u64> {
-        let mut hashes: Vec<u64> = self.entries.iter().map(|(hash, _)| *hash).collect();
+        let mut hashes = self.hashes.clone();
         hashes.dedup();
         hashes
     }
+}
 
-    /// The first position (in the new part) of an ID that `earlier_ids` also holds, looking only
-    /// at IDs whose hash is in `candidates` (sorted).
-    pub(crate) fn first_repeat<'a>(
-        &self,
-        items: &[ItemId],
-        candidates: &[u64],
-        earlier_ids: impl IntoIterator<Item = &'a str>,
-    ) -> Option<usize> {
-        let mut first: Option<usize> = None;
-        for earlier in earlier_ids {
-            let hash = hash_id(earlier);
-            if candidates.binary_search(&hash).is_err() {
-                continue;
-            }
-            let start = self.entries.partition_point(|&(mine, _)| mine < hash);
-            let repeats = self.entries[start..]
-                .iter()
-                .take_while(|&&(mine, _)| mine == hash)
-                .map(|&(_, position)| position)
-                .filter(|&position| items[position].as_str() == earlier);
-            for position in repeats {
-                first = Some(first.map_or(position, |seen| seen.min(position)));
-            }
-        }
-        first
+/// The first position (in the new part) of an ID that `earlier_ids` also holds, looking only
+/// at the new part's IDs whose hash is in `candidates` (sorted): a shared hash is only a
+/// suspicion, the IDs' text decides.
+pub(crate) fn first_repeat<'a>(
+    items: &[ItemId],
+    candidates: &[u64],
+    earlier_ids: impl IntoIterator<Item = &'a str>,
+) -> Option<usize> {
+    let suspects: HashMap<&str, usize> = items
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| candidates.binary_search(&hash_id(id.as_str())).is_ok())
+        .map(|(position, id)| (id.as_str(), position))
+        .collect();
+    if suspects.is_empty() {
+        return None;
     }
+    earlier_ids
+        .into_iter()
+        .filter_map(|earlier| suspects.get(earlier).copied())
+        .min()
 }
 
 /// The refusal of a part whose item at `position` is already in `earlier_part`.
@@ -181,29 +196,36 @@ mod tests {
     #[test]
     fn a_repeat_is_confirmed_against_the_ids_and_the_first_position_is_named() {
         let items = ids(&["x", "b", "y", "a"]);
-        let index = PartIndex::new(&items);
-        let candidates = index.all_hashes();
-        assert_eq!(
-            index.first_repeat(&items, &candidates, ["a", "b", "c"]),
-            Some(1)
-        );
-        assert_eq!(index.first_repeat(&items, &candidates, ["c", "d"]), None);
+        let candidates = PartIndex::new(&items).all_hashes();
+        assert_eq!(first_repeat(&items, &candidates, ["a", "b", "c"]), Some(1));
+        assert_eq!(first_repeat(&items, &candidates, ["c", "d"]), None);
+        assert_eq!(first_repeat(&items, &[], ["a"]), None);
     }
 
     #[test]
     fn a_hash_collision_without_equal_ids_refuses_nothing() {
-        // "x" filed under the hash of "z", as a collision would: the hash matches, the IDs
-        // differ, and nothing is refused.
+        // An earlier blob shared the hash of "x", as a collision would, but the earlier part's
+        // IDs do not hold "x": nothing is refused.
         let items = ids(&["x"]);
-        let colliding = PartIndex {
-            entries: vec![(hash_id("z"), 0)],
-        };
-        let candidates = colliding.all_hashes();
-        assert_eq!(colliding.first_repeat(&items, &candidates, ["z"]), None);
-        let honest = PartIndex::new(&items);
-        assert_eq!(
-            honest.first_repeat(&items, &honest.all_hashes(), ["x"]),
-            Some(0)
-        );
+        let collided = vec![hash_id("x")];
+        assert_eq!(first_repeat(&items, &collided, ["z"]), None);
+        assert_eq!(first_repeat(&items, &collided, ["z", "x"]), Some(0));
+    }
+
+    #[test]
+    fn a_merge_finds_every_shared_hash_once_whatever_the_sizes() {
+        let earlier: Vec<ItemId> = ids(&["a", "b", "c", "d", "e", "f", "g"]);
+        let blob = PartIndex::new(&earlier).blob();
+        let index = PartIndex::new(&ids(&["g", "a", "zz", "a2"]));
+        let mut expected = vec![hash_id("a"), hash_id("g")];
+        expected.sort_unstable();
+        for split in [0, 8, 24, 56] {
+            let (first, second) = blob.split_at(split);
+            assert_eq!(index.shared_hashes([first, second]).unwrap(), expected);
+        }
+        assert!(PartIndex::new(&[])
+            .shared_hashes([blob.as_slice()])
+            .unwrap()
+            .is_empty());
     }
 }

@@ -592,7 +592,9 @@ fn find_repeated_item(
             )?
             .collect::<Result<Vec<_>, _>>()?;
         let earlier_ids = chunks.iter().flat_map(|joined| codec::split_ids(joined));
-        if let Some(position) = index.first_repeat(&part.items, &earlier.candidates, earlier_ids) {
+        if let Some(position) =
+            id_hashes::first_repeat(&part.items, &earlier.candidates, earlier_ids)
+        {
             return Ok(Some(id_hashes::repeated_item(
                 part,
                 position,

@@ -217,7 +217,7 @@ impl DynamoStore {
             .await?;
             let earlier_ids = joined.iter().flat_map(|ids| codec::split_ids(ids));
             if let Some(position) =
-                index.first_repeat(&part.items, &suspect.candidates, earlier_ids)
+                id_hashes::first_repeat(&part.items, &suspect.candidates, earlier_ids)
             {
                 return Ok(Some(id_hashes::repeated_item(
                     part,
