@@ -72,6 +72,29 @@ pub(crate) fn completes_batch(batch: &Batch, part: &NewPart) -> bool {
     batch.received_items + part.items.len() as u64 >= batch.total_items
 }
 
+/// What accepting a part takes to keep item IDs unique across the parts of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RepeatCheck {
+    /// Earlier parts exist: the part's IDs must be checked against theirs.
+    pub against_earlier: bool,
+    /// Parts may follow: the part's ID hashes must be kept for them.
+    pub keep_hashes: bool,
+}
+
+impl RepeatCheck {
+    /// Whether the part's IDs need hashing at all (not for a batch sent in one part).
+    pub(crate) fn needs_hashes(self) -> bool {
+        self.against_earlier || self.keep_hashes
+    }
+}
+
+pub(crate) fn repeat_check(batch: &Batch, part: &NewPart) -> RepeatCheck {
+    RepeatCheck {
+        against_earlier: batch.received_items > 0,
+        keep_hashes: !completes_batch(batch, part),
+    }
+}
+
 /// Whether every item of a batch has a terminal status: every chunk is counted, and no part
 /// is still to come (all arrived, or the batch is cancelled, which counts the missing ones).
 pub(crate) fn is_settled(batch: &Batch, cancel_requested: bool) -> bool {
@@ -311,6 +334,31 @@ mod tests {
         let beyond = part(6, 2, 2, &["c", "d", "e", "f", "g"]);
         let outcome = refusal(judge_part(&full, false, None, &beyond, &beyond.digest()));
         assert!(matches!(outcome, AppendOutcome::Rejected(reason) if reason.contains("5 more")));
+    }
+
+    #[test]
+    fn only_a_batch_sent_in_several_parts_hashes_its_ids() {
+        let whole = repeat_check(&batch(2, 0, 0, 0), &part(2, 2, 1, &["a", "b"]));
+        assert!(
+            !whole.needs_hashes(),
+            "one part: nothing before it, nothing after"
+        );
+        let first = repeat_check(&batch(4, 0, 0, 0), &part(4, 2, 1, &["a", "b"]));
+        assert_eq!(
+            first,
+            RepeatCheck {
+                against_earlier: false,
+                keep_hashes: true
+            }
+        );
+        let last = repeat_check(&batch(4, 2, 1, 0), &part(4, 2, 2, &["c", "d"]));
+        assert_eq!(
+            last,
+            RepeatCheck {
+                against_earlier: true,
+                keep_hashes: false
+            }
+        );
     }
 
     #[test]

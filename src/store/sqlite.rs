@@ -465,14 +465,17 @@ fn append_part(conn: &Connection, part: &NewPart) -> Result<AppendOutcome, Store
         PartVerdict::Store => {}
     }
 
-    let index = PartIndex::new(&part.items);
-    if let Some(refusal) = find_repeated_item(conn, row.seq, part, &index)? {
-        return Ok(refusal);
+    let check = rules::repeat_check(&row.batch, part);
+    let index = check.needs_hashes().then(|| PartIndex::new(&part.items));
+    if let Some(index) = index.as_ref().filter(|_| check.against_earlier) {
+        if let Some(refusal) = find_repeated_item(conn, row.seq, part, index)? {
+            return Ok(refusal);
+        }
     }
     let item_count = part.items.len() as u64;
     let first_chunk = row.batch.total_chunks;
     let chunk_count = part.chunk_count();
-    store_part_hashes(conn, row.seq, part, &row.batch, &index)?;
+    store_part_hashes(conn, row.seq, part, index.filter(|_| check.keep_hashes))?;
     conn.prepare_cached(
         "INSERT INTO parts (batch_seq, part_number, digest, first_chunk, chunk_count, item_count) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -605,24 +608,24 @@ fn find_repeated_item(
     Ok(None)
 }
 
-/// Keeps a part's ID hashes for checking later parts, unless this part completes its batch (no
-/// part can follow it); the batch's hashes are dropped once it holds every item.
+/// Keeps a part's ID hashes for checking later parts; without them (the part completes its
+/// batch, so none can follow) drops the batch's hashes.
 fn store_part_hashes(
     conn: &Connection,
     seq: i64,
     part: &NewPart,
-    batch: &Batch,
-    index: &PartIndex,
+    kept: Option<PartIndex>,
 ) -> Result<(), StoreError> {
-    if rules::completes_batch(batch, part) {
-        conn.prepare_cached("DELETE FROM part_id_hashes WHERE batch_seq = ?1")?
-            .execute([seq])?;
-    } else {
-        conn.prepare_cached(
-            "INSERT INTO part_id_hashes (batch_seq, part_number, hashes) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(params![seq, part.part_number, index.blob()])?;
-    }
+    match kept {
+        Some(index) => conn
+            .prepare_cached(
+                "INSERT INTO part_id_hashes (batch_seq, part_number, hashes) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![seq, part.part_number, index.blob()])?,
+        None => conn
+            .prepare_cached("DELETE FROM part_id_hashes WHERE batch_seq = ?1")?
+            .execute([seq])?,
+    };
     Ok(())
 }
 

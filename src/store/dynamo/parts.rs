@@ -40,7 +40,7 @@ impl DynamoStore {
     /// `BatchStore::append_part`.
     pub(super) async fn store_part(&self, part: &NewPart) -> Result<AppendOutcome, StoreError> {
         let digest = part.digest();
-        let index = PartIndex::new(&part.items);
+        let mut index: Option<PartIndex> = None;
         for _ in 0..OPTIMISTIC_ATTEMPTS {
             let record = self.create_or_load_batch(part).await?;
             let stored = self
@@ -57,12 +57,19 @@ impl DynamoStore {
                 }
                 PartVerdict::Store => {}
             }
-            if let Some(refusal) = self.find_repeated_item(part, &index).await? {
-                return Ok(refusal);
+            let check = rules::repeat_check(batch, part);
+            if check.needs_hashes() && index.is_none() {
+                index = Some(PartIndex::new(&part.items));
+            }
+            if let Some(index) = index.as_ref().filter(|_| check.against_earlier) {
+                if let Some(refusal) = self.find_repeated_item(part, index).await? {
+                    return Ok(refusal);
+                }
             }
             let first_chunk = batch.total_chunks;
             let now = Timestamp::now();
-            if !self.reserve(part, &record, &digest, &index, now).await? {
+            let kept = index.as_ref().filter(|_| check.keep_hashes);
+            if !self.reserve(part, &record, &digest, kept, now).await? {
                 continue;
             }
             self.write_chunks(part, first_chunk, ChunkWrite::Fresh)
@@ -111,15 +118,15 @@ impl DynamoStore {
         })
     }
 
-    /// Reserves the part, its chunk range and (unless it completes the batch) its ID hashes in
-    /// one transaction, on the condition that no other part or cancel changed the batch since
-    /// it was read; false when one did.
+    /// Reserves the part, its chunk range and the ID hashes `kept` (none for the part that
+    /// completes the batch: no part can follow it) in one transaction, on the condition that
+    /// no other part or cancel changed the batch since it was read; false when one did.
     async fn reserve(
         &self,
         part: &NewPart,
         record: &BatchRecord,
         digest: &str,
-        index: &PartIndex,
+        kept: Option<&PartIndex>,
         now: Timestamp,
     ) -> Result<bool, StoreError> {
         let batch = &record.batch;
@@ -161,8 +168,7 @@ impl DynamoStore {
             TransactWriteItem::builder().update(update_batch).build(),
         ];
         let mut units = 2;
-        // No part can follow the one that completes the batch: its hashes are not kept.
-        if !rules::completes_batch(batch, part) {
+        if let Some(index) = kept {
             for segment in hash_segments(part, index) {
                 units += write_units(&segment);
                 let put = Put::builder()
