@@ -611,3 +611,228 @@ async fn the_server_serves_health_and_accepts_a_hundred_thousand_items_in_one_ca
     let batch = test.wait_terminal("large").await;
     assert_eq!(batch.succeeded_items, 100_000);
 }
+
+/// Succeeded + failed + cancelled + pending, which must equal the total exactly.
+fn accounted_items(batch: &pb::Batch) -> u64 {
+    batch.succeeded_items + batch.failed_items + batch.cancelled_items + batch.pending_items
+}
+
+#[tokio::test]
+async fn concurrent_cancels_from_several_clients_count_every_item_once() {
+    let gate = Arc::new(Gate {
+        entered: AtomicUsize::new(0),
+        release: tokio::sync::Semaphore::new(0),
+    });
+    let mut test = spawn_app_with(Tasks {
+        task2: Arc::new(SharedGate(Arc::clone(&gate))),
+        ..Tasks::default()
+    })
+    .await;
+    // 500 items expected, 200 received at batch size 1: 300 never arrive.
+    test.client
+        .append_batch_items(pb::AppendBatchItemsRequest {
+            batch_id: "cancel-race".into(),
+            total_items: 500,
+            batch_size: 1,
+            part_number: 1,
+            item_ids: uuids(200),
+        })
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + BATCH_DEADLINE;
+    while gate.entered.load(Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "chunks never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let mut cancels = Vec::new();
+    for _ in 0..10 {
+        let mut client = connect(test.app.grpc_addr).await;
+        cancels.push(tokio::spawn(async move {
+            client
+                .cancel_batch(pb::CancelBatchRequest {
+                    batch_id: "cancel-race".into(),
+                })
+                .await
+                .map(|response| response.into_inner().batch.unwrap())
+        }));
+    }
+    for cancel in cancels {
+        match cancel.await.unwrap() {
+            Ok(batch) => assert_eq!(accounted_items(&batch), 500, "{batch:?}"),
+            Err(status) => assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}"),
+        }
+    }
+    let cancelled = test.status("cancel-race").await;
+    assert_eq!(accounted_items(&cancelled), 500, "{cancelled:?}");
+    assert!(cancelled.cancelled_items >= 300, "{cancelled:?}");
+
+    gate.release.add_permits(1000);
+    let batch = test.wait_terminal("cancel-race").await;
+    assert_eq!(batch.status(), pb::BatchStatus::Cancelled);
+    assert_eq!(batch.pending_items, 0);
+    assert_eq!(
+        batch.succeeded_items + batch.failed_items + batch.cancelled_items,
+        500,
+        "{batch:?}"
+    );
+    assert_eq!(batch.completed_chunks, 200);
+    let entered = gate.entered.load(Ordering::SeqCst) as u64;
+    assert_eq!(batch.succeeded_items, entered);
+}
+
+#[tokio::test]
+async fn a_cancelled_batch_lists_every_received_item_without_a_filter() {
+    let gate = Arc::new(Gate {
+        entered: AtomicUsize::new(0),
+        release: tokio::sync::Semaphore::new(0),
+    });
+    let mut test = spawn_app_with(Tasks {
+        task2: Arc::new(SharedGate(Arc::clone(&gate))),
+        ..Tasks::default()
+    })
+    .await;
+    let ids = uuids(2000);
+    test.client
+        .append_batch_items(pb::AppendBatchItemsRequest {
+            batch_id: "cancelled-listing".into(),
+            total_items: 2500,
+            batch_size: 1,
+            part_number: 1,
+            item_ids: ids.clone(),
+        })
+        .await
+        .unwrap();
+    test.client
+        .cancel_batch(pb::CancelBatchRequest {
+            batch_id: "cancelled-listing".into(),
+        })
+        .await
+        .unwrap();
+    gate.release.add_permits(10_000);
+    let batch = test.wait_terminal("cancelled-listing").await;
+    assert_eq!(batch.status(), pb::BatchStatus::Cancelled);
+
+    let listed = test
+        .all_items("cancelled-listing", pb::ItemStatus::Unspecified)
+        .await;
+    let listed_ids: Vec<&str> = listed.iter().map(|item| item.item_id.as_str()).collect();
+    assert_eq!(
+        listed_ids,
+        ids.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    let count = |status: pb::ItemStatus| {
+        listed.iter().filter(|item| item.status() == status).count() as u64
+    };
+    assert_eq!(count(pb::ItemStatus::Succeeded), batch.succeeded_items);
+    // The 500 items never received are counted as cancelled, not listed.
+    assert_eq!(
+        count(pb::ItemStatus::Cancelled),
+        batch.cancelled_items - 500
+    );
+    assert_eq!(count(pb::ItemStatus::Pending), 0);
+}
+
+#[tokio::test]
+async fn a_page_token_with_a_chunk_past_two_to_the_63_is_invalid_argument() {
+    let mut test = spawn_app().await;
+    test.client
+        .submit_batch(submit("huge-token", uuids(3), 1))
+        .await
+        .unwrap();
+    for chunk in ["9223372036854775808", "18446744073709551615"] {
+        let status = test
+            .client
+            .list_batch_items(pb::ListBatchItemsRequest {
+                batch_id: "huge-token".into(),
+                status: 0,
+                page_size: 10,
+                page_token: hex::encode(format!("items:huge-token:{chunk}:0")),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("page_token"), "{status:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_part_repeating_an_item_of_an_earlier_part_is_already_exists_and_writes_nothing() {
+    let mut test = spawn_app().await;
+    let ids = uuids(40);
+    let part = |number: u64, items: Vec<String>| pb::AppendBatchItemsRequest {
+        batch_id: "repeats".into(),
+        total_items: 60,
+        batch_size: 10,
+        part_number: number,
+        item_ids: items,
+    };
+    test.client
+        .append_batch_items(part(1, ids[..20].to_vec()))
+        .await
+        .unwrap();
+    // Part 1's chunks run to the end first, so that nothing but the refused part could change
+    // the database.
+    let deadline = std::time::Instant::now() + BATCH_DEADLINE;
+    let mut before = database_fingerprint(&test.db);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "part 1 never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = database_fingerprint(&test.db);
+        if now == before && test.status("repeats").await.completed_chunks == 2 {
+            break;
+        }
+        before = now;
+    }
+    let mut second = ids[20..40].to_vec();
+    second[7] = ids[3].clone();
+    let status = test
+        .client
+        .append_batch_items(part(2, second))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert!(status.message().contains(&ids[3]), "{status:?}");
+    assert!(status.message().contains("part 1"), "{status:?}");
+    assert_eq!(database_fingerprint(&test.db), before);
+
+    test.client
+        .append_batch_items(part(2, ids[20..40].to_vec()))
+        .await
+        .unwrap();
+    test.client
+        .append_batch_items(part(3, uuids(20)))
+        .await
+        .unwrap();
+    let batch = test.wait_terminal("repeats").await;
+    assert_eq!(batch.succeeded_items, 60);
+    let listed = test.all_items("repeats", pb::ItemStatus::Unspecified).await;
+    assert_eq!(listed.len(), 60);
+}
+
+#[tokio::test]
+async fn the_same_batch_with_another_batch_size_is_already_exists_naming_batch_size() {
+    let mut test = spawn_app().await;
+    let ids = uuids(12);
+    test.client
+        .submit_batch(submit("sized", ids.clone(), 4))
+        .await
+        .unwrap();
+    test.wait_terminal("sized").await;
+    let before = database_fingerprint(&test.db);
+    let status = test
+        .client
+        .submit_batch(submit("sized", ids.clone(), 5))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert!(status.message().contains("batch_size"), "{status:?}");
+    assert_eq!(database_fingerprint(&test.db), before);
+    let again = test
+        .client
+        .submit_batch(submit("sized", ids, 4))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.created);
+}

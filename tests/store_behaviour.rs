@@ -3,11 +3,16 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use aws_sdk_dynamodb::types::AttributeValue;
 
 use batch_manager::domain::{
     parse_item_ids, BatchId, BatchSize, BatchStatus, ItemOutcome, ItemStatus, NewPart,
 };
+use batch_manager::store::codec::SKIPPED_CHUNKS_PER_PAGE;
+use batch_manager::store::dynamo::{DynamoStore, DynamoTables};
 use batch_manager::store::sqlite::SqliteStore;
 use batch_manager::store::{
     AppendOutcome, BatchQuery, BatchStore, CancelOutcome, ChunkClaim, ItemQuery, ListError,
@@ -522,6 +527,327 @@ async fn unknown_batches_and_chunks_are_reported_as_such(store: Arc<dyn BatchSto
     assert_eq!(loaded.items.len(), 1);
 }
 
+/// Succeeded + failed + cancelled, which must never exceed the total (pending is what is left).
+fn settled_items(batch: &batch_manager::domain::Batch) -> u64 {
+    batch.succeeded_items + batch.failed_items + batch.cancelled_items
+}
+
+async fn concurrent_cancels_count_the_items_never_received_once(store: Arc<dyn BatchStore>) {
+    // 60 items expected, 24 received at batch size 1: chunks 0-3 are running, and claims of
+    // chunks 4-7 race with ten cancels.
+    let ids: Vec<String> = (0..24).map(|i| format!("k{i:02}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    created_chunks(
+        store
+            .append_part(&part("k", 60, 1, 1, &refs))
+            .await
+            .unwrap(),
+    );
+    for chunk in 0..4 {
+        process(&*store, "k", chunk).await;
+    }
+    let cancels: Vec<_> = (0..10)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.cancel_batch(&id("k")).await.unwrap() })
+        })
+        .collect();
+    let claims: Vec<_> = (4..8)
+        .map(|chunk| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { (chunk, store.claim_chunk(&id("k"), chunk).await.unwrap()) })
+        })
+        .collect();
+    for cancel in cancels {
+        let CancelOutcome::Cancelled(batch) = cancel.await.unwrap() else {
+            panic!("not cancelled");
+        };
+        assert!(settled_items(&batch) <= batch.total_items, "{batch:?}");
+    }
+    let mut running: Vec<u64> = (0..4).collect();
+    for claim in claims {
+        if let (chunk, ChunkClaim::Active(_)) = claim.await.unwrap() {
+            running.push(chunk);
+        }
+    }
+    let in_flight = running.len() as u64;
+    let batch = store.get_batch(&id("k")).await.unwrap().unwrap();
+    assert_eq!(batch.status, BatchStatus::Running);
+    assert_eq!(batch.cancelled_items, 60 - in_flight, "{batch:?}");
+    assert_eq!(batch.completed_chunks, 24 - in_flight);
+
+    // Back to back, after the race: nothing more to count.
+    for _ in 0..2 {
+        let CancelOutcome::Cancelled(again) = store.cancel_batch(&id("k")).await.unwrap() else {
+            panic!("not cancelled");
+        };
+        assert_eq!(again.cancelled_items, 60 - in_flight);
+    }
+    for &chunk in &running {
+        if chunk >= 4 {
+            process(&*store, "k", chunk).await;
+        }
+        store.record_chunk(&id("k"), chunk, None).await.unwrap();
+    }
+    let done = store.get_batch(&id("k")).await.unwrap().unwrap();
+    assert_eq!(done.status, BatchStatus::Cancelled);
+    assert_eq!(done.succeeded_items, in_flight);
+    assert_eq!(done.cancelled_items, 60 - in_flight);
+    assert_eq!(settled_items(&done), done.total_items);
+    assert_eq!(done.completed_chunks, done.total_chunks);
+}
+
+/// Every item of a batch through `ListBatchItems` pages of `page_size`, following the tokens.
+async fn list_all(
+    store: &dyn BatchStore,
+    batch: &str,
+    status: Option<ItemStatus>,
+    page_size: u32,
+) -> Vec<(String, ItemStatus)> {
+    let mut listed = Vec::new();
+    let mut token = None;
+    for _ in 0..10_000 {
+        let page = store
+            .list_items(&ItemQuery {
+                batch_id: id(batch),
+                status,
+                page_size,
+                page_token: token,
+            })
+            .await
+            .unwrap();
+        listed.extend(
+            page.entries
+                .into_iter()
+                .map(|item| (item.item_id.into_string(), item.status)),
+        );
+        match page.next_page_token {
+            Some(next) => token = Some(next),
+            None => return listed,
+        }
+    }
+    panic!("listing {batch} never ended");
+}
+
+async fn the_unfiltered_listing_of_a_cancelled_batch_shows_every_received_item(
+    store: Arc<dyn BatchStore>,
+) {
+    let ids: Vec<String> = (0..12).map(|i| format!("u{i:02}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    created_chunks(
+        store
+            .append_part(&part("u", 30, 1, 1, &refs))
+            .await
+            .unwrap(),
+    );
+    process(&*store, "u", 0).await;
+    store.record_chunk(&id("u"), 0, None).await.unwrap();
+    process(&*store, "u", 1).await;
+    store.cancel_batch(&id("u")).await.unwrap();
+    store.record_chunk(&id("u"), 1, None).await.unwrap();
+    let batch = store.get_batch(&id("u")).await.unwrap().unwrap();
+    assert_eq!(batch.status, BatchStatus::Cancelled);
+    assert_eq!((batch.succeeded_items, batch.cancelled_items), (2, 28));
+
+    for page_size in [1, 5, 100] {
+        let listed = list_all(&*store, "u", None, page_size).await;
+        let expected: Vec<(String, ItemStatus)> = ids
+            .iter()
+            .enumerate()
+            .map(|(position, item)| {
+                let status = if position < 2 {
+                    ItemStatus::Succeeded
+                } else {
+                    ItemStatus::Cancelled
+                };
+                (item.clone(), status)
+            })
+            .collect();
+        assert_eq!(listed, expected, "page size {page_size}");
+    }
+    // The 18 items never received are counted as cancelled but have no ID to list.
+    let cancelled = list_all(&*store, "u", Some(ItemStatus::Cancelled), 100).await;
+    assert_eq!(cancelled.len() as u64, batch.cancelled_items - 18);
+}
+
+async fn a_page_token_past_the_largest_chunk_number_is_a_bad_token(store: Arc<dyn BatchStore>) {
+    created_chunks(
+        store
+            .append_part(&part("t", 3, 1, 1, &["a", "b", "c"]))
+            .await
+            .unwrap(),
+    );
+    for chunk in [
+        "9223372036854775808",
+        "18446744073709551615",
+        "18446744073709551616",
+    ] {
+        let token = hex::encode(format!("items:t:{chunk}:0"));
+        let listed = store
+            .list_items(&ItemQuery {
+                batch_id: id("t"),
+                status: None,
+                page_size: 10,
+                page_token: Some(token),
+            })
+            .await;
+        assert!(
+            matches!(listed, Err(ListError::BadPageToken(_))),
+            "chunk {chunk}: {listed:?}"
+        );
+    }
+    let last = hex::encode("items:t:9223372036854775807:0");
+    let page = store
+        .list_items(&ItemQuery {
+            batch_id: id("t"),
+            status: None,
+            page_size: 10,
+            page_token: Some(last),
+        })
+        .await
+        .unwrap();
+    assert!(page.entries.is_empty());
+    assert_eq!(page.next_page_token, None);
+}
+
+async fn a_part_repeating_an_id_of_an_earlier_part_is_a_conflict_naming_both(
+    store: Arc<dyn BatchStore>,
+) {
+    let first: Vec<String> = (0..3000).map(|i| format!("first-{i}")).collect();
+    let second: Vec<String> = (0..3000).map(|i| format!("second-{i}")).collect();
+    let first_refs: Vec<&str> = first.iter().map(String::as_str).collect();
+    let second_refs: Vec<&str> = second.iter().map(String::as_str).collect();
+    created_chunks(
+        store
+            .append_part(&part("d", 9000, 100, 1, &first_refs))
+            .await
+            .unwrap(),
+    );
+    created_chunks(
+        store
+            .append_part(&part("d", 9000, 100, 2, &second_refs))
+            .await
+            .unwrap(),
+    );
+    let before = store.get_batch(&id("d")).await.unwrap().unwrap();
+
+    // Part 3 repeats one ID of part 1, near its end, among fresh IDs.
+    let mut third: Vec<String> = (0..3000).map(|i| format!("third-{i}")).collect();
+    third[2500] = "first-2999".to_owned();
+    let third_refs: Vec<&str> = third.iter().map(String::as_str).collect();
+    match store
+        .append_part(&part("d", 9000, 100, 3, &third_refs))
+        .await
+        .unwrap()
+    {
+        AppendOutcome::Conflict(reason) => {
+            assert!(reason.contains("\"first-2999\""), "{reason}");
+            assert!(reason.contains("index 2500 in part 3"), "{reason}");
+            assert!(reason.contains("already in part 1"), "{reason}");
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let after = store.get_batch(&id("d")).await.unwrap().unwrap();
+    assert_eq!(after, before, "a refused part writes nothing");
+
+    // The same part number with fresh IDs is stored, and completes the batch.
+    third[2500] = "third-2500".to_owned();
+    let third_refs: Vec<&str> = third.iter().map(String::as_str).collect();
+    created_chunks(
+        store
+            .append_part(&part("d", 9000, 100, 3, &third_refs))
+            .await
+            .unwrap(),
+    );
+    let full = store.get_batch(&id("d")).await.unwrap().unwrap();
+    assert_eq!(full.received_items, 9000);
+    let listed = list_all(&*store, "d", None, 10_000).await;
+    let mut unique: Vec<&str> = listed.iter().map(|(item, _)| item.as_str()).collect();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), 9000, "every ID listed once");
+}
+
+async fn a_part_with_another_batch_size_is_a_conflict_naming_batch_size(
+    store: Arc<dyn BatchStore>,
+) {
+    created_chunks(
+        store
+            .append_part(&part("z", 4, 2, 1, &["a", "b"]))
+            .await
+            .unwrap(),
+    );
+    for (number, ids) in [(1, ["a", "b"]), (2, ["c", "d"])] {
+        match store
+            .append_part(&part("z", 4, 3, number, &ids))
+            .await
+            .unwrap()
+        {
+            AppendOutcome::Conflict(reason) => {
+                assert!(reason.contains("batch_size 2, not 3"), "{reason}")
+            }
+            other => panic!("part {number}: expected a conflict, got {other:?}"),
+        }
+    }
+    let batch = store.get_batch(&id("z")).await.unwrap().unwrap();
+    assert_eq!(
+        (batch.batch_size, batch.received_items, batch.total_chunks),
+        (2, 2, 1)
+    );
+}
+
+async fn a_filtered_listing_examines_a_bounded_number_of_chunks_per_call(
+    store: Arc<dyn BatchStore>,
+) {
+    let chunks = SKIPPED_CHUNKS_PER_PAGE + 76;
+    let ids: Vec<String> = (0..chunks).map(|i| format!("s{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    created_chunks(
+        store
+            .append_part(&part("s", chunks, 1, 1, &refs))
+            .await
+            .unwrap(),
+    );
+    let last = chunks - 1;
+    store.claim_chunk(&id("s"), last).await.unwrap();
+    store
+        .save_outcomes(
+            &id("s"),
+            last,
+            &[(0, ItemOutcome::Failed("late".into()))],
+            1,
+        )
+        .await
+        .unwrap();
+    store.record_chunk(&id("s"), last, None).await.unwrap();
+
+    // Nothing failed among the chunks the first call may examine: an empty page, not the end.
+    let first = store
+        .list_items(&ItemQuery {
+            batch_id: id("s"),
+            status: Some(ItemStatus::Failed),
+            page_size: 10,
+            page_token: None,
+        })
+        .await
+        .unwrap();
+    assert!(first.entries.is_empty(), "{first:?}");
+    assert!(first.next_page_token.is_some());
+    assert_eq!(
+        list_all(&*store, "s", Some(ItemStatus::Failed), 10).await,
+        vec![(format!("s{last}"), ItemStatus::Failed)]
+    );
+    assert_eq!(
+        list_all(&*store, "s", Some(ItemStatus::Pending), 10_000)
+            .await
+            .len() as u64,
+        chunks - 1
+    );
+    let everything = list_all(&*store, "s", None, 300).await;
+    let listed: Vec<&str> = everything.iter().map(|(item, _)| item.as_str()).collect();
+    assert_eq!(listed, refs);
+}
+
 macro_rules! both_backends {
     ($($behaviour:ident),* $(,)?) => {
         mod sqlite {
@@ -555,4 +881,154 @@ both_backends!(
     items_page_in_order_and_filter_by_status,
     batches_list_newest_first_by_status_in_pages,
     unknown_batches_and_chunks_are_reported_as_such,
+    concurrent_cancels_count_the_items_never_received_once,
+    the_unfiltered_listing_of_a_cancelled_batch_shows_every_received_item,
+    a_page_token_past_the_largest_chunk_number_is_a_bad_token,
+    a_part_repeating_an_id_of_an_earlier_part_is_a_conflict_naming_both,
+    a_part_with_another_batch_size_is_a_conflict_naming_batch_size,
+    a_filtered_listing_examines_a_bounded_number_of_chunks_per_call,
 );
+
+/// A DynamoDB store on fresh tables, with a raw client on them and the request table's name.
+async fn dynamo_store_and_client() -> (Arc<dyn BatchStore>, aws_sdk_dynamodb::Client, String) {
+    let endpoint = moto::moto_endpoint().await;
+    let client = aws_sdk_dynamodb::Client::new(&moto::sdk_config(&endpoint).await);
+    let (batch_table, request_table) = moto::table_names("resume");
+    moto::create_tables(&client, &batch_table, &request_table).await;
+    let store = DynamoStore::new(
+        client.clone(),
+        DynamoTables {
+            batch_table,
+            request_table: request_table.clone(),
+        },
+    );
+    (Arc::new(store), client, request_table)
+}
+
+#[tokio::test]
+async fn dynamodb_resuming_an_interrupted_part_write_never_revives_a_cancelled_chunk() {
+    let (store, client, request_table) = dynamo_store_and_client().await;
+    created_chunks(
+        store
+            .append_part(&part("resumed", 20, 1, 1, &["a", "b", "c", "d"]))
+            .await
+            .unwrap(),
+    );
+    // As if the part's write had stopped before chunk 3 and before the part was marked written.
+    let key = |sk: String| {
+        HashMap::from([
+            ("batchId".to_owned(), AttributeValue::S("resumed".into())),
+            ("sk".to_owned(), AttributeValue::S(sk)),
+        ])
+    };
+    client
+        .update_item()
+        .table_name(&request_table)
+        .set_key(Some(key(format!("part#{:020}", 1))))
+        .update_expression("SET chunksWritten = :no")
+        .expression_attribute_values(":no", AttributeValue::Bool(false))
+        .send()
+        .await
+        .unwrap();
+    for sk in [format!("chunk#{:020}", 3), format!("chunk#{:020}#ids", 3)] {
+        client
+            .delete_item()
+            .table_name(&request_table)
+            .set_key(Some(key(sk)))
+            .send()
+            .await
+            .unwrap();
+    }
+    let CancelOutcome::Cancelled(cancelled) = store.cancel_batch(&id("resumed")).await.unwrap()
+    else {
+        panic!("not cancelled");
+    };
+    assert_eq!(cancelled.cancelled_items, 16 + 3);
+    assert_ne!(
+        cancelled.status,
+        BatchStatus::Cancelled,
+        "chunk 3 is unaccounted for"
+    );
+
+    // The client sends the part again: chunk 3 is written, chunks 0-2 stay cancelled.
+    assert_eq!(
+        created_chunks(
+            store
+                .append_part(&part("resumed", 20, 1, 1, &["a", "b", "c", "d"]))
+                .await
+                .unwrap()
+        ),
+        vec![0, 1, 2, 3]
+    );
+    for chunk in 0..4 {
+        assert_eq!(
+            store.claim_chunk(&id("resumed"), chunk).await.unwrap(),
+            ChunkClaim::Inactive
+        );
+    }
+    let batch = store.get_batch(&id("resumed")).await.unwrap().unwrap();
+    assert_eq!(batch.status, BatchStatus::Cancelled);
+    assert_eq!(batch.cancelled_items, 20);
+    assert_eq!(settled_items(&batch), batch.total_items);
+    assert_eq!(batch.completed_chunks, batch.total_chunks);
+}
+
+/// Intake of 1,000,000 UUIDs in 20 parts of 50,000 on SQLite (every part checked for IDs
+/// repeated from the earlier ones), and a failed-items listing that matches nothing, paged to
+/// the end. Run: `cargo test --release --test store_behaviour figures -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn sqlite_intake_and_listing_figures() {
+    let (store, _directory) = sqlite_store().await;
+    let parts: Vec<NewPart> = (1..=20)
+        .map(|number| {
+            let ids = (0..50_000)
+                .map(|_| uuid::Uuid::new_v4().to_string())
+                .collect();
+            NewPart::new(
+                id("figures"),
+                1_000_000,
+                BatchSize::parse(100, "batch_size").unwrap(),
+                number,
+                parse_item_ids(ids, "item_ids").unwrap(),
+                "total_items",
+                "part_number",
+            )
+            .unwrap()
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    for part in &parts {
+        created_chunks(store.append_part(part).await.unwrap());
+    }
+    let intake = started.elapsed().as_secs_f64();
+    println!(
+        "intake: 1,000,000 items in 20 parts of 50,000 in {intake:.3} s ({:.0} items/s)",
+        1e6 / intake
+    );
+    let started = std::time::Instant::now();
+    let mut calls = 0;
+    let mut token = None;
+    loop {
+        calls += 1;
+        let page = store
+            .list_items(&ItemQuery {
+                batch_id: id("figures"),
+                status: Some(ItemStatus::Failed),
+                page_size: 100,
+                page_token: token,
+            })
+            .await
+            .unwrap();
+        match page.next_page_token {
+            Some(next) => token = Some(next),
+            None => break,
+        }
+    }
+    let listing = started.elapsed().as_secs_f64();
+    println!(
+        "failed-items listing over 10,000 chunks matching nothing: {calls} calls, {listing:.3} s \
+         ({:.2} ms per call)",
+        listing * 1000.0 / f64::from(calls)
+    );
+}

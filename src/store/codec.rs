@@ -11,6 +11,9 @@ pub const PENDING: u8 = b'P';
 pub const SUCCEEDED: u8 = b'S';
 pub const FAILED: u8 = b'F';
 
+/// The largest chunk number a batch can hold (SQLite stores it as a signed 64-bit integer).
+pub(crate) const MAX_CHUNK: u64 = i64::MAX as u64;
+
 /// Message given to items whose chunk was recorded with no outcome and no task error.
 pub const NO_OUTCOME_MESSAGE: &str = "no task outcome was recorded for this item";
 
@@ -171,26 +174,30 @@ pub fn decode_token(token: &str, prefix: &str) -> Result<String, BadPageToken> {
         .ok_or(BadPageToken)
 }
 
-/// Collects one page of `ListBatchItems` from chunks fed in order.
+/// Most chunks one `ListBatchItems` call examines without finding an item for its page.
+pub const SKIPPED_CHUNKS_PER_PAGE: u64 = 1024;
+/// Most items one `ListBatchItems` call examines without finding one for its page.
+pub const SKIPPED_ITEMS_PER_PAGE: u64 = 32_768;
+
+/// Collects one page of `ListBatchItems` from chunks fed in order. The work of a call is
+/// bounded: once it has examined [`SKIPPED_CHUNKS_PER_PAGE`] chunks or
+/// [`SKIPPED_ITEMS_PER_PAGE`] items that gave the page nothing, it stops with a short (even
+/// empty) page and a token to go on from, so a filter that matches little cannot keep a store
+/// busy for a whole batch.
 pub struct ItemPager<'a> {
     query: &'a ItemQuery,
     /// First chunk to read, and the position in it to start at.
     pub start_chunk: u64,
     start_offset: usize,
     entries: Vec<ItemRecord>,
+    skipped_chunks: u64,
+    skipped_items: u64,
 }
 
 impl<'a> ItemPager<'a> {
     pub fn new(query: &'a ItemQuery) -> Result<Self, BadPageToken> {
         let (start_chunk, start_offset) = match &query.page_token {
-            Some(token) => {
-                let position = decode_token(token, &format!("items:{}:", query.batch_id))?;
-                let (chunk, offset) = position.split_once(':').ok_or(BadPageToken)?;
-                (
-                    chunk.parse().map_err(|_| BadPageToken)?,
-                    offset.parse().map_err(|_| BadPageToken)?,
-                )
-            }
+            Some(token) => decode_item_position(token, &query.batch_id)?,
             None => (0, 0),
         };
         Ok(Self {
@@ -198,17 +205,36 @@ impl<'a> ItemPager<'a> {
             start_chunk,
             start_offset,
             entries: Vec::new(),
+            skipped_chunks: 0,
+            skipped_items: 0,
         })
     }
 
-    /// Whether a chunk can hold items the query wants, judged from its stage and failure count.
-    pub fn may_match(&self, stage: ChunkStage, failed_count: u64) -> bool {
+    /// Whether a chunk can hold items the query wants, judged from its stage and counts.
+    pub fn may_match(&self, stage: ChunkStage, item_count: u64, failed_count: u64) -> bool {
         match self.query.status {
-            None | Some(ItemStatus::Succeeded) => stage != ChunkStage::Cancelled,
+            None => true,
+            Some(ItemStatus::Succeeded) => {
+                stage == ChunkStage::Recorded && failed_count < item_count
+            }
             Some(ItemStatus::Failed) => stage == ChunkStage::Recorded && failed_count > 0,
             Some(ItemStatus::Pending) => matches!(stage, ChunkStage::Pending | ChunkStage::Started),
             Some(ItemStatus::Cancelled) => stage == ChunkStage::Cancelled,
         }
+    }
+
+    /// Counts a chunk examined that gave the page nothing.
+    pub(crate) fn skip(&mut self, item_count: u64) {
+        self.skipped_chunks += 1;
+        self.skipped_items += item_count;
+    }
+
+    /// Whether this call should stop after the chunk just fed: its page is full, or it has
+    /// examined all it may.
+    pub(crate) fn is_spent(&self) -> bool {
+        self.entries.len() == self.query.page_size as usize
+            || self.skipped_chunks >= SKIPPED_CHUNKS_PER_PAGE
+            || self.skipped_items >= SKIPPED_ITEMS_PER_PAGE
     }
 
     /// Adds a chunk's items; returns the page once it is full.
@@ -223,13 +249,12 @@ impl<'a> ItemPager<'a> {
         } else {
             0
         };
+        let listed_before = self.entries.len();
         for (position, id) in split_ids(item_ids).enumerate().skip(skip) {
             if self.entries.len() == self.query.page_size as usize {
-                let token =
-                    encode_token(&format!("items:{}:{index}:{position}", self.query.batch_id));
                 return Some(Page {
                     entries: std::mem::take(&mut self.entries),
-                    next_page_token: Some(token),
+                    next_page_token: Some(self.token(index, position)),
                 });
             }
             let state = outcomes.visible_state(position);
@@ -252,7 +277,22 @@ impl<'a> ItemPager<'a> {
                 chunk: index,
             });
         }
+        if self.entries.len() == listed_before {
+            self.skip(outcomes.states.len() as u64);
+        }
         None
+    }
+
+    /// The page so far, to go on from `next_chunk`; the last page when no chunk is left.
+    pub(crate) fn stop_before(self, next_chunk: u64, total_chunks: u64) -> Page<ItemRecord> {
+        if next_chunk >= total_chunks {
+            return self.finish();
+        }
+        let token = self.token(next_chunk, 0);
+        Page {
+            entries: self.entries,
+            next_page_token: Some(token),
+        }
     }
 
     /// The last page.
@@ -261,5 +301,316 @@ impl<'a> ItemPager<'a> {
             entries: self.entries,
             next_page_token: None,
         }
+    }
+
+    fn token(&self, chunk: u64, position: usize) -> String {
+        encode_token(&format!("items:{}:{chunk}:{position}", self.query.batch_id))
+    }
+}
+
+/// The (chunk, position in it) an items page token points at.
+fn decode_item_position(token: &str, batch_id: &BatchId) -> Result<(u64, usize), BadPageToken> {
+    let position = decode_token(token, &format!("items:{batch_id}:"))?;
+    let (chunk, offset) = position.split_once(':').ok_or(BadPageToken)?;
+    let chunk: u64 = chunk.parse().map_err(|_| BadPageToken)?;
+    // Chunk numbers are stored as signed 64-bit integers; no token this service issues points
+    // past them.
+    if chunk > MAX_CHUNK {
+        return Err(BadPageToken);
+    }
+    Ok((chunk, offset.parse().map_err(|_| BadPageToken)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(count: usize) -> String {
+        (0..count)
+            .map(|i| format!("id-{i}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn query(status: Option<ItemStatus>, page_size: u32, page_token: Option<String>) -> ItemQuery {
+        ItemQuery {
+            batch_id: BatchId::parse("b").unwrap(),
+            status,
+            page_size,
+            page_token,
+        }
+    }
+
+    fn recorded(states: &str) -> ChunkOutcomes {
+        let mut outcomes = ChunkOutcomes::new(states.len());
+        for (position, letter) in states.bytes().enumerate() {
+            match letter {
+                SUCCEEDED => outcomes.apply(position, &ItemOutcome::Succeeded),
+                FAILED => outcomes.apply(position, &ItemOutcome::Failed(format!("bad {position}"))),
+                _ => {}
+            }
+        }
+        outcomes.stage = ChunkStage::Recorded;
+        outcomes
+    }
+
+    fn listed(page: &Page<ItemRecord>) -> Vec<&str> {
+        page.entries
+            .iter()
+            .map(|item| item.item_id.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn chunk_outcomes_survive_encoding_and_decoding() {
+        let mut outcomes = ChunkOutcomes::new(4);
+        assert_eq!(outcomes.states_text(), "PPPP");
+        assert_eq!(outcomes.errors_json(), None);
+        outcomes.apply(1, &ItemOutcome::Failed("no \"quotes\" lost".into()));
+        outcomes.apply(2, &ItemOutcome::Succeeded);
+        outcomes.stage = ChunkStage::Started;
+        outcomes.attempts = 3;
+        let decoded = ChunkOutcomes::decode(
+            outcomes.stage.as_str(),
+            outcomes.states_text().to_owned(),
+            outcomes.errors_json().as_deref(),
+            outcomes.attempts,
+        )
+        .unwrap();
+        assert_eq!(decoded, outcomes);
+    }
+
+    #[test]
+    fn an_unknown_stage_or_unreadable_errors_are_corrupt() {
+        assert!(matches!(
+            ChunkOutcomes::decode("DONE", "P".into(), None, 0),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            ChunkOutcomes::decode("PENDING", "F".into(), Some("{not json"), 0),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn a_success_after_a_failure_clears_its_message() {
+        let mut outcomes = ChunkOutcomes::new(1);
+        outcomes.apply(0, &ItemOutcome::Failed("first try".into()));
+        outcomes.apply(0, &ItemOutcome::Succeeded);
+        assert_eq!(outcomes.errors_json(), None);
+        outcomes.apply(7, &ItemOutcome::Succeeded);
+        assert_eq!(
+            outcomes.states_text(),
+            "S",
+            "a position past the chunk is ignored"
+        );
+    }
+
+    #[test]
+    fn settling_fails_the_items_still_pending_and_records_the_chunk() {
+        let mut outcomes = ChunkOutcomes::new(3);
+        outcomes.apply(0, &ItemOutcome::Succeeded);
+        outcomes.settle("service down");
+        assert_eq!(outcomes.stage, ChunkStage::Recorded);
+        assert_eq!(outcomes.states_text(), "SFF");
+        assert_eq!((outcomes.count(SUCCEEDED), outcomes.count(FAILED)), (1, 2));
+        assert_eq!(
+            outcomes.item_state(2),
+            ItemState::Failed("service down".into())
+        );
+    }
+
+    #[test]
+    fn clients_see_outcomes_only_once_the_chunk_is_recorded() {
+        let mut outcomes = ChunkOutcomes::new(2);
+        outcomes.stage = ChunkStage::Started;
+        outcomes.apply(0, &ItemOutcome::Succeeded);
+        assert_eq!(outcomes.item_state(0), ItemState::Succeeded);
+        assert_eq!(outcomes.visible_state(0), ItemState::Pending);
+        outcomes.stage = ChunkStage::Recorded;
+        assert_eq!(outcomes.visible_state(0), ItemState::Succeeded);
+        outcomes.stage = ChunkStage::Cancelled;
+        assert_eq!(outcomes.visible_state(1), ItemState::Cancelled);
+    }
+
+    #[test]
+    fn a_failed_item_without_a_stored_message_gets_the_generic_one() {
+        let outcomes = ChunkOutcomes::decode("RECORDED", "F".into(), None, 1).expect("decodes");
+        assert_eq!(
+            outcomes.item_state(0),
+            ItemState::Failed(NO_OUTCOME_MESSAGE.into())
+        );
+    }
+
+    #[test]
+    fn ids_are_joined_by_newlines_and_split_back() {
+        let items: Vec<ItemId> = ["a", "b c", "d"]
+            .iter()
+            .map(|id| ItemId::from_trusted((*id).to_owned()))
+            .collect();
+        let joined = join_ids(&items);
+        assert_eq!(joined, "a\nb c\nd");
+        assert_eq!(
+            split_ids(&joined).collect::<Vec<_>>(),
+            vec!["a", "b c", "d"]
+        );
+        let chunk = ChunkOutcomes::new(3).into_chunk(BatchId::parse("b").unwrap(), 4, &joined);
+        assert_eq!(chunk.items, items);
+        assert_eq!(chunk.index, 4);
+        assert_eq!(chunk.states, vec![ItemState::Pending; 3]);
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_refuse_what_this_service_did_not_issue() {
+        let token = encode_token("items:b:3:7");
+        assert_eq!(decode_token(&token, "items:b:"), Ok("3:7".to_owned()));
+        assert_eq!(decode_token(&token, "batches:"), Err(BadPageToken));
+        assert_eq!(decode_token("zz", "items:"), Err(BadPageToken));
+        assert_eq!(
+            decode_token(&hex::encode([0xff, 0xfe]), ""),
+            Err(BadPageToken)
+        );
+    }
+
+    #[test]
+    fn an_items_token_must_name_this_batch_and_a_chunk_a_batch_can_hold() {
+        let token = |raw: &str| Some(encode_token(raw));
+        let resumed = query(None, 10, token("items:b:5:2"));
+        let pager = ItemPager::new(&resumed).unwrap();
+        assert_eq!((pager.start_chunk, pager.start_offset), (5, 2));
+        let max = format!("items:b:{MAX_CHUNK}:0");
+        assert_eq!(
+            ItemPager::new(&query(None, 10, token(&max)))
+                .unwrap()
+                .start_chunk,
+            MAX_CHUNK
+        );
+        for bad in [
+            "items:other:5:2",
+            "items:b:5",
+            "items:b:x:0",
+            "items:b:-1:0",
+            "items:b:9223372036854775808:0",
+            "items:b:18446744073709551616:0",
+        ] {
+            assert!(
+                ItemPager::new(&query(None, 10, token(bad))).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_full_page_points_at_the_next_item_and_the_next_page_starts_there() {
+        let all = ids(5);
+        let outcomes = recorded("SSSSS");
+        let first_query = query(None, 3, None);
+        let mut pager = ItemPager::new(&first_query).unwrap();
+        let first = pager.push(0, &outcomes, &all).expect("a full page");
+        assert_eq!(listed(&first), vec!["id-0", "id-1", "id-2"]);
+        let second_query = query(None, 3, first.next_page_token);
+        let mut pager = ItemPager::new(&second_query).unwrap();
+        assert!(pager.push(0, &outcomes, &all).is_none());
+        let last = pager.finish();
+        assert_eq!(listed(&last), vec!["id-3", "id-4"]);
+        assert_eq!(last.next_page_token, None);
+    }
+
+    #[test]
+    fn a_status_filter_lists_only_matching_items_with_their_messages() {
+        let failed = query(Some(ItemStatus::Failed), 10, None);
+        let mut pager = ItemPager::new(&failed).unwrap();
+        assert!(pager.push(2, &recorded("SFSF"), &ids(4)).is_none());
+        let page = pager.finish();
+        assert_eq!(listed(&page), vec!["id-1", "id-3"]);
+        assert_eq!(page.entries[0].error.as_deref(), Some("bad 1"));
+        assert_eq!(page.entries[0].chunk, 2);
+        assert!(page
+            .entries
+            .iter()
+            .all(|item| item.status == ItemStatus::Failed));
+    }
+
+    #[test]
+    fn which_chunks_may_hold_wanted_items() {
+        use ChunkStage::{Cancelled, Pending, Recorded, Started};
+        let cases = [
+            (
+                None,
+                [(Pending, 0), (Started, 0), (Recorded, 4), (Cancelled, 0)],
+                [true; 4],
+            ),
+            (
+                Some(ItemStatus::Succeeded),
+                [(Pending, 0), (Recorded, 3), (Recorded, 4), (Cancelled, 0)],
+                [false, true, false, false],
+            ),
+            (
+                Some(ItemStatus::Failed),
+                [(Started, 0), (Recorded, 0), (Recorded, 1), (Cancelled, 0)],
+                [false, false, true, false],
+            ),
+            (
+                Some(ItemStatus::Pending),
+                [(Pending, 0), (Started, 0), (Recorded, 0), (Cancelled, 0)],
+                [true, true, false, false],
+            ),
+            (
+                Some(ItemStatus::Cancelled),
+                [(Pending, 0), (Started, 0), (Recorded, 0), (Cancelled, 0)],
+                [false, false, false, true],
+            ),
+        ];
+        for (status, chunks, expected) in cases {
+            let wanted = query(status, 10, None);
+            let pager = ItemPager::new(&wanted).unwrap();
+            let got: Vec<bool> = chunks
+                .iter()
+                .map(|&(stage, failed)| pager.may_match(stage, 4, failed))
+                .collect();
+            assert_eq!(got, expected, "{status:?}");
+        }
+    }
+
+    #[test]
+    fn a_call_stops_after_examining_its_share_of_chunks_that_gave_nothing() {
+        let wanted = query(Some(ItemStatus::Failed), 10, None);
+        let mut pager = ItemPager::new(&wanted).unwrap();
+        for _ in 1..SKIPPED_CHUNKS_PER_PAGE {
+            pager.skip(1);
+            assert!(!pager.is_spent());
+        }
+        pager.skip(1);
+        assert!(pager.is_spent());
+        let page = pager.stop_before(SKIPPED_CHUNKS_PER_PAGE, SKIPPED_CHUNKS_PER_PAGE + 1);
+        assert!(page.entries.is_empty());
+        let resumed = query(Some(ItemStatus::Failed), 10, page.next_page_token);
+        let next = ItemPager::new(&resumed).unwrap();
+        assert_eq!(
+            (next.start_chunk, next.start_offset),
+            (SKIPPED_CHUNKS_PER_PAGE, 0)
+        );
+    }
+
+    #[test]
+    fn a_call_also_stops_after_its_share_of_items_and_at_the_last_chunk() {
+        let wanted = query(Some(ItemStatus::Succeeded), 10, None);
+        let mut pager = ItemPager::new(&wanted).unwrap();
+        // A recorded chunk whose items all failed gives the page nothing: it counts too.
+        assert!(pager.push(0, &recorded("FF"), &ids(2)).is_none());
+        pager.skip(SKIPPED_ITEMS_PER_PAGE - 2);
+        assert!(pager.is_spent());
+        assert_eq!(pager.stop_before(9, 9).next_page_token, None);
+    }
+
+    #[test]
+    fn a_page_filled_at_a_chunk_boundary_stops_there() {
+        let wanted = query(None, 2, None);
+        let mut pager = ItemPager::new(&wanted).unwrap();
+        assert!(pager.push(0, &recorded("SS"), &ids(2)).is_none());
+        assert!(pager.is_spent());
+        let page = pager.stop_before(1, 5);
+        assert_eq!(page.entries.len(), 2);
+        assert!(page.next_page_token.is_some());
     }
 }

@@ -2,10 +2,15 @@
 //! with an embedded SQLite implementation (local) and a DynamoDB one (AWS).
 //!
 //! Items are stored per chunk (IDs and outcomes together), never a row per item: what is
-//! written per chunk rather than per item decides both speed and cost.
+//! written per chunk rather than per item decides both speed and cost. What both stores share
+//! lives beside them: `rules` (part acceptance, settling, status moves, cancel arithmetic, as
+//! pure functions), [`codec`] (the chunk encoding and item paging) and `id_hashes` (finding
+//! item IDs a part repeats from earlier parts).
 
 pub mod codec;
 pub mod dynamo;
+mod id_hashes;
+mod rules;
 pub mod sqlite;
 
 use std::time::Duration;
@@ -243,56 +248,4 @@ pub trait BatchStore: Send + Sync + 'static {
     /// Waits until something may have changed (a write committed here, or `poll` elapsed for
     /// stores that cannot tell), for watchers.
     async fn wait_for_change(&self, since: u64, poll: Duration) -> u64;
-}
-
-/// What the rules every backend keeps say about a new part, given what is stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PartVerdict {
-    /// Store it.
-    Store,
-    /// The same part (same items) is stored already.
-    AlreadyStored,
-    /// Refuse it with this outcome.
-    Refuse(AppendOutcome),
-}
-
-/// Judges a part against its batch (as stored, or just created) and the digest of the part
-/// stored under the same number, if any.
-pub fn judge_part(
-    batch: &Batch,
-    cancel_requested: bool,
-    stored_digest: Option<&str>,
-    part: &NewPart,
-    digest: &str,
-) -> PartVerdict {
-    if batch.total_items != part.total_items {
-        return PartVerdict::Refuse(AppendOutcome::Conflict(format!(
-            "batch {} exists with {} items in total, not {}",
-            part.batch_id, batch.total_items, part.total_items
-        )));
-    }
-    match stored_digest {
-        Some(stored) if stored == digest => return PartVerdict::AlreadyStored,
-        Some(_) => {
-            return PartVerdict::Refuse(AppendOutcome::Conflict(format!(
-                "part {} of batch {} was stored with other items",
-                part.part_number, part.batch_id
-            )))
-        }
-        None => {}
-    }
-    if cancel_requested {
-        return PartVerdict::Refuse(AppendOutcome::Rejected(format!(
-            "batch {} is cancelled",
-            part.batch_id
-        )));
-    }
-    let item_count = part.items.len() as u64;
-    if batch.received_items + item_count > batch.total_items {
-        return PartVerdict::Refuse(AppendOutcome::Rejected(format!(
-            "batch {} expects {} items and holds {}; {} more would exceed it",
-            part.batch_id, batch.total_items, batch.received_items, item_count
-        )));
-    }
-    PartVerdict::Store
 }

@@ -15,9 +15,11 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::codec::{self, ChunkOutcomes, ItemPager};
+use super::id_hashes::{self, PartIndex};
+use super::rules::{self, judge_part, CancelRequest, PartVerdict, Progress};
 use super::{
-    judge_part, AppendOutcome, BadPageToken, BatchQuery, BatchStore, CancelOutcome, Chunk,
-    ChunkClaim, ChunkStage, ItemQuery, ListError, Page, PartVerdict, RecordOutcome, StoreError,
+    AppendOutcome, BadPageToken, BatchQuery, BatchStore, CancelOutcome, Chunk, ChunkClaim,
+    ChunkStage, ItemQuery, ListError, Page, RecordOutcome, StoreError,
 };
 use crate::domain::{Batch, BatchId, BatchStatus, ItemOutcome, ItemRecord, NewPart, Timestamp};
 use crate::engine::local::journal::{
@@ -57,6 +59,12 @@ CREATE TABLE IF NOT EXISTS parts (
     item_count INTEGER NOT NULL,
     PRIMARY KEY (batch_seq, part_number)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS part_id_hashes (
+    batch_seq INTEGER NOT NULL,
+    part_number INTEGER NOT NULL,
+    hashes BLOB NOT NULL,
+    PRIMARY KEY (batch_seq, part_number)
+);
 CREATE TABLE IF NOT EXISTS chunks (
     batch_seq INTEGER NOT NULL,
     chunk INTEGER NOT NULL,
@@ -134,9 +142,7 @@ impl BatchRow {
 
     /// Whether every item has a terminal status.
     fn is_settled(&self) -> bool {
-        let batch = &self.batch;
-        batch.completed_chunks == batch.total_chunks
-            && (batch.received_items == batch.total_items || self.cancel_requested)
+        rules::is_settled(&self.batch, self.cancel_requested)
     }
 }
 
@@ -451,26 +457,25 @@ fn append_part(conn: &Connection, part: &NewPart) -> Result<AppendOutcome, Store
         PartVerdict::Refuse(outcome) => return Ok(outcome),
         PartVerdict::AlreadyStored => {
             let (_, first_chunk, chunk_count) = stored_part.unwrap_or_default();
-            let unstarted_chunks = conn
-                .prepare_cached(
-                    "SELECT chunk FROM chunks WHERE batch_seq = ?1 AND chunk >= ?2 AND chunk < ?3 AND stage = 'PENDING' ORDER BY chunk",
-                )?
-                .query_map(
-                    params![row.seq, first_chunk, first_chunk + chunk_count],
-                    |r| r.get::<_, u64>(0),
-                )?
-                .collect::<Result<Vec<_>, _>>()?;
             return Ok(AppendOutcome::AlreadyStored {
+                unstarted_chunks: unstarted_chunks(conn, row.seq, first_chunk, chunk_count)?,
                 batch: row.batch,
-                unstarted_chunks,
             });
         }
         PartVerdict::Store => {}
     }
 
+    let check = rules::repeat_check(&row.batch, part);
+    let index = check.needs_hashes().then(|| PartIndex::new(&part.items));
+    if let Some(index) = index.as_ref().filter(|_| check.against_earlier) {
+        if let Some(refusal) = find_repeated_item(conn, row.seq, part, index)? {
+            return Ok(refusal);
+        }
+    }
     let item_count = part.items.len() as u64;
     let first_chunk = row.batch.total_chunks;
     let chunk_count = part.chunk_count();
+    store_part_hashes(conn, row.seq, part, index.filter(|_| check.keep_hashes))?;
     conn.prepare_cached(
         "INSERT INTO parts (batch_seq, part_number, digest, first_chunk, chunk_count, item_count) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -483,18 +488,7 @@ fn append_part(conn: &Connection, part: &NewPart) -> Result<AppendOutcome, Store
         chunk_count,
         item_count
     ])?;
-    let mut insert_chunk = conn.prepare_cached(
-        "INSERT INTO chunks (batch_seq, chunk, stage, item_count, item_ids, states) VALUES (?1, ?2, 'PENDING', ?3, ?4, ?5)",
-    )?;
-    for (offset, items) in part.chunks().enumerate() {
-        insert_chunk.execute(params![
-            row.seq,
-            first_chunk + offset as u64,
-            items.len(),
-            codec::join_ids(items),
-            ChunkOutcomes::new(items.len()).states_text()
-        ])?;
-    }
+    insert_chunks(conn, row.seq, part, first_chunk)?;
     conn.prepare_cached(
         "UPDATE batches SET received_items = received_items + ?2, total_chunks = total_chunks + ?3, updated_at = ?4 WHERE seq = ?1",
     )?
@@ -503,6 +497,136 @@ fn append_part(conn: &Connection, part: &NewPart) -> Result<AppendOutcome, Store
         batch: load_batch_by_seq(conn, row.seq)?.batch,
         chunks: (first_chunk..first_chunk + chunk_count).collect(),
     })
+}
+
+/// The chunks of a part's range that no task has started.
+fn unstarted_chunks(
+    conn: &Connection,
+    seq: i64,
+    first_chunk: u64,
+    chunk_count: u64,
+) -> Result<Vec<u64>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT chunk FROM chunks WHERE batch_seq = ?1 AND chunk >= ?2 AND chunk < ?3 AND stage = 'PENDING' ORDER BY chunk",
+        )?
+        .query_map(params![seq, first_chunk, first_chunk + chunk_count], |r| {
+            r.get::<_, u64>(0)
+        })?
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Writes a part's chunks, all pending, from `first_chunk` on.
+fn insert_chunks(
+    conn: &Connection,
+    seq: i64,
+    part: &NewPart,
+    first_chunk: u64,
+) -> Result<(), StoreError> {
+    let mut insert_chunk = conn.prepare_cached(
+        "INSERT INTO chunks (batch_seq, chunk, stage, item_count, item_ids, states) VALUES (?1, ?2, 'PENDING', ?3, ?4, ?5)",
+    )?;
+    for (offset, items) in part.chunks().enumerate() {
+        insert_chunk.execute(params![
+            seq,
+            first_chunk + offset as u64,
+            items.len(),
+            codec::join_ids(items),
+            ChunkOutcomes::new(items.len()).states_text()
+        ])?;
+    }
+    Ok(())
+}
+
+/// An earlier part of a batch, as far as repeated IDs go.
+struct EarlierPart {
+    part_number: u64,
+    first_chunk: u64,
+    chunk_count: u64,
+    /// Hashes of the new part's IDs that this part may hold.
+    candidates: Vec<u64>,
+}
+
+/// The refusal of a part that repeats an ID of an earlier part of its batch, if it does.
+fn find_repeated_item(
+    conn: &Connection,
+    seq: i64,
+    part: &NewPart,
+    index: &PartIndex,
+) -> Result<Option<AppendOutcome>, StoreError> {
+    let mut suspects = Vec::new();
+    let mut statement = conn.prepare_cached(
+        "SELECT p.part_number, p.first_chunk, p.chunk_count, h.hashes FROM parts p \
+         LEFT JOIN part_id_hashes h ON h.batch_seq = p.batch_seq AND h.part_number = p.part_number \
+         WHERE p.batch_seq = ?1 ORDER BY p.part_number",
+    )?;
+    let mut rows = statement.query([seq])?;
+    while let Some(row) = rows.next()? {
+        // Parts stored before IDs were hashed have no blob: each of their IDs is a suspect.
+        let candidates = match row
+            .get_ref(3)?
+            .as_blob_or_null()
+            .map_err(rusqlite::Error::from)?
+        {
+            Some(blob) => index.shared_hashes([blob])?,
+            None => index.all_hashes(),
+        };
+        if !candidates.is_empty() {
+            suspects.push(EarlierPart {
+                part_number: row.get(0)?,
+                first_chunk: row.get(1)?,
+                chunk_count: row.get(2)?,
+                candidates,
+            });
+        }
+    }
+    let mut read_ids = conn.prepare_cached(
+        "SELECT item_ids FROM chunks WHERE batch_seq = ?1 AND chunk >= ?2 AND chunk < ?3",
+    )?;
+    for earlier in suspects {
+        let chunks = read_ids
+            .query_map(
+                params![
+                    seq,
+                    earlier.first_chunk,
+                    earlier.first_chunk + earlier.chunk_count
+                ],
+                |r| r.get::<_, String>(0),
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        let earlier_ids = chunks.iter().flat_map(|joined| codec::split_ids(joined));
+        if let Some(position) =
+            id_hashes::first_repeat(&part.items, &earlier.candidates, earlier_ids)
+        {
+            return Ok(Some(id_hashes::repeated_item(
+                part,
+                position,
+                earlier.part_number,
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Keeps a part's ID hashes for checking later parts; without them (the part completes its
+/// batch, so none can follow) drops the batch's hashes.
+fn store_part_hashes(
+    conn: &Connection,
+    seq: i64,
+    part: &NewPart,
+    kept: Option<PartIndex>,
+) -> Result<(), StoreError> {
+    match kept {
+        Some(index) => conn
+            .prepare_cached(
+                "INSERT INTO part_id_hashes (batch_seq, part_number, hashes) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![seq, part.part_number, index.blob()])?,
+        None => conn
+            .prepare_cached("DELETE FROM part_id_hashes WHERE batch_seq = ?1")?
+            .execute([seq])?,
+    };
+    Ok(())
 }
 
 fn claim_chunk(conn: &Connection, batch_id: &str, chunk: u64) -> Result<ChunkClaim, StoreError> {
@@ -626,15 +750,16 @@ fn cancel_batch(conn: &Connection, batch_id: &str) -> Result<CancelOutcome, Stor
         "UPDATE chunks SET stage = 'CANCELLED' WHERE batch_seq = ?1 AND stage = 'PENDING'",
     )?
     .execute([batch.seq])?;
-    let never_received = batch.batch.total_items - batch.batch.received_items;
+    let request = CancelRequest::given(batch.cancel_requested);
+    let counts = rules::cancel_request(&batch.batch, request)
+        + rules::cancelled_chunks(skipped_chunks, skipped_items);
+    counts.apply_to(&mut batch.batch);
     let now = Timestamp::now();
     batch.cancel_requested = true;
-    batch.batch.cancelled_items += skipped_items + never_received;
-    batch.batch.completed_chunks += skipped_chunks;
     batch.batch.updated_at = now;
-    if batch.is_settled() {
-        batch.batch.status = BatchStatus::Cancelled;
-        batch.batch.completed_at = Some(now);
+    if let Some(status) = rules::next_status(&batch.batch, true, Progress::CountersChanged) {
+        batch.batch.status = status;
+        batch.batch.completed_at = status.is_terminal().then_some(now);
     }
     let counts = &batch.batch;
     conn.prepare_cached(
@@ -700,44 +825,70 @@ fn list_batches(conn: &Connection, query: &BatchQuery) -> Result<Page<Batch>, Li
 fn list_items(conn: &Connection, query: &ItemQuery) -> Result<Page<ItemRecord>, ListError> {
     let mut pager = ItemPager::new(query)?;
     let batch = load_batch(conn, query.batch_id.as_str())?.ok_or(ListError::NotFound)?;
+    let total_chunks = batch.batch.total_chunks;
     let mut statement = conn
         .prepare_cached(
-            "SELECT chunk, stage, item_ids, states, errors, attempts, failed_count FROM chunks \
-             WHERE batch_seq = ?1 AND chunk >= ?2 ORDER BY chunk LIMIT ?3",
+            "SELECT chunk, stage, item_ids, states, errors, attempts, failed_count, item_count \
+             FROM chunks WHERE batch_seq = ?1 AND chunk >= ?2 ORDER BY chunk LIMIT ?3",
         )
         .map_err(StoreError::from)?;
     let mut next_chunk = pager.start_chunk;
     loop {
         let rows = statement
             .query_map(params![batch.seq, next_chunk, CHUNKS_PER_READ], |r| {
-                Ok((
-                    r.get::<_, u64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                    r.get::<_, u32>(5)?,
-                    r.get::<_, u64>(6)?,
-                ))
+                Ok(ListedChunk {
+                    index: r.get(0)?,
+                    stage: r.get(1)?,
+                    item_ids: r.get(2)?,
+                    states: r.get(3)?,
+                    errors: r.get(4)?,
+                    attempts: r.get(5)?,
+                    failed_count: r.get(6)?,
+                    item_count: r.get(7)?,
+                })
             })
             .map_err(StoreError::from)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(StoreError::from)?;
         let exhausted = (rows.len() as i64) < CHUNKS_PER_READ;
-        for (index, stage, item_ids, states, errors, attempts, failed_count) in rows {
-            next_chunk = index + 1;
-            let outcomes = ChunkOutcomes::decode(&stage, states, errors.as_deref(), attempts)?;
-            if !pager.may_match(outcomes.stage, failed_count) {
-                continue;
+        for chunk in rows {
+            next_chunk = chunk.index + 1;
+            let stage = ChunkStage::from_name(&chunk.stage).ok_or_else(|| {
+                StoreError::Corrupt(format!("unknown chunk stage {:?}", chunk.stage))
+            })?;
+            if !pager.may_match(stage, chunk.item_count, chunk.failed_count) {
+                pager.skip(chunk.item_count);
+            } else {
+                let outcomes = ChunkOutcomes::decode(
+                    &chunk.stage,
+                    chunk.states,
+                    chunk.errors.as_deref(),
+                    chunk.attempts,
+                )?;
+                if let Some(page) = pager.push(chunk.index, &outcomes, &chunk.item_ids) {
+                    return Ok(page);
+                }
             }
-            if let Some(page) = pager.push(index, &outcomes, &item_ids) {
-                return Ok(page);
+            if pager.is_spent() {
+                return Ok(pager.stop_before(next_chunk, total_chunks));
             }
         }
         if exhausted {
             return Ok(pager.finish());
         }
     }
+}
+
+/// A chunk row as `ListBatchItems` reads it.
+struct ListedChunk {
+    index: u64,
+    stage: String,
+    item_ids: String,
+    states: String,
+    errors: Option<String>,
+    attempts: u32,
+    failed_count: u64,
+    item_count: u64,
 }
 
 #[async_trait]

@@ -1,0 +1,267 @@
+//! The batch item: reading and creating it, moving its status, and cancelling a batch.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::ReturnValue;
+use futures::{stream, StreamExt, TryStreamExt};
+
+use super::attributes::{
+    batch_key, corrupt, created_key, flag, flag_value, n, number, optional_number, s, text, Item,
+    BATCH_ID, BATCH_SIZE, CANCELLED_ITEMS, CANCEL_REQUESTED, COMPLETED_AT, COMPLETED_CHUNKS,
+    CREATED_AT, CREATED_KEY, FAILED_ITEMS, LIST_PARTITION, LIST_PARTITION_VALUE, RECEIVED_ITEMS,
+    STATUS, SUCCEEDED_ITEMS, TOTAL_CHUNKS, TOTAL_ITEMS, UPDATED_AT,
+};
+use super::writes::{conditional, unavailable, write_units};
+use super::{contended, DynamoStore, OPTIMISTIC_ATTEMPTS};
+use crate::domain::{Batch, BatchId, BatchStatus, NewPart, Timestamp};
+use crate::store::rules::{self, CancelRequest, Progress};
+use crate::store::{CancelOutcome, StoreError};
+
+/// Chunk cancellations in flight at once.
+const CANCELS_IN_FLIGHT: usize = 16;
+/// Batch items read at once while listing.
+const BATCH_READS_IN_FLIGHT: usize = 16;
+
+/// A batch item: the snapshot plus what only the store needs.
+#[derive(Debug, Clone)]
+pub(super) struct BatchRecord {
+    pub(super) batch: Batch,
+    pub(super) cancel_requested: bool,
+}
+
+impl BatchRecord {
+    pub(super) fn from_item(item: &Item) -> Result<Self, StoreError> {
+        let status = text(item, STATUS)?;
+        Ok(Self {
+            batch: Batch {
+                batch_id: BatchId::parse(text(item, BATCH_ID)?).map_err(|_| corrupt(BATCH_ID))?,
+                status: BatchStatus::from_name(status).ok_or_else(|| corrupt(STATUS))?,
+                total_items: number(item, TOTAL_ITEMS)?,
+                received_items: number(item, RECEIVED_ITEMS)?,
+                succeeded_items: number(item, SUCCEEDED_ITEMS)?,
+                failed_items: number(item, FAILED_ITEMS)?,
+                cancelled_items: number(item, CANCELLED_ITEMS)?,
+                total_chunks: number(item, TOTAL_CHUNKS)?,
+                completed_chunks: number(item, COMPLETED_CHUNKS)?,
+                batch_size: number(item, BATCH_SIZE)?,
+                created_at: Timestamp(number(item, CREATED_AT)?),
+                updated_at: Timestamp(number(item, UPDATED_AT)?),
+                completed_at: optional_number(item, COMPLETED_AT)?.map(Timestamp),
+            },
+            cancel_requested: flag(item, CANCEL_REQUESTED),
+        })
+    }
+
+    fn new_item(part: &NewPart, now: Timestamp) -> Item {
+        let id = part.batch_id.as_str();
+        let attributes = [
+            (BATCH_ID, s(id)),
+            (STATUS, s(BatchStatus::Pending.as_str())),
+            (TOTAL_ITEMS, n(part.total_items)),
+            (RECEIVED_ITEMS, n(0)),
+            (SUCCEEDED_ITEMS, n(0)),
+            (FAILED_ITEMS, n(0)),
+            (CANCELLED_ITEMS, n(0)),
+            (TOTAL_CHUNKS, n(0)),
+            (COMPLETED_CHUNKS, n(0)),
+            (BATCH_SIZE, n(part.batch_size.get())),
+            (CANCEL_REQUESTED, flag_value(false)),
+            (CREATED_AT, n(now.0)),
+            (UPDATED_AT, n(now.0)),
+            (CREATED_KEY, s(created_key(now.0, &part.batch_id))),
+            (LIST_PARTITION, s(LIST_PARTITION_VALUE)),
+        ];
+        attributes
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect::<HashMap<_, _>>()
+    }
+}
+
+impl DynamoStore {
+    pub(super) async fn load_batch(
+        &self,
+        batch_id: &BatchId,
+    ) -> Result<Option<BatchRecord>, StoreError> {
+        self.meter.read();
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.tables.batch_table)
+            .set_key(Some(batch_key(batch_id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        output.item.as_ref().map(BatchRecord::from_item).transpose()
+    }
+
+    /// Batches by ID, in the order given, leaving out any that vanished meanwhile.
+    pub(super) async fn load_batches(&self, ids: Vec<BatchId>) -> Result<Vec<Batch>, StoreError> {
+        let batches = stream::iter(ids)
+            .map(|batch_id| async move { self.load_batch(&batch_id).await })
+            .buffered(BATCH_READS_IN_FLIGHT)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(batches
+            .into_iter()
+            .flatten()
+            .map(|record| record.batch)
+            .collect())
+    }
+
+    /// Creates the batch item unless it exists; returns the stored batch.
+    pub(super) async fn create_or_load_batch(
+        &self,
+        part: &NewPart,
+    ) -> Result<BatchRecord, StoreError> {
+        if let Some(existing) = self.load_batch(&part.batch_id).await? {
+            return Ok(existing);
+        }
+        let item = BatchRecord::new_item(part, Timestamp::now());
+        self.meter.write(write_units(&item));
+        let created = self
+            .client
+            .put_item()
+            .table_name(&self.tables.batch_table)
+            .set_item(Some(item.clone()))
+            .condition_expression(format!("attribute_not_exists({BATCH_ID})"))
+            .send()
+            .await;
+        match conditional(created, |e| e.is_conditional_check_failed_exception())? {
+            Some(_) => BatchRecord::from_item(&item),
+            None => self
+                .load_batch(&part.batch_id)
+                .await?
+                .ok_or_else(|| StoreError::Unavailable("batch vanished while created".into())),
+        }
+    }
+
+    /// Moves a batch to the status `progress` leads to (only one caller wins); returns the
+    /// batch as it stands.
+    pub(super) async fn settle(
+        &self,
+        batch_id: &BatchId,
+        progress: Progress,
+    ) -> Result<Batch, StoreError> {
+        for _ in 0..OPTIMISTIC_ATTEMPTS {
+            let record = self
+                .load_batch(batch_id)
+                .await?
+                .ok_or_else(|| StoreError::Unavailable(format!("batch {batch_id} vanished")))?;
+            let Some(next) = rules::next_status(&record.batch, record.cancel_requested, progress)
+            else {
+                return Ok(record.batch);
+            };
+            if let Some(moved) = self.move_status(&record.batch, next).await? {
+                return Ok(moved);
+            }
+        }
+        Err(contended(format!("batch {batch_id}")))
+    }
+
+    /// Moves a batch from the status and completed-chunk count read to `next`; None when
+    /// another writer changed either first.
+    async fn move_status(
+        &self,
+        read: &Batch,
+        next: BatchStatus,
+    ) -> Result<Option<Batch>, StoreError> {
+        let now = Timestamp::now();
+        let completed = if next.is_terminal() {
+            format!(", {COMPLETED_AT} = :now")
+        } else {
+            String::new()
+        };
+        self.meter.write(1);
+        let sent = self
+            .client
+            .update_item()
+            .table_name(&self.tables.batch_table)
+            .set_key(Some(batch_key(&read.batch_id)))
+            .update_expression(format!(
+                "SET #status = :next, {UPDATED_AT} = :now{completed}"
+            ))
+            .condition_expression(format!(
+                "#status = :current AND {COMPLETED_CHUNKS} = :completed"
+            ))
+            .expression_attribute_names("#status", STATUS)
+            .expression_attribute_values(":current", s(read.status.as_str()))
+            .expression_attribute_values(":next", s(next.as_str()))
+            .expression_attribute_values(":completed", n(read.completed_chunks))
+            .expression_attribute_values(":now", n(now.0))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        conditional(sent, |e| e.is_conditional_check_failed_exception())?
+            .map(|output| {
+                let item = output.attributes.unwrap_or_default();
+                Ok(BatchRecord::from_item(&item)?.batch)
+            })
+            .transpose()
+    }
+
+    /// Cancels a batch: marks it cancelled (counting the items never received, once), then
+    /// cancels every chunk no task started, each once, and settles it.
+    pub(super) async fn cancel(&self, batch_id: &BatchId) -> Result<CancelOutcome, StoreError> {
+        if let Some(ended) = self.request_cancel(batch_id).await? {
+            return Ok(ended);
+        }
+        let pending = self.pending_chunks(batch_id).await?;
+        stream::iter(pending)
+            .map(|(chunk, items)| self.cancel_chunk(batch_id, chunk, items))
+            .buffer_unordered(CANCELS_IN_FLIGHT)
+            .try_collect::<Vec<bool>>()
+            .await?;
+        Ok(CancelOutcome::Cancelled(
+            self.settle(batch_id, Progress::CountersChanged).await?,
+        ))
+    }
+
+    /// Marks a batch cancelled unless it is already; the answer when there is nothing more to
+    /// do (not found, or terminal).
+    async fn request_cancel(
+        &self,
+        batch_id: &BatchId,
+    ) -> Result<Option<CancelOutcome>, StoreError> {
+        for _ in 0..OPTIMISTIC_ATTEMPTS {
+            let Some(record) = self.load_batch(batch_id).await? else {
+                return Ok(Some(CancelOutcome::NotFound));
+            };
+            if record.batch.status.is_terminal() {
+                return Ok(Some(CancelOutcome::AlreadyTerminal(record.batch)));
+            }
+            if record.cancel_requested {
+                return Ok(None);
+            }
+            // Items of parts never received are cancelled with the request; the condition keeps
+            // a part arriving meanwhile from slipping past it, and makes the request count once.
+            let never_received =
+                rules::cancel_request(&record.batch, CancelRequest::First).cancelled_items;
+            self.meter.write(1);
+            let requested = self
+                .client
+                .update_item()
+                .table_name(&self.tables.batch_table)
+                .set_key(Some(batch_key(batch_id)))
+                .update_expression(format!(
+                    "SET {CANCEL_REQUESTED} = :yes, {UPDATED_AT} = :now \
+                     ADD {CANCELLED_ITEMS} :never_received"
+                ))
+                .condition_expression(format!(
+                    "{RECEIVED_ITEMS} = :received AND {CANCEL_REQUESTED} = :no"
+                ))
+                .expression_attribute_values(":yes", flag_value(true))
+                .expression_attribute_values(":no", flag_value(false))
+                .expression_attribute_values(":now", n(Timestamp::now().0))
+                .expression_attribute_values(":never_received", n(never_received))
+                .expression_attribute_values(":received", n(record.batch.received_items))
+                .send()
+                .await;
+            if conditional(requested, |e| e.is_conditional_check_failed_exception())?.is_some() {
+                return Ok(None);
+            }
+        }
+        Err(contended(format!("batch {batch_id}")))
+    }
+}

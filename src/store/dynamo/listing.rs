@@ -1,0 +1,144 @@
+//! The list calls: batches newest first from a keys-only index, and a batch's items from its
+//! chunk items in key order.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+
+use super::attributes::{
+    corrupt, s, text, RequestKey, BATCH_ID, BY_CREATED_INDEX, BY_STATUS_INDEX, CREATED_KEY,
+    ITEM_IDS, LIST_PARTITION, LIST_PARTITION_VALUE, STATUS,
+};
+use super::chunks::{ChunkItems, ChunkStateRecord};
+use super::writes::unavailable;
+use super::DynamoStore;
+use crate::domain::{Batch, BatchId, ItemRecord};
+use crate::store::codec::{self, ChunkOutcomes, ItemPager};
+use crate::store::{BadPageToken, BatchQuery, ItemQuery, ListError, Page, StoreError};
+
+/// The `ListBatches` position: the last index key returned.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BatchCursor {
+    created_key: String,
+    batch_id: String,
+}
+
+impl BatchCursor {
+    fn decode(token: &str) -> Result<Self, BadPageToken> {
+        let json = codec::decode_token(token, "batches:")?;
+        serde_json::from_str(&json).map_err(|_| BadPageToken)
+    }
+
+    fn encode(&self) -> Result<String, StoreError> {
+        let json =
+            serde_json::to_string(self).map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        Ok(codec::encode_token(&format!("batches:{json}")))
+    }
+}
+
+impl DynamoStore {
+    /// `BatchStore::list_batches`: one index query, then the page's batch items.
+    pub(super) async fn batch_page(&self, query: &BatchQuery) -> Result<Page<Batch>, ListError> {
+        let start = query
+            .page_token
+            .as_deref()
+            .map(BatchCursor::decode)
+            .transpose()?;
+        let (index, partition_name, partition_value) = match query.status {
+            Some(status) => (BY_STATUS_INDEX, STATUS, status.as_str()),
+            None => (BY_CREATED_INDEX, LIST_PARTITION, LIST_PARTITION_VALUE),
+        };
+        let start_key = start.map(|cursor| {
+            HashMap::from([
+                (BATCH_ID.to_owned(), s(cursor.batch_id)),
+                (CREATED_KEY.to_owned(), s(cursor.created_key)),
+                (partition_name.to_owned(), s(partition_value)),
+            ])
+        });
+        self.meter.read();
+        let output = self
+            .client
+            .query()
+            .table_name(&self.tables.batch_table)
+            .index_name(index)
+            .key_condition_expression("#partition = :partition")
+            .expression_attribute_names("#partition", partition_name)
+            .expression_attribute_values(":partition", s(partition_value))
+            .scan_index_forward(false)
+            .limit(query.page_size as i32)
+            .set_exclusive_start_key(start_key)
+            .send()
+            .await
+            .map_err(|err| ListError::Store(unavailable(err)))?;
+        let mut ids = Vec::new();
+        for item in output.items() {
+            ids.push(BatchId::parse(text(item, BATCH_ID)?).map_err(|_| corrupt(BATCH_ID))?);
+        }
+        let next_page_token = match output.last_evaluated_key() {
+            Some(key) if !key.is_empty() => Some(
+                BatchCursor {
+                    created_key: text(key, CREATED_KEY)?.to_owned(),
+                    batch_id: text(key, BATCH_ID)?.to_owned(),
+                }
+                .encode()?,
+            ),
+            _ => None,
+        };
+        Ok(Page {
+            entries: self.load_batches(ids).await?,
+            next_page_token,
+        })
+    }
+
+    /// `BatchStore::list_items`: chunk items in key order from the token's chunk, each ID item
+    /// read only for a chunk that may hold wanted items, within the pager's bound.
+    pub(super) async fn item_page(&self, query: &ItemQuery) -> Result<Page<ItemRecord>, ListError> {
+        let mut pager = ItemPager::new(query)?;
+        let Some(batch) = self.load_batch(&query.batch_id).await? else {
+            return Err(ListError::NotFound);
+        };
+        let mut page = None;
+        let mut stopped_before = None;
+        let mut wanted: Option<(u64, ChunkOutcomes)> = None;
+        let items = ChunkItems::StatesAndIds;
+        let from = pager.start_chunk;
+        self.for_each_chunk_item(&query.batch_id, from, None, items, |key, item| {
+            let index = match key {
+                RequestKey::ChunkIds(index) => match wanted.take() {
+                    Some((wanted_index, outcomes)) if wanted_index == index => {
+                        page = pager.push(index, &outcomes, text(item, ITEM_IDS)?);
+                        if page.is_some() {
+                            return Ok(ControlFlow::Break(()));
+                        }
+                        index
+                    }
+                    _ => return Ok(ControlFlow::Continue(())),
+                },
+                RequestKey::ChunkState(index) => {
+                    let record = ChunkStateRecord::from_item(item)?;
+                    let failed = record.outcomes.count(codec::FAILED);
+                    if pager.may_match(record.outcomes.stage, record.item_count, failed) {
+                        wanted = Some((index, record.outcomes));
+                        return Ok(ControlFlow::Continue(()));
+                    }
+                    wanted = None;
+                    pager.skip(record.item_count);
+                    index
+                }
+                RequestKey::Part(_) | RequestKey::PartHashes(_) => {
+                    return Ok(ControlFlow::Continue(()))
+                }
+            };
+            if pager.is_spent() {
+                stopped_before = Some(index + 1);
+                return Ok(ControlFlow::Break(()));
+            }
+            Ok(ControlFlow::Continue(()))
+        })
+        .await?;
+        Ok(match (page, stopped_before) {
+            (Some(page), _) => page,
+            (None, Some(next_chunk)) => pager.stop_before(next_chunk, batch.batch.total_chunks),
+            (None, None) => pager.finish(),
+        })
+    }
+}

@@ -1,0 +1,166 @@
+//! The DynamoDB store: the only place DynamoDB items are mapped.
+//!
+//! Layout (cost is writes, so what is written per chunk rather than per item decides it):
+//! - `BATCH_TABLE`, key `batchId`: one item per batch with its counters; `status` and
+//!   `createdKey` feed the `by-status` index, `listPartition` and `createdKey` the `by-created`
+//!   index (both keys-only, so counter updates never write to an index).
+//! - `REQUEST_TABLE`, key `batchId` + `sk`:
+//!   - `part#<n>`: one per part received (digest of its items, its chunk range);
+//!   - `part#<n>#hashes#<k>`: the sorted 64-bit hashes of the part's IDs, 48,000 to an item,
+//!     kept to find IDs a later part repeats (not for the part that completes its batch);
+//!   - `chunk#<n>#ids`: the chunk's item IDs joined by newlines, written once;
+//!   - `chunk#<n>`: the chunk's stage, one status letter per item, failed items' messages,
+//!     attempts and a version for optimistic concurrency; small, so rewriting it costs 1 unit.
+//!
+//! Recording a chunk is one transaction: the chunk state moves to RECORDED on the condition that
+//! it was still open at the version read, and the batch counters are incremented. A replayed
+//! update finds the chunk recorded and changes nothing; the terminal status is then set by a
+//! conditional write that only one caller can win.
+//!
+//! One file per concern: `attributes` (names and conversions), `writes` (metered,
+//! conditional and batched writes), `batches` (the batch item, its status and cancel), `parts`
+//! (storing a part), `chunks` (chunk items and their lifecycle), `listing` (the list calls).
+
+mod attributes;
+mod batches;
+mod chunks;
+mod listing;
+mod parts;
+mod writes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::config::retry::RetryConfig;
+
+use super::{
+    AppendOutcome, BatchQuery, BatchStore, CancelOutcome, Chunk, ChunkClaim, ItemQuery, ListError,
+    Page, RecordOutcome, StoreError,
+};
+use crate::domain::{Batch, BatchId, ItemOutcome, ItemRecord, NewPart};
+use writes::Meter;
+
+/// Attempts of an optimistic read-modify-write before reporting contention.
+const OPTIMISTIC_ATTEMPTS: u32 = 8;
+/// Attempts the SDK makes per request (it backs off on throttling by itself).
+const SDK_MAX_ATTEMPTS: u32 = 8;
+
+/// The stack's two tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamoTables {
+    /// `BATCH_TABLE`: one item per batch.
+    pub batch_table: String,
+    /// `REQUEST_TABLE`: parts and chunks.
+    pub request_table: String,
+}
+
+/// What the store has sent, for cost measurement: write units as DynamoDB bills them (1 per
+/// started KiB of each item written, doubled inside transactions) and request counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreMetrics {
+    pub write_units: u64,
+    pub write_requests: u64,
+    pub read_requests: u64,
+}
+
+/// The DynamoDB store. Cheap to clone.
+#[derive(Clone)]
+pub struct DynamoStore {
+    client: aws_sdk_dynamodb::Client,
+    tables: Arc<DynamoTables>,
+    meter: Arc<Meter>,
+}
+
+impl DynamoStore {
+    /// A store on the given tables. The client keeps its retry policy (the SDK backs off with
+    /// jitter on throttling and transient errors) but makes at least 8 attempts per request.
+    pub fn new(client: aws_sdk_dynamodb::Client, tables: DynamoTables) -> Self {
+        let retry = client
+            .config()
+            .retry_config()
+            .cloned()
+            .unwrap_or_else(RetryConfig::standard);
+        let retry = if retry.max_attempts() < SDK_MAX_ATTEMPTS {
+            retry.with_max_attempts(SDK_MAX_ATTEMPTS)
+        } else {
+            retry
+        };
+        let config = client.config().to_builder().retry_config(retry).build();
+        Self {
+            client: aws_sdk_dynamodb::Client::from_conf(config),
+            tables: Arc::new(tables),
+            meter: Arc::new(Meter::default()),
+        }
+    }
+
+    /// What this store has sent so far.
+    pub fn metrics(&self) -> StoreMetrics {
+        self.meter.snapshot()
+    }
+}
+
+/// Contention that outlasted [`OPTIMISTIC_ATTEMPTS`]: retrying later may succeed.
+fn contended(what: String) -> StoreError {
+    StoreError::Unavailable(format!("{what} is contended"))
+}
+
+#[async_trait]
+impl BatchStore for DynamoStore {
+    async fn append_part(&self, part: &NewPart) -> Result<AppendOutcome, StoreError> {
+        self.store_part(part).await
+    }
+
+    async fn get_batch(&self, batch_id: &BatchId) -> Result<Option<Batch>, StoreError> {
+        Ok(self.load_batch(batch_id).await?.map(|record| record.batch))
+    }
+
+    async fn list_batches(&self, query: &BatchQuery) -> Result<Page<Batch>, ListError> {
+        self.batch_page(query).await
+    }
+
+    async fn list_items(&self, query: &ItemQuery) -> Result<Page<ItemRecord>, ListError> {
+        self.item_page(query).await
+    }
+
+    async fn cancel_batch(&self, batch_id: &BatchId) -> Result<CancelOutcome, StoreError> {
+        self.cancel(batch_id).await
+    }
+
+    async fn claim_chunk(&self, batch_id: &BatchId, chunk: u64) -> Result<ChunkClaim, StoreError> {
+        self.claim(batch_id, chunk).await
+    }
+
+    async fn load_chunk(
+        &self,
+        batch_id: &BatchId,
+        chunk: u64,
+    ) -> Result<Option<Chunk>, StoreError> {
+        self.read_chunk(batch_id, chunk).await
+    }
+
+    async fn save_outcomes(
+        &self,
+        batch_id: &BatchId,
+        chunk: u64,
+        outcomes: &[(usize, ItemOutcome)],
+        attempts: u32,
+    ) -> Result<(), StoreError> {
+        self.save(batch_id, chunk, outcomes, attempts).await
+    }
+
+    async fn record_chunk(
+        &self,
+        batch_id: &BatchId,
+        chunk: u64,
+        failure: Option<&str>,
+    ) -> Result<RecordOutcome, StoreError> {
+        self.record(batch_id, chunk, failure).await
+    }
+
+    async fn wait_for_change(&self, since: u64, poll: Duration) -> u64 {
+        // DynamoDB cannot signal changes; watchers poll.
+        tokio::time::sleep(poll).await;
+        since + 1
+    }
+}
