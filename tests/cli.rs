@@ -140,5 +140,8 @@ async fn client_errors_are_reported_with_their_grpc_code() {
     )
     .await;
     assert!(!ok);
-    assert!(stderr.contains("item_ids[1]: duplicate"), "{stderr}");
+    assert!(
+        stderr.contains(" line 2: duplicate item ID \"a\""),
+        "the CLI names the line of the file: {stderr}"
+    );
 }
