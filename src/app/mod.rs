@@ -230,7 +230,7 @@ impl Server {
         let (stop, stopped) = watch::channel(None);
         let (watchers_stop, watchers_stopped) = watch::channel(false);
         let admin = AdminService::new(intake.clone(), store, watchers_stopped);
-        let grpc_routes = grpc_router(admin).await?.prepare().into_axum_router();
+        let grpc_routes = grpc_router(admin).await?;
         let http_routes = crate::http::router(
             intake,
             HttpSettings {

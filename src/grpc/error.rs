@@ -27,6 +27,9 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error(transparent)]
     List(#[from] ListError),
+    /// The task doing the work panicked.
+    #[error("the request's task failed")]
+    Panicked(#[source] tokio::task::JoinError),
     /// Open watches end with this when the server stops, so that their connections can close.
     #[error("the server is shutting down; watch again once it is back")]
     ShuttingDown,
@@ -47,6 +50,7 @@ impl From<ApiError> for Status {
             ApiError::Intake(err) => intake(err),
             ApiError::Store(err) => store(err),
             ApiError::List(err) => list(err),
+            ApiError::Panicked(_) => internal(&err),
             ApiError::ShuttingDown => Status::unavailable(err.to_string()),
         }
     }

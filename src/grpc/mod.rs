@@ -1,8 +1,9 @@
 //! The gRPC admin service: generated code (quarantined in [`pb`]), the service, its errors,
-//! the client the CLI uses, and the one place where protobuf and domain types convert.
+//! client deadlines, the client the CLI uses, and the one place where protobuf and domain types convert.
 
 pub mod client;
 mod convert;
+mod deadline;
 mod error;
 mod service;
 

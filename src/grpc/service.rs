@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::deadline::DeadlineLayer;
 use super::error::ApiError;
 use super::pb;
 use super::pb::batch_manager_server::{BatchManager, BatchManagerServer};
@@ -45,8 +46,15 @@ impl AdminService {
         }
     }
 
-    async fn accept(&self, part: &NewPart) -> Result<Accepted, ApiError> {
-        Ok(self.intake.submit(part).await?)
+    /// Stores the part and starts its chunks on a task of its own, so that a call dropped
+    /// half-way (its deadline passed, its client went away) still starts the chunks it stored.
+    async fn accept(&self, part: NewPart) -> Result<Accepted, ApiError> {
+        let intake = self.intake.clone();
+        let accepting = tokio::spawn(async move { intake.submit(&part).await });
+        match accepting.await {
+            Ok(outcome) => Ok(outcome?),
+            Err(err) => Err(ApiError::Panicked(err)),
+        }
     }
 
     async fn batch(&self, batch_id: &BatchId) -> Result<Batch, ApiError> {
@@ -68,8 +76,9 @@ impl AdminService {
     }
 }
 
-/// The admin service, `grpc.health.v1.Health`, and reflection (v1 and v1alpha) as one router.
-pub async fn grpc_router(service: AdminService) -> anyhow::Result<tonic::service::Routes> {
+/// The admin service, `grpc.health.v1.Health`, and reflection (v1 and v1alpha) as one router,
+/// every call held to the deadline its client set ([`DeadlineLayer`]).
+pub async fn grpc_router(service: AdminService) -> anyhow::Result<axum::Router> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<BatchManagerServer<AdminService>>()
@@ -85,10 +94,11 @@ pub async fn grpc_router(service: AdminService) -> anyhow::Result<tonic::service
     let admin = BatchManagerServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    Ok(tonic::service::Routes::new(admin)
+    let routes = tonic::service::Routes::new(admin)
         .add_service(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha))
+        .add_service(reflection_v1alpha);
+    Ok(routes.prepare().into_axum_router().layer(DeadlineLayer))
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchBatchResponse, Status>> + Send>>;
@@ -100,7 +110,7 @@ impl BatchManager for AdminService {
         request: Request<pb::SubmitBatchRequest>,
     ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
         let part = NewPart::try_from(request.into_inner())?;
-        Ok(Response::new(self.accept(&part).await?.into()))
+        Ok(Response::new(self.accept(part).await?.into()))
     }
 
     async fn append_batch_items(
@@ -108,7 +118,7 @@ impl BatchManager for AdminService {
         request: Request<pb::AppendBatchItemsRequest>,
     ) -> Result<Response<pb::AppendBatchItemsResponse>, Status> {
         let part = NewPart::try_from(request.into_inner())?;
-        Ok(Response::new(self.accept(&part).await?.into()))
+        Ok(Response::new(self.accept(part).await?.into()))
     }
 
     async fn get_batch_status(
