@@ -53,12 +53,29 @@ pub enum ClientError {
         #[source]
         source: tonic::transport::Error,
     },
-    /// The server answered with an error status.
-    #[error("{}: {}", .0.code(), .0.message())]
+    /// The call failed: the server answered with an error status, or it could not be reached.
+    #[error("{}", describe(.0))]
     Call(Status),
     /// The server's answer breaks the contract.
     #[error("the server's answer could not be read")]
     Answer(#[source] FieldError),
+}
+
+/// A status as a user reads it: its code and message, and for a status the client made itself
+/// (the server could not be reached), the root cause: `connection refused`.
+fn describe(status: &Status) -> String {
+    let mut described = format!("{}: {}", status.code(), status.message());
+    let mut root = std::error::Error::source(status);
+    while let Some(cause) = root.and_then(std::error::Error::source) {
+        root = Some(cause);
+    }
+    if let Some(root) = root {
+        let root = root.to_string();
+        if !status.message().contains(&root) {
+            described.push_str(&format!(" ({root})"));
+        }
+    }
+    described
 }
 
 impl ClientError {
