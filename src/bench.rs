@@ -95,10 +95,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let part = crate::domain::NewPart::new(
             batch_id.clone(),
             args.items,
-            crate::domain::BatchSize::parse(u64::from(args.batch_size))?,
+            crate::domain::BatchSize::parse(u64::from(args.batch_size)).context("--batch-size")?,
             part_number,
             crate::domain::parse_item_ids(ids)?,
-        )?;
+        )
+        .context("--items")?;
         client
             .append(part)
             .await

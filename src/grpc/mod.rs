@@ -18,5 +18,4 @@ pub mod pb {
 }
 
 pub use convert::{FieldError, FieldRule};
-pub use error::ApiError;
 pub use service::{grpc_router, AdminService, MAX_MESSAGE_BYTES};
