@@ -58,7 +58,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     .await?;
     let url = format!("http://{}", app.grpc_addr);
     let mut client = AdminClient::connect(&url).await?;
-    let batch_id = uuid::Uuid::new_v4().to_string();
+    let batch_id = crate::domain::BatchId::generate();
     let seed = u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into()?);
 
     let started = Instant::now();
@@ -92,8 +92,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let count = ITEMS_PER_PART.min(args.items - sent);
         let ids = (sent..sent + count).map(|i| item_id(seed, i)).collect();
         part_number += 1;
+        let part = crate::domain::NewPart::new(
+            batch_id.clone(),
+            args.items,
+            crate::domain::BatchSize::parse(u64::from(args.batch_size)).context("--batch-size")?,
+            part_number,
+            crate::domain::parse_item_ids(ids)?,
+        )
+        .context("--items")?;
         client
-            .append(&batch_id, args.items, args.batch_size, part_number, ids)
+            .append(part)
             .await
             .map_err(|status| anyhow::anyhow!("AppendBatchItems failed: {status}"))?;
         sent += count;

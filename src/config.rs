@@ -26,7 +26,7 @@ pub enum Command {
     /// Show a batch's status.
     Status(BatchArgs),
     /// Follow a batch with a progress bar until it ends.
-    Watch(BatchArgs),
+    Watch(WatchArgs),
     /// List a batch's items and their outcomes.
     Items(ItemsArgs),
     /// Cancel a batch.
@@ -369,7 +369,27 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub watch: bool,
     #[command(flatten)]
+    pub reconnect: ReconnectArgs,
+    #[command(flatten)]
     pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    pub batch_id: String,
+    #[command(flatten)]
+    pub reconnect: ReconnectArgs,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// What a watch does when the server goes away (it stops, restarts, or the connection breaks).
+#[derive(Debug, Clone, Args)]
+pub struct ReconnectArgs {
+    /// How long a watch keeps trying to reach a server that went away, with growing pauses,
+    /// before it fails (e.g. `30s`, `5m`; `0s` fails at once).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub reconnect_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -18,21 +18,92 @@ pub const DEFAULT_BATCH_SIZE: u32 = 100;
 /// integer), so sums of counters cannot overflow.
 pub const MAX_COUNT: u64 = (1 << 53) - 1;
 
-/// Input that breaks a rule: names the field and the rule, so a client can fix it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {rule}")]
-pub struct InvalidInput {
-    pub field: String,
-    pub rule: String,
+/// The message of an error followed by those of its sources, joined by `": "` (as `anyhow`
+/// shows a chain with `{:#}`): how an edge words a refusal for its client, e.g.
+/// `item_ids[3]: must not be empty` from a field error whose source is the rule.
+pub fn with_sources(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
 }
 
-impl InvalidInput {
-    pub fn new(field: impl Into<String>, rule: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            rule: rule.into(),
+/// Why a batch or item ID was refused: the ID rule it breaks. Like every domain error, it reads
+/// as a rule about one value; the edge that parsed the value puts its own name for it in front.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("must be at most {MAX_ID_BYTES} bytes")]
+    TooLong,
+    #[error("must not contain control characters (found U+{:04X})", u32::from(*.0))]
+    ControlCharacter(char),
+    #[error(
+        "must not contain bidirectional-control or zero-width characters (found U+{:04X})",
+        u32::from(*.0)
+    )]
+    InvisibleCharacter(char),
+    #[error("must not be only whitespace")]
+    OnlyWhitespace,
+}
+
+/// Why a request's list of item IDs was refused. `index` is the position of the offending ID
+/// in the list, for the edge to name in its own terms (`item_ids[3]`, `itemIds[3]`, a line).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ItemIdsError {
+    #[error("must hold at least one item ID")]
+    Empty,
+    #[error(
+        "must hold at most {MAX_ITEMS_PER_REQUEST} item IDs per request (got {count}); send larger batches in parts"
+    )]
+    TooMany { count: usize },
+    #[error("the item ID at position {index}")]
+    InvalidId {
+        index: usize,
+        #[source]
+        rule: IdError,
+    },
+    #[error("duplicate item ID {id:?}")]
+    Duplicate { index: usize, id: String },
+}
+
+impl ItemIdsError {
+    /// The position of the offending ID, when one ID is to blame.
+    pub fn index(&self) -> Option<usize> {
+        match self {
+            Self::InvalidId { index, .. } | Self::Duplicate { index, .. } => Some(*index),
+            Self::Empty | Self::TooMany { .. } => None,
         }
     }
+}
+
+/// A chunk size that is not an integer from 1 to [`MAX_BATCH_SIZE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("must be an integer between 1 and {MAX_BATCH_SIZE}")]
+pub struct BatchSizeError;
+
+/// An item count or part number that is not an integer from 1 to [`MAX_COUNT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("must be an integer between 1 and {MAX_COUNT}")]
+pub struct CountError;
+
+/// Why a part was refused before reaching the store. The variants say which of the part's
+/// values is to blame, so that each edge can name its own field for it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PartError {
+    /// The batch's item count.
+    #[error(transparent)]
+    TotalItems(CountError),
+    /// The part's number.
+    #[error(transparent)]
+    PartNumber(CountError),
+    /// The batch's item count is below the items this part alone holds.
+    #[error("must be at least the number of items sent ({sent})")]
+    TotalBelowItems { sent: usize },
 }
 
 /// Characters that change how the text around them is shown without being seen themselves:
@@ -54,36 +125,21 @@ fn is_invisible_format_character(c: char) -> bool {
 /// The rules every batch and item ID keeps: 1 to [`MAX_ID_BYTES`] bytes of UTF-8, not only
 /// whitespace, no control characters, no bidirectional controls or zero-width characters. IDs
 /// are shown in terminals and logs, where those characters would hide or disguise them.
-fn check_id(field: &str, raw: &str) -> Result<(), InvalidInput> {
+fn check_id(raw: &str) -> Result<(), IdError> {
     if raw.is_empty() {
-        return Err(InvalidInput::new(field, "must not be empty"));
+        return Err(IdError::Empty);
     }
     if raw.len() > MAX_ID_BYTES {
-        return Err(InvalidInput::new(
-            field,
-            format!("must be at most {MAX_ID_BYTES} bytes"),
-        ));
+        return Err(IdError::TooLong);
     }
     if let Some(c) = raw.chars().find(|c| c.is_control()) {
-        return Err(InvalidInput::new(
-            field,
-            format!(
-                "must not contain control characters (found U+{:04X})",
-                u32::from(c)
-            ),
-        ));
+        return Err(IdError::ControlCharacter(c));
     }
     if let Some(c) = raw.chars().find(|&c| is_invisible_format_character(c)) {
-        return Err(InvalidInput::new(
-            field,
-            format!(
-                "must not contain bidirectional-control or zero-width characters (found U+{:04X})",
-                u32::from(c)
-            ),
-        ));
+        return Err(IdError::InvisibleCharacter(c));
     }
     if raw.chars().all(char::is_whitespace) {
-        return Err(InvalidInput::new(field, "must not be only whitespace"));
+        return Err(IdError::OnlyWhitespace);
     }
     Ok(())
 }
@@ -93,9 +149,9 @@ fn check_id(field: &str, raw: &str) -> Result<(), InvalidInput> {
 pub struct BatchId(String);
 
 impl BatchId {
-    pub fn parse(raw: impl Into<String>) -> Result<Self, InvalidInput> {
+    pub fn parse(raw: impl Into<String>) -> Result<Self, IdError> {
         let raw = raw.into();
-        check_id("batch_id", &raw)?;
+        check_id(&raw)?;
         Ok(Self(raw))
     }
 
@@ -121,10 +177,9 @@ impl fmt::Display for BatchId {
 pub struct ItemId(String);
 
 impl ItemId {
-    /// Parses one ID; `field` names it in the error (e.g. `item_ids[3]`).
-    pub fn parse(raw: impl Into<String>, field: &str) -> Result<Self, InvalidInput> {
+    pub fn parse(raw: impl Into<String>) -> Result<Self, IdError> {
         let raw = raw.into();
-        check_id(field, &raw)?;
+        check_id(&raw)?;
         Ok(Self(raw))
     }
 
@@ -154,26 +209,18 @@ pub struct BatchSize(u32);
 
 impl BatchSize {
     /// Parses a chunk size; `0` (protobuf's unset) takes the default.
-    pub fn parse_or_default(raw: u64, field: &str) -> Result<Self, InvalidInput> {
+    pub fn parse_or_default(raw: u64) -> Result<Self, BatchSizeError> {
         if raw == 0 {
             return Ok(Self(DEFAULT_BATCH_SIZE));
         }
-        Self::parse(raw, field)
+        Self::parse(raw)
     }
 
-    pub fn parse(raw: u64, field: &str) -> Result<Self, InvalidInput> {
+    pub fn parse(raw: u64) -> Result<Self, BatchSizeError> {
         if raw == 0 || raw > u64::from(MAX_BATCH_SIZE) {
-            return Err(Self::out_of_range(field));
+            return Err(BatchSizeError);
         }
         Ok(Self(raw as u32))
-    }
-
-    /// The error for a chunk size that is not an integer from 1 to [`MAX_BATCH_SIZE`].
-    pub fn out_of_range(field: &str) -> InvalidInput {
-        InvalidInput::new(
-            field,
-            format!("must be an integer between 1 and {MAX_BATCH_SIZE}"),
-        )
     }
 
     pub fn get(self) -> u32 {
@@ -188,28 +235,22 @@ impl Default for BatchSize {
 }
 
 /// Parses a request's item IDs: 1 to [`MAX_ITEMS_PER_REQUEST`], each valid, no duplicates.
-pub fn parse_item_ids(raw: Vec<String>, field: &str) -> Result<Vec<ItemId>, InvalidInput> {
+pub fn parse_item_ids(raw: Vec<String>) -> Result<Vec<ItemId>, ItemIdsError> {
     if raw.is_empty() {
-        return Err(InvalidInput::new(field, "must hold at least one item ID"));
+        return Err(ItemIdsError::Empty);
     }
     if raw.len() > MAX_ITEMS_PER_REQUEST {
-        return Err(InvalidInput::new(
-            field,
-            format!(
-                "must hold at most {MAX_ITEMS_PER_REQUEST} item IDs per request (got {}); send larger batches in parts",
-                raw.len()
-            ),
-        ));
+        return Err(ItemIdsError::TooMany { count: raw.len() });
     }
     let mut seen = std::collections::HashSet::with_capacity(raw.len());
     let mut items = Vec::with_capacity(raw.len());
     for (index, id) in raw.into_iter().enumerate() {
-        let item = ItemId::parse(id, &format!("{field}[{index}]"))?;
+        let item = ItemId::parse(id).map_err(|rule| ItemIdsError::InvalidId { index, rule })?;
         if !seen.insert(item.as_str().to_owned()) {
-            return Err(InvalidInput::new(
-                format!("{field}[{index}]"),
-                format!("duplicate item ID {:?}", item.as_str()),
-            ));
+            return Err(ItemIdsError::Duplicate {
+                index,
+                id: item.into_string(),
+            });
         }
         items.push(item);
     }
@@ -217,12 +258,9 @@ pub fn parse_item_ids(raw: Vec<String>, field: &str) -> Result<Vec<ItemId>, Inva
 }
 
 /// Parses an item count or a part number: 1 to [`MAX_COUNT`].
-pub fn parse_count(raw: u64, field: &str) -> Result<u64, InvalidInput> {
+pub fn parse_count(raw: u64) -> Result<u64, CountError> {
     if raw == 0 || raw > MAX_COUNT {
-        return Err(InvalidInput::new(
-            field,
-            format!("must be an integer between 1 and {MAX_COUNT}"),
-        ));
+        return Err(CountError);
     }
     Ok(raw)
 }
@@ -247,19 +285,11 @@ impl NewPart {
         batch_size: BatchSize,
         part_number: u64,
         items: Vec<ItemId>,
-        total_field: &str,
-        part_field: &str,
-    ) -> Result<Self, InvalidInput> {
-        let total_items = parse_count(total_items, total_field)?;
-        let part_number = parse_count(part_number, part_field)?;
+    ) -> Result<Self, PartError> {
+        let total_items = parse_count(total_items).map_err(PartError::TotalItems)?;
+        let part_number = parse_count(part_number).map_err(PartError::PartNumber)?;
         if total_items < items.len() as u64 {
-            return Err(InvalidInput::new(
-                total_field,
-                format!(
-                    "must be at least the number of items sent ({})",
-                    items.len()
-                ),
-            ));
+            return Err(PartError::TotalBelowItems { sent: items.len() });
         }
         Ok(Self {
             batch_id,
@@ -459,19 +489,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_id_with_a_control_character_is_rejected() {
-        let err = ItemId::parse("a\tb", "item_ids[0]").unwrap_err();
-        assert_eq!(err.field, "item_ids[0]");
-        assert!(err.rule.contains("control"));
+    fn an_id_with_a_control_character_is_rejected_naming_it() {
+        let err = ItemId::parse("a\tb").unwrap_err();
+        assert_eq!(err, IdError::ControlCharacter('\t'));
+        assert_eq!(
+            err.to_string(),
+            "must not contain control characters (found U+0009)"
+        );
     }
 
     #[test]
     fn an_id_of_only_whitespace_is_rejected_and_inner_spaces_are_kept() {
         for raw in [" ", "   ", "\u{3000}", " \u{00A0} "] {
             let err = BatchId::parse(raw).unwrap_err();
-            assert_eq!(err.rule, "must not be only whitespace", "{raw:?}");
+            assert_eq!(err.to_string(), "must not be only whitespace", "{raw:?}");
         }
-        assert!(ItemId::parse("two words", "f").is_ok());
+        assert!(ItemId::parse("two words").is_ok());
     }
 
     #[test]
@@ -482,69 +515,116 @@ mod tests {
             '\u{2068}', '\u{2069}', '\u{FEFF}',
         ];
         for c in hidden {
-            let err = ItemId::parse(format!("invoice{c}fdp.exe"), "item_ids[0]").unwrap_err();
-            assert_eq!(err.field, "item_ids[0]");
+            let err = ItemId::parse(format!("invoice{c}fdp.exe")).unwrap_err();
+            assert_eq!(err, IdError::InvisibleCharacter(c));
             assert!(
-                err.rule.contains(&format!("U+{:04X}", u32::from(c))),
-                "{c:?}: {}",
-                err.rule
+                err.to_string().contains(&format!("U+{:04X}", u32::from(c))),
+                "{c:?}: {err}"
             );
         }
-        assert!(ItemId::parse("caf\u{00E9}-\u{65E5}\u{672C}", "f").is_ok());
+        assert!(ItemId::parse("caf\u{00E9}-\u{65E5}\u{672C}").is_ok());
     }
 
     #[test]
     fn an_id_of_257_bytes_is_rejected_and_256_accepted() {
-        assert!(ItemId::parse("x".repeat(256), "f").is_ok());
-        assert!(ItemId::parse("x".repeat(257), "f").is_err());
+        assert!(ItemId::parse("x".repeat(256)).is_ok());
+        assert_eq!(ItemId::parse("x".repeat(257)), Err(IdError::TooLong));
+        assert_eq!(BatchId::parse(""), Err(IdError::Empty));
     }
 
     #[test]
     fn duplicate_item_ids_name_the_second_occurrence() {
-        let err = parse_item_ids(vec!["a".into(), "b".into(), "a".into()], "item_ids").unwrap_err();
-        assert_eq!(err.field, "item_ids[2]");
+        let err = parse_item_ids(vec!["a".into(), "b".into(), "a".into()]).unwrap_err();
+        assert_eq!(
+            err,
+            ItemIdsError::Duplicate {
+                index: 2,
+                id: "a".into()
+            }
+        );
+        assert_eq!(err.index(), Some(2));
+        assert_eq!(err.to_string(), "duplicate item ID \"a\"");
+    }
+
+    #[test]
+    fn an_invalid_item_id_keeps_its_position_and_rule() {
+        let err = parse_item_ids(vec!["a".into(), String::new()]).unwrap_err();
+        assert_eq!(
+            err,
+            ItemIdsError::InvalidId {
+                index: 1,
+                rule: IdError::Empty
+            }
+        );
+        assert_eq!(
+            with_sources(&err),
+            "the item ID at position 1: must not be empty"
+        );
+    }
+
+    #[test]
+    fn an_empty_or_oversized_list_of_item_ids_is_rejected() {
+        assert_eq!(parse_item_ids(Vec::new()), Err(ItemIdsError::Empty));
+        let many = vec![String::new(); MAX_ITEMS_PER_REQUEST + 1];
+        let err = parse_item_ids(many).unwrap_err();
+        assert_eq!(
+            err,
+            ItemIdsError::TooMany {
+                count: MAX_ITEMS_PER_REQUEST + 1
+            }
+        );
+        assert_eq!(err.index(), None);
     }
 
     #[test]
     fn batch_size_zero_defaults_only_where_allowed() {
-        assert_eq!(BatchSize::parse_or_default(0, "f").unwrap().get(), 100);
-        assert!(BatchSize::parse(0, "f").is_err());
-        assert!(BatchSize::parse(1001, "f").is_err());
-        assert_eq!(BatchSize::parse(1000, "f").unwrap().get(), 1000);
+        assert_eq!(BatchSize::parse_or_default(0).unwrap().get(), 100);
+        assert_eq!(BatchSize::parse(0), Err(BatchSizeError));
+        assert_eq!(BatchSize::parse(1001), Err(BatchSizeError));
+        assert_eq!(BatchSize::parse(1000).unwrap().get(), 1000);
+    }
+
+    #[test]
+    fn counts_run_from_one_to_the_largest_exact_json_integer() {
+        assert_eq!(parse_count(0), Err(CountError));
+        assert_eq!(parse_count(MAX_COUNT), Ok(MAX_COUNT));
+        assert_eq!(parse_count(MAX_COUNT + 1), Err(CountError));
+    }
+
+    fn items(count: usize) -> Vec<ItemId> {
+        parse_item_ids((0..count).map(|i| i.to_string()).collect()).unwrap()
     }
 
     #[test]
     fn a_part_splits_into_chunks_of_batch_size() {
-        let items = parse_item_ids((0..7).map(|i| i.to_string()).collect(), "ids").unwrap();
-        let part = NewPart::new(
-            BatchId::parse("b").unwrap(),
-            7,
-            BatchSize::parse(3, "s").unwrap(),
-            1,
-            items,
-            "total",
-            "part",
-        )
-        .unwrap();
+        let batch_size = BatchSize::parse(3).unwrap();
+        let part = NewPart::new(BatchId::parse("b").unwrap(), 7, batch_size, 1, items(7)).unwrap();
         let sizes: Vec<usize> = part.chunks().map(<[ItemId]>::len).collect();
         assert_eq!(sizes, vec![3, 3, 1]);
         assert_eq!(part.chunk_count(), 3);
     }
 
     #[test]
-    fn a_total_smaller_than_the_items_sent_is_rejected() {
-        let items = parse_item_ids(vec!["a".into(), "b".into()], "ids").unwrap();
-        let err = NewPart::new(
-            BatchId::parse("b").unwrap(),
-            1,
-            BatchSize::default(),
-            1,
-            items,
-            "totalItems",
-            "currentBatch",
-        )
-        .unwrap_err();
-        assert_eq!(err.field, "totalItems");
+    fn a_part_says_which_of_its_numbers_is_to_blame() {
+        let part = |total, number| {
+            NewPart::new(
+                BatchId::parse("b").unwrap(),
+                total,
+                BatchSize::default(),
+                number,
+                items(2),
+            )
+        };
+        assert_eq!(part(1, 1), Err(PartError::TotalBelowItems { sent: 2 }));
+        assert_eq!(part(0, 1), Err(PartError::TotalItems(CountError)));
+        assert_eq!(
+            part(2, MAX_COUNT + 1),
+            Err(PartError::PartNumber(CountError))
+        );
+        assert_eq!(
+            part(1, 1).unwrap_err().to_string(),
+            "must be at least the number of items sent (2)"
+        );
     }
 
     #[test]

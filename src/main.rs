@@ -4,9 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use batch_manager::app::{AwsApp, AwsConfig};
-use batch_manager::config::{Backend, Cli, Command, ServeArgs};
-use batch_manager::engine::local::EngineConfig;
+use batch_manager::config::{Cli, Command};
+use batch_manager::{app, bench, cli, lambda};
 
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -18,67 +17,27 @@ fn init_tracing(default: &str) {
         .init();
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let open_file_limit = match batch_manager::config::raise_open_file_limit() {
-        Ok(limit) => limit,
-        Err(err) => {
-            tracing::warn!(error = %err, "could not raise the open-file limit");
-            batch_manager::config::open_file_limit()
-        }
-    };
-    let connections = args.connections.settings();
-    tracing::info!(
-        open_file_limit,
-        http_max_connections = connections.http.max_connections,
-        grpc_max_connections = connections.grpc.max_connections,
-        "connection limits"
-    );
-    match args.backend {
-        Backend::Local => {
-            let app = batch_manager::app::LocalApp::spawn(
-                batch_manager::app::LocalConfig {
-                    grpc_addr: args.grpc_addr,
-                    http_addr: args.http_addr,
-                    db: args.db,
-                    engine: EngineConfig {
-                        concurrency: usize::from(args.concurrency),
-                        ..EngineConfig::default()
-                    },
-                    connections,
-                },
-                batch_manager::pipeline::Tasks::default(),
-            )
-            .await?;
-            app.run_until(batch_manager::app::shutdown_signal()).await
-        }
-        Backend::Aws => {
-            let stack = args.aws.require()?;
-            let sdk_config = batch_manager::config::aws_sdk_config().await;
-            let app = AwsApp::spawn(
-                AwsConfig {
-                    grpc_addr: args.grpc_addr,
-                    http_addr: args.http_addr,
-                    stack,
-                    connections,
-                },
-                &sdk_config,
-            )
-            .await?;
-            app.run_until(batch_manager::app::shutdown_signal()).await
-        }
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => app::serve(*args).await,
+        Command::Submit(args) => cli::submit(args).await,
+        Command::Status(args) => cli::status(args).await,
+        Command::Watch(args) => cli::watch(args).await,
+        Command::Items(args) => cli::items(args).await,
+        Command::Cancel(args) => cli::cancel(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 
 fn main() -> ExitCode {
-    if batch_manager::lambda::is_lambda_environment() {
-        return batch_manager::lambda::main();
+    if lambda::is_lambda_environment() {
+        return lambda::main();
     }
     let cli = Cli::parse();
-    let default_filter = match cli.command {
+    init_tracing(match cli.command {
         Command::Serve(_) => "info",
         _ => "warn",
-    };
-    init_tracing(default_filter);
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -89,18 +48,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(async move {
-        match cli.command {
-            Command::Serve(args) => serve(*args).await,
-            Command::Submit(args) => batch_manager::cli::submit(args).await,
-            Command::Status(args) => batch_manager::cli::status(args).await,
-            Command::Watch(args) => batch_manager::cli::watch(args).await,
-            Command::Items(args) => batch_manager::cli::items(args).await,
-            Command::Cancel(args) => batch_manager::cli::cancel(args).await,
-            Command::Bench(args) => batch_manager::bench::run(args).await,
-        }
-    });
-    match outcome {
+    match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

@@ -5,7 +5,8 @@
 use serde_json::{json, Map, Value};
 
 use crate::domain::{
-    parse_count, parse_item_ids, BatchId, BatchSize, InvalidInput, NewPart, MAX_COUNT,
+    parse_count, parse_item_ids, with_sources, BatchId, BatchSize, BatchSizeError, CountError,
+    IdError, ItemId, ItemIdsError, NewPart, PartError,
 };
 use crate::pipeline::{Intake, IntakeError};
 use crate::store::StoreError;
@@ -28,54 +29,113 @@ impl Reply {
         }
     }
 
-    fn bad_request(err: InvalidInput) -> Self {
-        Self::message(400, err.to_string())
+    /// `400` with the field and the rule: `{"message": "itemIds[3]: must not be empty"}`.
+    fn bad_request(err: &SeedError) -> Self {
+        Self::message(400, with_sources(err))
     }
 }
 
-fn field<'a>(body: &'a Map<String, Value>, name: &str) -> Result<&'a Value, InvalidInput> {
+/// A refused seed request: the body's own (JSON) name for the field, and the rule it breaks.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}")]
+pub struct SeedError {
+    /// `batchId`, `itemIds[3]`, `body`...
+    pub field: String,
+    #[source]
+    pub rule: SeedRule,
+}
+
+/// The rule a seed request's field breaks: the body's shape, or a domain rule.
+#[derive(Debug, thiserror::Error)]
+pub enum SeedRule {
+    #[error("is not valid JSON")]
+    NotJson(#[source] serde_json::Error),
+    #[error("must be a JSON object")]
+    NotAnObject,
+    #[error("is required")]
+    Required,
+    #[error("must be a string")]
+    NotAString,
+    #[error("must be an array of strings")]
+    NotAnArray,
+    #[error(transparent)]
+    Id(#[from] IdError),
+    #[error(transparent)]
+    ItemIds(#[from] ItemIdsError),
+    #[error(transparent)]
+    BatchSize(#[from] BatchSizeError),
+    #[error(transparent)]
+    Count(#[from] CountError),
+    #[error(transparent)]
+    Part(#[from] PartError),
+}
+
+impl SeedError {
+    fn new(field: impl Into<String>, rule: impl Into<SeedRule>) -> Self {
+        Self {
+            field: field.into(),
+            rule: rule.into(),
+        }
+    }
+
+    /// Names the offending ID as `itemIds[3]`, or the list as `itemIds`.
+    fn item_ids(err: ItemIdsError) -> Self {
+        match err {
+            ItemIdsError::InvalidId { index, rule } => Self::new(format!("itemIds[{index}]"), rule),
+            other => match other.index() {
+                Some(index) => Self::new(format!("itemIds[{index}]"), other),
+                None => Self::new("itemIds", other),
+            },
+        }
+    }
+
+    /// Names the part's value to blame by its field in the body.
+    fn part(err: PartError) -> Self {
+        match err {
+            PartError::TotalItems(rule) => Self::new("totalItems", rule),
+            PartError::PartNumber(rule) => Self::new("currentBatch", rule),
+            PartError::TotalBelowItems { .. } => Self::new("totalItems", err),
+        }
+    }
+}
+
+fn field<'a>(body: &'a Map<String, Value>, name: &str) -> Result<&'a Value, SeedError> {
     body.get(name)
         .filter(|value| !value.is_null())
-        .ok_or_else(|| InvalidInput::new(name, "is required"))
+        .ok_or_else(|| SeedError::new(name, SeedRule::Required))
 }
 
-/// A count or part number: an integer from 1 to [`MAX_COUNT`]. Larger numbers, negative ones
-/// and fractions are refused here, before they reach a store that could not hold them.
-fn count(body: &Map<String, Value>, name: &str) -> Result<u64, InvalidInput> {
-    let raw = field(body, name)?.as_u64().ok_or_else(|| {
-        InvalidInput::new(
-            name,
-            format!("must be an integer between 1 and {MAX_COUNT}"),
-        )
-    })?;
-    parse_count(raw, name)
-}
-
-fn batch_size(body: &Map<String, Value>, name: &str) -> Result<BatchSize, InvalidInput> {
-    let raw = field(body, name)?
+/// A count or part number: an integer from 1 to [`crate::domain::MAX_COUNT`]. Larger numbers,
+/// negative ones and fractions are refused here, before they reach a store that could not hold
+/// them.
+fn count(body: &Map<String, Value>, name: &str) -> Result<u64, SeedError> {
+    field(body, name)?
         .as_u64()
-        .ok_or_else(|| BatchSize::out_of_range(name))?;
-    BatchSize::parse(raw, name)
+        .ok_or(CountError)
+        .and_then(parse_count)
+        .map_err(|rule| SeedError::new(name, rule))
 }
 
-/// Parses a seed request body into a batch part.
-pub fn parse(body: &[u8]) -> Result<NewPart, InvalidInput> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|err| InvalidInput::new("body", format!("is not valid JSON ({err})")))?;
-    let Value::Object(body) = value else {
-        return Err(InvalidInput::new("body", "must be a JSON object"));
-    };
-    let batch_id = match field(&body, "batchId")? {
+fn batch_size(body: &Map<String, Value>, name: &str) -> Result<BatchSize, SeedError> {
+    field(body, name)?
+        .as_u64()
+        .ok_or(BatchSizeError)
+        .and_then(BatchSize::parse)
+        .map_err(|rule| SeedError::new(name, rule))
+}
+
+fn batch_id(body: &Map<String, Value>) -> Result<BatchId, SeedError> {
+    match field(body, "batchId")? {
         Value::String(id) => {
-            BatchId::parse(id.clone()).map_err(|err| InvalidInput::new("batchId", err.rule))?
+            BatchId::parse(id.clone()).map_err(|rule| SeedError::new("batchId", rule))
         }
-        _ => return Err(InvalidInput::new("batchId", "must be a string")),
-    };
-    let total_items = count(&body, "totalItems")?;
-    let batch_size = batch_size(&body, "batchSize")?;
-    let current_batch = count(&body, "currentBatch")?;
-    let Value::Array(raw_ids) = field(&body, "itemIds")? else {
-        return Err(InvalidInput::new("itemIds", "must be an array of strings"));
+        _ => Err(SeedError::new("batchId", SeedRule::NotAString)),
+    }
+}
+
+fn item_ids(body: &Map<String, Value>) -> Result<Vec<ItemId>, SeedError> {
+    let Value::Array(raw_ids) = field(body, "itemIds")? else {
+        return Err(SeedError::new("itemIds", SeedRule::NotAnArray));
     };
     let ids = raw_ids
         .iter()
@@ -83,24 +143,31 @@ pub fn parse(body: &[u8]) -> Result<NewPart, InvalidInput> {
         .map(|(index, id)| {
             id.as_str()
                 .map(str::to_owned)
-                .ok_or_else(|| InvalidInput::new(format!("itemIds[{index}]"), "must be a string"))
+                .ok_or_else(|| SeedError::new(format!("itemIds[{index}]"), SeedRule::NotAString))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let items = parse_item_ids(ids, "itemIds")?;
-    NewPart::new(
-        batch_id,
-        total_items,
-        batch_size,
-        current_batch,
-        items,
-        "totalItems",
-        "currentBatch",
-    )
+    parse_item_ids(ids).map_err(SeedError::item_ids)
 }
 
+/// Parses a seed request body into a batch part.
+pub fn parse(body: &[u8]) -> Result<NewPart, SeedError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|err| SeedError::new("body", SeedRule::NotJson(err)))?;
+    let Value::Object(body) = value else {
+        return Err(SeedError::new("body", SeedRule::NotAnObject));
+    };
+    let batch_id = batch_id(&body)?;
+    let total_items = count(&body, "totalItems")?;
+    let batch_size = batch_size(&body, "batchSize")?;
+    let current_batch = count(&body, "currentBatch")?;
+    let items = item_ids(&body)?;
+    NewPart::new(batch_id, total_items, batch_size, current_batch, items).map_err(SeedError::part)
+}
+
+/// Logs an internal failure under a fresh request id and gives the client only that id.
 fn internal(err: &dyn std::error::Error) -> Reply {
     let request_id = uuid::Uuid::new_v4();
-    tracing::error!(%request_id, error = %err, source = ?err.source(), "seed request failed");
+    tracing::error!(%request_id, error = %with_sources(err), "seed request failed");
     Reply::message(500, format!("internal error (request id {request_id})"))
 }
 
@@ -108,7 +175,7 @@ fn internal(err: &dyn std::error::Error) -> Reply {
 pub async fn handle(intake: &Intake, body: &[u8]) -> Reply {
     let part = match parse(body) {
         Ok(part) => part,
-        Err(err) => return Reply::bad_request(err),
+        Err(err) => return Reply::bad_request(&err),
     };
     match intake.submit(&part).await {
         Ok(accepted) => Reply {
@@ -123,7 +190,7 @@ pub async fn handle(intake: &Intake, body: &[u8]) -> Reply {
         }
         Err(IntakeError::Store(err @ StoreError::Unavailable(_))) => {
             let request_id = uuid::Uuid::new_v4();
-            tracing::error!(%request_id, error = %err, "seed request failed");
+            tracing::error!(%request_id, error = %with_sources(&err), "seed request failed");
             Reply::message(
                 503,
                 format!("storage is unavailable, retry later (request id {request_id})"),
@@ -196,6 +263,57 @@ mod tests {
             let err = parse(&body(value.clone())).unwrap_err();
             assert_eq!(err.field, field, "{value}");
         }
-        assert_eq!(parse(b"{not json").unwrap_err().field, "body");
+        let err = parse(b"{not json").unwrap_err();
+        assert_eq!(err.field, "body");
+        assert!(matches!(err.rule, SeedRule::NotJson(_)));
+        assert!(
+            with_sources(&err).starts_with("body: is not valid JSON: key must be a string"),
+            "{}",
+            with_sources(&err)
+        );
+    }
+
+    #[test]
+    fn a_refusal_names_the_json_field_and_keeps_the_domain_rule() {
+        let cases = [
+            (
+                json!({"batchId": "b", "totalItems": 2, "batchSize": 1, "currentBatch": 1, "itemIds": ["a", ""]}),
+                "itemIds[1]: must not be empty",
+            ),
+            (
+                json!({"batchId": "b", "totalItems": 2, "batchSize": 1, "currentBatch": 1, "itemIds": ["a", "a"]}),
+                "itemIds[1]: duplicate item ID \"a\"",
+            ),
+            (
+                json!({"batchId": "b", "totalItems": 1, "batchSize": 1, "currentBatch": 1, "itemIds": []}),
+                "itemIds: must hold at least one item ID",
+            ),
+            (
+                json!({"batchId": "b", "totalItems": 1, "batchSize": 1001, "currentBatch": 1, "itemIds": ["a"]}),
+                "batchSize: must be an integer between 1 and 1000",
+            ),
+            (
+                json!({"batchId": "", "totalItems": 1, "batchSize": 1, "currentBatch": 1, "itemIds": ["a"]}),
+                "batchId: must not be empty",
+            ),
+            (
+                json!({"batchId": "b", "totalItems": 1, "batchSize": 1, "currentBatch": 0, "itemIds": ["a"]}),
+                "currentBatch: must be an integer between 1 and 9007199254740991",
+            ),
+            (
+                json!({"batchId": "b", "totalItems": 1, "batchSize": 1, "currentBatch": 1, "itemIds": ["a", "b"]}),
+                "totalItems: must be at least the number of items sent (2)",
+            ),
+        ];
+        for (value, expected) in cases {
+            let err = parse(&body(value.clone())).unwrap_err();
+            assert_eq!(
+                Reply::bad_request(&err).body["message"],
+                expected,
+                "{value}"
+            );
+        }
+        let err = parse(&body(json!({"batchId": "b", "totalItems": 1, "batchSize": 1, "currentBatch": 1, "itemIds": [""]}))).unwrap_err();
+        assert!(matches!(err.rule, SeedRule::Id(IdError::Empty)), "{err:?}");
     }
 }

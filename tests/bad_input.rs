@@ -18,7 +18,7 @@ async fn bad_submissions_are_rejected_and_the_database_is_unchanged() {
         .await
         .unwrap();
     test.wait_terminal("existing").await;
-    let before = database_fingerprint(&test.db);
+    let before = settled_fingerprint(&test.db).await;
 
     let many: Vec<String> = (0..100_001).map(|i| format!("item-{i}")).collect();
     let cases: Vec<(pb::SubmitBatchRequest, &str, &str)> = vec![

@@ -1,9 +1,14 @@
-//! The command-line clients, run as the real binary against a real server.
+//! The command-line clients, run as the real binary against a real server; `watch` across a
+//! server restart on the same database, and a server that stays away.
 
 mod common;
 
-use std::io::Write;
-use std::process::Command;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -140,5 +145,177 @@ async fn client_errors_are_reported_with_their_grpc_code() {
     )
     .await;
     assert!(!ok);
-    assert!(stderr.contains("item_ids[1]: duplicate"), "{stderr}");
+    assert!(
+        stderr.contains(" line 2: duplicate item ID \"a\""),
+        "the CLI names the line of the file: {stderr}"
+    );
+}
+
+/// Task 2 holding every chunk until the test ends: the batch stays RUNNING.
+struct Held;
+
+#[async_trait::async_trait]
+impl batch_manager::pipeline::ChunkTask for Held {
+    async fn process(
+        &self,
+        _input: batch_manager::pipeline::TaskInput<'_>,
+    ) -> Result<Vec<batch_manager::domain::ItemOutcome>, batch_manager::pipeline::TaskError> {
+        std::future::pending().await
+    }
+}
+
+/// A local server on `grpc_addr` (port 0 for any) over the database file `db`.
+async fn serve_on(
+    db: &Path,
+    grpc_addr: SocketAddr,
+    tasks: batch_manager::pipeline::Tasks,
+) -> batch_manager::app::LocalApp {
+    let connections = batch_manager::config::ConnectionConfig {
+        shutdown_grace: Duration::from_millis(200),
+        ..Default::default()
+    };
+    batch_manager::app::LocalApp::spawn(
+        batch_manager::app::LocalConfig {
+            grpc_addr,
+            http_addr: ([127, 0, 0, 1], 0).into(),
+            db: db.to_owned(),
+            engine: batch_manager::engine::local::EngineConfig::default(),
+            connections,
+        },
+        tasks,
+    )
+    .await
+    .expect("server starts")
+}
+
+/// The CLI running in the background: its standard output line by line as it comes.
+struct Background {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Background {
+    fn start(server: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_batch-manager"))
+            .args(args)
+            .env("BATCH_MANAGER_SERVER", server)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run batch-manager");
+        let (sender, stdout) = mpsc::channel();
+        let out = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let err = child.stderr.take().expect("stderr");
+        let stderr = std::thread::spawn(move || std::io::read_to_string(err).unwrap_or_default());
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The next line of standard output; panics if none comes within the batch deadline.
+    async fn next_line(&mut self) -> String {
+        let receiver = std::mem::replace(&mut self.stdout, mpsc::channel().1);
+        let (line, receiver) = tokio::task::spawn_blocking(move || {
+            let line = receiver.recv_timeout(BATCH_DEADLINE);
+            (line, receiver)
+        })
+        .await
+        .unwrap();
+        self.stdout = receiver;
+        line.expect("a line from the CLI")
+    }
+
+    /// Waits for the CLI to exit: whether it succeeded, the rest of its output, its stderr.
+    async fn finish(mut self) -> (bool, Vec<String>, String) {
+        tokio::task::spawn_blocking(move || {
+            let status = self.child.wait().expect("the CLI exits");
+            let rest = self.stdout.iter().collect();
+            (status.success(), rest, self.stderr.join().unwrap())
+        })
+        .await
+        .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_reconnects_after_a_server_restart_and_follows_the_batch_to_its_end() {
+    let directory = tempfile::tempdir().unwrap();
+    let db = directory.path().join("restarted.db");
+    let held = batch_manager::pipeline::Tasks {
+        task2: Arc::new(Held),
+        ..Default::default()
+    };
+    let first = serve_on(&db, ([127, 0, 0, 1], 0).into(), held).await;
+    let grpc_addr = first.grpc_addr;
+    let server = format!("http://{grpc_addr}");
+    let mut client = connect(grpc_addr).await;
+    client
+        .submit_batch(submit_request("across-restarts", uuids(30), 10))
+        .await
+        .unwrap();
+
+    let mut watch = Background::start(&server, &["watch", "across-restarts", "--json"]);
+    let first_snapshot: Value = serde_json::from_str(&watch.next_line().await).unwrap();
+    assert_eq!(first_snapshot["batchId"], "across-restarts");
+    first.shutdown().await.unwrap();
+    // The same database on the same address, with tasks that finish: the held chunks resume.
+    let second = serve_on(&db, grpc_addr, batch_manager::pipeline::Tasks::default()).await;
+
+    let (ok, rest, stderr) = watch.finish().await;
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("lost the server"), "{stderr}");
+    assert!(stderr.contains("trying again in"), "{stderr}");
+    let last: Value =
+        serde_json::from_str(rest.last().expect("snapshots after the restart")).unwrap();
+    assert_eq!(last["status"], "COMPLETED", "{rest:?}");
+    assert_eq!(last["succeededItems"], 30);
+    second.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_fails_clearly_when_the_server_stays_away() {
+    let directory = tempfile::tempdir().unwrap();
+    let db = directory.path().join("abandoned.db");
+    let held = batch_manager::pipeline::Tasks {
+        task2: Arc::new(Held),
+        ..Default::default()
+    };
+    let app = serve_on(&db, ([127, 0, 0, 1], 0).into(), held).await;
+    let server = format!("http://{}", app.grpc_addr);
+    let mut client = connect(app.grpc_addr).await;
+    client
+        .submit_batch(submit_request("abandoned", uuids(10), 10))
+        .await
+        .unwrap();
+
+    let mut watch = Background::start(
+        &server,
+        &["watch", "abandoned", "--json", "--reconnect-timeout", "2s"],
+    );
+    watch.next_line().await;
+    app.shutdown().await.unwrap();
+
+    let (ok, _, stderr) = watch.finish().await;
+    assert!(!ok, "{stderr}");
+    let attempts = stderr.matches("trying again in").count();
+    assert!(attempts >= 2, "a few attempts before giving up: {stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(
+            "error: gave up watching batch abandoned: the server stayed unreachable for 2s: "
+        ),
+        "{stderr}"
+    );
+    assert!(last.contains("unavailable"), "{stderr}");
 }

@@ -28,11 +28,9 @@ async fn the_happy_path_spends_at_most_half_a_write_unit_per_item() {
     let part = NewPart::new(
         BatchId::parse("costed").unwrap(),
         ITEMS as u64,
-        BatchSize::parse(BATCH_SIZE, "batch_size").unwrap(),
+        BatchSize::parse(BATCH_SIZE).unwrap(),
         1,
-        parse_item_ids(ids, "item_ids").unwrap(),
-        "total_items",
-        "part_number",
+        parse_item_ids(ids).unwrap(),
     )
     .unwrap();
     let AppendOutcome::Created { chunks, .. } = shared.append_part(&part).await.unwrap() else {

@@ -142,11 +142,9 @@ async fn throttling_and_unprocessed_items_are_retried_and_nothing_is_lost() {
     let part = NewPart::new(
         BatchId::parse("throttled").unwrap(),
         600,
-        BatchSize::parse(10, "batch_size").unwrap(),
+        BatchSize::parse(10).unwrap(),
         1,
-        parse_item_ids(ids.clone(), "item_ids").unwrap(),
-        "total_items",
-        "part_number",
+        parse_item_ids(ids.clone()).unwrap(),
     )
     .unwrap();
     let AppendOutcome::Created { chunks, .. } = shared.append_part(&part).await.unwrap() else {

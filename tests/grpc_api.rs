@@ -99,7 +99,7 @@ async fn resubmitting_the_same_batch_returns_it_and_writes_nothing() {
         .unwrap()
         .into_inner();
     test.wait_terminal("same-batch").await;
-    let before = database_fingerprint(&test.db);
+    let before = settled_fingerprint(&test.db).await;
 
     let again = test
         .client
@@ -122,7 +122,7 @@ async fn the_same_batch_id_with_other_items_is_already_exists() {
         .await
         .unwrap();
     test.wait_terminal("taken").await;
-    let before = database_fingerprint(&test.db);
+    let before = settled_fingerprint(&test.db).await;
     for other in [uuids(5), uuids(6)] {
         let status = test
             .client

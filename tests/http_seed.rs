@@ -40,7 +40,7 @@ async fn the_seed_example_posted_once_completes_with_ten_succeeded_items() {
     assert_eq!(batch.succeeded_items, 10);
     assert_eq!(batch.total_chunks, 2);
 
-    let before = database_fingerprint(&test.db);
+    let before = settled_fingerprint(&test.db).await;
     let (status, reply) = post_json(&test, &body).await;
     assert_eq!(status, 200, "re-posting the same part is a no-op: {reply}");
     assert_eq!(database_fingerprint(&test.db), before);
@@ -70,7 +70,7 @@ async fn conflicting_posts_are_409_and_write_nothing() {
     let body = json!({"batchId": "seed-conflict", "totalItems": 4, "batchSize": 2, "currentBatch": 1, "itemIds": ids});
     assert_eq!(post_json(&test, &body).await.0, 200);
     test.wait_terminal("seed-conflict").await;
-    let before = database_fingerprint(&test.db);
+    let before = settled_fingerprint(&test.db).await;
 
     let other_items = json!({"batchId": "seed-conflict", "totalItems": 4, "batchSize": 2, "currentBatch": 1, "itemIds": uuids(4)});
     let other_total = json!({"batchId": "seed-conflict", "totalItems": 9, "batchSize": 2, "currentBatch": 2, "itemIds": uuids(4)});

@@ -34,11 +34,9 @@ fn part(batch: &str, total: u64, size: u64, number: u64, ids: &[&str]) -> NewPar
     NewPart::new(
         BatchId::parse(batch).unwrap(),
         total,
-        BatchSize::parse(size, "batch_size").unwrap(),
+        BatchSize::parse(size).unwrap(),
         number,
-        parse_item_ids(ids.iter().map(|id| id.to_string()).collect(), "item_ids").unwrap(),
-        "total_items",
-        "part_number",
+        parse_item_ids(ids.iter().map(|id| id.to_string()).collect()).unwrap(),
     )
     .unwrap()
 }

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use self::connection::{Protocol, Timeouts};
 use self::listener::{Http2Settings, ListenerConfig};
-use crate::config::{AwsSettings, ConnectionConfig};
+use crate::config::{AwsSettings, Backend, ConnectionConfig, ServeArgs};
 use crate::engine::local::{EngineConfig, EngineRunner, LocalEngine};
 use crate::engine::stepfunctions::{self, StepFunctionsOrchestrator};
 use crate::grpc::{grpc_router, AdminService};
@@ -28,6 +28,52 @@ use crate::pipeline::{Intake, Steps, Tasks};
 use crate::store::dynamo::DynamoStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::BatchStore;
+
+/// `batch-manager serve`: raises the open-file limit, starts the server the flags describe (on
+/// the local store and engine, or on a deployed stack), and runs it until SIGINT or SIGTERM.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let open_file_limit = match crate::config::raise_open_file_limit() {
+        Ok(limit) => limit,
+        Err(err) => {
+            tracing::warn!(error = %err, "could not raise the open-file limit");
+            crate::config::open_file_limit()
+        }
+    };
+    let connections = args.connections.settings();
+    tracing::info!(
+        open_file_limit,
+        http_max_connections = connections.http.max_connections,
+        grpc_max_connections = connections.grpc.max_connections,
+        "connection limits"
+    );
+    match args.backend {
+        Backend::Local => {
+            let config = LocalConfig {
+                grpc_addr: args.grpc_addr,
+                http_addr: args.http_addr,
+                db: args.db,
+                engine: EngineConfig {
+                    concurrency: usize::from(args.concurrency),
+                    ..EngineConfig::default()
+                },
+                connections,
+            };
+            let app = LocalApp::spawn(config, Tasks::default()).await?;
+            app.run_until(shutdown_signal()).await
+        }
+        Backend::Aws => {
+            let config = AwsConfig {
+                grpc_addr: args.grpc_addr,
+                http_addr: args.http_addr,
+                stack: args.aws.require()?,
+                connections,
+            };
+            let sdk_config = crate::config::aws_sdk_config().await;
+            let app = AwsApp::spawn(config, &sdk_config).await?;
+            app.run_until(shutdown_signal()).await
+        }
+    }
+}
 
 /// What a local server needs.
 #[derive(Debug, Clone)]
@@ -184,7 +230,7 @@ impl Server {
         let (stop, stopped) = watch::channel(None);
         let (watchers_stop, watchers_stopped) = watch::channel(false);
         let admin = AdminService::new(intake.clone(), store, watchers_stopped);
-        let grpc_routes = grpc_router(admin).await?.prepare().into_axum_router();
+        let grpc_routes = grpc_router(admin).await?;
         let http_routes = crate::http::router(
             intake,
             HttpSettings {

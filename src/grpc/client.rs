@@ -1,13 +1,17 @@
-//! A typed client of the admin service, speaking domain types, for the CLI.
+//! A typed client of the admin service for the CLI: it sends domain values and returns domain
+//! values (or the small views below), so that generated types stay inside `grpc`. An answer that
+//! breaks the contract (an unknown status, a missing timestamp) is an error, never a guess.
 
+use tonic::codegen::http::uri::InvalidUri;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use super::convert;
+use super::convert::FieldError;
 use super::pb;
 use super::pb::batch_manager_client::BatchManagerClient;
-use super::service::MAX_MESSAGE_BYTES;
-use crate::domain::{Batch, BatchId, BatchStatus, ItemId, ItemRecord, ItemStatus, Timestamp};
+use super::MAX_MESSAGE_BYTES;
+use crate::domain::{Batch, BatchId, BatchSize, BatchStatus, ItemId, ItemRecord, NewPart};
+use crate::store::{ItemQuery, Page};
 
 /// A connected client.
 #[derive(Clone)]
@@ -15,63 +19,114 @@ pub struct AdminClient {
     inner: BatchManagerClient<Channel>,
 }
 
-/// What a submission returned.
-#[derive(Debug, Clone)]
+/// A whole batch sent in one `SubmitBatch` call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchSubmission {
+    pub batch_id: BatchId,
+    pub batch_size: BatchSize,
+    pub items: Vec<ItemId>,
+}
+
+/// What a submission (`SubmitBatch` or one `AppendBatchItems` part) returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Submitted {
-    pub batch_id: String,
+    pub batch_id: BatchId,
     pub total_items: u64,
     pub total_chunks: u64,
+    pub status: BatchStatus,
+    /// False when the batch (or the part) had been stored already.
     pub created: bool,
 }
 
-fn batch_from(pb: pb::Batch) -> Result<Batch, Status> {
-    let batch_id = BatchId::parse(pb.batch_id.clone())
-        .map_err(|err| Status::internal(format!("server sent a bad batch id: {err}")))?;
-    let status = pb::BatchStatus::try_from(pb.status)
-        .ok()
-        .and_then(convert::domain_batch_status)
-        .unwrap_or(BatchStatus::Pending);
-    Ok(Batch {
-        batch_id,
-        status,
-        total_items: pb.total_items,
-        received_items: pb.received_items,
-        succeeded_items: pb.succeeded_items,
-        failed_items: pb.failed_items,
-        cancelled_items: pb.cancelled_items,
-        total_chunks: pb.total_chunks,
-        completed_chunks: pb.completed_chunks,
-        batch_size: pb.batch_size,
-        created_at: pb
-            .created_at
-            .as_ref()
-            .map(convert::domain_timestamp)
-            .unwrap_or(Timestamp(0)),
-        updated_at: pb
-            .updated_at
-            .as_ref()
-            .map(convert::domain_timestamp)
-            .unwrap_or(Timestamp(0)),
-        completed_at: pb.completed_at.as_ref().map(convert::domain_timestamp),
-    })
+/// Why a call through the client failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{url:?} is not a server URL")]
+    BadUrl {
+        url: String,
+        #[source]
+        source: InvalidUri,
+    },
+    #[error("cannot connect to {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The call failed: the server answered with an error status, or it could not be reached.
+    #[error("{}", describe(.0))]
+    Call(Status),
+    /// The server's answer breaks the contract.
+    #[error("the server's answer could not be read")]
+    Answer(#[source] FieldError),
 }
 
-fn item_status_from(raw: i32) -> ItemStatus {
-    match pb::ItemStatus::try_from(raw) {
-        Ok(pb::ItemStatus::Succeeded) => ItemStatus::Succeeded,
-        Ok(pb::ItemStatus::Failed) => ItemStatus::Failed,
-        Ok(pb::ItemStatus::Cancelled) => ItemStatus::Cancelled,
-        _ => ItemStatus::Pending,
+/// A status as a user reads it: its code and message, and for a status the client made itself
+/// (the server could not be reached), the root cause: `connection refused`.
+fn describe(status: &Status) -> String {
+    let mut described = format!("{}: {}", status.code(), status.message());
+    let mut root = std::error::Error::source(status);
+    while let Some(cause) = root.and_then(std::error::Error::source) {
+        root = Some(cause);
+    }
+    if let Some(root) = root {
+        let root = root.to_string();
+        if !status.message().contains(&root) {
+            described.push_str(&format!(" ({root})"));
+        }
+    }
+    described
+}
+
+impl ClientError {
+    /// The call's gRPC code. A failed connection counts as UNAVAILABLE, and an answer the client
+    /// cannot read as INTERNAL (as tonic counts a message it cannot decode).
+    pub fn code(&self) -> Code {
+        match self {
+            Self::BadUrl { .. } => Code::InvalidArgument,
+            Self::Connect { .. } => Code::Unavailable,
+            Self::Call(status) => status.code(),
+            Self::Answer(_) => Code::Internal,
+        }
+    }
+
+    /// Whether trying the same idempotent call again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted
+        )
     }
 }
 
-fn missing_batch() -> Status {
-    Status::internal("server sent no batch")
+impl From<Status> for ClientError {
+    fn from(status: Status) -> Self {
+        Self::Call(status)
+    }
+}
+
+impl From<FieldError> for ClientError {
+    fn from(err: FieldError) -> Self {
+        Self::Answer(err)
+    }
 }
 
 impl AdminClient {
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let channel = Channel::from_shared(url.to_owned())?.connect().await?;
+    /// Connects to the server at `url` (`http://127.0.0.1:50051`). Should the connection
+    /// break later, the next call opens a new one.
+    pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        let endpoint =
+            Channel::from_shared(url.to_owned()).map_err(|source| ClientError::BadUrl {
+                url: url.to_owned(),
+                source,
+            })?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| ClientError::Connect {
+                url: url.to_owned(),
+                source,
+            })?;
         Ok(Self {
             inner: BatchManagerClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -80,121 +135,43 @@ impl AdminClient {
     }
 
     /// Submits a whole batch in one call.
-    pub async fn submit(
-        &mut self,
-        batch_id: &str,
-        item_ids: Vec<String>,
-        batch_size: u32,
-    ) -> Result<Submitted, Status> {
-        let response = self
-            .inner
-            .submit_batch(pb::SubmitBatchRequest {
-                batch_id: batch_id.to_owned(),
-                item_ids,
-                batch_size,
-            })
-            .await?
-            .into_inner();
-        Ok(Submitted {
-            batch_id: response.batch_id,
-            total_items: response.total_items,
-            total_chunks: response.total_chunks,
-            created: response.created,
-        })
+    pub async fn submit(&mut self, submission: BatchSubmission) -> Result<Submitted, ClientError> {
+        let request = pb::SubmitBatchRequest::from(submission);
+        let response = self.inner.submit_batch(request).await?.into_inner();
+        Ok(response.try_into()?)
     }
 
     /// Sends one part of a batch built in parts.
-    pub async fn append(
-        &mut self,
-        batch_id: &str,
-        total_items: u64,
-        batch_size: u32,
-        part_number: u64,
-        item_ids: Vec<String>,
-    ) -> Result<Submitted, Status> {
-        let response = self
-            .inner
-            .append_batch_items(pb::AppendBatchItemsRequest {
-                batch_id: batch_id.to_owned(),
-                total_items,
-                batch_size,
-                part_number,
-                item_ids,
-            })
-            .await?
-            .into_inner();
-        Ok(Submitted {
-            batch_id: response.batch_id,
-            total_items: response.total_items,
-            total_chunks: response.total_chunks,
-            created: response.created,
-        })
+    pub async fn append(&mut self, part: NewPart) -> Result<Submitted, ClientError> {
+        let request = pb::AppendBatchItemsRequest::from(part);
+        let response = self.inner.append_batch_items(request).await?.into_inner();
+        Ok(response.try_into()?)
     }
 
-    pub async fn status(&mut self, batch_id: &str) -> Result<Batch, Status> {
-        let response = self
-            .inner
-            .get_batch_status(pb::GetBatchStatusRequest {
-                batch_id: batch_id.to_owned(),
-            })
-            .await?
-            .into_inner();
-        batch_from(response.batch.ok_or_else(missing_batch)?)
+    pub async fn status(&mut self, batch_id: &BatchId) -> Result<Batch, ClientError> {
+        let request = pb::GetBatchStatusRequest::from(batch_id);
+        let response = self.inner.get_batch_status(request).await?.into_inner();
+        Ok(response.try_into()?)
     }
 
-    pub async fn cancel(&mut self, batch_id: &str) -> Result<Batch, Status> {
-        let response = self
-            .inner
-            .cancel_batch(pb::CancelBatchRequest {
-                batch_id: batch_id.to_owned(),
-            })
-            .await?
-            .into_inner();
-        batch_from(response.batch.ok_or_else(missing_batch)?)
+    pub async fn cancel(&mut self, batch_id: &BatchId) -> Result<Batch, ClientError> {
+        let request = pb::CancelBatchRequest::from(batch_id);
+        let response = self.inner.cancel_batch(request).await?.into_inner();
+        Ok(response.try_into()?)
     }
 
     /// Opens a watch; each `next` yields a snapshot until the terminal one.
-    pub async fn watch(&mut self, batch_id: &str) -> Result<BatchWatch, Status> {
-        let stream = self
-            .inner
-            .watch_batch(pb::WatchBatchRequest {
-                batch_id: batch_id.to_owned(),
-            })
-            .await?
-            .into_inner();
+    pub async fn watch(&mut self, batch_id: &BatchId) -> Result<BatchWatch, ClientError> {
+        let request = pb::WatchBatchRequest::from(batch_id);
+        let stream = self.inner.watch_batch(request).await?.into_inner();
         Ok(BatchWatch { stream })
     }
 
     /// One page of items.
-    pub async fn items(
-        &mut self,
-        batch_id: &str,
-        status: Option<ItemStatus>,
-        page_size: u32,
-        page_token: String,
-    ) -> Result<(Vec<ItemRecord>, String), Status> {
-        let response = self
-            .inner
-            .list_batch_items(pb::ListBatchItemsRequest {
-                batch_id: batch_id.to_owned(),
-                status: status.map_or(0, |s| convert::item_status(s) as i32),
-                page_size,
-                page_token,
-            })
-            .await?
-            .into_inner();
-        let items = response
-            .items
-            .into_iter()
-            .map(|item| ItemRecord {
-                item_id: ItemId::from_trusted(item.item_id),
-                status: item_status_from(item.status),
-                error: (!item.error.is_empty()).then_some(item.error),
-                attempts: item.attempts,
-                chunk: item.chunk,
-            })
-            .collect();
-        Ok((items, response.next_page_token))
+    pub async fn items(&mut self, query: ItemQuery) -> Result<Page<ItemRecord>, ClientError> {
+        let request = pb::ListBatchItemsRequest::from(query);
+        let response = self.inner.list_batch_items(request).await?.into_inner();
+        Ok(response.try_into()?)
     }
 }
 
@@ -205,12 +182,12 @@ pub struct BatchWatch {
 
 impl BatchWatch {
     /// The next snapshot, or None after the terminal one.
-    pub async fn next(&mut self) -> Result<Option<Batch>, Status> {
+    pub async fn next(&mut self) -> Result<Option<Batch>, ClientError> {
         match self.stream.message().await {
-            Ok(Some(response)) => Ok(Some(batch_from(response.batch.ok_or_else(missing_batch)?)?)),
+            Ok(Some(response)) => Ok(Some(response.try_into()?)),
             Ok(None) => Ok(None),
             Err(status) if status.code() == Code::Cancelled => Ok(None),
-            Err(status) => Err(status),
+            Err(status) => Err(status.into()),
         }
     }
 }

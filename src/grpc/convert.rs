@@ -1,16 +1,22 @@
-//! Conversions between protobuf messages and domain types, and from errors to `tonic::Status`.
-//! Internal failures reach clients only as a request id; their details go to the logs.
+//! The one place where protobuf messages and domain types convert, both ways: `From` where a
+//! conversion cannot fail, `TryFrom` where the wire can carry what the domain refuses. A refusal
+//! is a [`FieldError`] naming the field in the contract's terms (`item_ids[3]`,
+//! `batch.created_at`); the server answers it with INVALID_ARGUMENT, the client reports it to
+//! its user. Nothing read from the wire falls back silently: an unknown or unspecified status and
+//! a missing timestamp are refused. Only where the contract says an empty value means "none"
+//! (an item's `error`, a page token) is empty read as absent.
 
 use prost_types::Timestamp as PbTimestamp;
-use tonic::Status;
 
+use super::client::{BatchSubmission, Submitted};
 use super::pb;
 use crate::domain::{
-    parse_count, parse_item_ids, Batch, BatchId, BatchSize, BatchStatus, InvalidInput, ItemRecord,
-    ItemStatus, NewPart, Timestamp,
+    parse_count, parse_item_ids, Batch, BatchId, BatchSize, BatchSizeError, BatchStatus,
+    CountError, IdError, ItemId, ItemIdsError, ItemRecord, ItemStatus, NewPart, PartError,
+    Timestamp,
 };
-use crate::pipeline::IntakeError;
-use crate::store::{ListError, StoreError};
+use crate::pipeline::Accepted;
+use crate::store::{BatchQuery, ItemQuery, Page};
 
 /// Default and largest `ListBatches` page.
 pub const DEFAULT_BATCH_PAGE: u32 = 50;
@@ -19,117 +25,144 @@ pub const MAX_BATCH_PAGE: u32 = 1000;
 pub const DEFAULT_ITEM_PAGE: u32 = 100;
 pub const MAX_ITEM_PAGE: u32 = 10_000;
 
-pub fn invalid_argument(err: InvalidInput) -> Status {
-    Status::invalid_argument(err.to_string())
+/// Earliest and latest seconds a `google.protobuf.Timestamp` may hold (0001-01-01 to
+/// 9999-12-31), as its definition says.
+const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;
+const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
+
+/// A message field that breaks a rule: its name in the contract, and the rule.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}")]
+pub struct FieldError {
+    /// `item_ids[3]`, `batch.created_at`...
+    pub field: String,
+    #[source]
+    pub rule: FieldRule,
 }
 
-/// Logs an internal failure under a fresh request id and gives the client only that id.
-pub fn internal(err: &dyn std::error::Error) -> Status {
-    let request_id = uuid::Uuid::new_v4();
-    tracing::error!(%request_id, error = %err, source = ?err.source(), "request failed");
-    Status::internal(format!("internal error (request id {request_id})"))
+/// The rule a message field breaks: a domain rule, or one of the contract's.
+#[derive(Debug, thiserror::Error)]
+pub enum FieldRule {
+    #[error(transparent)]
+    Id(#[from] IdError),
+    #[error(transparent)]
+    ItemIds(#[from] ItemIdsError),
+    #[error(transparent)]
+    BatchSize(#[from] BatchSizeError),
+    #[error(transparent)]
+    Count(#[from] CountError),
+    #[error(transparent)]
+    Part(#[from] PartError),
+    #[error("must be between 1 and {max}, or 0 for the default ({default})")]
+    PageSize { max: u32, default: u32 },
+    /// `what` names the enum with its article: "a BatchStatus".
+    #[error("{value} is not {what}")]
+    UnknownValue { value: i32, what: &'static str },
+    #[error("must not be {name}")]
+    Unspecified { name: &'static str },
+    #[error("is missing")]
+    Missing,
+    #[error("{seconds} s {nanos} ns is not a valid timestamp")]
+    Timestamp { seconds: i64, nanos: i32 },
 }
 
-pub fn store_error(err: StoreError) -> Status {
-    match err {
-        StoreError::Unavailable(_) => {
-            let request_id = uuid::Uuid::new_v4();
-            tracing::error!(%request_id, error = %err, "store unavailable");
-            Status::unavailable(format!(
-                "storage is unavailable, retry later (request id {request_id})"
-            ))
+impl FieldError {
+    pub fn new(field: impl Into<String>, rule: impl Into<FieldRule>) -> Self {
+        Self {
+            field: field.into(),
+            rule: rule.into(),
         }
-        StoreError::Corrupt(_) => internal(&err),
+    }
+
+    /// The same refusal for a field inside `parent`: `created_at` becomes `batch.created_at`.
+    fn within(mut self, parent: &str) -> Self {
+        self.field = format!("{parent}.{}", self.field);
+        self
+    }
+
+    /// Names the offending ID as `item_ids[3]`, or the list as `item_ids`.
+    fn item_ids(err: ItemIdsError) -> Self {
+        match err {
+            ItemIdsError::InvalidId { index, rule } => {
+                Self::new(format!("item_ids[{index}]"), rule)
+            }
+            other => match other.index() {
+                Some(index) => Self::new(format!("item_ids[{index}]"), other),
+                None => Self::new("item_ids", other),
+            },
+        }
+    }
+
+    /// Names the part's value to blame; `total_field` is where the request states the total.
+    fn part(err: PartError, total_field: &str) -> Self {
+        match err {
+            PartError::TotalItems(rule) => Self::new(total_field, rule),
+            PartError::PartNumber(rule) => Self::new("part_number", rule),
+            PartError::TotalBelowItems { .. } => Self::new(total_field, err),
+        }
     }
 }
 
-pub fn intake_error(err: IntakeError) -> Status {
-    match err {
-        IntakeError::Conflict(reason) => Status::already_exists(reason),
-        IntakeError::Rejected(reason) => Status::failed_precondition(reason),
-        IntakeError::Store(err) => store_error(err),
-        IntakeError::Orchestrator(err) => internal(&err),
-    }
+fn batch_id(raw: String) -> Result<BatchId, FieldError> {
+    BatchId::parse(raw).map_err(|rule| FieldError::new("batch_id", rule))
 }
 
-pub fn list_error(err: ListError) -> Status {
-    match err {
-        ListError::BadPageToken(err) => Status::invalid_argument(err.to_string()),
-        ListError::NotFound => Status::not_found("batch not found"),
-        ListError::Store(err) => store_error(err),
-    }
+fn batch_size(raw: u32) -> Result<BatchSize, FieldError> {
+    BatchSize::parse_or_default(u64::from(raw)).map_err(|rule| FieldError::new("batch_size", rule))
 }
 
-pub fn not_found(batch_id: &BatchId) -> Status {
-    Status::not_found(format!("batch {batch_id} not found"))
+fn count(raw: u64, field: &str) -> Result<u64, FieldError> {
+    parse_count(raw).map_err(|rule| FieldError::new(field, rule))
 }
 
-pub fn parse_batch_id(raw: String) -> Result<BatchId, Status> {
-    BatchId::parse(raw).map_err(invalid_argument)
-}
-
-pub fn submit_part(request: pb::SubmitBatchRequest) -> Result<NewPart, Status> {
-    let batch_id = if request.batch_id.is_empty() {
-        BatchId::generate()
-    } else {
-        parse_batch_id(request.batch_id)?
-    };
-    let batch_size = BatchSize::parse_or_default(u64::from(request.batch_size), "batch_size")
-        .map_err(invalid_argument)?;
-    let items = parse_item_ids(request.item_ids, "item_ids").map_err(invalid_argument)?;
-    let total = items.len() as u64;
-    NewPart::new(
-        batch_id,
-        total,
-        batch_size,
-        1,
-        items,
-        "item_ids",
-        "part_number",
-    )
-    .map_err(invalid_argument)
-}
-
-pub fn append_part(request: pb::AppendBatchItemsRequest) -> Result<NewPart, Status> {
-    let batch_id = parse_batch_id(request.batch_id)?;
-    parse_count(request.total_items, "total_items").map_err(invalid_argument)?;
-    parse_count(request.part_number, "part_number").map_err(invalid_argument)?;
-    let batch_size = BatchSize::parse_or_default(u64::from(request.batch_size), "batch_size")
-        .map_err(invalid_argument)?;
-    let items = parse_item_ids(request.item_ids, "item_ids").map_err(invalid_argument)?;
-    NewPart::new(
-        batch_id,
-        request.total_items,
-        batch_size,
-        request.part_number,
-        items,
-        "total_items",
-        "part_number",
-    )
-    .map_err(invalid_argument)
-}
-
-pub fn page_size(raw: u32, default: u32, max: u32) -> Result<u32, Status> {
+fn page_size(raw: u32, default: u32, max: u32) -> Result<u32, FieldError> {
     match raw {
         0 => Ok(default),
         size if size <= max => Ok(size),
-        _ => Err(invalid_argument(InvalidInput::new(
+        _ => Err(FieldError::new(
             "page_size",
-            format!("must be between 1 and {max}, or 0 for the default ({default})"),
-        ))),
+            FieldRule::PageSize { max, default },
+        )),
     }
 }
 
-pub fn page_token(raw: String) -> Option<String> {
+/// The contract's "empty means none" for page tokens.
+fn page_token(raw: String) -> Option<String> {
     (!raw.is_empty()).then_some(raw)
 }
 
-pub fn batch_status_filter(raw: i32) -> Result<Option<BatchStatus>, Status> {
-    let status = pb::BatchStatus::try_from(raw).map_err(|_| {
-        invalid_argument(InvalidInput::new(
-            "status",
-            format!("{raw} is not a BatchStatus"),
-        ))
+// ---- enums ----
+
+impl From<BatchStatus> for pb::BatchStatus {
+    fn from(status: BatchStatus) -> Self {
+        match status {
+            BatchStatus::Pending => Self::Pending,
+            BatchStatus::Running => Self::Running,
+            BatchStatus::Completed => Self::Completed,
+            BatchStatus::CompletedWithFailures => Self::CompletedWithFailures,
+            BatchStatus::Failed => Self::Failed,
+            BatchStatus::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+impl From<ItemStatus> for pb::ItemStatus {
+    fn from(status: ItemStatus) -> Self {
+        match status {
+            ItemStatus::Pending => Self::Pending,
+            ItemStatus::Succeeded => Self::Succeeded,
+            ItemStatus::Failed => Self::Failed,
+            ItemStatus::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+/// A `BatchStatus` field: `None` for UNSPECIFIED (a filter's "any"), an error for an unknown
+/// value.
+fn batch_status_or_any(raw: i32) -> Result<Option<BatchStatus>, FieldRule> {
+    let status = pb::BatchStatus::try_from(raw).map_err(|_| FieldRule::UnknownValue {
+        value: raw,
+        what: "a BatchStatus",
     })?;
     Ok(match status {
         pb::BatchStatus::Unspecified => None,
@@ -142,12 +175,11 @@ pub fn batch_status_filter(raw: i32) -> Result<Option<BatchStatus>, Status> {
     })
 }
 
-pub fn item_status_filter(raw: i32) -> Result<Option<ItemStatus>, Status> {
-    let status = pb::ItemStatus::try_from(raw).map_err(|_| {
-        invalid_argument(InvalidInput::new(
-            "status",
-            format!("{raw} is not an ItemStatus"),
-        ))
+/// An `ItemStatus` field: `None` for UNSPECIFIED, an error for an unknown value.
+fn item_status_or_any(raw: i32) -> Result<Option<ItemStatus>, FieldRule> {
+    let status = pb::ItemStatus::try_from(raw).map_err(|_| FieldRule::UnknownValue {
+        value: raw,
+        what: "an ItemStatus",
     })?;
     Ok(match status {
         pb::ItemStatus::Unspecified => None,
@@ -158,67 +190,414 @@ pub fn item_status_filter(raw: i32) -> Result<Option<ItemStatus>, Status> {
     })
 }
 
-pub fn batch_status(status: BatchStatus) -> pb::BatchStatus {
-    match status {
-        BatchStatus::Pending => pb::BatchStatus::Pending,
-        BatchStatus::Running => pb::BatchStatus::Running,
-        BatchStatus::Completed => pb::BatchStatus::Completed,
-        BatchStatus::CompletedWithFailures => pb::BatchStatus::CompletedWithFailures,
-        BatchStatus::Failed => pb::BatchStatus::Failed,
-        BatchStatus::Cancelled => pb::BatchStatus::Cancelled,
+/// A status a response must carry: UNSPECIFIED is refused like an unknown value.
+fn batch_status(raw: i32) -> Result<BatchStatus, FieldError> {
+    batch_status_or_any(raw)
+        .and_then(|status| {
+            status.ok_or(FieldRule::Unspecified {
+                name: "BATCH_STATUS_UNSPECIFIED",
+            })
+        })
+        .map_err(|rule| FieldError::new("status", rule))
+}
+
+fn item_status(raw: i32) -> Result<ItemStatus, FieldError> {
+    item_status_or_any(raw)
+        .and_then(|status| {
+            status.ok_or(FieldRule::Unspecified {
+                name: "ITEM_STATUS_UNSPECIFIED",
+            })
+        })
+        .map_err(|rule| FieldError::new("status", rule))
+}
+
+// ---- timestamps ----
+
+impl From<Timestamp> for PbTimestamp {
+    fn from(at: Timestamp) -> Self {
+        Self {
+            seconds: at.0.div_euclid(1_000_000),
+            nanos: (at.0.rem_euclid(1_000_000) * 1000) as i32,
+        }
     }
 }
 
-pub fn domain_batch_status(status: pb::BatchStatus) -> Option<BatchStatus> {
-    batch_status_filter(status as i32).ok().flatten()
-}
+/// Reads a protobuf timestamp within its defined range; the domain keeps microseconds, so
+/// nanoseconds below a microsecond are dropped.
+impl TryFrom<PbTimestamp> for Timestamp {
+    type Error = FieldRule;
 
-pub fn item_status(status: ItemStatus) -> pb::ItemStatus {
-    match status {
-        ItemStatus::Pending => pb::ItemStatus::Pending,
-        ItemStatus::Succeeded => pb::ItemStatus::Succeeded,
-        ItemStatus::Failed => pb::ItemStatus::Failed,
-        ItemStatus::Cancelled => pb::ItemStatus::Cancelled,
+    fn try_from(at: PbTimestamp) -> Result<Self, FieldRule> {
+        let in_range = (MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS).contains(&at.seconds)
+            && (0..1_000_000_000).contains(&at.nanos);
+        if !in_range {
+            return Err(FieldRule::Timestamp {
+                seconds: at.seconds,
+                nanos: at.nanos,
+            });
+        }
+        Ok(Self(at.seconds * 1_000_000 + i64::from(at.nanos) / 1000))
     }
 }
 
-fn timestamp(at: Timestamp) -> PbTimestamp {
-    PbTimestamp {
-        seconds: at.0.div_euclid(1_000_000),
-        nanos: (at.0.rem_euclid(1_000_000) * 1000) as i32,
+fn required_timestamp(at: Option<PbTimestamp>, field: &str) -> Result<Timestamp, FieldError> {
+    at.ok_or(FieldRule::Missing)
+        .and_then(Timestamp::try_from)
+        .map_err(|rule| FieldError::new(field, rule))
+}
+
+// ---- requests: client to wire, and wire to domain on the server ----
+
+impl From<BatchSubmission> for pb::SubmitBatchRequest {
+    fn from(submission: BatchSubmission) -> Self {
+        Self {
+            batch_id: submission.batch_id.as_str().to_owned(),
+            item_ids: submission
+                .items
+                .into_iter()
+                .map(ItemId::into_string)
+                .collect(),
+            batch_size: submission.batch_size.get(),
+        }
     }
 }
 
-/// The domain timestamp of a protobuf one.
-pub fn domain_timestamp(at: &PbTimestamp) -> Timestamp {
-    Timestamp(at.seconds * 1_000_000 + i64::from(at.nanos) / 1000)
-}
+/// A whole batch in one request: part 1 of as many items as it holds. An empty `batch_id`
+/// takes a fresh UUID.
+impl TryFrom<pb::SubmitBatchRequest> for NewPart {
+    type Error = FieldError;
 
-pub fn batch(batch: &Batch) -> pb::Batch {
-    pb::Batch {
-        batch_id: batch.batch_id.to_string(),
-        status: batch_status(batch.status) as i32,
-        total_items: batch.total_items,
-        succeeded_items: batch.succeeded_items,
-        failed_items: batch.failed_items,
-        pending_items: batch.pending_items(),
-        cancelled_items: batch.cancelled_items,
-        total_chunks: batch.total_chunks,
-        completed_chunks: batch.completed_chunks,
-        created_at: Some(timestamp(batch.created_at)),
-        updated_at: Some(timestamp(batch.updated_at)),
-        completed_at: batch.completed_at.map(timestamp),
-        received_items: batch.received_items,
-        batch_size: batch.batch_size,
+    fn try_from(request: pb::SubmitBatchRequest) -> Result<Self, FieldError> {
+        let batch_id = if request.batch_id.is_empty() {
+            BatchId::generate()
+        } else {
+            batch_id(request.batch_id)?
+        };
+        let batch_size = batch_size(request.batch_size)?;
+        let items = parse_item_ids(request.item_ids).map_err(FieldError::item_ids)?;
+        let total = items.len() as u64;
+        NewPart::new(batch_id, total, batch_size, 1, items)
+            .map_err(|err| FieldError::part(err, "item_ids"))
     }
 }
 
-pub fn item(record: ItemRecord) -> pb::Item {
-    pb::Item {
-        item_id: record.item_id.into_string(),
-        status: item_status(record.status) as i32,
-        error: record.error.unwrap_or_default(),
-        attempts: record.attempts,
-        chunk: record.chunk,
+impl From<NewPart> for pb::AppendBatchItemsRequest {
+    fn from(part: NewPart) -> Self {
+        Self {
+            batch_id: part.batch_id.as_str().to_owned(),
+            total_items: part.total_items,
+            batch_size: part.batch_size.get(),
+            part_number: part.part_number,
+            item_ids: part.items.into_iter().map(ItemId::into_string).collect(),
+        }
     }
 }
+
+impl TryFrom<pb::AppendBatchItemsRequest> for NewPart {
+    type Error = FieldError;
+
+    fn try_from(request: pb::AppendBatchItemsRequest) -> Result<Self, FieldError> {
+        let batch_id = batch_id(request.batch_id)?;
+        let total_items = count(request.total_items, "total_items")?;
+        let part_number = count(request.part_number, "part_number")?;
+        let batch_size = batch_size(request.batch_size)?;
+        let items = parse_item_ids(request.item_ids).map_err(FieldError::item_ids)?;
+        NewPart::new(batch_id, total_items, batch_size, part_number, items)
+            .map_err(|err| FieldError::part(err, "total_items"))
+    }
+}
+
+/// The requests that name one batch and nothing else.
+macro_rules! batch_id_request {
+    ($($request:ty),+) => {$(
+        impl From<&BatchId> for $request {
+            fn from(batch_id: &BatchId) -> Self {
+                Self { batch_id: batch_id.as_str().to_owned() }
+            }
+        }
+
+        impl TryFrom<$request> for BatchId {
+            type Error = FieldError;
+
+            fn try_from(request: $request) -> Result<Self, FieldError> {
+                batch_id(request.batch_id)
+            }
+        }
+    )+};
+}
+
+batch_id_request!(
+    pb::GetBatchStatusRequest,
+    pb::CancelBatchRequest,
+    pb::WatchBatchRequest
+);
+
+impl From<BatchQuery> for pb::ListBatchesRequest {
+    fn from(query: BatchQuery) -> Self {
+        Self {
+            status: query
+                .status
+                .map_or(pb::BatchStatus::Unspecified, Into::into) as i32,
+            page_size: query.page_size,
+            page_token: query.page_token.unwrap_or_default(),
+        }
+    }
+}
+
+impl TryFrom<pb::ListBatchesRequest> for BatchQuery {
+    type Error = FieldError;
+
+    fn try_from(request: pb::ListBatchesRequest) -> Result<Self, FieldError> {
+        Ok(Self {
+            status: batch_status_or_any(request.status)
+                .map_err(|rule| FieldError::new("status", rule))?,
+            page_size: page_size(request.page_size, DEFAULT_BATCH_PAGE, MAX_BATCH_PAGE)?,
+            page_token: page_token(request.page_token),
+        })
+    }
+}
+
+impl From<ItemQuery> for pb::ListBatchItemsRequest {
+    fn from(query: ItemQuery) -> Self {
+        Self {
+            batch_id: query.batch_id.as_str().to_owned(),
+            status: query.status.map_or(pb::ItemStatus::Unspecified, Into::into) as i32,
+            page_size: query.page_size,
+            page_token: query.page_token.unwrap_or_default(),
+        }
+    }
+}
+
+impl TryFrom<pb::ListBatchItemsRequest> for ItemQuery {
+    type Error = FieldError;
+
+    fn try_from(request: pb::ListBatchItemsRequest) -> Result<Self, FieldError> {
+        Ok(Self {
+            batch_id: batch_id(request.batch_id)?,
+            status: item_status_or_any(request.status)
+                .map_err(|rule| FieldError::new("status", rule))?,
+            page_size: page_size(request.page_size, DEFAULT_ITEM_PAGE, MAX_ITEM_PAGE)?,
+            page_token: page_token(request.page_token),
+        })
+    }
+}
+
+// ---- responses: domain to wire on the server, and wire to domain in the client ----
+
+impl From<&Batch> for pb::Batch {
+    fn from(batch: &Batch) -> Self {
+        Self {
+            batch_id: batch.batch_id.to_string(),
+            status: pb::BatchStatus::from(batch.status) as i32,
+            total_items: batch.total_items,
+            succeeded_items: batch.succeeded_items,
+            failed_items: batch.failed_items,
+            pending_items: batch.pending_items(),
+            cancelled_items: batch.cancelled_items,
+            total_chunks: batch.total_chunks,
+            completed_chunks: batch.completed_chunks,
+            created_at: Some(batch.created_at.into()),
+            updated_at: Some(batch.updated_at.into()),
+            completed_at: batch.completed_at.map(Into::into),
+            received_items: batch.received_items,
+            batch_size: batch.batch_size,
+        }
+    }
+}
+
+/// `pending_items` is not read: the domain derives it from the other counters.
+impl TryFrom<pb::Batch> for Batch {
+    type Error = FieldError;
+
+    fn try_from(batch: pb::Batch) -> Result<Self, FieldError> {
+        Ok(Self {
+            batch_id: batch_id(batch.batch_id)?,
+            status: batch_status(batch.status)?,
+            total_items: batch.total_items,
+            received_items: batch.received_items,
+            succeeded_items: batch.succeeded_items,
+            failed_items: batch.failed_items,
+            cancelled_items: batch.cancelled_items,
+            total_chunks: batch.total_chunks,
+            completed_chunks: batch.completed_chunks,
+            batch_size: batch.batch_size,
+            created_at: required_timestamp(batch.created_at, "created_at")?,
+            updated_at: required_timestamp(batch.updated_at, "updated_at")?,
+            completed_at: batch
+                .completed_at
+                .map(Timestamp::try_from)
+                .transpose()
+                .map_err(|rule| FieldError::new("completed_at", rule))?,
+        })
+    }
+}
+
+/// The responses that carry one batch and nothing else.
+macro_rules! batch_response {
+    ($($response:ty),+) => {$(
+        impl From<Batch> for $response {
+            fn from(batch: Batch) -> Self {
+                Self { batch: Some((&batch).into()) }
+            }
+        }
+
+        impl TryFrom<$response> for Batch {
+            type Error = FieldError;
+
+            fn try_from(response: $response) -> Result<Self, FieldError> {
+                let batch = response
+                    .batch
+                    .ok_or_else(|| FieldError::new("batch", FieldRule::Missing))?;
+                Batch::try_from(batch).map_err(|err| err.within("batch"))
+            }
+        }
+    )+};
+}
+
+batch_response!(
+    pb::GetBatchStatusResponse,
+    pb::CancelBatchResponse,
+    pb::WatchBatchResponse
+);
+
+impl From<Accepted> for pb::SubmitBatchResponse {
+    fn from(accepted: Accepted) -> Self {
+        let batch = accepted.batch;
+        Self {
+            batch_id: batch.batch_id.to_string(),
+            total_items: batch.total_items,
+            total_chunks: batch.total_chunks,
+            status: pb::BatchStatus::from(batch.status) as i32,
+            created: accepted.created,
+        }
+    }
+}
+
+impl TryFrom<pb::SubmitBatchResponse> for Submitted {
+    type Error = FieldError;
+
+    fn try_from(response: pb::SubmitBatchResponse) -> Result<Self, FieldError> {
+        Ok(Self {
+            batch_id: batch_id(response.batch_id)?,
+            total_items: response.total_items,
+            total_chunks: response.total_chunks,
+            status: batch_status(response.status)?,
+            created: response.created,
+        })
+    }
+}
+
+impl From<Accepted> for pb::AppendBatchItemsResponse {
+    fn from(accepted: Accepted) -> Self {
+        let batch = accepted.batch;
+        Self {
+            batch_id: batch.batch_id.to_string(),
+            total_items: batch.total_items,
+            received_items: batch.received_items,
+            total_chunks: batch.total_chunks,
+            status: pb::BatchStatus::from(batch.status) as i32,
+            created: accepted.created,
+        }
+    }
+}
+
+impl TryFrom<pb::AppendBatchItemsResponse> for Submitted {
+    type Error = FieldError;
+
+    fn try_from(response: pb::AppendBatchItemsResponse) -> Result<Self, FieldError> {
+        Ok(Self {
+            batch_id: batch_id(response.batch_id)?,
+            total_items: response.total_items,
+            total_chunks: response.total_chunks,
+            status: batch_status(response.status)?,
+            created: response.created,
+        })
+    }
+}
+
+impl From<Page<Batch>> for pb::ListBatchesResponse {
+    fn from(page: Page<Batch>) -> Self {
+        Self {
+            batches: page.entries.iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }
+    }
+}
+
+impl TryFrom<pb::ListBatchesResponse> for Page<Batch> {
+    type Error = FieldError;
+
+    fn try_from(response: pb::ListBatchesResponse) -> Result<Self, FieldError> {
+        let entries = response
+            .batches
+            .into_iter()
+            .enumerate()
+            .map(|(index, batch)| {
+                Batch::try_from(batch).map_err(|err| err.within(&format!("batches[{index}]")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            entries,
+            next_page_token: page_token(response.next_page_token),
+        })
+    }
+}
+
+/// An item's `error` is empty unless it failed: "none" in the domain.
+impl From<ItemRecord> for pb::Item {
+    fn from(record: ItemRecord) -> Self {
+        Self {
+            item_id: record.item_id.into_string(),
+            status: pb::ItemStatus::from(record.status) as i32,
+            error: record.error.unwrap_or_default(),
+            attempts: record.attempts,
+            chunk: record.chunk,
+        }
+    }
+}
+
+impl TryFrom<pb::Item> for ItemRecord {
+    type Error = FieldError;
+
+    fn try_from(item: pb::Item) -> Result<Self, FieldError> {
+        Ok(Self {
+            item_id: ItemId::parse(item.item_id)
+                .map_err(|rule| FieldError::new("item_id", rule))?,
+            status: item_status(item.status)?,
+            error: (!item.error.is_empty()).then_some(item.error),
+            attempts: item.attempts,
+            chunk: item.chunk,
+        })
+    }
+}
+
+impl From<Page<ItemRecord>> for pb::ListBatchItemsResponse {
+    fn from(page: Page<ItemRecord>) -> Self {
+        Self {
+            items: page.entries.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }
+    }
+}
+
+impl TryFrom<pb::ListBatchItemsResponse> for Page<ItemRecord> {
+    type Error = FieldError;
+
+    fn try_from(response: pb::ListBatchItemsResponse) -> Result<Self, FieldError> {
+        let entries = response
+            .items
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| {
+                ItemRecord::try_from(item).map_err(|err| err.within(&format!("items[{index}]")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            entries,
+            next_page_token: page_token(response.next_page_token),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

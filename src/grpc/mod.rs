@@ -1,11 +1,13 @@
-//! The gRPC admin service: generated code (quarantined in [`pb`]), the service, and the one
-//! place where protobuf and domain types convert.
+//! The gRPC admin service: generated code (quarantined in [`pb`]), the service, its errors,
+//! client deadlines, the client the CLI uses, and the one place where protobuf and domain types convert.
 
 pub mod client;
-pub mod convert;
-pub mod service;
+mod convert;
+mod deadline;
+mod error;
+mod service;
 
-/// Generated protobuf and tonic code; never used outside `grpc`.
+/// Generated protobuf and tonic code; never used outside `grpc` (but by tests, as a raw client).
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
     tonic::include_proto!("batchmanager.v1");
@@ -15,4 +17,5 @@ pub mod pb {
         include_bytes!(concat!(env!("OUT_DIR"), "/batch_manager_descriptor.bin"));
 }
 
-pub use service::{grpc_router, AdminService};
+pub use convert::{FieldError, FieldRule};
+pub use service::{grpc_router, AdminService, MAX_MESSAGE_BYTES};

@@ -4,16 +4,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::convert;
+use super::deadline::DeadlineLayer;
+use super::error::ApiError;
 use super::pb;
 use super::pb::batch_manager_server::{BatchManager, BatchManagerServer};
 use crate::domain::{Batch, BatchId, NewPart};
 use crate::pipeline::{Accepted, Intake};
-use crate::store::{BatchQuery, BatchStore, CancelOutcome, ItemQuery};
+use crate::store::{BatchQuery, BatchStore, CancelOutcome, ItemQuery, ListError};
 
 /// Largest gRPC message the server accepts: 100,000 IDs of up to 256 bytes, with room to spare.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
@@ -45,24 +46,39 @@ impl AdminService {
         }
     }
 
-    async fn accept(&self, part: &NewPart) -> Result<Accepted, Status> {
-        self.intake
-            .submit(part)
-            .await
-            .map_err(convert::intake_error)
+    /// Stores the part and starts its chunks on a task of its own, so that a call dropped
+    /// half-way (its deadline passed, its client went away) still starts the chunks it stored.
+    async fn accept(&self, part: NewPart) -> Result<Accepted, ApiError> {
+        let intake = self.intake.clone();
+        let accepting = tokio::spawn(async move { intake.submit(&part).await });
+        match accepting.await {
+            Ok(outcome) => Ok(outcome?),
+            Err(err) => Err(ApiError::Panicked(err)),
+        }
     }
 
-    async fn batch(&self, batch_id: &BatchId) -> Result<Batch, Status> {
+    async fn batch(&self, batch_id: &BatchId) -> Result<Batch, ApiError> {
         self.store
             .get_batch(batch_id)
-            .await
-            .map_err(convert::store_error)?
-            .ok_or_else(|| convert::not_found(batch_id))
+            .await?
+            .ok_or_else(|| ApiError::NotFound(batch_id.clone()))
+    }
+
+    async fn cancel(&self, batch_id: BatchId) -> Result<Batch, ApiError> {
+        match self.store.cancel_batch(&batch_id).await? {
+            CancelOutcome::Cancelled(batch) => Ok(batch),
+            CancelOutcome::AlreadyTerminal(batch) => Err(ApiError::AlreadyTerminal {
+                batch_id,
+                status: batch.status,
+            }),
+            CancelOutcome::NotFound => Err(ApiError::NotFound(batch_id)),
+        }
     }
 }
 
-/// The admin service, `grpc.health.v1.Health`, and reflection (v1 and v1alpha) as one router.
-pub async fn grpc_router(service: AdminService) -> anyhow::Result<tonic::service::Routes> {
+/// The admin service, `grpc.health.v1.Health`, and reflection (v1 and v1alpha) as one router,
+/// every call held to the deadline its client set ([`DeadlineLayer`]).
+pub async fn grpc_router(service: AdminService) -> anyhow::Result<axum::Router> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<BatchManagerServer<AdminService>>()
@@ -78,14 +94,11 @@ pub async fn grpc_router(service: AdminService) -> anyhow::Result<tonic::service
     let admin = BatchManagerServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    Ok(tonic::service::Routes::new(admin)
+    let routes = tonic::service::Routes::new(admin)
         .add_service(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha))
-}
-
-fn shutting_down() -> Status {
-    Status::unavailable("the server is shutting down; watch again once it is back")
+        .add_service(reflection_v1alpha);
+    Ok(routes.prepare().into_axum_router().layer(DeadlineLayer))
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchBatchResponse, Status>> + Send>>;
@@ -96,123 +109,61 @@ impl BatchManager for AdminService {
         &self,
         request: Request<pb::SubmitBatchRequest>,
     ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
-        let accepted = self
-            .accept(&convert::submit_part(request.into_inner())?)
-            .await?;
-        let batch = accepted.batch;
-        Ok(Response::new(pb::SubmitBatchResponse {
-            batch_id: batch.batch_id.to_string(),
-            total_items: batch.total_items,
-            total_chunks: batch.total_chunks,
-            status: convert::batch_status(batch.status) as i32,
-            created: accepted.created,
-        }))
+        let part = NewPart::try_from(request.into_inner())?;
+        Ok(Response::new(self.accept(part).await?.into()))
     }
 
     async fn append_batch_items(
         &self,
         request: Request<pb::AppendBatchItemsRequest>,
     ) -> Result<Response<pb::AppendBatchItemsResponse>, Status> {
-        let accepted = self
-            .accept(&convert::append_part(request.into_inner())?)
-            .await?;
-        let batch = accepted.batch;
-        Ok(Response::new(pb::AppendBatchItemsResponse {
-            batch_id: batch.batch_id.to_string(),
-            total_items: batch.total_items,
-            received_items: batch.received_items,
-            total_chunks: batch.total_chunks,
-            status: convert::batch_status(batch.status) as i32,
-            created: accepted.created,
-        }))
+        let part = NewPart::try_from(request.into_inner())?;
+        Ok(Response::new(self.accept(part).await?.into()))
     }
 
     async fn get_batch_status(
         &self,
         request: Request<pb::GetBatchStatusRequest>,
     ) -> Result<Response<pb::GetBatchStatusResponse>, Status> {
-        let batch_id = convert::parse_batch_id(request.into_inner().batch_id)?;
-        let batch = self.batch(&batch_id).await?;
-        Ok(Response::new(pb::GetBatchStatusResponse {
-            batch: Some(convert::batch(&batch)),
-        }))
+        let batch_id = BatchId::try_from(request.into_inner())?;
+        Ok(Response::new(self.batch(&batch_id).await?.into()))
     }
 
     async fn list_batches(
         &self,
         request: Request<pb::ListBatchesRequest>,
     ) -> Result<Response<pb::ListBatchesResponse>, Status> {
-        let request = request.into_inner();
-        let query = BatchQuery {
-            status: convert::batch_status_filter(request.status)?,
-            page_size: convert::page_size(
-                request.page_size,
-                convert::DEFAULT_BATCH_PAGE,
-                convert::MAX_BATCH_PAGE,
-            )?,
-            page_token: convert::page_token(request.page_token),
-        };
+        let query = BatchQuery::try_from(request.into_inner())?;
         let page = self
             .store
             .list_batches(&query)
             .await
-            .map_err(convert::list_error)?;
-        Ok(Response::new(pb::ListBatchesResponse {
-            batches: page.entries.iter().map(convert::batch).collect(),
-            next_page_token: page.next_page_token.unwrap_or_default(),
-        }))
+            .map_err(ApiError::from)?;
+        Ok(Response::new(page.into()))
     }
 
     async fn list_batch_items(
         &self,
         request: Request<pb::ListBatchItemsRequest>,
     ) -> Result<Response<pb::ListBatchItemsResponse>, Status> {
-        let request = request.into_inner();
-        let batch_id = convert::parse_batch_id(request.batch_id)?;
-        let query = ItemQuery {
-            status: convert::item_status_filter(request.status)?,
-            page_size: convert::page_size(
-                request.page_size,
-                convert::DEFAULT_ITEM_PAGE,
-                convert::MAX_ITEM_PAGE,
-            )?,
-            page_token: convert::page_token(request.page_token),
-            batch_id: batch_id.clone(),
-        };
+        let query = ItemQuery::try_from(request.into_inner())?;
         let page = self
             .store
             .list_items(&query)
             .await
             .map_err(|err| match err {
-                crate::store::ListError::NotFound => convert::not_found(&batch_id),
-                other => convert::list_error(other),
+                ListError::NotFound => ApiError::NotFound(query.batch_id.clone()),
+                other => other.into(),
             })?;
-        Ok(Response::new(pb::ListBatchItemsResponse {
-            items: page.entries.into_iter().map(convert::item).collect(),
-            next_page_token: page.next_page_token.unwrap_or_default(),
-        }))
+        Ok(Response::new(page.into()))
     }
 
     async fn cancel_batch(
         &self,
         request: Request<pb::CancelBatchRequest>,
     ) -> Result<Response<pb::CancelBatchResponse>, Status> {
-        let batch_id = convert::parse_batch_id(request.into_inner().batch_id)?;
-        match self
-            .store
-            .cancel_batch(&batch_id)
-            .await
-            .map_err(convert::store_error)?
-        {
-            CancelOutcome::Cancelled(batch) => Ok(Response::new(pb::CancelBatchResponse {
-                batch: Some(convert::batch(&batch)),
-            })),
-            CancelOutcome::AlreadyTerminal(batch) => Err(Status::failed_precondition(format!(
-                "batch {batch_id} is already {}",
-                batch.status
-            ))),
-            CancelOutcome::NotFound => Err(convert::not_found(&batch_id)),
-        }
+        let batch_id = BatchId::try_from(request.into_inner())?;
+        Ok(Response::new(self.cancel(batch_id).await?.into()))
     }
 
     type WatchBatchStream = WatchStream;
@@ -221,53 +172,71 @@ impl BatchManager for AdminService {
         &self,
         request: Request<pb::WatchBatchRequest>,
     ) -> Result<Response<Self::WatchBatchStream>, Status> {
-        let batch_id = convert::parse_batch_id(request.into_inner().batch_id)?;
+        let batch_id = BatchId::try_from(request.into_inner())?;
         let first = self.batch(&batch_id).await?;
-        let (sender, receiver) = tokio::sync::mpsc::channel(4);
-        let store = Arc::clone(&self.store);
-        let mut stopping = self.stopping.clone();
-        tokio::spawn(async move {
-            let mut generation = 0;
-            let mut last_sent: Option<Batch> = None;
-            let mut current = first;
-            loop {
-                if last_sent.as_ref() != Some(&current) {
-                    let snapshot = pb::WatchBatchResponse {
-                        batch: Some(convert::batch(&current)),
-                    };
-                    if sender.send(Ok(snapshot)).await.is_err() {
-                        return;
-                    }
-                    if current.status.is_terminal() {
-                        return;
-                    }
-                    last_sent = Some(current.clone());
-                    tokio::time::sleep(WATCH_MIN_GAP).await;
-                }
-                generation = tokio::select! {
-                    changed = store.wait_for_change(generation, WATCH_POLL) => changed,
-                    // The client went away: stop reading the batch for it.
-                    _ = sender.closed() => return,
-                    () = async { let _ = stopping.wait_for(|stopping| *stopping).await; } => {
-                        let _ = sender.send(Err(shutting_down())).await;
-                        return;
-                    }
-                };
-                current = match store.get_batch(&batch_id).await {
-                    Ok(Some(batch)) => batch,
-                    Ok(None) => {
-                        let _ = sender.send(Err(convert::not_found(&batch_id))).await;
-                        return;
-                    }
-                    Err(err) => {
-                        let _ = sender.send(Err(convert::store_error(err))).await;
-                        return;
-                    }
-                };
-            }
-        });
+        let (sender, receiver) = mpsc::channel(4);
+        let watcher = Watcher {
+            batch_id,
+            store: Arc::clone(&self.store),
+            stopping: self.stopping.clone(),
+            sender,
+        };
+        tokio::spawn(watcher.run(first));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(receiver),
         )))
+    }
+}
+
+/// Sends one watcher the snapshots of a batch as it changes, until the terminal one.
+struct Watcher {
+    batch_id: BatchId,
+    store: Arc<dyn BatchStore>,
+    stopping: watch::Receiver<bool>,
+    sender: mpsc::Sender<Result<pb::WatchBatchResponse, Status>>,
+}
+
+impl Watcher {
+    async fn run(mut self, first: Batch) {
+        let mut generation = 0;
+        let mut last_sent: Option<Batch> = None;
+        let mut current = first;
+        loop {
+            if last_sent.as_ref() != Some(&current) {
+                let terminal = current.status.is_terminal();
+                let snapshot = pb::WatchBatchResponse::from(current.clone());
+                if self.sender.send(Ok(snapshot)).await.is_err() || terminal {
+                    return;
+                }
+                last_sent = Some(current);
+                tokio::time::sleep(WATCH_MIN_GAP).await;
+            }
+            generation = match self.wait(generation).await {
+                Ok(changed) => changed,
+                Err(Some(err)) => return self.fail(err).await,
+                Err(None) => return,
+            };
+            current = match self.store.get_batch(&self.batch_id).await {
+                Ok(Some(batch)) => batch,
+                Ok(None) => return self.fail(ApiError::NotFound(self.batch_id.clone())).await,
+                Err(err) => return self.fail(err.into()).await,
+            };
+        }
+    }
+
+    /// Waits for the batch to change. `Err` ends the watch, with what to tell the client if
+    /// it is still there.
+    async fn wait(&mut self, generation: u64) -> Result<u64, Option<ApiError>> {
+        let stopping = &mut self.stopping;
+        tokio::select! {
+            changed = self.store.wait_for_change(generation, WATCH_POLL) => Ok(changed),
+            // The client went away: stop reading the batch for it.
+            () = self.sender.closed() => Err(None),
+            _ = stopping.wait_for(|stopping| *stopping) => Err(Some(ApiError::ShuttingDown)),
+        }
+    }
+
+    async fn fail(&self, err: ApiError) {
+        let _ = self.sender.send(Err(err.into())).await;
     }
 }

@@ -70,7 +70,21 @@ async fn state_machine_init(State(endpoint): State<Endpoint>, request: Request) 
         Ok(body) => body,
         Err(refusal) => return refusal,
     };
-    let reply = seed::handle(&endpoint.intake, &body).await;
+    // On a task of its own, so that a request whose client goes away half-way still starts
+    // the chunks it stored.
+    let intake = endpoint.intake;
+    let handling = tokio::spawn(async move { seed::handle(&intake, &body).await });
+    let reply = match handling.await {
+        Ok(reply) => reply,
+        Err(err) => {
+            let request_id = uuid::Uuid::new_v4();
+            tracing::error!(%request_id, error = %err, "seed request failed");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("internal error (request id {request_id})"),
+            );
+        }
+    };
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, Json(reply.body)).into_response()
 }

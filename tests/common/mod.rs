@@ -186,6 +186,33 @@ pub fn uuids(count: usize) -> Vec<String> {
         .collect()
 }
 
+/// [`database_fingerprint`] once the embedded engine has recorded the end of every chunk
+/// execution, which it does a moment after the batch turns terminal: taken as the "before" of
+/// a request that must write nothing, it cannot change by itself afterwards.
+pub async fn settled_fingerprint(db: &Path) -> String {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open database");
+    let deadline = Instant::now() + BATCH_DEADLINE;
+    loop {
+        let running: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM executions WHERE status = 'RUNNING'",
+                [],
+                |row| row.get(0),
+            )
+            .expect("count running executions");
+        if running == 0 {
+            return database_fingerprint(db);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{running} chunk executions still running"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A fingerprint of every table's rows, to show a rejected request wrote nothing.
 pub fn database_fingerprint(db: &Path) -> String {
     let conn =

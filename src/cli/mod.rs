@@ -1,0 +1,389 @@
+//! The command-line clients: `submit`, `status`, `watch`, `items`, `cancel`. Human output by
+//! default, `--json` for scripts. Inputs are parsed into domain values before anything is sent,
+//! and refusals name what the user typed: the flag, or the items file's line.
+
+mod items_file;
+mod watch;
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use self::items_file::ItemsSource;
+use self::watch::Watch;
+use crate::config::{BatchArgs, ClientArgs, ItemsArgs, SubmitArgs, WatchArgs};
+use crate::domain::{
+    Batch, BatchId, BatchSize, BatchSizeError, IdError, ItemIdsError, ItemRecord, ItemStatus,
+    NewPart, PartError, MAX_ITEMS_PER_REQUEST,
+};
+use crate::grpc::client::{AdminClient, BatchSubmission, ClientError, Submitted};
+use crate::store::ItemQuery;
+
+/// Items sent per `AppendBatchItems` call when a file is too large for one `SubmitBatch`.
+const ITEMS_PER_PART: usize = 50_000;
+/// Attempts per call on transient errors; every call is idempotent.
+const CALL_ATTEMPTS: u32 = 5;
+const ITEMS_PER_PAGE: u32 = 1000;
+
+/// How a command prints: for people, or one JSON object per line for scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Human,
+    Json,
+}
+
+impl Output {
+    fn of(client: &ClientArgs) -> Self {
+        if client.json {
+            Self::Json
+        } else {
+            Self::Human
+        }
+    }
+}
+
+/// A command-line input that breaks a rule, named as the user gave it.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// A flag or argument: `--batch-size: must be an integer between 1 and 1000`.
+    #[error("{name}")]
+    Argument {
+        name: &'static str,
+        #[source]
+        rule: InputRule,
+    },
+    /// A line of the items file: `ids.txt line 7: must not be empty`.
+    #[error("{file} line {line}")]
+    Line {
+        file: String,
+        line: u64,
+        #[source]
+        rule: InputRule,
+    },
+    /// The items file as a whole: `ids.txt: must hold at least one item ID`.
+    #[error("{file}")]
+    File {
+        file: String,
+        #[source]
+        rule: InputRule,
+    },
+}
+
+/// The rule an input breaks.
+#[derive(Debug, thiserror::Error)]
+pub enum InputRule {
+    #[error(transparent)]
+    Id(#[from] IdError),
+    #[error(transparent)]
+    ItemIds(#[from] ItemIdsError),
+    #[error(transparent)]
+    BatchSize(#[from] BatchSizeError),
+    #[error(transparent)]
+    Part(#[from] PartError),
+    #[error("must be pending, succeeded, failed or cancelled, not {0:?}")]
+    ItemStatus(String),
+}
+
+fn argument(name: &'static str, rule: impl Into<InputRule>) -> InputError {
+    InputError::Argument {
+        name,
+        rule: rule.into(),
+    }
+}
+
+fn batch_id_argument(raw: &str) -> Result<BatchId, InputError> {
+    BatchId::parse(raw).map_err(|rule| argument("BATCH_ID", rule))
+}
+
+fn batch_json(batch: &Batch) -> serde_json::Value {
+    json!({
+        "batchId": batch.batch_id.as_str(),
+        "status": batch.status.as_str(),
+        "totalItems": batch.total_items,
+        "receivedItems": batch.received_items,
+        "succeededItems": batch.succeeded_items,
+        "failedItems": batch.failed_items,
+        "cancelledItems": batch.cancelled_items,
+        "pendingItems": batch.pending_items(),
+        "totalChunks": batch.total_chunks,
+        "completedChunks": batch.completed_chunks,
+        "batchSize": batch.batch_size,
+        "createdAt": batch.created_at.to_rfc3339(),
+        "updatedAt": batch.updated_at.to_rfc3339(),
+        "completedAt": batch.completed_at.map(|t| t.to_rfc3339()),
+    })
+}
+
+fn print_batch(batch: &Batch) {
+    println!("batch      {}", batch.batch_id);
+    println!("status     {}", batch.status);
+    println!(
+        "items      {} total: {} succeeded, {} failed, {} cancelled, {} pending",
+        batch.total_items,
+        batch.succeeded_items,
+        batch.failed_items,
+        batch.cancelled_items,
+        batch.pending_items()
+    );
+    println!(
+        "chunks     {} of {} done (batch size {})",
+        batch.completed_chunks, batch.total_chunks, batch.batch_size
+    );
+    println!("created    {}", batch.created_at.to_rfc3339());
+    if let Some(completed_at) = batch.completed_at {
+        println!("completed  {}", completed_at.to_rfc3339());
+    }
+}
+
+/// Retries an idempotent call on transient errors with exponential backoff.
+async fn with_retries<T, F, Fut>(mut call: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(err) if err.is_transient() && attempt < CALL_ATTEMPTS => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let batch_id = match &args.batch_id {
+        Some(raw) => BatchId::parse(raw.as_str()).map_err(|rule| argument("--batch-id", rule))?,
+        None => BatchId::generate(),
+    };
+    let batch_size = BatchSize::parse(u64::from(args.batch_size))
+        .map_err(|rule| argument("--batch-size", rule))?;
+    let source = ItemsSource {
+        path: args.items_file.clone(),
+    };
+    // Small files go in one SubmitBatch; larger ones are checked and counted first, then
+    // streamed in parts so the whole file is never in memory.
+    let total = if source.is_stdin() {
+        None
+    } else {
+        Some(source.check()?)
+    };
+    let mut client = AdminClient::connect(&args.client.server).await?;
+    let submitted = match total {
+        Some(total) if total > MAX_ITEMS_PER_REQUEST as u64 => {
+            let upload = Upload {
+                batch_id,
+                batch_size,
+                total,
+                output: Output::of(&args.client),
+            };
+            upload.send(&client, source).await?
+        }
+        _ => {
+            let submission = BatchSubmission {
+                batch_id,
+                batch_size,
+                items: source.read_all()?,
+            };
+            with_retries(|| {
+                let mut client = client.clone();
+                let submission = submission.clone();
+                async move { client.submit(submission).await }
+            })
+            .await?
+        }
+    };
+    report_submitted(&submitted, &args);
+    if args.watch {
+        let watch = Watch {
+            batch_id: submitted.batch_id,
+            output: Output::of(&args.client),
+            reconnect_timeout: args.reconnect.reconnect_timeout,
+        };
+        watch.run(&mut client).await?;
+    }
+    Ok(())
+}
+
+fn report_submitted(submitted: &Submitted, args: &SubmitArgs) {
+    if args.client.json && !args.watch {
+        println!(
+            "{}",
+            json!({
+                "batchId": submitted.batch_id.as_str(),
+                "totalItems": submitted.total_items,
+                "totalChunks": submitted.total_chunks,
+                "created": submitted.created,
+            })
+        );
+    } else if !args.client.json {
+        let verb = if submitted.created {
+            "submitted"
+        } else {
+            "already submitted"
+        };
+        println!(
+            "{verb} batch {} ({} items, {} chunks)",
+            submitted.batch_id, submitted.total_items, submitted.total_chunks
+        );
+    }
+}
+
+/// A file too large for one call, sent as numbered parts of [`ITEMS_PER_PART`] items.
+struct Upload {
+    batch_id: BatchId,
+    batch_size: BatchSize,
+    total: u64,
+    output: Output,
+}
+
+impl Upload {
+    /// Reads the file on a blocking thread while the parts go out one at a time.
+    async fn send(self, client: &AdminClient, source: ItemsSource) -> anyhow::Result<Submitted> {
+        let bar = (self.output == Output::Human).then(|| {
+            let bar = ProgressBar::new(self.total);
+            bar.set_style(
+                ProgressStyle::with_template("uploading {bar:40} {pos}/{len} items")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        let (sender, mut parts) = tokio::sync::mpsc::channel::<NewPart>(2);
+        let (batch_id, batch_size, total) = (self.batch_id.clone(), self.batch_size, self.total);
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut part_number = 0;
+            source.for_each_group(ITEMS_PER_PART, |group| {
+                part_number += 1;
+                let items = source.parse(group)?;
+                let part = NewPart::new(batch_id.clone(), total, batch_size, part_number, items)
+                    .map_err(|rule| argument("--items-file", rule))?;
+                sender
+                    .blocking_send(part)
+                    .map_err(|_| anyhow::anyhow!("upload stopped"))
+            })
+        });
+        let mut last = None;
+        while let Some(part) = parts.recv().await {
+            let count = part.items.len() as u64;
+            let sent = with_retries(|| {
+                let mut client = client.clone();
+                let part = part.clone();
+                async move { client.append(part).await }
+            })
+            .await?;
+            if let Some(bar) = &bar {
+                bar.inc(count);
+            }
+            last = Some(sent);
+        }
+        reader.await??;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        last.context("the items file holds no item IDs")
+    }
+}
+
+pub async fn status(args: BatchArgs) -> anyhow::Result<()> {
+    let batch_id = batch_id_argument(&args.batch_id)?;
+    let mut client = AdminClient::connect(&args.client.server).await?;
+    let batch = client.status(&batch_id).await?;
+    show(&batch, Output::of(&args.client));
+    Ok(())
+}
+
+pub async fn cancel(args: BatchArgs) -> anyhow::Result<()> {
+    let batch_id = batch_id_argument(&args.batch_id)?;
+    let mut client = AdminClient::connect(&args.client.server).await?;
+    let batch = client.cancel(&batch_id).await?;
+    show(&batch, Output::of(&args.client));
+    Ok(())
+}
+
+fn show(batch: &Batch, output: Output) {
+    match output {
+        Output::Json => println!("{}", batch_json(batch)),
+        Output::Human => print_batch(batch),
+    }
+}
+
+pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    let watch = Watch {
+        batch_id: batch_id_argument(&args.batch_id)?,
+        output: Output::of(&args.client),
+        reconnect_timeout: args.reconnect.reconnect_timeout,
+    };
+    let mut client = AdminClient::connect(&args.client.server).await?;
+    watch.run(&mut client).await
+}
+
+pub async fn items(args: ItemsArgs) -> anyhow::Result<()> {
+    let status = match &args.status {
+        Some(name) => Some(
+            ItemStatus::from_name(name)
+                .ok_or_else(|| argument("--status", InputRule::ItemStatus(name.clone())))?,
+        ),
+        None => None,
+    };
+    let batch_id = batch_id_argument(&args.batch_id)?;
+    let mut client = AdminClient::connect(&args.client.server).await?;
+    let mut page_token = None;
+    let mut shown = 0u64;
+    let limit = args.limit.unwrap_or(u64::MAX);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    loop {
+        let query = ItemQuery {
+            batch_id: batch_id.clone(),
+            status,
+            page_size: ITEMS_PER_PAGE,
+            page_token,
+        };
+        let page = client.items(query).await?;
+        for item in page.entries {
+            if shown == limit {
+                return Ok(());
+            }
+            write_item(&mut out, &item, Output::of(&args.client))?;
+            shown += 1;
+        }
+        match page.next_page_token {
+            Some(next) => page_token = Some(next),
+            None => return Ok(()),
+        }
+    }
+}
+
+fn write_item(out: &mut impl Write, item: &ItemRecord, output: Output) -> anyhow::Result<()> {
+    if output == Output::Json {
+        writeln!(
+            out,
+            "{}",
+            json!({
+                "itemId": item.item_id.as_str(),
+                "status": item.status.as_str(),
+                "error": item.error,
+                "attempts": item.attempts,
+                "chunk": item.chunk,
+            })
+        )?;
+    } else {
+        writeln!(
+            out,
+            "{}\t{}\tattempts={}\tchunk={}\t{}",
+            item.item_id,
+            item.status,
+            item.attempts,
+            item.chunk,
+            item.error.as_deref().unwrap_or("")
+        )?;
+    }
+    Ok(())
+}
