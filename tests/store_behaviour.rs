@@ -986,11 +986,9 @@ async fn sqlite_intake_and_listing_figures() {
             NewPart::new(
                 id("figures"),
                 1_000_000,
-                BatchSize::parse(100, "batch_size").unwrap(),
+                BatchSize::parse(100).unwrap(),
                 number,
-                parse_item_ids(ids, "item_ids").unwrap(),
-                "total_items",
-                "part_number",
+                parse_item_ids(ids).unwrap(),
             )
             .unwrap()
         })

@@ -227,11 +227,9 @@ mod tests {
         NewPart::new(
             BatchId::parse("b").unwrap(),
             total,
-            BatchSize::parse(size, "batch_size").unwrap(),
+            BatchSize::parse(size).unwrap(),
             number,
-            parse_item_ids(ids.iter().map(|id| id.to_string()).collect(), "item_ids").unwrap(),
-            "total_items",
-            "part_number",
+            parse_item_ids(ids.iter().map(|id| id.to_string()).collect()).unwrap(),
         )
         .unwrap()
     }
