@@ -156,6 +156,22 @@ impl AwsBatchRunner {
         Ok(summaries)
     }
 
+    /// The job's description, if AWS Batch still has it.
+    async fn describe_one(&self, job_id: &str) -> Result<Option<JobDetail>, JobError> {
+        let described = self
+            .client
+            .describe_jobs()
+            .jobs(job_id)
+            .send()
+            .await
+            .map_err(service_error)?;
+        Ok(described
+            .jobs()
+            .iter()
+            .find(|detail| detail.job_id() == Some(job_id))
+            .cloned())
+    }
+
     /// The failed children of an array job, as (array index, failure message).
     async fn failed_children(&self, array_job_id: &str) -> Result<Vec<(usize, String)>, JobError> {
         let children = self
@@ -223,6 +239,10 @@ impl JobRunner for AwsBatchRunner {
         spec.validate()?;
         let name = spec.name();
         if let Some(existing) = self.find(&name).await? {
+            let detail = self.describe_one(&existing.job_id).await?;
+            if detail.as_ref().and_then(submitted_digest) != Some(spec.items_digest().as_str()) {
+                return Err(JobError::NameConflict { name });
+            }
             return Ok(existing);
         }
         let mut request = self
@@ -309,10 +329,7 @@ impl JobRunner for AwsBatchRunner {
                 states.push(JobState::Lost);
                 continue;
             };
-            let submitted_digest = detail
-                .parameters()
-                .and_then(|parameters| parameters.get("itemsDigest"));
-            if submitted_digest.map(String::as_str) != Some(items_digest(request.items).as_str()) {
+            if submitted_digest(detail) != Some(items_digest(request.items).as_str()) {
                 return Err(JobError::ItemsMismatch {
                     name: request.handle.name.clone(),
                 });
@@ -380,6 +397,14 @@ fn environment(spec: &JobSpec, name: &str) -> Vec<KeyValuePair> {
         .into_iter()
         .map(|(name, value)| KeyValuePair::builder().name(name).value(value).build())
         .collect()
+}
+
+/// The digest of the items a job was submitted with, from its parameters.
+fn submitted_digest(detail: &JobDetail) -> Option<&str> {
+    detail
+        .parameters()
+        .and_then(|parameters| parameters.get("itemsDigest"))
+        .map(String::as_str)
 }
 
 /// The item IDs as a JSON array, when it fits [`INLINE_ITEM_IDS_BUDGET`].

@@ -276,6 +276,9 @@ impl JobRunner for CommandRunner {
                 jobs.retain(|_, job| !job.finished_before(horizon));
             }
             if let Some(existing) = jobs.get(&name) {
+                if existing.digest != spec.items_digest() {
+                    return Err(JobError::NameConflict { name });
+                }
                 return Ok(existing.handle.clone());
             }
             let job = Arc::new(Job {

@@ -281,6 +281,9 @@ pub enum JobError {
         found: RunnerKind,
         expected: RunnerKind,
     },
+    /// A job of this name (the same chunk attempt) was submitted with other items.
+    #[error("job {name} was already submitted with other items")]
+    NameConflict { name: String },
     /// The items given to `poll` are not those the job was submitted with.
     #[error("job {name} was submitted with other items than the ones given to poll")]
     ItemsMismatch { name: String },
@@ -293,7 +296,8 @@ pub enum JobError {
 #[async_trait]
 pub trait JobRunner: Send + Sync {
     /// Starts the job for `spec`'s chunk attempt and returns at once. Idempotent: when a job
-    /// with the same name exists (in any state), returns it and starts nothing.
+    /// with the same name exists (in any state), returns it and starts nothing; if that job
+    /// was submitted with other items, fails with [`JobError::NameConflict`].
     async fn submit(&self, spec: &JobSpec) -> Result<JobHandle, JobError>;
 
     /// The job with this deterministic name, if the runner knows one.
