@@ -494,3 +494,40 @@ async fn a_failed_array_job_fails_the_items_of_its_failed_children() {
         }
     );
 }
+
+#[tokio::test]
+async fn verify_accepts_the_settings_and_names_a_missing_queue_or_definition() {
+    let setup = Setup::on(&moto_endpoint().await).await;
+    setup.runner.verify().await.unwrap();
+    let with = |job_queue: &str, job_definition: &str| {
+        AwsBatchRunner::new(
+            setup.client.clone(),
+            AwsBatchSettings {
+                job_queue: job_queue.to_owned(),
+                job_definition: job_definition.to_owned(),
+            },
+        )
+    };
+    let queue = &setup.settings.job_queue;
+    let definition = &setup.settings.job_definition;
+    with(queue, &format!("{definition}:1"))
+        .verify()
+        .await
+        .unwrap();
+    assert_eq!(
+        with("no-such-queue", definition)
+            .verify()
+            .await
+            .unwrap_err()
+            .to_string(),
+        "invalid job runner settings: the job queue no-such-queue does not exist"
+    );
+    assert_eq!(
+        with(queue, "no-such-definition")
+            .verify()
+            .await
+            .unwrap_err()
+            .to_string(),
+        "invalid job runner settings: the job definition no-such-definition does not exist or is not active"
+    );
+}

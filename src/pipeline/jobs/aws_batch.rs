@@ -53,7 +53,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use aws_sdk_batch::error::{DisplayErrorContext, SdkError};
 use aws_sdk_batch::types::{
-    ArrayProperties, ContainerOverrides, JobDetail, JobStatus, JobSummary, KeyValuePair,
+    ArrayProperties, ContainerOverrides, JobDetail, JobStatus, JobSummary, JqState, KeyValuePair,
     KeyValuesPair,
 };
 
@@ -124,6 +124,81 @@ pub struct AwsBatchRunner {
 impl AwsBatchRunner {
     pub fn new(client: aws_sdk_batch::Client, settings: AwsBatchSettings) -> Self {
         Self { client, settings }
+    }
+
+    /// Checks that the job queue exists and is enabled and that the job definition exists and
+    /// is active, so that a wrong setting fails at start, named, rather than every chunk.
+    pub async fn verify(&self) -> Result<(), JobError> {
+        let AwsBatchSettings {
+            job_queue,
+            job_definition,
+        } = &self.settings;
+        let queues = self
+            .client
+            .describe_job_queues()
+            .job_queues(job_queue)
+            .send()
+            .await
+            .map_err(service_error)?;
+        match queues.job_queues().first().map(|queue| queue.state()) {
+            None => {
+                return Err(JobError::InvalidSettings(format!(
+                    "the job queue {job_queue} does not exist"
+                )))
+            }
+            Some(Some(JqState::Enabled)) => {}
+            Some(_) => {
+                return Err(JobError::InvalidSettings(format!(
+                    "the job queue {job_queue} is not enabled"
+                )))
+            }
+        }
+        if !self.job_definition_is_active().await? {
+            return Err(JobError::InvalidSettings(format!(
+                "the job definition {job_definition} does not exist or is not active"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the job definition (an ARN, `name:revision`, or a name: its latest revision)
+    /// exists and is active.
+    async fn job_definition_is_active(&self) -> Result<bool, JobError> {
+        let definition = self.settings.job_definition.as_str();
+        let (name, revision) = match definition.rsplit_once(':') {
+            _ if definition.starts_with("arn:") => (definition, None),
+            Some((name, revision)) => match revision.parse::<i32>() {
+                Ok(revision) => (name, Some(revision)),
+                Err(_) => return Ok(false),
+            },
+            None => (definition, None),
+        };
+        let mut next_token = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let request = self.client.describe_job_definitions();
+            let request = if name.starts_with("arn:") {
+                request.job_definitions(name)
+            } else {
+                request.job_definition_name(name)
+            };
+            let page = request
+                .set_next_token(next_token)
+                .send()
+                .await
+                .map_err(service_error)?;
+            let found = page.job_definitions().iter().any(|found| {
+                found.status() == Some("ACTIVE")
+                    && revision.is_none_or(|revision| found.revision() == Some(revision))
+            });
+            if found {
+                return Ok(true);
+            }
+            next_token = page.next_token().map(str::to_owned);
+            if next_token.is_none() {
+                break;
+            }
+        }
+        Ok(false)
     }
 
     fn handle(name: &str, job_id: String) -> JobHandle {
