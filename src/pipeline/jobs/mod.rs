@@ -20,9 +20,13 @@
 //! Every job has a deterministic name ([`job_name`]) derived from its batch, chunk, attempt and
 //! task: submitting the same attempt again finds the job already started instead of starting a
 //! second one, and after a crash between submitting a job and recording its handle the caller
-//! finds it again with [`JobRunner::find`]. Handles and states are serde values, small enough
-//! to travel in the state machine's JSON between steps; they never hold the chunk's item IDs,
-//! which [`JobRunner::poll`] takes beside each handle (checked against what was submitted).
+//! finds it again with [`JobRunner::find`].
+//!
+//! Handles ([`JobHandle`]) are small serde values that travel in the state machine's JSON
+//! between steps: they never hold the chunk's item IDs (a chunk of 1000 long IDs would outgrow
+//! a Step Functions payload), which [`JobRunner::poll`] takes beside each handle and checks
+//! against the items the job was submitted with. States ([`JobState`]) are serde values too;
+//! one with many item failures can be large, so record it in the store rather than pass it on.
 
 pub mod aws_batch;
 pub mod command;
