@@ -1,6 +1,7 @@
 //! The pipeline, backend-agnostic: intake (`init`), then per chunk `task1` -> `task2` -> `update`.
 
 pub mod init;
+pub mod jobs;
 pub mod steps;
 pub mod tasks;
 

@@ -199,3 +199,42 @@ pub async fn dynamo_store(prefix: &str) -> batch_manager::store::dynamo::DynamoS
     let config = aws_sdk_dynamodb::Config::from(&sdk_config(&endpoint).await);
     dynamo_store_with(prefix, config).await
 }
+
+/// Starts another moto server on loopback, with `extra_env` in its environment (settings moto
+/// reads only from its own environment, e.g. `MOTO_SIMPLE_BATCH_FAIL_AFTER`), and returns its
+/// endpoint. Unlike [`moto_endpoint`] it starts a new server on every call; it stops by itself
+/// when the test process exits.
+pub async fn start_moto_server(extra_env: &[(&str, &str)]) -> String {
+    let port = free_port();
+    let moto = which("moto_server");
+    let python = std::path::Path::new(&moto).with_file_name("python3");
+    let launcher = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/moto_server.py");
+    let log = std::env::temp_dir().join(format!("batch-manager-moto-{port}.log"));
+    let script = format!(
+        "'{python}' '{launcher}' 127.0.0.1 {port} >'{log}' 2>&1 & child=$!; \\
+         while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $child",
+        python = python.display(),
+        log = log.display(),
+        parent = std::process::id()
+    );
+    let mut watcher = Command::new("sh")
+        .args(["-c", &script])
+        .envs(extra_env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start moto's server");
+    std::thread::spawn(move || watcher.wait());
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reqwest::get(format!("{endpoint}/moto-api/")).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "moto's server did not start; its output:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    endpoint
+}
