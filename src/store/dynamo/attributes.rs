@@ -116,14 +116,6 @@ impl RequestKey {
             Some(_) => None,
         }
     }
-
-    /// The chunk a chunk key names.
-    pub(super) fn chunk(self) -> Option<u64> {
-        match self {
-            Self::ChunkState(chunk) | Self::ChunkIds(chunk) => Some(chunk),
-            Self::Part(_) | Self::PartHashes(_) => None,
-        }
-    }
 }
 
 /// A batch-table key.
