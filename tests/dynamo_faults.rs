@@ -105,12 +105,13 @@ fn target(headers: &HeaderMap) -> &str {
         .unwrap_or_default()
 }
 
-/// A throttling answer, or the request body with the items withheld from it (by table).
+/// The request body with the items withheld from it (by table), or the kind of throttling
+/// error to answer with instead.
 fn inject_faults(
     faults: &Faults,
     target: &str,
     body: Bytes,
-) -> Result<(Vec<u8>, serde_json::Map<String, Value>), Response> {
+) -> Result<(Vec<u8>, serde_json::Map<String, Value>), &'static str> {
     let number = faults.requests.fetch_add(1, Ordering::SeqCst) + 1;
     if number % THROTTLE_EVERY == 0 && faults.throttled.load(Ordering::SeqCst) < MAX_THROTTLES {
         let count = faults.throttled.fetch_add(1, Ordering::SeqCst);
@@ -119,7 +120,7 @@ fn inject_faults(
         } else {
             "ProvisionedThroughputExceededException"
         };
-        return Err(throttling(kind));
+        return Err(kind);
     }
     let mut withheld = serde_json::Map::new();
     if !target.ends_with(".BatchWriteItem")
@@ -149,7 +150,7 @@ async fn forward(State(proxy): State<Proxy>, headers: HeaderMap, body: Bytes) ->
     let (body, withheld) = match &proxy.plan {
         Plan::Faults(faults) => match inject_faults(faults, &target, body) {
             Ok(forwarded) => forwarded,
-            Err(throttled) => return throttled,
+            Err(kind) => return throttling(kind),
         },
         Plan::HoldBatchWrites(hold) => {
             if target.ends_with(".BatchWriteItem") {
