@@ -99,7 +99,7 @@ pub(super) enum RequestKey {
 }
 
 impl RequestKey {
-    pub(super) fn parse(sk: &str) -> Option<Self> {
+    fn parse(sk: &str) -> Option<Self> {
         if let Some(rest) = sk.strip_prefix("part#") {
             return match rest.split_once('#') {
                 None => Some(Self::Part(rest.parse().ok()?)),

@@ -49,7 +49,7 @@ impl ChunkStateRecord {
     }
 
     /// The state of a chunk of `ids` (joined) that has no state item.
-    pub(super) fn unstored(ids: &str) -> Self {
+    fn unstored(ids: &str) -> Self {
         let item_count = codec::split_ids(ids).count();
         Self {
             outcomes: ChunkOutcomes::new(item_count),
