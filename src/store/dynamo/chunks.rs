@@ -489,3 +489,48 @@ impl DynamoStore {
         Ok(conditional(written, |e| e.is_conditional_check_failed_exception())?.is_some())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_with_no_state_item_is_pending_with_every_item_pending() {
+        let state = ChunkStateRecord::unstored("a\nb\nc");
+        assert_eq!(state.item_count, 3);
+        assert_eq!(state.outcomes, ChunkOutcomes::new(3));
+        assert_eq!(state.outcomes.stage, ChunkStage::Pending);
+        assert_eq!(state.version, 0);
+    }
+
+    #[test]
+    fn a_stored_state_is_used_only_for_its_own_chunk() {
+        let mut recorded = ChunkStateRecord::unstored("a");
+        recorded.outcomes.settle("failed");
+        recorded.version = 4;
+        let same = ChunkStateRecord::of_chunk(7, Some((7, recorded.clone())), "a");
+        assert_eq!(same.outcomes.stage, ChunkStage::Recorded);
+        let other = ChunkStateRecord::of_chunk(8, Some((7, recorded)), "a\nb");
+        assert_eq!(
+            (other.outcomes.stage, other.item_count),
+            (ChunkStage::Pending, 2)
+        );
+    }
+
+    #[test]
+    fn the_first_state_item_needs_none_stored_and_each_later_one_the_version_read() {
+        let batch_id = BatchId::parse("b").unwrap();
+        let mut state = ChunkStateRecord::unstored("a\nb");
+        let (item, condition, seen) = state.next_item(&batch_id, 3);
+        assert_eq!(seen, 0);
+        assert_eq!(
+            condition,
+            "attribute_not_exists(version) OR version = :seen"
+        );
+        assert_eq!(number::<u64>(&item, VERSION).unwrap(), 1);
+        assert_eq!(text(&item, SK).unwrap(), chunk_sk(3));
+        let (item, condition, seen) = state.next_item(&batch_id, 3);
+        assert_eq!((condition.as_str(), seen), ("version = :seen", 1));
+        assert_eq!(number::<u64>(&item, VERSION).unwrap(), 2);
+    }
+}
