@@ -595,6 +595,98 @@ async fn concurrent_cancels_count_the_items_never_received_once(store: Arc<dyn B
     assert_eq!(done.completed_chunks, done.total_chunks);
 }
 
+/// Claims a chunk if it is still to run; when it is, its items get outcomes (odd positions
+/// fail) and it is recorded.
+async fn run_if_active(store: &dyn BatchStore, batch: &str, chunk: u64) {
+    let ChunkClaim::Active(claimed) = store.claim_chunk(&id(batch), chunk).await.unwrap() else {
+        return;
+    };
+    let outcomes: Vec<(usize, ItemOutcome)> = (0..claimed.items.len())
+        .map(|position| match position % 2 {
+            0 => (position, ItemOutcome::Succeeded),
+            _ => (position, ItemOutcome::Failed("odd".into())),
+        })
+        .collect();
+    store
+        .save_outcomes(&id(batch), chunk, &outcomes, 1)
+        .await
+        .unwrap();
+    store.record_chunk(&id(batch), chunk, None).await.unwrap();
+}
+
+async fn identical_parts_sent_concurrently_amid_claims_records_and_a_cancel_count_each_item_once(
+    store: Arc<dyn BatchStore>,
+) {
+    // Five clients send the same part at once; each runs every chunk it is answered with, and
+    // the first to be answered cancels the batch before running its chunks.
+    let ids: Vec<String> = (0..30).map(|i| format!("x{i:02}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let sent = part("x", 30, 3, 1, &refs);
+    let (answered, first_answer) = tokio::sync::mpsc::channel::<()>(5);
+    let senders: Vec<_> = (0..5)
+        .map(|_| {
+            let (store, sent, answered) = (Arc::clone(&store), sent.clone(), answered.clone());
+            tokio::spawn(async move {
+                let chunks = match store.append_part(&sent).await.unwrap() {
+                    AppendOutcome::Created { chunks, .. } => chunks,
+                    AppendOutcome::AlreadyStored {
+                        unstarted_chunks, ..
+                    } => unstarted_chunks,
+                    other => panic!("the part was answered {other:?}"),
+                };
+                answered.send(()).await.unwrap();
+                for chunk in chunks {
+                    run_if_active(&*store, "x", chunk).await;
+                }
+            })
+        })
+        .collect();
+    let canceller = tokio::spawn({
+        let store = Arc::clone(&store);
+        let mut first_answer = first_answer;
+        async move {
+            first_answer.recv().await.expect("a sender is answered");
+            store.cancel_batch(&id("x")).await.unwrap()
+        }
+    });
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    assert!(matches!(
+        canceller.await.unwrap(),
+        CancelOutcome::Cancelled(_) | CancelOutcome::AlreadyTerminal(_)
+    ));
+    // Chunks claimed by a sender answered before the cancel may still be running elsewhere;
+    // finish whatever is left, as replayed executions would.
+    for chunk in 0..10 {
+        run_if_active(&*store, "x", chunk).await;
+    }
+
+    let batch = store.get_batch(&id("x")).await.unwrap().unwrap();
+    assert!(batch.status.is_terminal(), "{batch:?}");
+    assert_eq!(settled_items(&batch), 30, "{batch:?}");
+    assert_eq!((batch.total_chunks, batch.completed_chunks), (10, 10));
+    let listed = list_all(&*store, "x", None, 100).await;
+    let count = |status| listed.iter().filter(|(_, s)| *s == status).count() as u64;
+    assert_eq!(listed.len(), 30);
+    assert_eq!(
+        (
+            count(ItemStatus::Succeeded),
+            count(ItemStatus::Failed),
+            count(ItemStatus::Cancelled)
+        ),
+        (
+            batch.succeeded_items,
+            batch.failed_items,
+            batch.cancelled_items
+        ),
+        "the counters say what the items show"
+    );
+    let mut listed_ids: Vec<String> = listed.into_iter().map(|(item, _)| item).collect();
+    listed_ids.sort();
+    assert_eq!(listed_ids, ids, "every item stored once");
+}
+
 /// Every item of a batch through `ListBatchItems` pages of `page_size`, following the tokens.
 async fn list_all(
     store: &dyn BatchStore,
@@ -880,6 +972,7 @@ both_backends!(
     batches_list_newest_first_by_status_in_pages,
     unknown_batches_and_chunks_are_reported_as_such,
     concurrent_cancels_count_the_items_never_received_once,
+    identical_parts_sent_concurrently_amid_claims_records_and_a_cancel_count_each_item_once,
     the_unfiltered_listing_of_a_cancelled_batch_shows_every_received_item,
     a_page_token_past_the_largest_chunk_number_is_a_bad_token,
     a_part_repeating_an_id_of_an_earlier_part_is_a_conflict_naming_both,
@@ -903,6 +996,91 @@ async fn dynamo_store_and_client() -> (Arc<dyn BatchStore>, aws_sdk_dynamodb::Cl
     (Arc::new(store), client, request_table)
 }
 
+/// The key of a request-table item.
+fn request_key(batch: &str, sk: String) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        ("batchId".to_owned(), AttributeValue::S(batch.into())),
+        ("sk".to_owned(), AttributeValue::S(sk)),
+    ])
+}
+
+/// Earlier versions of the store wrote each chunk's state with its part's IDs, PENDING at
+/// version 0; those chunks still move once: claimed, recorded, cancelled.
+#[tokio::test]
+async fn dynamodb_chunk_states_written_with_their_part_by_earlier_versions_still_move_once() {
+    let (store, client, request_table) = dynamo_store_and_client().await;
+    created_chunks(
+        store
+            .append_part(&part("legacy", 6, 2, 1, &["a", "b", "c", "d", "e", "f"]))
+            .await
+            .unwrap(),
+    );
+    for chunk in 0..3 {
+        let mut item = request_key("legacy", format!("chunk#{chunk:020}"));
+        let number = |value: u64| AttributeValue::N(value.to_string());
+        item.extend([
+            ("stage".to_owned(), AttributeValue::S("PENDING".into())),
+            ("states".to_owned(), AttributeValue::S("PP".into())),
+            ("failedCount".to_owned(), number(0)),
+            ("attempts".to_owned(), number(0)),
+            ("itemCount".to_owned(), number(2)),
+            ("version".to_owned(), number(0)),
+        ]);
+        client
+            .put_item()
+            .table_name(&request_table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    process(&*store, "legacy", 0).await;
+    store.record_chunk(&id("legacy"), 0, None).await.unwrap();
+    assert!(matches!(
+        store
+            .record_chunk(&id("legacy"), 1, Some("task failed"))
+            .await
+            .unwrap(),
+        RecordOutcome::Recorded(_)
+    ));
+    let CancelOutcome::Cancelled(cancelled) = store.cancel_batch(&id("legacy")).await.unwrap()
+    else {
+        panic!("not cancelled");
+    };
+    assert_eq!(cancelled.status, BatchStatus::Cancelled);
+    for chunk in 0..3 {
+        assert_eq!(
+            store.claim_chunk(&id("legacy"), chunk).await.unwrap(),
+            ChunkClaim::Inactive
+        );
+        assert!(matches!(
+            store
+                .record_chunk(&id("legacy"), chunk, None)
+                .await
+                .unwrap(),
+            RecordOutcome::AlreadyRecorded(_)
+        ));
+    }
+    let batch = store.get_batch(&id("legacy")).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            batch.succeeded_items,
+            batch.failed_items,
+            batch.cancelled_items
+        ),
+        (1, 3, 2)
+    );
+    assert_eq!((batch.completed_chunks, batch.total_chunks), (3, 3));
+    let listed = list_all(&*store, "legacy", None, 100).await;
+    let statuses: Vec<ItemStatus> = listed.into_iter().map(|(_, status)| status).collect();
+    use ItemStatus::{Cancelled, Failed, Succeeded};
+    assert_eq!(
+        statuses,
+        vec![Succeeded, Failed, Failed, Failed, Cancelled, Cancelled]
+    );
+}
+
 #[tokio::test]
 async fn dynamodb_resuming_an_interrupted_part_write_never_revives_a_cancelled_chunk() {
     let (store, client, request_table) = dynamo_store_and_client().await;
@@ -912,13 +1090,9 @@ async fn dynamodb_resuming_an_interrupted_part_write_never_revives_a_cancelled_c
             .await
             .unwrap(),
     );
-    // As if the part's write had stopped before chunk 3 and before the part was marked written.
-    let key = |sk: String| {
-        HashMap::from([
-            ("batchId".to_owned(), AttributeValue::S("resumed".into())),
-            ("sk".to_owned(), AttributeValue::S(sk)),
-        ])
-    };
+    // As if the part's write had stopped before chunk 3 (whichever of its items exist go) and
+    // before the part was marked written.
+    let key = |sk: String| request_key("resumed", sk);
     client
         .update_item()
         .table_name(&request_table)

@@ -99,7 +99,7 @@ pub(super) enum RequestKey {
 }
 
 impl RequestKey {
-    pub(super) fn parse(sk: &str) -> Option<Self> {
+    fn parse(sk: &str) -> Option<Self> {
         if let Some(rest) = sk.strip_prefix("part#") {
             return match rest.split_once('#') {
                 None => Some(Self::Part(rest.parse().ok()?)),
@@ -114,14 +114,6 @@ impl RequestKey {
             None => Some(Self::ChunkState(rest.parse().ok()?)),
             Some((index, "ids")) => Some(Self::ChunkIds(index.parse().ok()?)),
             Some(_) => None,
-        }
-    }
-
-    /// The chunk a chunk key names.
-    pub(super) fn chunk(self) -> Option<u64> {
-        match self {
-            Self::ChunkState(chunk) | Self::ChunkIds(chunk) => Some(chunk),
-            Self::Part(_) | Self::PartHashes(_) => None,
         }
     }
 }

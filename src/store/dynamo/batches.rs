@@ -30,7 +30,7 @@ pub(super) struct BatchRecord {
 }
 
 impl BatchRecord {
-    pub(super) fn from_item(item: &Item) -> Result<Self, StoreError> {
+    fn from_item(item: &Item) -> Result<Self, StoreError> {
         let status = text(item, STATUS)?;
         Ok(Self {
             batch: Batch {

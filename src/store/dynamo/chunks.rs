@@ -1,10 +1,16 @@
 //! Chunk items: writing a part's chunks, reading them in key order, and a chunk's lifecycle
 //! (claimed, outcomes saved, recorded once, or cancelled once before it started).
+//!
+//! A part's write stores only its chunks' ID items, which never change: writing one again, from
+//! a retry, a second client or a write that lands late, changes nothing. A chunk with no state
+//! item is PENDING with every item pending; its state item is created by the first transition
+//! (claim, saved outcomes, record or cancel), on the condition that none exists yet, and is
+//! from then on replaced only at the version read. Every write of a state item raises its
+//! version, so no write can bring back a state that moved on.
 
 use std::ops::ControlFlow;
 
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
-use futures::{stream, StreamExt, TryStreamExt};
 
 use super::attributes::{
     batch_key, chunk_sk, flag_value, ids_sk, n, number, optional_text, part_sk, request_key,
@@ -12,18 +18,19 @@ use super::attributes::{
     CHUNKS_WRITTEN, COMPLETED_CHUNKS, ERRORS, FAILED_COUNT, FAILED_ITEMS, ITEM_COUNT, ITEM_IDS, SK,
     STAGE, STATES, SUCCEEDED_ITEMS, UPDATED_AT, VERSION,
 };
-use super::writes::{conditional, unavailable, write_units, WRITES_IN_FLIGHT};
+use super::writes::{conditional, unavailable, write_units};
 use super::{contended, DynamoStore, OPTIMISTIC_ATTEMPTS};
 use crate::domain::{BatchId, BatchStatus, ItemOutcome, NewPart, Timestamp};
 use crate::store::codec::{self, ChunkOutcomes};
 use crate::store::rules::{self, Progress};
 use crate::store::{Chunk, ChunkClaim, ChunkStage, RecordOutcome, StoreError};
 
-/// A chunk's state item.
+/// A chunk's state: its state item, or, before one is stored, every item pending.
 #[derive(Debug, Clone)]
 pub(super) struct ChunkStateRecord {
     pub(super) outcomes: ChunkOutcomes,
     pub(super) item_count: u64,
+    /// The stored version; 0 when no state item is stored yet.
     version: u64,
 }
 
@@ -39,6 +46,25 @@ impl ChunkStateRecord {
             item_count: number(item, ITEM_COUNT)?,
             version: number(item, VERSION)?,
         })
+    }
+
+    /// The state of a chunk of `ids` (joined) that has no state item.
+    fn unstored(ids: &str) -> Self {
+        let item_count = codec::split_ids(ids).count();
+        Self {
+            outcomes: ChunkOutcomes::new(item_count),
+            item_count: item_count as u64,
+            version: 0,
+        }
+    }
+
+    /// The stored state of chunk `index`, if `stored` holds it, or the state of a chunk with
+    /// no state item.
+    pub(super) fn of_chunk(index: u64, stored: Option<(u64, Self)>, ids: &str) -> Self {
+        match stored {
+            Some((stored_index, state)) if stored_index == index => state,
+            _ => Self::unstored(ids),
+        }
     }
 
     fn to_item(&self, batch_id: &BatchId, chunk: u64) -> Item {
@@ -59,25 +85,20 @@ impl ChunkStateRecord {
         }
         item
     }
-}
 
-/// How a part's chunks are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ChunkWrite {
-    /// Just reserved: no chunk of the part exists yet.
-    Fresh,
-    /// Reserved by an earlier attempt that may have written some chunks, which tasks or a
-    /// cancel may have moved on since.
-    Resume,
-}
-
-/// Which chunk items a scan reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ChunkItems {
-    /// State items only (the ID items are filtered out).
-    States,
-    /// State items, each followed by its ID item.
-    StatesAndIds,
+    /// The next state item to write, with the condition (on `:seen`, the version read) that
+    /// the stored state is still the one read: that version, or, when it was 0, no state item
+    /// yet (state items written at version 0 predate this layout and are still PENDING).
+    fn next_item(&mut self, batch_id: &BatchId, chunk: u64) -> (Item, String, u64) {
+        let seen = self.version;
+        self.version += 1;
+        let condition = if seen == 0 {
+            format!("attribute_not_exists({VERSION}) OR {VERSION} = :seen")
+        } else {
+            format!("{VERSION} = :seen")
+        };
+        (self.to_item(batch_id, chunk), condition, seen)
+    }
 }
 
 impl DynamoStore {
@@ -99,55 +120,69 @@ impl DynamoStore {
             .item)
     }
 
+    /// A chunk's state, or None when the chunk's IDs are not stored.
     async fn load_state(
         &self,
         batch_id: &BatchId,
         chunk: u64,
     ) -> Result<Option<ChunkStateRecord>, StoreError> {
-        self.get_request_item(batch_id, chunk_sk(chunk))
-            .await?
-            .as_ref()
-            .map(ChunkStateRecord::from_item)
+        if let Some(item) = self.get_request_item(batch_id, chunk_sk(chunk)).await? {
+            return ChunkStateRecord::from_item(&item).map(Some);
+        }
+        let ids = self.get_request_item(batch_id, ids_sk(chunk)).await?;
+        ids.map(|item| Ok(ChunkStateRecord::unstored(text(&item, ITEM_IDS)?)))
             .transpose()
     }
 
-    /// Writes a part's chunks (ID items and state items), then marks the part written.
+    /// A chunk's state and its IDs (joined), in one query; None when the IDs are not stored.
+    async fn load_state_and_ids(
+        &self,
+        batch_id: &BatchId,
+        chunk: u64,
+    ) -> Result<Option<(ChunkStateRecord, String)>, StoreError> {
+        let mut stored = None;
+        let mut loaded = None;
+        self.for_each_chunk_item(batch_id, chunk, Some(chunk + 1), |key, item| {
+            match key {
+                RequestKey::ChunkState(index) => {
+                    stored = Some((index, ChunkStateRecord::from_item(item)?));
+                }
+                RequestKey::ChunkIds(index) => {
+                    let ids = text(item, ITEM_IDS)?;
+                    let state = ChunkStateRecord::of_chunk(index, stored.take(), ids);
+                    loaded = Some((state, ids.to_owned()));
+                }
+                RequestKey::Part(_) | RequestKey::PartHashes(_) => {}
+            }
+            Ok(ControlFlow::Continue(()))
+        })
+        .await?;
+        if loaded.is_none() && stored.is_some() {
+            return Err(StoreError::Corrupt(format!(
+                "chunk {chunk} of {batch_id} has no IDs"
+            )));
+        }
+        Ok(loaded)
+    }
+
+    /// Writes a part's chunks (their ID items), then marks the part written. Each ID item is
+    /// the same whoever writes it, so concurrent and repeated writes of a part agree.
     pub(super) async fn write_chunks(
         &self,
         part: &NewPart,
         first_chunk: u64,
-        write: ChunkWrite,
     ) -> Result<(), StoreError> {
-        let mut ids = Vec::with_capacity(part.chunk_count() as usize);
-        let mut states = Vec::with_capacity(part.chunk_count() as usize);
-        for (offset, chunk_items) in part.chunks().enumerate() {
-            let chunk = first_chunk + offset as u64;
-            let mut ids_item = request_key(&part.batch_id, ids_sk(chunk));
-            ids_item.insert(ITEM_IDS.to_owned(), s(codec::join_ids(chunk_items)));
-            ids.push(ids_item);
-            let state = ChunkStateRecord {
-                outcomes: ChunkOutcomes::new(chunk_items.len()),
-                item_count: chunk_items.len() as u64,
-                version: 0,
-            };
-            states.push(state.to_item(&part.batch_id, chunk));
-        }
-        match write {
-            ChunkWrite::Fresh => {
-                ids.extend(states);
-                self.write_all(ids).await?;
-            }
-            ChunkWrite::Resume => {
-                // IDs never change, so writing them again is harmless; a state item written
-                // before may have moved on (started, recorded, cancelled) and must stay.
-                self.write_all(ids).await?;
-                stream::iter(states)
-                    .map(|state| self.put_new(state))
-                    .buffer_unordered(WRITES_IN_FLIGHT)
-                    .try_collect::<Vec<bool>>()
-                    .await?;
-            }
-        }
+        let ids = part
+            .chunks()
+            .enumerate()
+            .map(|(offset, chunk_items)| {
+                let chunk = first_chunk + offset as u64;
+                let mut ids_item = request_key(&part.batch_id, ids_sk(chunk));
+                ids_item.insert(ITEM_IDS.to_owned(), s(codec::join_ids(chunk_items)));
+                ids_item
+            })
+            .collect();
+        self.write_all(ids).await?;
         self.meter.write(1);
         self.client
             .update_item()
@@ -170,11 +205,20 @@ impl DynamoStore {
         until: Option<u64>,
     ) -> Result<Vec<(u64, u64)>, StoreError> {
         let mut pending = Vec::new();
-        self.for_each_chunk_item(batch_id, from, until, ChunkItems::States, |key, item| {
-            if let RequestKey::ChunkState(index) = key {
-                if text(item, STAGE)? == ChunkStage::Pending.as_str() {
-                    pending.push((index, number(item, ITEM_COUNT)?));
+        let mut stored = None;
+        self.for_each_chunk_item(batch_id, from, until, |key, item| {
+            match key {
+                RequestKey::ChunkState(index) => {
+                    stored = Some((index, ChunkStateRecord::from_item(item)?));
                 }
+                RequestKey::ChunkIds(index) => {
+                    let ids = text(item, ITEM_IDS)?;
+                    let state = ChunkStateRecord::of_chunk(index, stored.take(), ids);
+                    if state.outcomes.stage == ChunkStage::Pending {
+                        pending.push((index, state.item_count));
+                    }
+                }
+                RequestKey::Part(_) | RequestKey::PartHashes(_) => {}
             }
             Ok(ControlFlow::Continue(()))
         })
@@ -190,21 +234,25 @@ impl DynamoStore {
         self.pending_chunks_in(batch_id, 0, None).await
     }
 
-    /// Feeds the chunk items of chunks `from..until` (every chunk from `from` when None) in
-    /// key order to `each`, until it breaks.
+    /// Feeds the chunk items (each chunk's state item, if stored, then its ID item) of chunks
+    /// `from..until` (every chunk from `from` when None) in key order to `each`, until it
+    /// breaks.
     pub(super) async fn for_each_chunk_item(
         &self,
         batch_id: &BatchId,
         from: u64,
         until: Option<u64>,
-        items: ChunkItems,
         mut each: impl FnMut(RequestKey, &Item) -> Result<ControlFlow<()>, StoreError>,
     ) -> Result<(), StoreError> {
-        let upper = until.map_or_else(|| AFTER_CHUNKS.to_owned(), chunk_sk);
+        let upper = match until {
+            None => AFTER_CHUNKS.to_owned(),
+            Some(end) if end > from => ids_sk(end - 1),
+            Some(_) => return Ok(()),
+        };
         let mut start_key = None;
         loop {
             self.meter.read();
-            let mut query = self
+            let output = self
                 .client
                 .query()
                 .table_name(&self.tables.request_table)
@@ -215,17 +263,15 @@ impl DynamoStore {
                 .expression_attribute_values(":from", s(chunk_sk(from)))
                 .expression_attribute_values(":until", s(upper.clone()))
                 .consistent_read(true)
-                .set_exclusive_start_key(start_key.take());
-            if items == ChunkItems::States {
-                query = query.filter_expression(format!("attribute_not_exists({ITEM_IDS})"));
-            }
-            let output = query.send().await.map_err(unavailable)?;
+                .set_exclusive_start_key(start_key.take())
+                .send()
+                .await
+                .map_err(unavailable)?;
             for item in output.items() {
                 let Some(key) = request_key_of(item)? else {
                     continue;
                 };
-                let past_end = until.is_some_and(|end| key.chunk().is_some_and(|c| c >= end));
-                if past_end || each(key, item)?.is_break() {
+                if each(key, item)?.is_break() {
                     return Ok(());
                 }
             }
@@ -246,7 +292,7 @@ impl DynamoStore {
             return Ok(ChunkClaim::NotFound);
         };
         for _ in 0..OPTIMISTIC_ATTEMPTS {
-            let Some(mut state) = self.load_state(batch_id, chunk).await? else {
+            let Some((mut state, ids)) = self.load_state_and_ids(batch_id, chunk).await? else {
                 return Ok(ChunkClaim::NotFound);
             };
             match state.outcomes.stage {
@@ -270,15 +316,10 @@ impl DynamoStore {
                 }
                 ChunkStage::Started => {}
             }
-            let Some(ids) = self.get_request_item(batch_id, ids_sk(chunk)).await? else {
-                return Err(StoreError::Corrupt(format!(
-                    "chunk {chunk} of {batch_id} has no IDs"
-                )));
-            };
             return Ok(ChunkClaim::Active(state.outcomes.into_chunk(
                 batch_id.clone(),
                 chunk,
-                text(&ids, ITEM_IDS)?,
+                &ids,
             )));
         }
         Err(contended(format!("chunk {chunk} of {batch_id}")))
@@ -290,24 +331,10 @@ impl DynamoStore {
         batch_id: &BatchId,
         chunk: u64,
     ) -> Result<Option<Chunk>, StoreError> {
-        let mut state = None;
-        let mut ids = None;
-        let items = ChunkItems::StatesAndIds;
-        self.for_each_chunk_item(batch_id, chunk, Some(chunk + 1), items, |key, item| {
-            match key {
-                RequestKey::ChunkIds(_) => ids = Some(text(item, ITEM_IDS)?.to_owned()),
-                RequestKey::ChunkState(_) => state = Some(ChunkStateRecord::from_item(item)?),
-                RequestKey::Part(_) | RequestKey::PartHashes(_) => {}
-            }
-            Ok(ControlFlow::Continue(()))
-        })
-        .await?;
-        Ok(match (state, ids) {
-            (Some(state), Some(ids)) => {
-                Some(state.outcomes.into_chunk(batch_id.clone(), chunk, &ids))
-            }
-            _ => None,
-        })
+        Ok(self
+            .load_state_and_ids(batch_id, chunk)
+            .await?
+            .map(|(state, ids)| state.outcomes.into_chunk(batch_id.clone(), chunk, &ids)))
     }
 
     /// `BatchStore::save_outcomes`.
@@ -336,8 +363,8 @@ impl DynamoStore {
         Err(contended(format!("chunk {chunk} of {batch_id}")))
     }
 
-    /// `BatchStore::record_chunk`: the chunk state (on the condition that it is still open at
-    /// the version read) and the batch counters in one transaction.
+    /// `BatchStore::record_chunk`: the chunk state (on the condition that it is still the one
+    /// read, which was open) and the batch counters in one transaction.
     pub(super) async fn record(
         &self,
         batch_id: &BatchId,
@@ -356,19 +383,13 @@ impl DynamoStore {
             state
                 .outcomes
                 .settle(failure.unwrap_or(codec::NO_OUTCOME_MESSAGE));
-            let seen_version = state.version;
-            state.version += 1;
-            let item = state.to_item(batch_id, chunk);
+            let (item, unchanged, seen) = state.next_item(batch_id, chunk);
             let units = write_units(&item);
             let put_state = Put::builder()
                 .table_name(&self.tables.request_table)
                 .set_item(Some(item))
-                .condition_expression(format!(
-                    "{VERSION} = :seen AND {STAGE} IN (:pending, :started)"
-                ))
-                .expression_attribute_values(":seen", n(seen_version))
-                .expression_attribute_values(":pending", s(ChunkStage::Pending.as_str()))
-                .expression_attribute_values(":started", s(ChunkStage::Started.as_str()))
+                .condition_expression(unchanged)
+                .expression_attribute_values(":seen", n(seen))
                 .build()?;
             let count = Update::builder()
                 .table_name(&self.tables.batch_table)
@@ -398,8 +419,9 @@ impl DynamoStore {
         Err(contended(format!("chunk {chunk} of {batch_id}")))
     }
 
-    /// Cancels one PENDING chunk and counts its items, in one transaction; false when the
-    /// chunk was no longer PENDING.
+    /// Cancels one PENDING chunk of `item_count` items (creating its state item when it has
+    /// none) and counts its items, in one transaction; false when the chunk was no longer
+    /// PENDING.
     pub(super) async fn cancel_chunk(
         &self,
         batch_id: &BatchId,
@@ -407,15 +429,25 @@ impl DynamoStore {
         item_count: u64,
     ) -> Result<bool, StoreError> {
         let counts = rules::cancelled_chunks(1, item_count);
+        let unstored = ChunkOutcomes::new(item_count as usize);
         let chunk_update = Update::builder()
             .table_name(&self.tables.request_table)
             .set_key(Some(request_key(batch_id, chunk_sk(chunk))))
             .update_expression(format!(
-                "SET {STAGE} = :cancelled, {VERSION} = {VERSION} + :one"
+                "SET {STAGE} = :cancelled, {VERSION} = if_not_exists({VERSION}, :zero) + :one, \
+                 {STATES} = if_not_exists({STATES}, :states), \
+                 {ITEM_COUNT} = if_not_exists({ITEM_COUNT}, :items), \
+                 {FAILED_COUNT} = if_not_exists({FAILED_COUNT}, :zero), \
+                 {ATTEMPTS} = if_not_exists({ATTEMPTS}, :zero)"
             ))
-            .condition_expression(format!("{STAGE} = :pending"))
+            .condition_expression(format!(
+                "attribute_not_exists({STAGE}) OR {STAGE} = :pending"
+            ))
             .expression_attribute_values(":cancelled", s(ChunkStage::Cancelled.as_str()))
             .expression_attribute_values(":pending", s(ChunkStage::Pending.as_str()))
+            .expression_attribute_values(":states", s(unstored.states_text()))
+            .expression_attribute_values(":items", n(item_count))
+            .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":one", n(1))
             .build()?;
         let batch_update = Update::builder()
@@ -435,27 +467,70 @@ impl DynamoStore {
         self.transact(writes, 2).await
     }
 
-    /// Replaces a chunk's state item if its version is still the one read; false when another
-    /// writer got there first.
+    /// Replaces a chunk's state item (or stores its first) if the stored state is still the
+    /// one read; false when another writer got there first.
     async fn put_state(
         &self,
         batch_id: &BatchId,
         chunk: u64,
         state: &mut ChunkStateRecord,
     ) -> Result<bool, StoreError> {
-        let seen_version = state.version;
-        state.version += 1;
-        let item = state.to_item(batch_id, chunk);
+        let (item, unchanged, seen) = state.next_item(batch_id, chunk);
         self.meter.write(write_units(&item));
         let written = self
             .client
             .put_item()
             .table_name(&self.tables.request_table)
             .set_item(Some(item))
-            .condition_expression(format!("{VERSION} = :seen"))
-            .expression_attribute_values(":seen", n(seen_version))
+            .condition_expression(unchanged)
+            .expression_attribute_values(":seen", n(seen))
             .send()
             .await;
         Ok(conditional(written, |e| e.is_conditional_check_failed_exception())?.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_with_no_state_item_is_pending_with_every_item_pending() {
+        let state = ChunkStateRecord::unstored("a\nb\nc");
+        assert_eq!(state.item_count, 3);
+        assert_eq!(state.outcomes, ChunkOutcomes::new(3));
+        assert_eq!(state.outcomes.stage, ChunkStage::Pending);
+        assert_eq!(state.version, 0);
+    }
+
+    #[test]
+    fn a_stored_state_is_used_only_for_its_own_chunk() {
+        let mut recorded = ChunkStateRecord::unstored("a");
+        recorded.outcomes.settle("failed");
+        recorded.version = 4;
+        let same = ChunkStateRecord::of_chunk(7, Some((7, recorded.clone())), "a");
+        assert_eq!(same.outcomes.stage, ChunkStage::Recorded);
+        let other = ChunkStateRecord::of_chunk(8, Some((7, recorded)), "a\nb");
+        assert_eq!(
+            (other.outcomes.stage, other.item_count),
+            (ChunkStage::Pending, 2)
+        );
+    }
+
+    #[test]
+    fn the_first_state_item_needs_none_stored_and_each_later_one_the_version_read() {
+        let batch_id = BatchId::parse("b").unwrap();
+        let mut state = ChunkStateRecord::unstored("a\nb");
+        let (item, condition, seen) = state.next_item(&batch_id, 3);
+        assert_eq!(seen, 0);
+        assert_eq!(
+            condition,
+            "attribute_not_exists(version) OR version = :seen"
+        );
+        assert_eq!(number::<u64>(&item, VERSION).unwrap(), 1);
+        assert_eq!(text(&item, SK).unwrap(), chunk_sk(3));
+        let (item, condition, seen) = state.next_item(&batch_id, 3);
+        assert_eq!((condition.as_str(), seen), ("version = :seen", 1));
+        assert_eq!(number::<u64>(&item, VERSION).unwrap(), 2);
     }
 }

@@ -8,11 +8,11 @@ use super::attributes::{
     corrupt, s, text, RequestKey, BATCH_ID, BY_CREATED_INDEX, BY_STATUS_INDEX, CREATED_KEY,
     ITEM_IDS, LIST_PARTITION, LIST_PARTITION_VALUE, STATUS,
 };
-use super::chunks::{ChunkItems, ChunkStateRecord};
+use super::chunks::ChunkStateRecord;
 use super::writes::unavailable;
 use super::DynamoStore;
 use crate::domain::{Batch, BatchId, ItemRecord};
-use crate::store::codec::{self, ChunkOutcomes, ItemPager};
+use crate::store::codec::{self, ItemPager};
 use crate::store::{BadPageToken, BatchQuery, ItemQuery, ListError, Page, StoreError};
 
 /// The `ListBatches` position: the last index key returned.
@@ -89,8 +89,9 @@ impl DynamoStore {
         })
     }
 
-    /// `BatchStore::list_items`: chunk items in key order from the token's chunk, each ID item
-    /// read only for a chunk that may hold wanted items, within the pager's bound.
+    /// `BatchStore::list_items`: chunk items in key order from the token's chunk, within the
+    /// pager's bound; a chunk's IDs are split only when it may hold wanted items or has no state
+    /// item (its IDs then give its item count).
     pub(super) async fn item_page(&self, query: &ItemQuery) -> Result<Page<ItemRecord>, ListError> {
         let mut pager = ItemPager::new(query)?;
         let Some(batch) = self.load_batch(&query.batch_id).await? else {
@@ -98,36 +99,30 @@ impl DynamoStore {
         };
         let mut page = None;
         let mut stopped_before = None;
-        let mut wanted: Option<(u64, ChunkOutcomes)> = None;
-        let items = ChunkItems::StatesAndIds;
+        let mut stored = None;
         let from = pager.start_chunk;
-        self.for_each_chunk_item(&query.batch_id, from, None, items, |key, item| {
+        self.for_each_chunk_item(&query.batch_id, from, None, |key, item| {
             let index = match key {
-                RequestKey::ChunkIds(index) => match wanted.take() {
-                    Some((wanted_index, outcomes)) if wanted_index == index => {
-                        page = pager.push(index, &outcomes, text(item, ITEM_IDS)?);
-                        if page.is_some() {
-                            return Ok(ControlFlow::Break(()));
-                        }
-                        index
-                    }
-                    _ => return Ok(ControlFlow::Continue(())),
-                },
                 RequestKey::ChunkState(index) => {
-                    let record = ChunkStateRecord::from_item(item)?;
-                    let failed = record.outcomes.count(codec::FAILED);
-                    if pager.may_match(record.outcomes.stage, record.item_count, failed) {
-                        wanted = Some((index, record.outcomes));
-                        return Ok(ControlFlow::Continue(()));
-                    }
-                    wanted = None;
-                    pager.skip(record.item_count);
-                    index
+                    stored = Some((index, ChunkStateRecord::from_item(item)?));
+                    return Ok(ControlFlow::Continue(()));
                 }
+                RequestKey::ChunkIds(index) => index,
                 RequestKey::Part(_) | RequestKey::PartHashes(_) => {
                     return Ok(ControlFlow::Continue(()))
                 }
             };
+            let ids = text(item, ITEM_IDS)?;
+            let state = ChunkStateRecord::of_chunk(index, stored.take(), ids);
+            let failed = state.outcomes.count(codec::FAILED);
+            if pager.may_match(state.outcomes.stage, state.item_count, failed) {
+                page = pager.push(index, &state.outcomes, ids);
+                if page.is_some() {
+                    return Ok(ControlFlow::Break(()));
+                }
+            } else {
+                pager.skip(state.item_count);
+            }
             if pager.is_spent() {
                 stopped_before = Some(index + 1);
                 return Ok(ControlFlow::Break(()));

@@ -8,14 +8,38 @@
 //!   - `part#<n>`: one per part received (digest of its items, its chunk range);
 //!   - `part#<n>#hashes#<k>`: the sorted 64-bit hashes of the part's IDs, 48,000 to an item,
 //!     kept to find IDs a later part repeats (not for the part that completes its batch);
-//!   - `chunk#<n>#ids`: the chunk's item IDs joined by newlines, written once;
+//!   - `chunk#<n>#ids`: the chunk's item IDs joined by newlines, written with its part;
 //!   - `chunk#<n>`: the chunk's stage, one status letter per item, failed items' messages,
-//!     attempts and a version for optimistic concurrency; small, so rewriting it costs 1 unit.
+//!     attempts and a version; small, so each write costs 1 unit. It is written by the chunk's
+//!     first transition (claim, saved outcomes, record or cancel): a chunk with IDs and no
+//!     state item is PENDING, every item pending.
 //!
-//! Recording a chunk is one transaction: the chunk state moves to RECORDED on the condition that
-//! it was still open at the version read, and the batch counters are incremented. A replayed
-//! update finds the chunk recorded and changes nothing; the terminal status is then set by a
-//! conditional write that only one caller can win.
+//! Storing a part: one conditional transaction reserves the part and its chunk range, then
+//! `BatchWriteItem` writes the chunks' ID items and the part is marked written. That write takes
+//! no conditions, and it can land twice or late: a client's retry, or a second client sending
+//! the same part, finds the part reserved but not marked written and writes the same items
+//! again; the SDK resends a request whose answer was lost; a stalled write lands after the
+//! chunks it writes have run or been cancelled. All of that is harmless because a part's write
+//! holds nothing that ever changes: each ID item is the same whoever writes it, and no part
+//! write touches a chunk's state.
+//!
+//! Why not write each chunk's state with its part, conditionally? A conditional `PutItem` per
+//! state (`attribute_not_exists`) costs the same units but a request per chunk rather than per
+//! 25 items; `TransactWriteItems` of conditional puts doubles the units of every state; a
+//! part-write lease (a writer and an expiry on the part) is free when one writer runs alone, but
+//! a `BatchWriteItem` cannot be fenced, so a writer stalled past its lease still overwrites.
+//! Writing no state until it first changes needs no coordination between writers and saves a
+//! unit per chunk (0.111 to 0.101 write units per item at batch size 100, measured by
+//! `tests/dynamo_cost.rs`). Its price: a chunk with no state item is read with its IDs to know
+//! its item count, which a claim does in the one query that reads both; scans pay for the ID
+//! items anyway (a query is billed for every item it reads, filtered out or not).
+//!
+//! Chunk transitions: every write of a state item is conditional on the state read (its
+//! version, or no state item yet) and raises the version, so each transition happens once and
+//! no write brings back a state that moved on. Recording a chunk is one transaction: the chunk
+//! state moves to RECORDED on the condition that it is still the open state read, and the batch
+//! counters are incremented. A replayed update finds the chunk recorded and changes nothing;
+//! the terminal status is then set by a conditional write that only one caller can win.
 //!
 //! One file per concern: `attributes` (names and conversions), `writes` (metered,
 //! conditional and batched writes), `batches` (the batch item, its status and cancel), `parts`
@@ -46,25 +70,32 @@ const OPTIMISTIC_ATTEMPTS: u32 = 8;
 /// Attempts the SDK makes per request (it backs off on throttling by itself).
 const SDK_MAX_ATTEMPTS: u32 = 8;
 
-/// The stack's two tables.
+/// The names of the stack's two tables (the `BATCH_TABLE` and `REQUEST_TABLE` settings).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DynamoTables {
-    /// `BATCH_TABLE`: one item per batch.
+    /// `BATCH_TABLE`: one item per batch, key `batchId`, with the `by-status` and
+    /// `by-created` indexes.
     pub batch_table: String,
-    /// `REQUEST_TABLE`: parts and chunks.
+    /// `REQUEST_TABLE`: parts and chunks, key `batchId` + `sk`.
     pub request_table: String,
 }
 
-/// What the store has sent, for cost measurement: write units as DynamoDB bills them (1 per
-/// started KiB of each item written, doubled inside transactions) and request counts.
+/// What a store has sent since it was made, for cost measurement (retries the SDK makes by
+/// itself are not seen).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreMetrics {
+    /// Write units as DynamoDB bills them: 1 per started KiB of each item written (a failed
+    /// condition included), doubled inside transactions.
     pub write_units: u64,
+    /// Write requests sent (`PutItem`, `UpdateItem`, `BatchWriteItem`, `TransactWriteItems`),
+    /// each retry of unprocessed items included.
     pub write_requests: u64,
+    /// Read requests sent (`GetItem`, `Query`), each page of a query included.
     pub read_requests: u64,
 }
 
-/// The DynamoDB store. Cheap to clone.
+/// The DynamoDB store: [`BatchStore`] over the stack's two tables, every read strongly
+/// consistent. Cheap to clone (clones share the client and the metrics).
 #[derive(Clone)]
 pub struct DynamoStore {
     client: aws_sdk_dynamodb::Client,

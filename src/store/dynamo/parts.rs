@@ -12,7 +12,6 @@ use super::attributes::{
     SK, TOTAL_CHUNKS, UPDATED_AT,
 };
 use super::batches::BatchRecord;
-use super::chunks::{ChunkItems, ChunkWrite};
 use super::writes::{unavailable, write_units};
 use super::{contended, DynamoStore, OPTIMISTIC_ATTEMPTS};
 use crate::domain::{NewPart, Timestamp};
@@ -72,8 +71,7 @@ impl DynamoStore {
             if !self.reserve(part, &record, &digest, kept, now).await? {
                 continue;
             }
-            self.write_chunks(part, first_chunk, ChunkWrite::Fresh)
-                .await?;
+            self.write_chunks(part, first_chunk).await?;
             let chunk_count = part.chunk_count();
             let mut batch = record.batch;
             batch.total_chunks = first_chunk + chunk_count;
@@ -88,7 +86,8 @@ impl DynamoStore {
     }
 
     /// The answer to a part stored before: its chunks never started, or, when an earlier
-    /// attempt stopped before writing them all, all of them, written now.
+    /// attempt has not marked them all written (it stopped, or is still writing), all of them,
+    /// written now (again: a chunk written twice is the same chunk, whatever its state).
     async fn stored_again(
         &self,
         part: &NewPart,
@@ -98,9 +97,9 @@ impl DynamoStore {
         let first_chunk: u64 = number(stored, FIRST_CHUNK)?;
         let chunk_count: u64 = number(stored, CHUNK_COUNT)?;
         if !flag(stored, CHUNKS_WRITTEN) {
-            // No execution was started for this part's chunks yet: write them, then start them.
-            self.write_chunks(part, first_chunk, ChunkWrite::Resume)
-                .await?;
+            // No execution may have been started for this part's chunks yet: write them, then
+            // start them.
+            self.write_chunks(part, first_chunk).await?;
             return Ok(AppendOutcome::Created {
                 batch: record.batch,
                 chunks: (first_chunk..first_chunk + chunk_count).collect(),
@@ -207,19 +206,12 @@ impl DynamoStore {
             }
             let mut joined = Vec::new();
             let until = Some(suspect.first_chunk + suspect.chunk_count);
-            let items = ChunkItems::StatesAndIds;
-            self.for_each_chunk_item(
-                &part.batch_id,
-                suspect.first_chunk,
-                until,
-                items,
-                |key, item| {
-                    if let RequestKey::ChunkIds(_) = key {
-                        joined.push(text(item, ITEM_IDS)?.to_owned());
-                    }
-                    Ok(ControlFlow::Continue(()))
-                },
-            )
+            self.for_each_chunk_item(&part.batch_id, suspect.first_chunk, until, |key, item| {
+                if let RequestKey::ChunkIds(_) = key {
+                    joined.push(text(item, ITEM_IDS)?.to_owned());
+                }
+                Ok(ControlFlow::Continue(()))
+            })
             .await?;
             let earlier_ids = joined.iter().flat_map(|ids| codec::split_ids(ids));
             if let Some(position) =

@@ -8,14 +8,14 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, TransactWriteItem, WriteRequest};
 use futures::{stream, StreamExt, TryStreamExt};
 
-use super::attributes::{Item, SK};
+use super::attributes::Item;
 use super::{DynamoStore, StoreMetrics};
 use crate::store::StoreError;
 
 /// Most items in one `BatchWriteItem` request.
 const BATCH_WRITE_LIMIT: usize = 25;
-/// `BatchWriteItem` requests (or single writes) in flight at once.
-pub(super) const WRITES_IN_FLIGHT: usize = 8;
+/// `BatchWriteItem` requests in flight at once.
+const WRITES_IN_FLIGHT: usize = 8;
 /// Rounds of retrying `UnprocessedItems` before giving up.
 const UNPROCESSED_RETRIES: u32 = 10;
 
@@ -130,20 +130,6 @@ impl DynamoStore {
             .send()
             .await;
         Ok(conditional(outcome, |e| e.is_transaction_canceled_exception())?.is_some())
-    }
-
-    /// Puts a request-table item unless one with its key exists; false when one did.
-    pub(super) async fn put_new(&self, item: Item) -> Result<bool, StoreError> {
-        self.meter.write(write_units(&item));
-        let written = self
-            .client
-            .put_item()
-            .table_name(&self.tables.request_table)
-            .set_item(Some(item))
-            .condition_expression(format!("attribute_not_exists({SK})"))
-            .send()
-            .await;
-        Ok(conditional(written, |e| e.is_conditional_check_failed_exception())?.is_some())
     }
 
     /// Puts request-table items with `BatchWriteItem` in pages of 25, retrying
