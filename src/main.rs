@@ -81,6 +81,7 @@ fn main() -> ExitCode {
             Command::Watch(args) => batch_manager::cli::watch(args).await,
             Command::Items(args) => batch_manager::cli::items(args).await,
             Command::Cancel(args) => batch_manager::cli::cancel(args).await,
+            #[cfg(feature = "bench")]
             Command::Bench(args) => batch_manager::bench::run(args).await,
         }
     });
