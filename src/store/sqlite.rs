@@ -29,6 +29,11 @@ use super::{
 };
 use crate::domain::{Batch, BatchId, BatchStatus, ItemOutcome, ItemRecord, NewPart, Timestamp};
 
+/// Prepared statements each connection keeps.
+const STATEMENTS_KEPT: usize = 64;
+/// The writer's page cache, in KiB (negative, as SQLite takes it): the pages of the chunks,
+/// executions and batches under way stay in memory between commits.
+const WRITER_CACHE_KIB: i64 = -16_384;
 /// WAL pages between automatic checkpoints (32 MB of 4 KiB pages).
 const WAL_CHECKPOINT_PAGES: i64 = 8192;
 /// Chunk rows read per query while paging items.
@@ -179,6 +184,8 @@ fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreErr
     let conn = Connection::open_with_flags(path, flags).map_err(unavailable)?;
     conn.busy_timeout(Duration::from_secs(10))
         .map_err(unavailable)?;
+    // Every statement the store runs stays prepared (the default keeps 16).
+    conn.set_prepared_statement_cache_capacity(STATEMENTS_KEPT);
     Ok(conn)
 }
 
@@ -199,6 +206,8 @@ impl SqliteStore {
         // Hot pages (a batch's counters, the journal's newest rows) are rewritten by every
         // commit: checkpointing less often copies each of them once rather than many times.
         conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)
+            .map_err(unavailable)?;
+        conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
             .map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
 
