@@ -90,9 +90,8 @@ CREATE TABLE IF NOT EXISTS executions (
     started_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (batch_seq, chunk)
-);
+) WITHOUT ROWID;
 DROP INDEX IF EXISTS executions_running;
-CREATE INDEX IF NOT EXISTS executions_resumable ON executions (batch_seq, chunk) WHERE status = 'RUNNING';
 CREATE INDEX IF NOT EXISTS executions_sleeping ON executions (wake_at, batch_seq, chunk) WHERE wake_at IS NOT NULL;
 ";
 

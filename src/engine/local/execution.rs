@@ -13,7 +13,7 @@ use super::journal::{
 };
 use super::{Shared, TASK1_RESOURCE, TASK2_RESOURCE, UPDATE_RESOURCE};
 use crate::domain::Timestamp;
-use crate::pipeline::steps::{StepError, TaskEvent, UpdateEvent};
+use crate::pipeline::steps::{KeptChunk, StepError, TaskEvent, UpdateEvent};
 use crate::pipeline::Steps;
 
 /// Name the context object gives the state machine.
@@ -83,7 +83,10 @@ fn running(cursor: &Cursor, wake_at: Option<Timestamp>, started_at: Timestamp) -
 pub(super) async fn run(shared: &Shared, work: Work) -> Settled {
     let mut cursor = first_cursor(shared, &work);
     let Work {
-        key, started_at, ..
+        key,
+        position,
+        started_at,
+        ..
     } = work;
     let context = ExecutionContext {
         execution_name: key.name(),
@@ -93,6 +96,7 @@ pub(super) async fn run(shared: &Shared, work: Work) -> Settled {
     };
     let invoker = StepInvoker {
         steps: &shared.steps,
+        kept: Mutex::new(KeptChunk::default()),
     };
     loop {
         if *shared.stopping.borrow() {
@@ -102,7 +106,7 @@ pub(super) async fn run(shared: &Shared, work: Work) -> Settled {
             Step::Continue(next) => {
                 if shared.journaled_states.contains(&next.state) {
                     // Committed with the next state's own store write; nothing waits for it.
-                    drop(shared.journal.stage(&key, running(&next, None, started_at)));
+                    drop(shared.journal.stage(&key, position, running(&next, None, started_at)));
                 }
                 cursor = next;
             }
@@ -114,25 +118,27 @@ pub(super) async fn run(shared: &Shared, work: Work) -> Settled {
                 );
                 let receipt = shared
                     .journal
-                    .stage(&key, running(&then, Some(wake_at), started_at));
+                    .stage(&key, position, running(&then, Some(wake_at), started_at));
                 return Settled::Slept { receipt, wake_at };
             }
             Step::Succeeded(_) => {
                 let end = JournalEntry::Ended(ExecutionEnd::Succeeded);
-                return Settled::Ended(shared.journal.stage(&key, end));
+                return Settled::Ended(shared.journal.stage(&key, position, end));
             }
             Step::Failed { error, cause } => {
                 tracing::warn!(execution = %key.name(), %error, %cause, "chunk execution failed");
                 let end = JournalEntry::Ended(ExecutionEnd::Failed { error, cause });
-                return Settled::Ended(shared.journal.stage(&key, end));
+                return Settled::Ended(shared.journal.stage(&key, position, end));
             }
         }
     }
 }
 
-/// Resolves the definition's Task resources to the pipeline steps.
+/// Resolves the definition's Task resources to the pipeline steps, for one execution.
 struct StepInvoker<'a> {
     steps: &'a Steps,
+    /// The chunk task 1 claimed, for task 2.
+    kept: Mutex<KeptChunk>,
 }
 
 /// Store failures of steps, logged as a summary: while the disk is full every step fails, and
@@ -190,13 +196,17 @@ fn to_value<T: serde::Serialize>(result: Result<T, StepError>) -> Result<Value, 
 impl TaskInvoker for StepInvoker<'_> {
     async fn invoke(&self, resource: &str, input: Value) -> Result<Value, TaskFailure> {
         match resource {
-            TASK1_RESOURCE | TASK2_RESOURCE => {
+            TASK1_RESOURCE => {
                 let event: TaskEvent = serde_json::from_value(input).map_err(invalid_event)?;
-                if resource == TASK1_RESOURCE {
-                    to_value(self.steps.task1(event).await)
-                } else {
-                    to_value(self.steps.task2(event).await)
-                }
+                let mut kept = KeptChunk::default();
+                let result = self.steps.task1_keeping(event, &mut kept).await;
+                *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = kept;
+                to_value(result)
+            }
+            TASK2_RESOURCE => {
+                let event: TaskEvent = serde_json::from_value(input).map_err(invalid_event)?;
+                let kept = std::mem::take(&mut *self.kept.lock().unwrap_or_else(|e| e.into_inner()));
+                to_value(self.steps.task2_with(event, kept).await)
             }
             UPDATE_RESOURCE => {
                 let event: UpdateEvent = serde_json::from_value(input).map_err(invalid_event)?;

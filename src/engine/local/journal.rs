@@ -125,9 +125,14 @@ impl Future for JournalReceipt {
 /// executions live in one database file.
 #[async_trait]
 pub trait ExecutionJournal: Send + Sync + 'static {
-    /// Stages an entry for `key` (see the module documentation); later entries for the same
-    /// key supersede earlier ones.
-    fn stage(&self, key: &ExecutionKey, entry: JournalEntry) -> JournalReceipt;
+    /// Stages an entry for `key`, found at `position` (see the module documentation); later
+    /// entries for the same key supersede earlier ones.
+    fn stage(
+        &self,
+        key: &ExecutionKey,
+        position: JournalPosition,
+        entry: JournalEntry,
+    ) -> JournalReceipt;
 
     /// Whether entries are committing; false while the store refuses writes (a full disk),
     /// when starting more executions would only fail them.

@@ -64,10 +64,16 @@ fn runnable(row: &Row<'_>, batch_id: BatchId) -> rusqlite::Result<Runnable> {
 
 #[async_trait]
 impl ExecutionJournal for SqliteStore {
-    fn stage(&self, key: &ExecutionKey, entry: JournalEntry) -> JournalReceipt {
+    fn stage(
+        &self,
+        key: &ExecutionKey,
+        position: JournalPosition,
+        entry: JournalEntry,
+    ) -> JournalReceipt {
         let (committed, receipt) = JournalReceipt::new();
         let alone = self.inner.staged.push(StagedEntry {
             key: key.clone(),
+            batch_seq: position.batch_seq,
             entry,
             committed,
         });

@@ -87,6 +87,8 @@ pub(super) enum Message {
 /// A journal entry waiting for the next commit.
 pub(super) struct StagedEntry {
     pub key: ExecutionKey,
+    /// The seq of the key's batch.
+    pub batch_seq: i64,
     pub entry: JournalEntry,
     pub committed: oneshot::Sender<()>,
 }
@@ -236,7 +238,7 @@ fn commit_group(
         .and_then(|mut begin| begin.execute([]))
         .map_err(|e| e.to_string())?;
     for entry in entries {
-        write_entry(conn, &entry.key, &entry.entry).map_err(|e| e.to_string())?;
+        write_entry(conn, entry).map_err(|e| e.to_string())?;
     }
     for job in group.iter_mut() {
         run_in_savepoint(conn, job.as_mut())?;
@@ -261,13 +263,9 @@ fn run_in_savepoint(conn: &Connection, job: &mut dyn WriteJob) -> Result<(), Str
     Ok(())
 }
 
-fn write_entry(
-    conn: &Connection,
-    key: &ExecutionKey,
-    entry: &JournalEntry,
-) -> rusqlite::Result<()> {
+fn write_entry(conn: &Connection, staged: &StagedEntry) -> rusqlite::Result<()> {
     let now = Timestamp::now().0;
-    let (status, cursor, wake_at, error, cause, started_at) = match entry {
+    let (status, cursor, wake_at, error, cause, started_at) = match &staged.entry {
         JournalEntry::Running {
             cursor,
             wake_at,
@@ -292,13 +290,12 @@ fn write_entry(
     };
     conn.prepare_cached(
         "INSERT INTO executions (batch_seq, chunk, status, cursor, wake_at, error, cause, started_at, updated_at) \
-         SELECT seq, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 FROM batches WHERE batch_id = ?1 \
-         ON CONFLICT (batch_seq, chunk) DO UPDATE SET status = excluded.status, cursor = excluded.cursor, \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (batch_seq, chunk) DO UPDATE SET status = excluded.status, cursor = excluded.cursor, \
          wake_at = excluded.wake_at, error = excluded.error, cause = excluded.cause, updated_at = excluded.updated_at",
     )?
     .execute(params![
-        key.batch_id.as_str(),
-        key.chunk,
+        staged.batch_seq,
+        staged.key.chunk,
         status,
         cursor,
         wake_at,
