@@ -95,9 +95,15 @@ DROP INDEX IF EXISTS executions_running;
 CREATE INDEX IF NOT EXISTS executions_sleeping ON executions (wake_at, batch_seq, chunk) WHERE wake_at IS NOT NULL;
 ";
 
-const BATCH_COLUMNS: &str = "seq, batch_id, status, total_items, received_items, succeeded_items, \
-     failed_items, cancelled_items, total_chunks, completed_chunks, batch_size, cancel_requested, \
-     created_at, updated_at, completed_at";
+/// The columns [`BatchRow::from_row`] reads, in order.
+macro_rules! batch_columns {
+    () => {
+        "seq, batch_id, status, total_items, received_items, succeeded_items, failed_items, \
+         cancelled_items, total_chunks, completed_chunks, batch_size, cancel_requested, \
+         created_at, updated_at, completed_at"
+    };
+}
+const BATCH_COLUMNS: &str = batch_columns!();
 
 /// A batch row: the public snapshot plus what only the store needs.
 struct BatchRow {
@@ -289,17 +295,17 @@ impl Inner {
 }
 
 fn load_batch(conn: &Connection, batch_id: &str) -> Result<Option<BatchRow>, StoreError> {
-    let sql = format!("SELECT {BATCH_COLUMNS} FROM batches WHERE batch_id = ?1");
+    const SQL: &str = concat!("SELECT ", batch_columns!(), " FROM batches WHERE batch_id = ?1");
     Ok(conn
-        .prepare_cached(&sql)?
+        .prepare_cached(SQL)?
         .query_row([batch_id], BatchRow::from_row)
         .optional()?)
 }
 
 fn load_batch_by_seq(conn: &Connection, seq: i64) -> Result<BatchRow, StoreError> {
-    let sql = format!("SELECT {BATCH_COLUMNS} FROM batches WHERE seq = ?1");
+    const SQL: &str = concat!("SELECT ", batch_columns!(), " FROM batches WHERE seq = ?1");
     Ok(conn
-        .prepare_cached(&sql)?
+        .prepare_cached(SQL)?
         .query_row([seq], BatchRow::from_row)?)
 }
 
