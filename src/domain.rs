@@ -164,10 +164,7 @@ pub fn parse_item_ids(raw: Vec<String>, field: &str) -> Result<Vec<ItemId>, Inva
         let at = || format!("{field}[{index}]");
         check_id("", id).map_err(|err| InvalidInput::new(at(), err.rule))?;
         if !seen.insert(id.as_str()) {
-            return Err(InvalidInput::new(
-                at(),
-                format!("duplicate item ID {id:?}"),
-            ));
+            return Err(InvalidInput::new(at(), format!("duplicate item ID {id:?}")));
         }
     }
     Ok(raw.into_iter().map(ItemId).collect())

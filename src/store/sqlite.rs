@@ -295,7 +295,11 @@ impl Inner {
 }
 
 fn load_batch(conn: &Connection, batch_id: &str) -> Result<Option<BatchRow>, StoreError> {
-    const SQL: &str = concat!("SELECT ", batch_columns!(), " FROM batches WHERE batch_id = ?1");
+    const SQL: &str = concat!(
+        "SELECT ",
+        batch_columns!(),
+        " FROM batches WHERE batch_id = ?1"
+    );
     Ok(conn
         .prepare_cached(SQL)?
         .query_row([batch_id], BatchRow::from_row)

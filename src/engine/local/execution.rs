@@ -106,7 +106,11 @@ pub(super) async fn run(shared: &Shared, work: Work) -> Settled {
             Step::Continue(next) => {
                 if shared.journaled_states.contains(&next.state) {
                     // Committed with the next state's own store write; nothing waits for it.
-                    drop(shared.journal.stage(&key, position, running(&next, None, started_at)));
+                    drop(
+                        shared
+                            .journal
+                            .stage(&key, position, running(&next, None, started_at)),
+                    );
                 }
                 cursor = next;
             }
@@ -116,9 +120,10 @@ pub(super) async fn run(shared: &Shared, work: Work) -> Settled {
                         .0
                         .saturating_add(i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)),
                 );
-                let receipt = shared
-                    .journal
-                    .stage(&key, position, running(&then, Some(wake_at), started_at));
+                let receipt =
+                    shared
+                        .journal
+                        .stage(&key, position, running(&then, Some(wake_at), started_at));
                 return Settled::Slept { receipt, wake_at };
             }
             Step::Succeeded(_) => {
@@ -205,7 +210,8 @@ impl TaskInvoker for StepInvoker<'_> {
             }
             TASK2_RESOURCE => {
                 let event: TaskEvent = serde_json::from_value(input).map_err(invalid_event)?;
-                let kept = std::mem::take(&mut *self.kept.lock().unwrap_or_else(|e| e.into_inner()));
+                let kept =
+                    std::mem::take(&mut *self.kept.lock().unwrap_or_else(|e| e.into_inner()));
                 to_value(self.steps.task2_with(event, kept).await)
             }
             UPDATE_RESOURCE => {
