@@ -24,7 +24,7 @@ echo "== arm64 Lambda artifact"
 if command -v rustup >/dev/null; then
   rustup target add aarch64-unknown-linux-gnu
 fi
-cargo lambda build --release --arm64 --output-format zip
+cargo lambda build --release --arm64 --no-default-features --output-format zip
 artifact=target/lambda/batch-manager/bootstrap.zip
 bytes=$(stat -c %s "$artifact")
 awk -v path="$artifact" -v bytes="$bytes" \

@@ -122,9 +122,9 @@ bucket="$(stack_output "$bucket_stack" ArtifactBucketName)"
 if [[ "$build" == true ]]; then
   cargo lambda --version >/dev/null 2>&1 || die "cargo lambda not found; install cargo-lambda or pass --no-build"
   echo "building the Lambda zip"
-  (cd "$repo_root" && cargo lambda build --release --arm64 --output-format zip)
+  (cd "$repo_root" && cargo lambda build --release --arm64 --no-default-features --output-format zip)
 fi
-[[ -f "$zip_path" ]] || die "$zip_path not found; build it with: cargo lambda build --release --arm64 --output-format zip"
+[[ -f "$zip_path" ]] || die "$zip_path not found; build it with: cargo lambda build --release --arm64 --no-default-features --output-format zip"
 
 artifact_key="$key_prefix/$(sha256_of "$zip_path").zip"
 upload "$zip_path" "$artifact_key"

@@ -38,7 +38,7 @@ cargo test
 if [ "${BATCH_MANAGER_SKIP_PACKAGING:-0}" != 1 ]; then
   echo "== packaging: arm64 Lambda zip"
   rustup target add aarch64-unknown-linux-gnu
-  cargo lambda build --release --arm64 --output-format zip
+  cargo lambda build --release --arm64 --no-default-features --output-format zip
   artifact=target/lambda/batch-manager/bootstrap.zip
   bytes=$(stat -c %s "$artifact")
   echo "$artifact: $bytes bytes"

@@ -1,6 +1,8 @@
 //! `batch-manager bench`: N items through the embedded engine with the default tasks, on a
-//! temporary database, submitted over real gRPC; reports items/s end to end, peak RSS, and
-//! `GetBatchStatus` latency measured while the batch runs.
+//! temporary database, submitted over real gRPC; reports items/s and chunk executions/s end to
+//! end, peak RSS, `GetBatchStatus` latency measured while the batch runs, and the same database
+//! work done directly on the same disk (no engine, gRPC or tasks), the floor the engine is
+//! measured against.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -13,6 +15,7 @@ use crate::config::BenchArgs;
 use crate::engine::local::EngineConfig;
 use crate::grpc::client::AdminClient;
 use crate::pipeline::Tasks;
+use crate::store::sqlite::floor;
 
 const ITEMS_PER_PART: u64 = 100_000;
 const STATUS_PROBE_GAP: Duration = Duration::from_millis(10);
@@ -110,10 +113,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (mut latencies, batch) = prober.await??;
     let elapsed = started.elapsed();
     app.shutdown().await?;
+    let peak_rss = peak_rss_bytes();
+
+    let floor_db = directory.path().join("floor.db");
+    let (items, batch_size) = (args.items, args.batch_size);
+    let floor = tokio::task::spawn_blocking(move || {
+        floor::measure(&floor_db, items, batch_size, |i| item_id(seed, i))
+    })
+    .await??;
 
     latencies.sort();
+    let chunks = args.items.div_ceil(u64::from(args.batch_size.max(1)));
     let items_per_second = args.items as f64 / elapsed.as_secs_f64();
-    let peak_rss = peak_rss_bytes();
+    let chunks_per_second = chunks as f64 / elapsed.as_secs_f64();
+    let floor_items_per_second = args.items as f64 / floor.as_secs_f64();
+    let ratio = items_per_second / floor_items_per_second;
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     if args.json {
         println!(
@@ -127,7 +141,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 "seconds": elapsed.as_secs_f64(),
                 "submitSeconds": submitted_after.as_secs_f64(),
                 "itemsPerSecond": items_per_second,
+                "chunkExecutionsPerSecond": chunks_per_second,
                 "peakRssBytes": peak_rss,
+                "direct": {
+                    "seconds": floor.as_secs_f64(),
+                    "itemsPerSecond": floor_items_per_second,
+                    "chunksPerSecond": chunks as f64 / floor.as_secs_f64(),
+                },
+                "engineToDirect": ratio,
                 "statusLatencyMs": {
                     "samples": latencies.len(),
                     "p50": ms(percentile(&latencies, 0.5)),
@@ -142,9 +163,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.items, args.batch_size, args.concurrency, batch.status, batch.succeeded_items
         );
         println!(
-            "end to end   {:.2} s ({:.0} items/s; submission took {:.2} s)",
+            "end to end   {:.2} s ({:.0} items/s, {:.0} chunk executions/s; submission took {:.2} s)",
             elapsed.as_secs_f64(),
             items_per_second,
+            chunks_per_second,
             submitted_after.as_secs_f64()
         );
         if let Some(bytes) = peak_rss {
@@ -157,6 +179,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             ms(percentile(&latencies, 1.0)),
             latencies.len()
         );
+        println!(
+            "direct       {:.2} s ({:.0} items/s, {:.0} chunks/s): the same rows written with no engine, gRPC or tasks",
+            floor.as_secs_f64(),
+            floor_items_per_second,
+            chunks as f64 / floor.as_secs_f64()
+        );
+        println!("engine / direct {:.0}%", ratio * 100.0);
     }
     if batch.succeeded_items != args.items {
         anyhow::bail!(

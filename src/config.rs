@@ -32,6 +32,7 @@ pub enum Command {
     /// Cancel a batch.
     Cancel(BatchArgs),
     /// Measure the embedded engine: N items end to end on a temporary database.
+    #[cfg(feature = "bench")]
     Bench(BenchArgs),
 }
 
@@ -412,6 +413,7 @@ pub struct ItemsArgs {
     pub client: ClientArgs,
 }
 
+#[cfg(feature = "bench")]
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Items to run through.

@@ -14,6 +14,7 @@
 //! - [`app`], [`config`], [`bench`]: wiring, settings, the benchmark.
 
 pub mod app;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod cli;
 pub mod config;

@@ -154,3 +154,62 @@ async fn sigterm_with_a_watch_open_on_a_running_batch_ends_the_watch_and_exits()
         .expect("the server exits after SIGTERM while a watch was open");
     assert!(exit.success(), "{exit:?}");
 }
+
+fn append_request(
+    batch_id: &str,
+    total: usize,
+    part: u64,
+    ids: &[String],
+) -> pb::AppendBatchItemsRequest {
+    pb::AppendBatchItemsRequest {
+        batch_id: batch_id.to_owned(),
+        total_items: total as u64,
+        batch_size: BATCH_SIZE,
+        part_number: part,
+        item_ids: ids.to_vec(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_part_of_an_older_batch_runs_and_survives_a_kill() {
+    let directory = tempfile::tempdir().unwrap();
+    let db = directory.path().join("parts.db");
+    let older = uuids(4_000);
+    let newer = uuids(4_000);
+
+    let first = ServerProcess::start(&db);
+    let mut client = connect(first.grpc_addr).await;
+    client
+        .append_batch_items(append_request("older", older.len(), 1, &older[..2_000]))
+        .await
+        .unwrap();
+    client
+        .submit_batch(submit_request("newer", newer.clone(), BATCH_SIZE))
+        .await
+        .unwrap();
+    wait_for_progress(&first, "newer", 20).await;
+    // Its chunks sort before the newer batch's, behind where the engine is paging.
+    client
+        .append_batch_items(append_request("older", older.len(), 2, &older[2_000..]))
+        .await
+        .unwrap();
+    wait_for_progress(&first, "older", 1_010).await;
+    first.kill_hard();
+
+    let second = ServerProcess::start(&db);
+    let mut client = connect(second.grpc_addr).await;
+    for (batch_id, ids) in [("older", &older), ("newer", &newer)] {
+        let batch = wait_terminal(&mut client, batch_id).await;
+        assert_eq!(batch.status(), pb::BatchStatus::Completed, "{batch:?}");
+        assert_eq!(batch.succeeded_items, ids.len() as u64);
+        assert_eq!(batch.completed_chunks, batch.total_chunks);
+        let items = all_items(&mut client, batch_id, pb::ItemStatus::Succeeded).await;
+        let listed: Vec<&String> = items.iter().map(|item| &item.item_id).collect();
+        assert_eq!(
+            listed,
+            ids.iter().collect::<Vec<_>>(),
+            "each item once, in order"
+        );
+    }
+    assert!(second.terminate().success());
+}

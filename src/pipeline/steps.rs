@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::tasks::{ChunkTask, TaskInput, Tasks};
 use crate::domain::{BatchId, ItemId, ItemOutcome};
-use crate::store::{BatchStore, ChunkClaim, ItemState, RecordOutcome, StoreError};
+use crate::store::{BatchStore, Chunk, ChunkClaim, ItemState, RecordOutcome, StoreError};
 
 /// Error name of a task's transient failure.
 pub const TRANSIENT_TASK_ERROR: &str = "BatchManager.TransientTaskError";
@@ -140,6 +140,12 @@ fn parse_batch_id(raw: &str) -> Result<BatchId, StepError> {
     BatchId::parse(raw).map_err(|err| StepError::InvalidEvent(err.to_string()))
 }
 
+/// The chunk as task 1 left it, for task 2 of the same execution: a claimed chunk changes only
+/// through its own execution's steps, so task 2 need not read it again. Empty after a restart,
+/// when task 2 reads the chunk as stored.
+#[derive(Debug, Default)]
+pub struct KeptChunk(Option<Chunk>);
+
 /// The steps, bound to a store and the user's tasks.
 #[derive(Clone)]
 pub struct Steps {
@@ -155,6 +161,16 @@ impl Steps {
     /// Task 1: claims the chunk (a claimed chunk is no longer cancellable), runs the user's
     /// task 1 on its pending items and saves the failures; the rest go on to task 2.
     pub async fn task1(&self, event: TaskEvent) -> Result<TaskResult, StepError> {
+        self.task1_keeping(event, &mut KeptChunk::default()).await
+    }
+
+    /// Task 1, keeping the chunk as it leaves it (failures applied) for the same execution's
+    /// task 2.
+    pub async fn task1_keeping(
+        &self,
+        event: TaskEvent,
+        kept: &mut KeptChunk,
+    ) -> Result<TaskResult, StepError> {
         let batch_id = parse_batch_id(&event.batch_id)?;
         let chunk = match self.store.claim_chunk(&batch_id, event.chunk).await? {
             ChunkClaim::Active(chunk) => chunk,
@@ -177,18 +193,38 @@ impl Steps {
                 .save_outcomes(&batch_id, event.chunk, &failures, attempts)
                 .await?;
         }
-        Ok(TaskResult {
+        let result = TaskResult {
             active: true,
             processed: items.len(),
             failed: failures.len(),
-        })
+        };
+        let mut chunk = chunk;
+        for (position, outcome) in failures {
+            chunk.states[position] = ItemState::from(outcome);
+        }
+        kept.0 = Some(chunk);
+        Ok(result)
     }
 
     /// Task 2: runs the user's task 2 on the items task 1 left pending and saves every outcome.
     pub async fn task2(&self, event: TaskEvent) -> Result<TaskResult, StepError> {
+        self.task2_with(event, KeptChunk::default()).await
+    }
+
+    /// Task 2 on the chunk task 1 kept, when it is this event's chunk; otherwise on the chunk
+    /// as stored.
+    pub async fn task2_with(
+        &self,
+        event: TaskEvent,
+        kept: KeptChunk,
+    ) -> Result<TaskResult, StepError> {
         let batch_id = parse_batch_id(&event.batch_id)?;
-        let Some(chunk) = self.store.load_chunk(&batch_id, event.chunk).await? else {
-            return Err(not_found(&event));
+        let chunk = match kept.0 {
+            Some(chunk) if chunk.batch_id == batch_id && chunk.index == event.chunk => chunk,
+            _ => match self.store.load_chunk(&batch_id, event.chunk).await? {
+                Some(chunk) => chunk,
+                None => return Err(not_found(&event)),
+            },
         };
         if !chunk.stage.is_open() {
             return Ok(TaskResult::inactive());

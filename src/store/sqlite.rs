@@ -6,13 +6,21 @@
 //! finishing at once cost one commit. Reads use a small pool of read-only connections.
 //! A chunk is one row holding its item IDs and outcomes together, encoded by [`codec`].
 
+mod chunks;
+#[cfg(feature = "bench")]
+pub mod floor;
+mod journal;
+mod writer;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
+
+use self::writer::{Job, Message, Staged};
 
 use super::codec::{self, ChunkOutcomes, ItemPager};
 use super::id_hashes::{self, PartIndex};
@@ -22,12 +30,14 @@ use super::{
     ChunkStage, ItemQuery, ListError, Page, RecordOutcome, StoreError,
 };
 use crate::domain::{Batch, BatchId, BatchStatus, ItemOutcome, ItemRecord, NewPart, Timestamp};
-use crate::engine::local::journal::{
-    ExecutionEnd, ExecutionJournal, ExecutionKey, ExecutionRecord,
-};
 
-/// Most write requests folded into one transaction.
-const MAX_WRITES_PER_COMMIT: usize = 512;
+/// Prepared statements each connection keeps.
+const STATEMENTS_KEPT: usize = 64;
+/// The writer's page cache, in KiB (negative, as SQLite takes it): the pages of the chunks,
+/// executions and batches under way stay in memory between commits.
+const WRITER_CACHE_KIB: i64 = -16_384;
+/// WAL pages between automatic checkpoints (32 MB of 4 KiB pages).
+const WAL_CHECKPOINT_PAGES: i64 = 8192;
 /// Chunk rows read per query while paging items.
 const CHUNKS_PER_READ: i64 = 64;
 
@@ -88,13 +98,20 @@ CREATE TABLE IF NOT EXISTS executions (
     started_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (batch_seq, chunk)
-);
-CREATE INDEX IF NOT EXISTS executions_running ON executions (started_at) WHERE status = 'RUNNING';
+) WITHOUT ROWID;
+DROP INDEX IF EXISTS executions_running;
+CREATE INDEX IF NOT EXISTS executions_sleeping ON executions (wake_at, batch_seq, chunk) WHERE wake_at IS NOT NULL;
 ";
 
-const BATCH_COLUMNS: &str = "seq, batch_id, status, total_items, received_items, succeeded_items, \
-     failed_items, cancelled_items, total_chunks, completed_chunks, batch_size, cancel_requested, \
-     created_at, updated_at, completed_at";
+/// The columns [`BatchRow::from_row`] reads, in order.
+macro_rules! batch_columns {
+    () => {
+        "seq, batch_id, status, total_items, received_items, succeeded_items, failed_items, \
+         cancelled_items, total_chunks, completed_chunks, batch_size, cancel_requested, \
+         created_at, updated_at, completed_at"
+    };
+}
+const BATCH_COLUMNS: &str = batch_columns!();
 
 /// A batch row: the public snapshot plus what only the store needs.
 struct BatchRow {
@@ -160,46 +177,6 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// A write request run by the writer thread inside the group's transaction.
-trait WriteJob: Send {
-    /// Runs the work; false means it failed and its savepoint is rolled back.
-    fn run(&mut self, conn: &Connection) -> bool;
-    /// Answers the caller once the transaction's fate is known.
-    fn deliver(self: Box<Self>, committed: Result<(), String>);
-}
-
-struct Job<T, F> {
-    work: Option<F>,
-    outcome: Option<Result<T, StoreError>>,
-    reply: oneshot::Sender<Result<T, StoreError>>,
-}
-
-impl<T, F> WriteJob for Job<T, F>
-where
-    T: Send,
-    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
-{
-    fn run(&mut self, conn: &Connection) -> bool {
-        let Some(work) = self.work.take() else {
-            return false;
-        };
-        let outcome = work(conn);
-        let ok = outcome.is_ok();
-        self.outcome = Some(outcome);
-        ok
-    }
-
-    fn deliver(self: Box<Self>, committed: Result<(), String>) {
-        let outcome = match (committed, self.outcome) {
-            (Ok(()), Some(outcome)) => outcome,
-            (Err(reason), Some(Ok(_))) => Err(StoreError::Unavailable(reason)),
-            (_, Some(Err(err))) => Err(err),
-            (_, None) => Err(StoreError::Unavailable("write was not run".into())),
-        };
-        let _ = self.reply.send(outcome);
-    }
-}
-
 /// The embedded store. Cheap to clone; clones share the writer and the readers.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -208,7 +185,8 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
-    writer: mpsc::Sender<Box<dyn WriteJob>>,
+    writer: std::sync::mpsc::Sender<Message>,
+    staged: Arc<Staged>,
     readers: Mutex<Vec<Connection>>,
     changes: watch::Receiver<u64>,
 }
@@ -217,6 +195,8 @@ fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreErr
     let conn = Connection::open_with_flags(path, flags).map_err(unavailable)?;
     conn.busy_timeout(Duration::from_secs(10))
         .map_err(unavailable)?;
+    // Every statement the store runs stays prepared (the default keeps 16).
+    conn.set_prepared_statement_cache_capacity(STATEMENTS_KEPT);
     Ok(conn)
 }
 
@@ -234,19 +214,23 @@ impl SqliteStore {
             .map_err(unavailable)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(unavailable)?;
+        // Hot pages (a batch's counters, the journal's newest rows) are rewritten by every
+        // commit: checkpointing less often copies each of them once rather than many times.
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)
+            .map_err(unavailable)?;
+        conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
+            .map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
 
-        let (writer, jobs) = mpsc::channel::<Box<dyn WriteJob>>(4096);
         let (changed, changes) = watch::channel(0u64);
-        std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || run_writer(conn, jobs, changed))
-            .map_err(|err| StoreError::Unavailable(err.to_string()))?;
+        let staged = Arc::new(Staged::default());
+        let writer = writer::spawn(conn, Arc::clone(&staged), changed)?;
 
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
                 writer,
+                staged,
                 readers: Mutex::new(Vec::new()),
                 changes,
             }),
@@ -264,15 +248,10 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job = Box::new(Job {
-            work: Some(work),
-            outcome: None,
-            reply,
-        });
+        let job = Box::new(Job::new(work, reply));
         self.inner
             .writer
-            .send(job)
-            .await
+            .send(Message::Job(job))
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
         answer
             .await
@@ -285,137 +264,59 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let pooled = inner.readers.lock().ok().and_then(|mut pool| pool.pop());
-            let conn = match pooled {
-                Some(conn) => conn,
-                None => open_connection(
-                    &inner.path,
-                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )?,
-            };
-            let outcome = work(&conn);
-            if let Ok(mut pool) = inner.readers.lock() {
-                pool.push(conn);
-            }
-            outcome
-        })
-        .await
-        .map_err(|err| StoreError::Unavailable(format!("read task failed: {err}")))?
+        tokio::task::spawn_blocking(move || inner.with_reader(work))
+            .await
+            .map_err(|err| StoreError::Unavailable(format!("read task failed: {err}")))?
+    }
+
+    /// A read of one or two rows, run on the calling thread: it takes microseconds, less than
+    /// handing it to a blocking thread and back would.
+    fn read_row<T>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.inner.with_reader(work)
     }
 }
 
-fn run_writer(
-    conn: Connection,
-    mut jobs: mpsc::Receiver<Box<dyn WriteJob>>,
-    changed: watch::Sender<u64>,
-) {
-    while let Some(first) = jobs.blocking_recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_WRITES_PER_COMMIT {
-            match jobs.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
-        }
-        let committed = commit_group(&conn, &mut group);
-        if committed.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        for job in group {
-            job.deliver(committed.clone());
-        }
-        changed.send_modify(|generation| *generation += 1);
-    }
-}
-
-fn commit_group(conn: &Connection, group: &mut [Box<dyn WriteJob>]) -> Result<(), String> {
-    conn.execute_batch("BEGIN IMMEDIATE")
-        .map_err(|e| e.to_string())?;
-    for job in group.iter_mut() {
-        conn.execute_batch("SAVEPOINT job")
-            .map_err(|e| e.to_string())?;
-        let keep = job.run(conn);
-        let end = if keep {
-            "RELEASE job"
-        } else {
-            "ROLLBACK TO job; RELEASE job"
+impl Inner {
+    fn with_reader<T>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().ok().and_then(|mut pool| pool.pop());
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => open_connection(
+                &self.path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?,
         };
-        conn.execute_batch(end).map_err(|e| e.to_string())?;
+        let outcome = work(&conn);
+        if let Ok(mut pool) = self.readers.lock() {
+            pool.push(conn);
+        }
+        outcome
     }
-    conn.execute_batch("COMMIT").map_err(|e| e.to_string())
 }
 
 fn load_batch(conn: &Connection, batch_id: &str) -> Result<Option<BatchRow>, StoreError> {
-    let sql = format!("SELECT {BATCH_COLUMNS} FROM batches WHERE batch_id = ?1");
+    const SQL: &str = concat!(
+        "SELECT ",
+        batch_columns!(),
+        " FROM batches WHERE batch_id = ?1"
+    );
     Ok(conn
-        .prepare_cached(&sql)?
+        .prepare_cached(SQL)?
         .query_row([batch_id], BatchRow::from_row)
         .optional()?)
 }
 
 fn load_batch_by_seq(conn: &Connection, seq: i64) -> Result<BatchRow, StoreError> {
-    let sql = format!("SELECT {BATCH_COLUMNS} FROM batches WHERE seq = ?1");
+    const SQL: &str = concat!("SELECT ", batch_columns!(), " FROM batches WHERE seq = ?1");
     Ok(conn
-        .prepare_cached(&sql)?
+        .prepare_cached(SQL)?
         .query_row([seq], BatchRow::from_row)?)
-}
-
-/// A chunk row: its outcomes and its joined item IDs.
-struct ChunkRow {
-    outcomes: ChunkOutcomes,
-    item_ids: String,
-}
-
-impl ChunkRow {
-    fn read(conn: &Connection, seq: i64, chunk: u64) -> Result<Option<Self>, StoreError> {
-        conn.prepare_cached(
-            "SELECT stage, item_ids, states, errors, attempts FROM chunks WHERE batch_seq = ?1 AND chunk = ?2",
-        )?
-        .query_row(params![seq, chunk], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, Option<String>>(3)?,
-                row.get::<_, u32>(4)?,
-            ))
-        })
-        .optional()?
-        .map(|(stage, item_ids, states, errors, attempts)| {
-            Ok(Self {
-                outcomes: ChunkOutcomes::decode(&stage, states, errors.as_deref(), attempts)?,
-                item_ids,
-            })
-        })
-        .transpose()
-    }
-
-    fn into_chunk(self, batch_id: BatchId, index: u64) -> Chunk {
-        self.outcomes.into_chunk(batch_id, index, &self.item_ids)
-    }
-}
-
-fn write_outcomes(
-    conn: &Connection,
-    seq: i64,
-    chunk: u64,
-    outcomes: &ChunkOutcomes,
-) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "UPDATE chunks SET stage = ?3, states = ?4, errors = ?5, failed_count = ?6, attempts = ?7 \
-         WHERE batch_seq = ?1 AND chunk = ?2",
-    )?
-    .execute(params![
-        seq,
-        chunk,
-        outcomes.stage.as_str(),
-        outcomes.states_text(),
-        outcomes.errors_json(),
-        outcomes.count(codec::FAILED),
-        outcomes.attempts,
-    ])?;
-    Ok(())
 }
 
 fn append_part(conn: &Connection, part: &NewPart) -> Result<AppendOutcome, StoreError> {
@@ -629,111 +530,6 @@ fn store_part_hashes(
     Ok(())
 }
 
-fn claim_chunk(conn: &Connection, batch_id: &str, chunk: u64) -> Result<ChunkClaim, StoreError> {
-    let Some(batch) = load_batch(conn, batch_id)? else {
-        return Ok(ChunkClaim::NotFound);
-    };
-    let Some(mut row) = ChunkRow::read(conn, batch.seq, chunk)? else {
-        return Ok(ChunkClaim::NotFound);
-    };
-    if !row.outcomes.stage.is_open() {
-        return Ok(ChunkClaim::Inactive);
-    }
-    if row.outcomes.stage == ChunkStage::Pending {
-        conn.prepare_cached(
-            "UPDATE chunks SET stage = 'STARTED' WHERE batch_seq = ?1 AND chunk = ?2",
-        )?
-        .execute(params![batch.seq, chunk])?;
-        row.outcomes.stage = ChunkStage::Started;
-        if batch.batch.status == BatchStatus::Pending {
-            conn.prepare_cached(
-                "UPDATE batches SET status = 'RUNNING', updated_at = ?2 WHERE seq = ?1",
-            )?
-            .execute(params![batch.seq, Timestamp::now().0])?;
-        }
-    }
-    Ok(ChunkClaim::Active(
-        row.into_chunk(batch.batch.batch_id, chunk),
-    ))
-}
-
-fn save_outcomes(
-    conn: &Connection,
-    batch_id: &str,
-    chunk: u64,
-    outcomes: &[(usize, ItemOutcome)],
-    attempts: u32,
-) -> Result<(), StoreError> {
-    let Some(batch) = load_batch(conn, batch_id)? else {
-        return Ok(());
-    };
-    let Some(mut row) = ChunkRow::read(conn, batch.seq, chunk)? else {
-        return Ok(());
-    };
-    let stored = &mut row.outcomes;
-    if !stored.stage.is_open() {
-        return Ok(());
-    }
-    for (position, outcome) in outcomes {
-        stored.apply(*position, outcome);
-    }
-    stored.attempts = stored.attempts.max(attempts);
-    write_outcomes(conn, batch.seq, chunk, stored)
-}
-
-fn record_chunk(
-    conn: &Connection,
-    batch_id: &str,
-    chunk: u64,
-    failure: Option<&str>,
-) -> Result<RecordOutcome, StoreError> {
-    let Some(mut batch) = load_batch(conn, batch_id)? else {
-        return Ok(RecordOutcome::NotFound);
-    };
-    let Some(mut row) = ChunkRow::read(conn, batch.seq, chunk)? else {
-        return Ok(RecordOutcome::NotFound);
-    };
-    let outcomes = &mut row.outcomes;
-    if !outcomes.stage.is_open() {
-        return Ok(RecordOutcome::AlreadyRecorded(batch.batch));
-    }
-    outcomes.settle(failure.unwrap_or(codec::NO_OUTCOME_MESSAGE));
-    write_outcomes(conn, batch.seq, chunk, outcomes)?;
-
-    let now = Timestamp::now();
-    let counts = &mut batch.batch;
-    counts.succeeded_items += outcomes.count(codec::SUCCEEDED);
-    counts.failed_items += outcomes.count(codec::FAILED);
-    counts.completed_chunks += 1;
-    counts.updated_at = now;
-    if !counts.status.is_terminal() {
-        counts.status = BatchStatus::Running;
-    }
-    if batch.is_settled() && !batch.batch.status.is_terminal() {
-        batch.batch.status = BatchStatus::settled(
-            batch.cancel_requested,
-            batch.batch.succeeded_items,
-            batch.batch.failed_items,
-        );
-        batch.batch.completed_at = Some(now);
-    }
-    let counts = &batch.batch;
-    conn.prepare_cached(
-        "UPDATE batches SET status = ?2, succeeded_items = ?3, failed_items = ?4, completed_chunks = ?5, \
-         updated_at = ?6, completed_at = ?7 WHERE seq = ?1",
-    )?
-    .execute(params![
-        batch.seq,
-        counts.status.as_str(),
-        counts.succeeded_items,
-        counts.failed_items,
-        counts.completed_chunks,
-        counts.updated_at.0,
-        counts.completed_at.map(|t| t.0),
-    ])?;
-    Ok(RecordOutcome::Recorded(batch.batch))
-}
-
 fn cancel_batch(conn: &Connection, batch_id: &str) -> Result<CancelOutcome, StoreError> {
     let Some(mut batch) = load_batch(conn, batch_id)? else {
         return Ok(CancelOutcome::NotFound);
@@ -899,9 +695,7 @@ impl BatchStore for SqliteStore {
     }
 
     async fn get_batch(&self, batch_id: &BatchId) -> Result<Option<Batch>, StoreError> {
-        let batch_id = batch_id.clone();
-        self.read(move |conn| Ok(load_batch(conn, batch_id.as_str())?.map(|row| row.batch)))
-            .await
+        self.read_row(|conn| Ok(load_batch(conn, batch_id.as_str())?.map(|row| row.batch)))
     }
 
     async fn list_batches(&self, query: &BatchQuery) -> Result<Page<Batch>, ListError> {
@@ -926,7 +720,7 @@ impl BatchStore for SqliteStore {
 
     async fn claim_chunk(&self, batch_id: &BatchId, chunk: u64) -> Result<ChunkClaim, StoreError> {
         let batch_id = batch_id.clone();
-        self.write(move |conn| claim_chunk(conn, batch_id.as_str(), chunk))
+        self.write(move |conn| chunks::claim_chunk(conn, &batch_id, chunk))
             .await
     }
 
@@ -935,14 +729,7 @@ impl BatchStore for SqliteStore {
         batch_id: &BatchId,
         chunk: u64,
     ) -> Result<Option<Chunk>, StoreError> {
-        let batch_id = batch_id.clone();
-        self.read(move |conn| {
-            let Some(batch) = load_batch(conn, batch_id.as_str())? else {
-                return Ok(None);
-            };
-            Ok(ChunkRow::read(conn, batch.seq, chunk)?.map(|row| row.into_chunk(batch_id, chunk)))
-        })
-        .await
+        self.read_row(|conn| chunks::load_chunk(conn, batch_id, chunk))
     }
 
     async fn save_outcomes(
@@ -954,8 +741,10 @@ impl BatchStore for SqliteStore {
     ) -> Result<(), StoreError> {
         let batch_id = batch_id.clone();
         let outcomes = outcomes.to_vec();
-        self.write(move |conn| save_outcomes(conn, batch_id.as_str(), chunk, &outcomes, attempts))
-            .await
+        self.write(move |conn| {
+            chunks::save_outcomes(conn, batch_id.as_str(), chunk, &outcomes, attempts)
+        })
+        .await
     }
 
     async fn record_chunk(
@@ -966,8 +755,10 @@ impl BatchStore for SqliteStore {
     ) -> Result<RecordOutcome, StoreError> {
         let batch_id = batch_id.clone();
         let failure = failure.map(str::to_owned);
-        self.write(move |conn| record_chunk(conn, batch_id.as_str(), chunk, failure.as_deref()))
-            .await
+        self.write(move |conn| {
+            chunks::record_chunk(conn, batch_id.as_str(), chunk, failure.as_deref())
+        })
+        .await
     }
 
     async fn wait_for_change(&self, since: u64, poll: Duration) -> u64 {
@@ -976,142 +767,5 @@ impl BatchStore for SqliteStore {
             tokio::time::timeout(poll, changes.wait_for(|generation| *generation != since)).await;
         let generation = *changes.borrow();
         generation
-    }
-}
-
-#[async_trait]
-impl ExecutionJournal for SqliteStore {
-    async fn create_executions(
-        &self,
-        executions: Vec<(ExecutionKey, String)>,
-    ) -> Result<Vec<ExecutionKey>, StoreError> {
-        self.write(move |conn| {
-            let now = Timestamp::now().0;
-            let mut created = Vec::with_capacity(executions.len());
-            let mut insert = conn.prepare_cached(
-                "INSERT OR IGNORE INTO executions (batch_seq, chunk, status, cursor, started_at, updated_at) \
-                 SELECT seq, ?2, 'RUNNING', ?3, ?4, ?4 FROM batches WHERE batch_id = ?1",
-            )?;
-            for (key, cursor) in executions {
-                if insert.execute(params![key.batch_id.as_str(), key.chunk, cursor, now])? > 0 {
-                    created.push(key);
-                }
-            }
-            Ok(created)
-        })
-        .await
-    }
-
-    async fn save_cursor(
-        &self,
-        key: &ExecutionKey,
-        cursor: String,
-        wake_at: Option<Timestamp>,
-    ) -> Result<(), StoreError> {
-        let key = key.clone();
-        self.write(move |conn| {
-            conn.prepare_cached(
-                "UPDATE executions SET cursor = ?3, wake_at = ?4, updated_at = ?5 \
-                 WHERE batch_seq = (SELECT seq FROM batches WHERE batch_id = ?1) AND chunk = ?2",
-            )?
-            .execute(params![
-                key.batch_id.as_str(),
-                key.chunk,
-                cursor,
-                wake_at.map(|t| t.0),
-                Timestamp::now().0
-            ])?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn finish_execution(
-        &self,
-        key: &ExecutionKey,
-        end: &ExecutionEnd,
-    ) -> Result<(), StoreError> {
-        let key = key.clone();
-        let (status, error, cause) = match end {
-            ExecutionEnd::Succeeded => ("SUCCEEDED", None, None),
-            ExecutionEnd::Failed { error, cause } => {
-                ("FAILED", Some(error.clone()), Some(cause.clone()))
-            }
-        };
-        self.write(move |conn| {
-            conn.prepare_cached(
-                "UPDATE executions SET status = ?3, cursor = '', wake_at = NULL, error = ?4, cause = ?5, updated_at = ?6 \
-                 WHERE batch_seq = (SELECT seq FROM batches WHERE batch_id = ?1) AND chunk = ?2",
-            )?
-            .execute(params![
-                key.batch_id.as_str(),
-                key.chunk,
-                status,
-                error,
-                cause,
-                Timestamp::now().0
-            ])?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn running_executions(&self) -> Result<Vec<ExecutionRecord>, StoreError> {
-        self.read(|conn| {
-            let mut statement = conn.prepare(
-                "SELECT b.batch_id, e.chunk, e.cursor, e.wake_at, e.started_at FROM executions e \
-                 JOIN batches b ON b.seq = e.batch_seq WHERE e.status = 'RUNNING' ORDER BY e.started_at, e.batch_seq, e.chunk",
-            )?;
-            let records = statement
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, u64>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Option<i64>>(3)?,
-                        r.get::<_, i64>(4)?,
-                    ))
-                })?
-                .map(|row| {
-                    let (batch_id, chunk, cursor, wake_at, started_at) = row?;
-                    Ok(ExecutionRecord {
-                        key: ExecutionKey {
-                            batch_id: BatchId::parse(batch_id)
-                                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                            chunk,
-                        },
-                        cursor,
-                        wake_at: wake_at.map(Timestamp),
-                        started_at: Timestamp(started_at),
-                    })
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            Ok(records)
-        })
-        .await
-    }
-
-    async fn unstarted_chunks(&self) -> Result<Vec<ExecutionKey>, StoreError> {
-        self.read(|conn| {
-            let mut statement = conn.prepare(
-                "SELECT b.batch_id, c.chunk FROM chunks c JOIN batches b ON b.seq = c.batch_seq \
-                 WHERE c.stage IN ('PENDING', 'STARTED') AND NOT EXISTS \
-                 (SELECT 1 FROM executions e WHERE e.batch_seq = c.batch_seq AND e.chunk = c.chunk) \
-                 ORDER BY c.batch_seq, c.chunk",
-            )?;
-            let keys = statement
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?
-                .map(|row| {
-                    let (batch_id, chunk) = row?;
-                    Ok(ExecutionKey {
-                        batch_id: BatchId::parse(batch_id)
-                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                        chunk,
-                    })
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            Ok(keys)
-        })
-        .await
     }
 }

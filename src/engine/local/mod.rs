@@ -1,33 +1,33 @@
 //! The embedded engine: runs one execution of the state machine definition per chunk, with
 //! bounded concurrency, journaling each execution's cursor so a restart resumes it.
 //!
-//! Task resources resolve to the in-process pipeline steps. An execution's cursor is saved
-//! before every Task or Wait state runs; states between two saves are re-run after a crash,
-//! which the steps allow (they are idempotent, as Step Functions requires).
+//! Task resources resolve to the in-process pipeline steps. Executions waiting for a worker
+//! wait in the database: a [`window`] of them is paged in, in order, and refilled as they end,
+//! so memory stays flat however many chunks are stored. An execution's cursor is journaled
+//! before every Task or Wait state, staged to commit with that Task's own store write; states
+//! between two journal entries are re-run after a crash, which the steps allow (they are
+//! idempotent, as Step Functions requires).
 
 pub mod asl;
+mod execution;
 pub mod journal;
+mod window;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinSet;
 
-use self::asl::{Cursor, ExecutionContext, StateMachine, Step, TaskFailure, TaskInvoker};
-use self::journal::{ExecutionEnd, ExecutionJournal, ExecutionKey};
+use self::asl::StateMachine;
+use self::execution::{Settled, Work};
+use self::journal::ExecutionJournal;
+use self::window::{Event, Window};
 use super::{Orchestrator, OrchestratorError, STATE_MACHINE_DEFINITION};
-use crate::domain::{BatchId, Timestamp};
-use crate::pipeline::steps::{StepError, TaskEvent, UpdateEvent};
+use crate::domain::BatchId;
 use crate::pipeline::Steps;
-
-/// Name the context object gives the state machine.
-const STATE_MACHINE_NAME: &str = "batch-manager-chunks";
-/// How long a worker waits before retrying an execution whose journal write failed.
-const JOURNAL_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// The resource names the definition's substitution variables resolve to locally.
 pub const TASK1_RESOURCE: &str = "batch-manager:local:task1";
@@ -66,33 +66,19 @@ impl Default for EngineConfig {
 pub enum EngineError {
     #[error("state machine definition: {0}")]
     Definition(#[from] asl::DefinitionError),
-    #[error("recovering executions: {0}")]
-    Recovery(#[from] crate::store::StoreError),
-    #[error("stored cursor of {0} is unreadable: {1}")]
-    Cursor(String, serde_json::Error),
 }
 
-/// An execution waiting for a worker. A batch of small chunks queues one per chunk, so a fresh
-/// execution is kept small (its batch id shared, no cursor): its first cursor is built when a
-/// worker takes it.
-enum Work {
-    Fresh {
-        batch_id: Arc<BatchId>,
-        chunk: u64,
-        started_at: Timestamp,
-    },
-    Resumed {
-        key: ExecutionKey,
-        cursor: Cursor,
-        started_at: Timestamp,
-    },
-}
-
+/// What the workers share.
 struct Shared {
     machine: StateMachine,
+    /// States before which an execution's cursor is journaled: Task and Wait states.
+    journaled_states: HashSet<String>,
     journal: Arc<dyn ExecutionJournal>,
     steps: Steps,
-    queue: mpsc::UnboundedSender<Work>,
+    /// Executions paged in and waiting for a worker.
+    ready: Mutex<mpsc::UnboundedReceiver<Work>>,
+    /// Tells the window about new chunks and settled executions.
+    events: mpsc::UnboundedSender<Event>,
     stopping: watch::Receiver<bool>,
 }
 
@@ -117,306 +103,132 @@ impl EngineRunner {
     }
 }
 
+/// The names of the definition's Task and Wait states.
+fn journaled_states(definition: &str) -> HashSet<String> {
+    let Ok(root) = serde_json::from_str::<Value>(definition) else {
+        return HashSet::new();
+    };
+    let Some(states) = root.get("States").and_then(Value::as_object) else {
+        return HashSet::new();
+    };
+    states
+        .iter()
+        .filter(|(_, state)| {
+            matches!(
+                state.get("Type").and_then(Value::as_str),
+                Some("Task" | "Wait")
+            )
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
 impl LocalEngine {
-    /// Starts the workers and resumes every execution the journal says was running, plus any
-    /// stored chunk that never got an execution.
+    /// Starts the workers and the window, which resumes every execution the journal says was
+    /// running, then every stored chunk whose execution never passed its first Task.
     pub async fn start(
         config: EngineConfig,
         journal: Arc<dyn ExecutionJournal>,
         steps: Steps,
     ) -> Result<(Self, EngineRunner), EngineError> {
         let machine = StateMachine::from_json(&config.definition, &local_substitutions())?;
-        let (queue, receiver) = mpsc::unbounded_channel();
+        let concurrency = config.concurrency.max(1);
+        let (ready_sender, ready) = mpsc::unbounded_channel();
+        let (events, event_receiver) = mpsc::unbounded_channel();
         let (stop, stopping) = watch::channel(false);
         let engine = Self {
             shared: Arc::new(Shared {
                 machine,
-                journal,
+                journaled_states: journaled_states(&config.definition),
+                journal: Arc::clone(&journal),
                 steps,
-                queue,
-                stopping,
+                ready: Mutex::new(ready),
+                events,
+                stopping: stopping.clone(),
             }),
         };
 
-        let resumed = engine.resume().await?;
-        if resumed > 0 {
-            tracing::info!(executions = resumed, "resuming chunk executions");
-        }
-
-        let receiver = Arc::new(Mutex::new(receiver));
         let mut workers = JoinSet::new();
-        for _ in 0..config.concurrency.max(1) {
+        let window = Window::new(
+            journal,
+            window::capacity(concurrency),
+            event_receiver,
+            ready_sender,
+            stopping,
+        );
+        workers.spawn(window.run());
+        for _ in 0..concurrency {
             let engine = engine.clone();
-            let receiver = Arc::clone(&receiver);
-            workers.spawn(async move { engine.work(receiver).await });
+            workers.spawn(async move { engine.work().await });
         }
         Ok((engine, EngineRunner { stop, workers }))
     }
 
-    async fn resume(&self) -> Result<usize, EngineError> {
+    async fn work(self) {
         let shared = &self.shared;
-        let orphans = shared.journal.unstarted_chunks().await?;
-        if !orphans.is_empty() {
-            self.create(orphans).await?;
-        }
-        let records = shared.journal.running_executions().await?;
-        let count = records.len();
-        let now = Timestamp::now();
-        for record in records {
-            let cursor: Cursor = serde_json::from_str(&record.cursor)
-                .map_err(|err| EngineError::Cursor(record.key.name(), err))?;
-            let work = Work::Resumed {
-                key: record.key,
-                cursor,
-                started_at: record.started_at,
-            };
-            match record.wake_at {
-                Some(wake_at) if wake_at > now => {
-                    let delay = Duration::from_micros((wake_at.0 - now.0) as u64);
-                    self.enqueue_after(work, delay);
-                }
-                _ => self.enqueue(work),
-            }
-        }
-        Ok(count)
-    }
-
-    async fn create(&self, keys: Vec<ExecutionKey>) -> Result<(), crate::store::StoreError> {
-        let started_at = Timestamp::now();
-        let mut rows = Vec::with_capacity(keys.len());
-        for key in keys {
-            let cursor = self.shared.machine.start(execution_input(&key));
-            let json = serde_json::to_string(&cursor)
-                .map_err(|err| crate::store::StoreError::Corrupt(err.to_string()))?;
-            rows.push((key, json));
-        }
-        let created = self.shared.journal.create_executions(rows).await?;
-        let mut shared_id: Option<Arc<BatchId>> = None;
-        for key in created {
-            let batch_id = match &shared_id {
-                Some(id) if **id == key.batch_id => Arc::clone(id),
-                _ => Arc::clone(shared_id.insert(Arc::new(key.batch_id))),
-            };
-            self.enqueue(Work::Fresh {
-                batch_id,
-                chunk: key.chunk,
-                started_at,
-            });
-        }
-        Ok(())
-    }
-
-    fn enqueue(&self, work: Work) {
-        // The receiver lives as long as the workers; once they stop, the journal keeps the work.
-        let _ = self.shared.queue.send(work);
-    }
-
-    fn enqueue_after(&self, work: Work, delay: Duration) {
-        let engine = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            engine.enqueue(work);
-        });
-    }
-
-    fn stopping(&self) -> bool {
-        *self.shared.stopping.borrow()
-    }
-
-    async fn work(self, receiver: Arc<Mutex<mpsc::UnboundedReceiver<Work>>>) {
-        let mut stopping = self.shared.stopping.clone();
+        let mut stopping = shared.stopping.clone();
         loop {
             let next = {
-                let mut receiver = receiver.lock().await;
+                let mut ready = shared.ready.lock().await;
                 tokio::select! {
-                    work = receiver.recv() => work,
+                    work = ready.recv() => work,
                     _ = stopping.wait_for(|stop| *stop) => None,
                 }
             };
             let Some(work) = next else { return };
-            self.run(work).await;
-        }
-    }
-
-    /// Runs an execution until it ends, sleeps or the engine stops.
-    async fn run(&self, work: Work) {
-        let (key, mut cursor, started_at) = match work {
-            Work::Fresh {
-                batch_id,
-                chunk,
-                started_at,
-            } => {
-                let key = ExecutionKey {
-                    batch_id: BatchId::clone(&batch_id),
-                    chunk,
-                };
-                let cursor = self.shared.machine.start(execution_input(&key));
-                (key, cursor, started_at)
-            }
-            Work::Resumed {
-                key,
-                cursor,
-                started_at,
-            } => (key, cursor, started_at),
-        };
-        let context = ExecutionContext::new(
-            key.name(),
-            execution_input(&key),
-            started_at.to_rfc3339(),
-            STATE_MACHINE_NAME,
-        );
-        let invoker = StepInvoker {
-            steps: &self.shared.steps,
-        };
-        loop {
-            if self.stopping() {
-                return;
-            }
-            let step = self
-                .shared
-                .machine
-                .step(cursor.clone(), &context, &invoker)
-                .await;
-            let saved = match &step {
-                Step::Continue(next) => self.save(&key, next, None).await,
-                Step::Sleep { duration, then } => {
-                    let wake_at = Timestamp(Timestamp::now().0 + duration.as_micros() as i64);
-                    self.save(&key, then, Some(wake_at)).await
+            // While the store refuses writes, a started execution would only fail its step.
+            while !shared.journal.accepting() {
+                tokio::select! {
+                    () = tokio::time::sleep(window::STORE_CHECK_INTERVAL) => {}
+                    _ = stopping.wait_for(|stop| *stop) => return,
                 }
-                Step::Succeeded(_) => self.finish(&key, &ExecutionEnd::Succeeded).await,
-                Step::Failed { error, cause } => {
-                    tracing::warn!(execution = %key.name(), %error, %cause, "chunk execution failed");
-                    let end = ExecutionEnd::Failed {
-                        error: error.clone(),
-                        cause: cause.clone(),
-                    };
-                    self.finish(&key, &end).await
-                }
-            };
-            if let Err(err) = saved {
-                tracing::error!(execution = %key.name(), error = %err, "journal write failed; retrying the state");
-                self.enqueue_after(
-                    Work::Resumed {
-                        key,
-                        cursor,
-                        started_at,
-                    },
-                    JOURNAL_RETRY_DELAY,
-                );
-                return;
             }
-            match step {
-                Step::Continue(next) => cursor = next,
-                Step::Sleep { duration, then } => {
-                    self.enqueue_after(
-                        Work::Resumed {
-                            key,
-                            cursor: then,
-                            started_at,
-                        },
-                        duration,
-                    );
-                    return;
+            let key = work.key.clone();
+            let position = work.position;
+            match execution::run(shared, work).await {
+                Settled::Ended(receipt) => self.settle(key, receipt, None),
+                Settled::Slept { receipt, wake_at } => {
+                    let woken = journal::WakePosition { wake_at, position };
+                    self.settle(key, receipt, Some(woken));
                 }
-                Step::Succeeded(_) | Step::Failed { .. } => return,
+                Settled::Stopped => return,
             }
         }
     }
 
-    async fn save(
+    /// Takes the execution out of the window once its last journal entry is committed, so
+    /// that the window never pages it in while it is still in memory.
+    fn settle(
         &self,
-        key: &ExecutionKey,
-        cursor: &Cursor,
-        wake_at: Option<Timestamp>,
-    ) -> Result<(), crate::store::StoreError> {
-        let json = serde_json::to_string(cursor)
-            .map_err(|err| crate::store::StoreError::Corrupt(err.to_string()))?;
-        self.shared.journal.save_cursor(key, json, wake_at).await
+        key: journal::ExecutionKey,
+        receipt: journal::JournalReceipt,
+        woken: Option<journal::WakePosition>,
+    ) {
+        let events = self.shared.events.clone();
+        tokio::spawn(async move {
+            if receipt.await.is_ok() {
+                let _ = events.send(Event::Settled { key, woken });
+            }
+        });
     }
-
-    async fn finish(
-        &self,
-        key: &ExecutionKey,
-        end: &ExecutionEnd,
-    ) -> Result<(), crate::store::StoreError> {
-        self.shared.journal.finish_execution(key, end).await
-    }
-}
-
-fn execution_input(key: &ExecutionKey) -> Value {
-    json!({ "batchId": key.batch_id.as_str(), "chunk": key.chunk })
 }
 
 #[async_trait]
 impl Orchestrator for LocalEngine {
+    /// The chunks are stored already: the window pages them in as workers free up. Starting
+    /// a chunk twice is a no-op.
     async fn start_chunks(
         &self,
         batch_id: &BatchId,
         chunks: &[u64],
     ) -> Result<(), OrchestratorError> {
-        let keys = chunks
-            .iter()
-            .map(|&chunk| ExecutionKey {
+        if let Some(&first) = chunks.iter().min() {
+            // Once the engine stops, the chunks wait in the database for the next start.
+            let _ = self.shared.events.send(Event::Stored {
                 batch_id: batch_id.clone(),
-                chunk,
-            })
-            .collect();
-        self.create(keys)
-            .await
-            .map_err(|err| OrchestratorError(err.to_string()))
-    }
-}
-
-/// Resolves the definition's Task resources to the pipeline steps.
-struct StepInvoker<'a> {
-    steps: &'a Steps,
-}
-
-fn failure(err: StepError) -> TaskFailure {
-    if matches!(
-        err,
-        StepError::StoreUnavailable(_) | StepError::StoreCorrupt(_)
-    ) {
-        tracing::error!(error = ?err, "chunk step failed");
-    }
-    TaskFailure {
-        error: err.error_type().to_owned(),
-        cause: err.cause(),
-    }
-}
-
-fn invalid_event(err: serde_json::Error) -> TaskFailure {
-    failure(StepError::InvalidEvent(err.to_string()))
-}
-
-fn to_value<T: serde::Serialize>(result: Result<T, StepError>) -> Result<Value, TaskFailure> {
-    let output = result.map_err(failure)?;
-    serde_json::to_value(output).map_err(|err| TaskFailure {
-        error: "States.Runtime".to_owned(),
-        cause: err.to_string(),
-    })
-}
-
-#[async_trait]
-impl TaskInvoker for StepInvoker<'_> {
-    async fn invoke(&self, resource: &str, input: Value) -> Result<Value, TaskFailure> {
-        match resource {
-            TASK1_RESOURCE | TASK2_RESOURCE => {
-                let event: TaskEvent = serde_json::from_value(input).map_err(invalid_event)?;
-                if resource == TASK1_RESOURCE {
-                    to_value(self.steps.task1(event).await)
-                } else {
-                    to_value(self.steps.task2(event).await)
-                }
-            }
-            UPDATE_RESOURCE => {
-                let event: UpdateEvent = serde_json::from_value(input).map_err(invalid_event)?;
-                to_value(self.steps.update(event).await)
-            }
-            other => Err(TaskFailure {
-                error: "States.Runtime".to_owned(),
-                cause: format!("no local task is bound to resource {other:?}"),
-            }),
+                first_chunk: first,
+            });
         }
+        Ok(())
     }
 }

@@ -1,0 +1,224 @@
+//! The steps' per-chunk reads and writes: claim, load, save outcomes, record. Each reads the
+//! one chunk row it needs (with its batch, in one query) and only the columns it uses.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{load_batch, BatchRow};
+use crate::domain::{BatchId, BatchStatus, ItemOutcome, Timestamp};
+use crate::store::codec::{self, ChunkOutcomes};
+use crate::store::{Chunk, ChunkClaim, ChunkStage, RecordOutcome, StoreError};
+
+/// A chunk row with the seq of its batch.
+struct StoredChunk {
+    batch_seq: i64,
+    outcomes: ChunkOutcomes,
+}
+
+impl StoredChunk {
+    /// The chunk's outcomes, without its item IDs.
+    fn read(conn: &Connection, batch_id: &str, chunk: u64) -> Result<Option<Self>, StoreError> {
+        conn.prepare_cached(
+            "SELECT batch_seq, stage, states, errors, attempts FROM chunks \
+             WHERE batch_seq = (SELECT seq FROM batches WHERE batch_id = ?1) AND chunk = ?2",
+        )?
+        .query_row(params![batch_id, chunk], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, Option<String>>(3)?,
+                row.get::<_, u32>(4)?,
+            ))
+        })
+        .optional()?
+        .map(|(batch_seq, stage, states, errors, attempts)| {
+            Ok(Self {
+                batch_seq,
+                outcomes: ChunkOutcomes::decode(&stage, states, errors.as_deref(), attempts)?,
+            })
+        })
+        .transpose()
+    }
+
+    fn write(&self, conn: &Connection, chunk: u64) -> Result<(), StoreError> {
+        let outcomes = &self.outcomes;
+        conn.prepare_cached(
+            "UPDATE chunks SET stage = ?3, states = ?4, errors = ?5, failed_count = ?6, attempts = ?7 \
+             WHERE batch_seq = ?1 AND chunk = ?2",
+        )?
+        .execute(params![
+            self.batch_seq,
+            chunk,
+            outcomes.stage.as_str(),
+            outcomes.states_text(),
+            outcomes.errors_json(),
+            outcomes.count(codec::FAILED),
+            outcomes.attempts,
+        ])?;
+        Ok(())
+    }
+}
+
+/// A chunk with its items, and its batch's seq and status.
+struct FullChunk {
+    batch_seq: i64,
+    batch_status: String,
+    outcomes: ChunkOutcomes,
+    item_ids: String,
+}
+
+impl FullChunk {
+    fn read(conn: &Connection, batch_id: &str, chunk: u64) -> Result<Option<Self>, StoreError> {
+        conn.prepare_cached(
+            "SELECT b.seq, b.status, c.stage, c.item_ids, c.states, c.errors, c.attempts \
+             FROM batches b JOIN chunks c ON c.batch_seq = b.seq WHERE b.batch_id = ?1 AND c.chunk = ?2",
+        )?
+        .query_row(params![batch_id, chunk], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, Option<String>>(5)?,
+                row.get::<_, u32>(6)?,
+            ))
+        })
+        .optional()?
+        .map(
+            |(batch_seq, batch_status, stage, item_ids, states, errors, attempts)| {
+                Ok(Self {
+                    batch_seq,
+                    batch_status,
+                    outcomes: ChunkOutcomes::decode(&stage, states, errors.as_deref(), attempts)?,
+                    item_ids,
+                })
+            },
+        )
+        .transpose()
+    }
+
+    fn into_chunk(self, batch_id: BatchId, index: u64) -> Chunk {
+        self.outcomes.into_chunk(batch_id, index, &self.item_ids)
+    }
+}
+
+pub(super) fn claim_chunk(
+    conn: &Connection,
+    batch_id: &BatchId,
+    chunk: u64,
+) -> Result<ChunkClaim, StoreError> {
+    let Some(mut row) = FullChunk::read(conn, batch_id.as_str(), chunk)? else {
+        return Ok(ChunkClaim::NotFound);
+    };
+    if !row.outcomes.stage.is_open() {
+        return Ok(ChunkClaim::Inactive);
+    }
+    if row.outcomes.stage == ChunkStage::Pending {
+        conn.prepare_cached(
+            "UPDATE chunks SET stage = 'STARTED' WHERE batch_seq = ?1 AND chunk = ?2",
+        )?
+        .execute(params![row.batch_seq, chunk])?;
+        row.outcomes.stage = ChunkStage::Started;
+        if row.batch_status == BatchStatus::Pending.as_str() {
+            conn.prepare_cached(
+                "UPDATE batches SET status = 'RUNNING', updated_at = ?2 WHERE seq = ?1 AND status = 'PENDING'",
+            )?
+            .execute(params![row.batch_seq, Timestamp::now().0])?;
+        }
+    }
+    Ok(ChunkClaim::Active(row.into_chunk(batch_id.clone(), chunk)))
+}
+
+pub(super) fn load_chunk(
+    conn: &Connection,
+    batch_id: &BatchId,
+    chunk: u64,
+) -> Result<Option<Chunk>, StoreError> {
+    Ok(FullChunk::read(conn, batch_id.as_str(), chunk)?
+        .map(|row| row.into_chunk(batch_id.clone(), chunk)))
+}
+
+pub(super) fn save_outcomes(
+    conn: &Connection,
+    batch_id: &str,
+    chunk: u64,
+    outcomes: &[(usize, ItemOutcome)],
+    attempts: u32,
+) -> Result<(), StoreError> {
+    let Some(mut row) = StoredChunk::read(conn, batch_id, chunk)? else {
+        return Ok(());
+    };
+    let stored = &mut row.outcomes;
+    if !stored.stage.is_open() {
+        return Ok(());
+    }
+    for (position, outcome) in outcomes {
+        stored.apply(*position, outcome);
+    }
+    stored.attempts = stored.attempts.max(attempts);
+    row.write(conn, chunk)
+}
+
+pub(super) fn record_chunk(
+    conn: &Connection,
+    batch_id: &str,
+    chunk: u64,
+    failure: Option<&str>,
+) -> Result<RecordOutcome, StoreError> {
+    let Some(mut batch) = load_batch(conn, batch_id)? else {
+        return Ok(RecordOutcome::NotFound);
+    };
+    let Some(mut row) = StoredChunk::read(conn, batch_id, chunk)? else {
+        return Ok(RecordOutcome::NotFound);
+    };
+    if !row.outcomes.stage.is_open() {
+        return Ok(RecordOutcome::AlreadyRecorded(batch.batch));
+    }
+    row.outcomes
+        .settle(failure.unwrap_or(codec::NO_OUTCOME_MESSAGE));
+    row.write(conn, chunk)?;
+    count_chunk(conn, &mut batch, &row.outcomes)?;
+    Ok(RecordOutcome::Recorded(batch.batch))
+}
+
+/// Adds a recorded chunk's outcomes to its batch's counters, settling the batch on its last
+/// chunk.
+fn count_chunk(
+    conn: &Connection,
+    batch: &mut BatchRow,
+    outcomes: &ChunkOutcomes,
+) -> Result<(), StoreError> {
+    let now = Timestamp::now();
+    let counts = &mut batch.batch;
+    counts.succeeded_items += outcomes.count(codec::SUCCEEDED);
+    counts.failed_items += outcomes.count(codec::FAILED);
+    counts.completed_chunks += 1;
+    counts.updated_at = now;
+    if !counts.status.is_terminal() {
+        counts.status = BatchStatus::Running;
+    }
+    if batch.is_settled() && !batch.batch.status.is_terminal() {
+        batch.batch.status = BatchStatus::settled(
+            batch.cancel_requested,
+            batch.batch.succeeded_items,
+            batch.batch.failed_items,
+        );
+        batch.batch.completed_at = Some(now);
+    }
+    let counts = &batch.batch;
+    conn.prepare_cached(
+        "UPDATE batches SET status = ?2, succeeded_items = ?3, failed_items = ?4, completed_chunks = ?5, \
+         updated_at = ?6, completed_at = ?7 WHERE seq = ?1",
+    )?
+    .execute(params![
+        batch.seq,
+        counts.status.as_str(),
+        counts.succeeded_items,
+        counts.failed_items,
+        counts.completed_chunks,
+        counts.updated_at.0,
+        counts.completed_at.map(|t| t.0),
+    ])?;
+    Ok(())
+}
