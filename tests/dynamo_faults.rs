@@ -333,11 +333,9 @@ async fn a_stalled_part_write_landing_after_its_retry_was_processed_and_cancelle
     let part = NewPart::new(
         batch_id.clone(),
         12,
-        BatchSize::parse(2, "batch_size").unwrap(),
+        BatchSize::parse(2).unwrap(),
         1,
-        parse_item_ids(ids.clone(), "item_ids").unwrap(),
-        "total_items",
-        "part_number",
+        parse_item_ids(ids.clone()).unwrap(),
     )
     .unwrap();
 

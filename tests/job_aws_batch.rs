@@ -209,7 +209,7 @@ async fn create_service_role(endpoint: &str, name: &str) -> String {
 
 fn items(count: usize) -> Vec<ItemId> {
     (0..count)
-        .map(|index| ItemId::parse(format!("item-{index}"), "item").unwrap())
+        .map(|index| ItemId::parse(format!("item-{index}")).unwrap())
         .collect()
 }
 

@@ -195,9 +195,7 @@ impl Drop for Sleepers {
 }
 
 fn items(raw: &[&str]) -> Vec<ItemId> {
-    raw.iter()
-        .map(|id| ItemId::parse(*id, "item").unwrap())
-        .collect()
+    raw.iter().map(|id| ItemId::parse(*id).unwrap()).collect()
 }
 
 fn spec(raw_items: &[&str], attempt: u32) -> JobSpec {
@@ -213,7 +211,7 @@ fn spec(raw_items: &[&str], attempt: u32) -> JobSpec {
 
 fn failure(item: &str, message: &str) -> ItemFailure {
     ItemFailure {
-        item_id: ItemId::parse(item, "item").unwrap(),
+        item_id: ItemId::parse(item).unwrap(),
         message: message.to_owned(),
     }
 }

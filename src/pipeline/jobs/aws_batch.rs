@@ -579,7 +579,7 @@ mod tests {
 
     fn items(count: usize) -> Vec<ItemId> {
         (0..count)
-            .map(|index| ItemId::parse(format!("{index:08}-{}", "x".repeat(27)), "item").unwrap())
+            .map(|index| ItemId::parse(format!("{index:08}-{}", "x".repeat(27))).unwrap())
             .collect()
     }
 

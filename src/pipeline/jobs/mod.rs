@@ -362,7 +362,7 @@ mod item_id_serde {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ItemId, D::Error> {
         let raw = String::deserialize(deserializer)?;
-        ItemId::parse(raw, "itemId").map_err(serde::de::Error::custom)
+        ItemId::parse(raw).map_err(serde::de::Error::custom)
     }
 }
 
@@ -375,7 +375,7 @@ mod tests {
     }
 
     fn item(raw: &str) -> ItemId {
-        ItemId::parse(raw, "item").unwrap()
+        ItemId::parse(raw).unwrap()
     }
 
     fn is_valid_aws_batch_job_name(name: &str) -> bool {

@@ -195,9 +195,7 @@ mod tests {
     }
 
     fn items(raw: &[&str]) -> Vec<ItemId> {
-        raw.iter()
-            .map(|id| ItemId::parse(*id, "item").unwrap())
-            .collect()
+        raw.iter().map(|id| ItemId::parse(*id).unwrap()).collect()
     }
 
     #[test]
