@@ -88,12 +88,12 @@ pub(super) async fn run(shared: &Shared, work: Work) -> Settled {
         started_at,
         ..
     } = work;
-    let context = ExecutionContext {
-        execution_name: key.name(),
-        execution_input: execution_input(&key),
-        start_time: started_at.to_rfc3339(),
-        state_machine_name: STATE_MACHINE_NAME.to_owned(),
-    };
+    let context = ExecutionContext::new(
+        key.name(),
+        execution_input(&key),
+        started_at.to_rfc3339(),
+        STATE_MACHINE_NAME,
+    );
     let invoker = StepInvoker {
         steps: &shared.steps,
         kept: Mutex::new(KeptChunk::default()),
@@ -104,7 +104,7 @@ pub(super) async fn run(shared: &Shared, work: Work) -> Settled {
         }
         match shared.machine.step(cursor, &context, &invoker).await {
             Step::Continue(next) => {
-                if shared.journaled_states.contains(&next.state) {
+                if shared.journaled_states.contains(next.state()) {
                     // Committed with the next state's own store write; nothing waits for it.
                     drop(
                         shared
