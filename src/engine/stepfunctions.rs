@@ -35,8 +35,8 @@ use aws_sdk_sfn::error::DisplayErrorContext;
 use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
 
-use super::{Orchestrator, OrchestratorError};
 use crate::domain::BatchId;
+use crate::pipeline::{Orchestrator, OrchestratorError};
 
 /// `StartExecution` calls in flight at once for one batch part.
 pub const START_CONCURRENCY: usize = 16;

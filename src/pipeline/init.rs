@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use super::{Orchestrator, OrchestratorError};
 use crate::domain::{Batch, NewPart};
-use crate::engine::{Orchestrator, OrchestratorError};
 use crate::store::{AppendOutcome, BatchStore, StoreError};
 
 /// A part accepted: the batch as it stands, and whether this call stored the part.

@@ -2,9 +2,11 @@
 
 pub mod init;
 pub mod jobs;
+mod orchestrator;
 pub mod steps;
 pub mod tasks;
 
 pub use init::{Accepted, Intake, IntakeError};
+pub use orchestrator::{Orchestrator, OrchestratorError};
 pub use steps::{StepError, Steps};
 pub use tasks::{ChunkTask, TaskError, TaskInput, Tasks};

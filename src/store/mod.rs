@@ -10,6 +10,7 @@
 pub mod codec;
 pub mod dynamo;
 mod id_hashes;
+pub mod journal;
 mod rules;
 pub mod sqlite;
 

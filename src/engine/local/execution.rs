@@ -8,13 +8,13 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::asl::{Cursor, ExecutionContext, Step, TaskFailure, TaskInvoker};
-use super::journal::{
-    ExecutionEnd, ExecutionKey, JournalEntry, JournalPosition, JournalReceipt, Runnable,
-};
 use super::{Shared, TASK1_RESOURCE, TASK2_RESOURCE, UPDATE_RESOURCE};
 use crate::domain::Timestamp;
 use crate::pipeline::steps::{KeptChunk, StepError, TaskEvent, UpdateEvent};
 use crate::pipeline::Steps;
+use crate::store::journal::{
+    ExecutionEnd, ExecutionKey, JournalEntry, JournalPosition, JournalReceipt, Runnable,
+};
 
 /// Name the context object gives the state machine.
 const STATE_MACHINE_NAME: &str = "batch-manager-chunks";

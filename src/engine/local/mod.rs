@@ -10,7 +10,7 @@
 
 pub mod asl;
 mod execution;
-pub mod journal;
+
 mod window;
 
 use std::collections::{BTreeMap, HashSet};
@@ -23,11 +23,12 @@ use tokio::task::JoinSet;
 
 use self::asl::StateMachine;
 use self::execution::{Settled, Work};
-use self::journal::ExecutionJournal;
 use self::window::{Event, Window};
-use super::{Orchestrator, OrchestratorError, STATE_MACHINE_DEFINITION};
+use super::STATE_MACHINE_DEFINITION;
 use crate::domain::BatchId;
 use crate::pipeline::Steps;
+use crate::pipeline::{Orchestrator, OrchestratorError};
+use crate::store::journal::{self, ExecutionJournal};
 
 /// The resource names the definition's substitution variables resolve to locally.
 pub const TASK1_RESOURCE: &str = "batch-manager:local:task1";

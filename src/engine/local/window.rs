@@ -14,8 +14,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::execution::Work;
-use super::journal::{ExecutionJournal, ExecutionKey, JournalPosition, Runnable, WakePosition};
 use crate::domain::{BatchId, Timestamp};
+use crate::store::journal::{
+    ExecutionJournal, ExecutionKey, JournalPosition, Runnable, WakePosition,
+};
 use crate::store::StoreError;
 
 /// Executions paged in per query, at most.

@@ -7,7 +7,7 @@ use rusqlite::{params, Connection, Row};
 use super::writer::{Message, StagedEntry};
 use super::SqliteStore;
 use crate::domain::{BatchId, Timestamp};
-use crate::engine::local::journal::{
+use crate::store::journal::{
     ExecutionJournal, ExecutionKey, JournalEntry, JournalPosition, JournalReceipt, Runnable,
     WakePosition,
 };

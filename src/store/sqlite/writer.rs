@@ -15,7 +15,7 @@ use rusqlite::{params, Connection};
 use tokio::sync::{oneshot, watch};
 
 use crate::domain::Timestamp;
-use crate::engine::local::journal::{ExecutionEnd, ExecutionKey, JournalEntry};
+use crate::store::journal::{ExecutionEnd, ExecutionKey, JournalEntry};
 use crate::store::StoreError;
 
 /// Most write requests folded into one transaction.

@@ -1,4 +1,5 @@
-//! The embedded engine's durable record of chunk executions: where each one stands, so a
+//! The journal of the embedded engine: the durable record of chunk executions, kept by the store
+//! beside the chunks they run: where each one stands, so a
 //! restarted server resumes what was in flight, and so executions waiting for a worker wait in
 //! the database rather than in memory.
 //!
@@ -15,8 +16,8 @@ use std::task::{Context, Poll};
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
+use super::StoreError;
 use crate::domain::{BatchId, Timestamp};
-use crate::store::StoreError;
 
 /// Identifies a chunk execution: one per chunk, so starting it twice is a no-op.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

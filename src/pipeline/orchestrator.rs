@@ -1,0 +1,23 @@
+//! The pipeline's view of orchestration: intake stores a part, then asks an [`Orchestrator`] to
+//! start one execution per new chunk. The engines (Step Functions, the embedded one) implement it.
+
+use async_trait::async_trait;
+
+use crate::domain::BatchId;
+
+/// Failure to start executions; details are for the logs.
+#[derive(Debug, thiserror::Error)]
+#[error("could not start chunk executions: {0}")]
+pub struct OrchestratorError(pub String);
+
+/// Starts chunk executions. Starting a chunk that was started before is a no-op (or, on
+/// at-least-once backends, harmless: every step is idempotent).
+#[async_trait]
+pub trait Orchestrator: Send + Sync + 'static {
+    /// Starts the executions of `chunks` of `batch_id`.
+    async fn start_chunks(
+        &self,
+        batch_id: &BatchId,
+        chunks: &[u64],
+    ) -> Result<(), OrchestratorError>;
+}
