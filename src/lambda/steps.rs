@@ -4,56 +4,23 @@
 //! the only place a step error meets Lambda.
 
 use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use serde_json::Value;
 
-use crate::pipeline::steps::{StepError, TaskEvent, TaskResult, UpdateEvent, UpdateResult};
+use crate::pipeline::dispatch;
+pub use crate::pipeline::dispatch::StepRole;
+use crate::pipeline::steps::{KeptChunk, StepError};
 use crate::pipeline::Steps;
 
-/// A role that serves one of the state machine's Task states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StepRole {
-    Task1,
-    Task2,
-    Update,
-}
-
-/// What a step returns to the state machine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(untagged)]
-pub enum StepOutput {
-    Task(TaskResult),
-    Update(UpdateResult),
-}
-
-/// Serves Task events until the Runtime API stops the process.
+/// Serves Task events until the Runtime API stops the process. Each event is dispatched on its
+/// own: a Lambda invocation holds one step, so no chunk is kept between events.
 pub async fn serve(role: StepRole, steps: Steps) -> Result<(), lambda_runtime::Error> {
     let steps = &steps;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        invoke(steps, role, event.payload).await
+        dispatch::invoke(steps, role, event.payload, &mut KeptChunk::default())
+            .await
+            .map_err(Diagnostic::from)
     }))
     .await
-}
-
-/// Runs one event through the role's step. The event arrives as raw JSON so that a malformed
-/// one becomes `BatchManager.InvalidEvent` rather than the runtime's own deserialization error.
-pub async fn invoke(steps: &Steps, role: StepRole, event: Value) -> Result<StepOutput, StepError> {
-    match role {
-        StepRole::Task1 => Ok(StepOutput::Task(
-            steps.task1(parse::<TaskEvent>(event)?).await?,
-        )),
-        StepRole::Task2 => Ok(StepOutput::Task(
-            steps.task2(parse::<TaskEvent>(event)?).await?,
-        )),
-        StepRole::Update => Ok(StepOutput::Update(
-            steps.update(parse::<UpdateEvent>(event)?).await?,
-        )),
-    }
-}
-
-fn parse<T: DeserializeOwned>(event: Value) -> Result<T, StepError> {
-    serde_json::from_value(event).map_err(|err| StepError::InvalidEvent(err.to_string()))
 }
 
 impl From<StepError> for Diagnostic {
@@ -88,22 +55,5 @@ mod tests {
         let diagnostic = Diagnostic::from(StepError::TransientTask("upstream timed out".into()));
         assert_eq!(diagnostic.error_type, "BatchManager.TransientTaskError");
         assert_eq!(diagnostic.error_message, "upstream timed out");
-    }
-
-    #[test]
-    fn task_events_are_read_as_the_definition_writes_them() {
-        let event: TaskEvent =
-            parse(serde_json::json!({"batchId": "b", "chunk": 2, "attempt": 1})).unwrap();
-        assert_eq!(
-            event,
-            TaskEvent {
-                batch_id: "b".to_owned(),
-                chunk: 2,
-                attempt: 1
-            }
-        );
-        let err = parse::<TaskEvent>(serde_json::json!({"chunk": 2})).unwrap_err();
-        assert_eq!(err.error_type(), "BatchManager.InvalidEvent");
-        assert!(err.cause().contains("batchId"), "{}", err.cause());
     }
 }

@@ -1,5 +1,6 @@
 //! The pipeline, backend-agnostic: intake (`init`), then per chunk `task1` -> `task2` -> `update`.
 
+pub mod dispatch;
 pub mod init;
 pub mod jobs;
 mod orchestrator;

@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use super::asl::{Cursor, ExecutionContext, Step, TaskFailure, TaskInvoker};
 use super::{Shared, TASK1_RESOURCE, TASK2_RESOURCE, UPDATE_RESOURCE};
 use crate::domain::Timestamp;
-use crate::pipeline::steps::{KeptChunk, StepError, TaskEvent, UpdateEvent};
+use crate::pipeline::dispatch::{self, StepRole};
+use crate::pipeline::steps::{KeptChunk, StepError};
 use crate::pipeline::Steps;
 use crate::store::journal::{
     ExecutionEnd, ExecutionKey, JournalEntry, JournalPosition, JournalReceipt, Runnable,
@@ -185,43 +186,29 @@ fn failure(err: StepError) -> TaskFailure {
     }
 }
 
-fn invalid_event(err: serde_json::Error) -> TaskFailure {
-    failure(StepError::InvalidEvent(err.to_string()))
-}
-
-fn to_value<T: serde::Serialize>(result: Result<T, StepError>) -> Result<Value, TaskFailure> {
-    let output = result.map_err(failure)?;
-    serde_json::to_value(output).map_err(|err| TaskFailure {
-        error: "States.Runtime".to_owned(),
-        cause: err.to_string(),
-    })
-}
-
 #[async_trait]
 impl TaskInvoker for StepInvoker<'_> {
     async fn invoke(&self, resource: &str, input: Value) -> Result<Value, TaskFailure> {
-        match resource {
-            TASK1_RESOURCE => {
-                let event: TaskEvent = serde_json::from_value(input).map_err(invalid_event)?;
-                let mut kept = KeptChunk::default();
-                let result = self.steps.task1_keeping(event, &mut kept).await;
-                *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = kept;
-                to_value(result)
+        let role = match resource {
+            TASK1_RESOURCE => StepRole::Task1,
+            TASK2_RESOURCE => StepRole::Task2,
+            UPDATE_RESOURCE => StepRole::Update,
+            other => {
+                return Err(TaskFailure {
+                    error: "States.Runtime".to_owned(),
+                    cause: format!("no local task is bound to resource {other:?}"),
+                })
             }
-            TASK2_RESOURCE => {
-                let event: TaskEvent = serde_json::from_value(input).map_err(invalid_event)?;
-                let kept =
-                    std::mem::take(&mut *self.kept.lock().unwrap_or_else(|e| e.into_inner()));
-                to_value(self.steps.task2_with(event, kept).await)
-            }
-            UPDATE_RESOURCE => {
-                let event: UpdateEvent = serde_json::from_value(input).map_err(invalid_event)?;
-                to_value(self.steps.update(event).await)
-            }
-            other => Err(TaskFailure {
-                error: "States.Runtime".to_owned(),
-                cause: format!("no local task is bound to resource {other:?}"),
-            }),
-        }
+        };
+        // The kept chunk is taken out for the step and put back after: the lock is never held
+        // across the step's await.
+        let mut kept = std::mem::take(&mut *self.kept.lock().unwrap_or_else(|e| e.into_inner()));
+        let result = dispatch::invoke(self.steps, role, input, &mut kept).await;
+        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = kept;
+        let output = result.map_err(failure)?;
+        serde_json::to_value(output).map_err(|err| TaskFailure {
+            error: "States.Runtime".to_owned(),
+            cause: err.to_string(),
+        })
     }
 }
