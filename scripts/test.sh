@@ -32,6 +32,8 @@ echo "== cargo fmt"
 cargo fmt --check
 echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
+# The Lambda artifact's build: without the default features.
+cargo clippy --no-default-features --quiet -- -D warnings
 echo "== cargo test"
 cargo test
 

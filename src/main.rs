@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use batch_manager::config::{Cli, Command};
-use batch_manager::{app, bench, cli, lambda};
+use batch_manager::{app, cli, lambda};
 
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -25,7 +25,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Watch(args) => cli::watch(args).await,
         Command::Items(args) => cli::items(args).await,
         Command::Cancel(args) => cli::cancel(args).await,
-        Command::Bench(args) => bench::run(args).await,
+        #[cfg(feature = "bench")]
+        Command::Bench(args) => batch_manager::bench::run(args).await,
     }
 }
 
