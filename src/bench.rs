@@ -23,7 +23,7 @@ const STATUS_PROBE_GAP: Duration = Duration::from_millis(10);
 const TIME_LIMIT: Duration = Duration::from_secs(600);
 
 /// Peak resident set size of this process, in bytes (Linux; None elsewhere).
-pub fn peak_rss_bytes() -> Option<u64> {
+pub(crate) fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -42,6 +42,7 @@ fn item_id(batch: u64, index: u64) -> String {
     uuid::Uuid::from_u64_pair(batch, index).to_string()
 }
 
+/// Runs `bench`: the embedded engine on a temporary database, end to end.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let directory = tempfile::tempdir().context("creating a temporary directory")?;
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();

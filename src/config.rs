@@ -13,10 +13,12 @@ use crate::store::dynamo::DynamoTables;
 #[derive(Debug, Parser)]
 #[command(name = "batch-manager", version, about)]
 pub struct Cli {
+    /// The command to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The binary's commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gRPC admin service, the seed HTTP endpoint and (local backend) the engine.
@@ -38,13 +40,14 @@ pub enum Command {
 
 /// Where the service keeps its state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Backend {
+pub(crate) enum Backend {
     /// Embedded SQLite store and engine.
     Local,
     /// A deployed stack's DynamoDB tables and Step Functions state machine.
     Aws,
 }
 
+/// The flags of `serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     #[arg(
@@ -53,92 +56,92 @@ pub struct ServeArgs {
         value_enum,
         default_value = "local"
     )]
-    pub backend: Backend,
+    pub(crate) backend: Backend,
     /// gRPC listen address.
     #[arg(
         long,
         env = "BATCH_MANAGER_GRPC_ADDR",
         default_value = "127.0.0.1:50051"
     )]
-    pub grpc_addr: SocketAddr,
+    pub(crate) grpc_addr: SocketAddr,
     /// Seed-compatible HTTP listen address.
     #[arg(
         long,
         env = "BATCH_MANAGER_HTTP_ADDR",
         default_value = "127.0.0.1:8080"
     )]
-    pub http_addr: SocketAddr,
+    pub(crate) http_addr: SocketAddr,
     /// SQLite database file (local backend).
     #[arg(long, env = "BATCH_MANAGER_DB", default_value = "batch-manager.db")]
-    pub db: PathBuf,
+    pub(crate) db: PathBuf,
     /// Chunk executions the embedded engine runs at once.
     #[arg(long, env = "BATCH_MANAGER_CONCURRENCY", default_value_t = 8,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub concurrency: u16,
+    pub(crate) concurrency: u16,
     #[command(flatten)]
-    pub connections: ConnectionArgs,
+    pub(crate) connections: ConnectionArgs,
     #[command(flatten)]
-    pub aws: AwsArgs,
+    pub(crate) aws: AwsArgs,
 }
 
 /// Limits and timeouts of the two listeners. Durations read as `500ms`, `10s`, `5m`, `1h`.
 #[derive(Debug, Clone, Args)]
-pub struct ConnectionArgs {
+pub(crate) struct ConnectionArgs {
     /// Longest time for a request's head (request line and headers) to arrive, from its first byte.
     #[arg(long, env = "BATCH_MANAGER_HTTP_HEADER_TIMEOUT", default_value = "10s",
           value_parser = humantime::parse_duration)]
-    pub http_header_timeout: Duration,
+    pub(crate) http_header_timeout: Duration,
     /// Longest wait for the next piece of a request body.
     #[arg(long, env = "BATCH_MANAGER_HTTP_BODY_TIMEOUT", default_value = "30s",
           value_parser = humantime::parse_duration)]
-    pub http_body_timeout: Duration,
+    pub(crate) http_body_timeout: Duration,
     /// An HTTP connection with no request under way is closed after this long.
     #[arg(long, env = "BATCH_MANAGER_HTTP_IDLE_TIMEOUT", default_value = "60s",
           value_parser = humantime::parse_duration)]
-    pub http_idle_timeout: Duration,
+    pub(crate) http_idle_timeout: Duration,
     /// Most open HTTP connections; default: a quarter of the open-file limit, 16 to 4096.
     #[arg(long, env = "BATCH_MANAGER_HTTP_MAX_CONNECTIONS",
           value_parser = clap::value_parser!(u32).range(1..))]
-    pub http_max_connections: Option<u32>,
+    pub(crate) http_max_connections: Option<u32>,
     /// Host names the HTTP endpoint answers to besides the loopback ones (comma-separated);
     /// with a loopback address, any other Host is refused.
     #[arg(long, env = "BATCH_MANAGER_HTTP_ALLOWED_HOSTS", value_delimiter = ',')]
-    pub http_allowed_hosts: Vec<String>,
+    pub(crate) http_allowed_hosts: Vec<String>,
     /// How often the gRPC server pings a connection to check that its client is still there.
     #[arg(long, env = "BATCH_MANAGER_GRPC_KEEPALIVE_INTERVAL", default_value = "60s",
           value_parser = humantime::parse_duration)]
-    pub grpc_keepalive_interval: Duration,
+    pub(crate) grpc_keepalive_interval: Duration,
     /// A connection whose client does not answer a ping within this long is closed.
     #[arg(long, env = "BATCH_MANAGER_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s",
           value_parser = humantime::parse_duration)]
-    pub grpc_keepalive_timeout: Duration,
+    pub(crate) grpc_keepalive_timeout: Duration,
     /// Longest wait for the next piece of a gRPC request body; a call whose request stalls
     /// fails instead of holding its stream.
     #[arg(long, env = "BATCH_MANAGER_GRPC_BODY_TIMEOUT", default_value = "30s",
           value_parser = humantime::parse_duration)]
-    pub grpc_body_timeout: Duration,
+    pub(crate) grpc_body_timeout: Duration,
     /// A gRPC connection with no call under way is closed (GOAWAY) after this long.
     #[arg(long, env = "BATCH_MANAGER_GRPC_IDLE_TIMEOUT", default_value = "5m",
           value_parser = humantime::parse_duration)]
-    pub grpc_idle_timeout: Duration,
+    pub(crate) grpc_idle_timeout: Duration,
     /// A gRPC connection is asked to close (GOAWAY; calls under way finish) after this long;
     /// unlimited when absent.
     #[arg(long, env = "BATCH_MANAGER_GRPC_MAX_CONNECTION_AGE",
           value_parser = humantime::parse_duration)]
-    pub grpc_max_connection_age: Option<Duration>,
+    pub(crate) grpc_max_connection_age: Option<Duration>,
     /// Most open gRPC connections; default: a quarter of the open-file limit, 16 to 4096.
     #[arg(long, env = "BATCH_MANAGER_GRPC_MAX_CONNECTIONS",
           value_parser = clap::value_parser!(u32).range(1..))]
-    pub grpc_max_connections: Option<u32>,
+    pub(crate) grpc_max_connections: Option<u32>,
     /// On SIGTERM or SIGINT, longest wait for requests under way before connections are closed.
     #[arg(long, env = "BATCH_MANAGER_SHUTDOWN_GRACE", default_value = "5s",
           value_parser = humantime::parse_duration)]
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
 }
 
 impl ConnectionArgs {
     /// The typed settings; absent connection caps are derived from the open-file limit.
-    pub fn settings(&self) -> ConnectionConfig {
+    pub(crate) fn settings(&self) -> ConnectionConfig {
         let default_cap = default_max_connections(open_file_limit());
         let cap = |flag: Option<u32>| flag.map_or(default_cap, |n| n as usize);
         ConnectionConfig {
@@ -165,7 +168,9 @@ impl ConnectionArgs {
 /// Limits and timeouts of both listeners, and of shutdown.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionConfig {
+    /// The HTTP listener's limits.
     pub http: HttpLimits,
+    /// The gRPC listener's limits.
     pub grpc: GrpcLimits,
     /// On shutdown, the longest wait for requests under way before connections are closed.
     pub shutdown_grace: Duration,
@@ -237,13 +242,13 @@ const MAX_DERIVED_CONNECTIONS: u64 = 4096;
 /// The connection cap of each listener when none is given: a quarter of the open-file limit
 /// (both listeners together use at most half, leaving the rest to the database, the engine's
 /// task processes and the files a request opens), from 16 to 4096.
-pub fn default_max_connections(open_file_limit: u64) -> usize {
+pub(crate) fn default_max_connections(open_file_limit: u64) -> usize {
     (open_file_limit / FILES_RESERVED_BEYOND_CONNECTIONS)
         .clamp(MIN_DERIVED_CONNECTIONS, MAX_DERIVED_CONNECTIONS) as usize
 }
 
 /// The process's current (soft) open-file limit; 1024 where it cannot be read.
-pub fn open_file_limit() -> u64 {
+pub(crate) fn open_file_limit() -> u64 {
     #[cfg(unix)]
     if let Ok((soft, _hard)) = rlimit::Resource::NOFILE.get() {
         return soft;
@@ -253,44 +258,46 @@ pub fn open_file_limit() -> u64 {
 
 /// Raises the soft open-file limit to the hard limit, so that the server is limited by what
 /// the system allows rather than by a conservative shell default. Returns the limit now in force.
-pub fn raise_open_file_limit() -> std::io::Result<u64> {
+pub(crate) fn raise_open_file_limit() -> std::io::Result<u64> {
     rlimit::increase_nofile_limit(u64::MAX)
 }
 
 /// The deployed stack `--backend aws` works on. Optional here so that the local backend runs
 /// without them; [`AwsArgs::require`] insists on all three.
 #[derive(Debug, Clone, Args)]
-pub struct AwsArgs {
+pub(crate) struct AwsArgs {
     /// DynamoDB batch table (the stack's BatchTableName output; aws backend).
     #[arg(long, env = "BATCH_TABLE")]
-    pub batch_table: Option<String>,
+    pub(crate) batch_table: Option<String>,
     /// DynamoDB request table (the stack's RequestTableName output; aws backend).
     #[arg(long, env = "REQUEST_TABLE")]
-    pub request_table: Option<String>,
+    pub(crate) request_table: Option<String>,
     /// The chunk state machine (the stack's StateMachineArn output; aws backend).
     #[arg(long, env = "STATE_MACHINE_ARN")]
-    pub state_machine_arn: Option<String>,
+    pub(crate) state_machine_arn: Option<String>,
 }
 
 /// Everything `--backend aws` needs to find a deployed stack.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AwsSettings {
+    /// The stack's DynamoDB tables.
     pub tables: DynamoTables,
+    /// The chunk state machine's ARN.
     pub state_machine_arn: String,
 }
 
 /// A setting `--backend aws` cannot run without.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("missing --{flag} (or the {env_var} environment variable): the stack's {output} output")]
-pub struct MissingSetting {
-    pub flag: &'static str,
-    pub env_var: &'static str,
-    pub output: &'static str,
+pub(crate) struct MissingSetting {
+    pub(crate) flag: &'static str,
+    pub(crate) env_var: &'static str,
+    pub(crate) output: &'static str,
 }
 
 impl AwsArgs {
     /// The settings, or the first one missing. Empty values count as missing.
-    pub fn require(&self) -> Result<AwsSettings, MissingSetting> {
+    pub(crate) fn require(&self) -> Result<AwsSettings, MissingSetting> {
         fn present(
             value: &Option<String>,
             flag: &'static str,
@@ -335,99 +342,104 @@ impl AwsArgs {
 /// `AWS_REGION` and `AWS_ENDPOINT_URL`, profile files, the Lambda or container credentials).
 /// Credentials are fetched on first use; with the region in the environment, as on Lambda,
 /// loading makes no network call.
-pub async fn aws_sdk_config() -> aws_config::SdkConfig {
+pub(crate) async fn aws_sdk_config() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
         .await
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct ClientArgs {
+pub(crate) struct ClientArgs {
     /// gRPC server URL.
     #[arg(
         long,
         env = "BATCH_MANAGER_SERVER",
         default_value = "http://127.0.0.1:50051"
     )]
-    pub server: String,
+    pub(crate) server: String,
     /// Machine-readable JSON output.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
+/// The flags of `submit`.
 #[derive(Debug, Clone, Args)]
 pub struct SubmitArgs {
     /// File with one item ID per line (blank lines are skipped); `-` reads standard input.
     #[arg(long)]
-    pub items_file: PathBuf,
+    pub(crate) items_file: PathBuf,
     /// Items per chunk (1 to 1000).
     #[arg(long, default_value_t = 100)]
-    pub batch_size: u32,
+    pub(crate) batch_size: u32,
     /// Batch ID (the idempotency key); a UUID is generated when absent.
     #[arg(long)]
-    pub batch_id: Option<String>,
+    pub(crate) batch_id: Option<String>,
     /// Follow the batch until it ends.
     #[arg(long)]
-    pub watch: bool,
+    pub(crate) watch: bool,
     #[command(flatten)]
-    pub reconnect: ReconnectArgs,
+    pub(crate) reconnect: ReconnectArgs,
     #[command(flatten)]
-    pub client: ClientArgs,
+    pub(crate) client: ClientArgs,
 }
 
+/// The arguments of `watch`.
 #[derive(Debug, Clone, Args)]
 pub struct WatchArgs {
-    pub batch_id: String,
+    pub(crate) batch_id: String,
     #[command(flatten)]
-    pub reconnect: ReconnectArgs,
+    pub(crate) reconnect: ReconnectArgs,
     #[command(flatten)]
-    pub client: ClientArgs,
+    pub(crate) client: ClientArgs,
 }
 
 /// What a watch does when the server goes away (it stops, restarts, or the connection breaks).
 #[derive(Debug, Clone, Args)]
-pub struct ReconnectArgs {
+pub(crate) struct ReconnectArgs {
     /// How long a watch keeps trying to reach a server that went away, with growing pauses,
     /// before it fails (e.g. `30s`, `5m`; `0s` fails at once).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    pub reconnect_timeout: Duration,
+    pub(crate) reconnect_timeout: Duration,
 }
 
+/// The arguments of `status` and `cancel`.
 #[derive(Debug, Clone, Args)]
 pub struct BatchArgs {
-    pub batch_id: String,
+    pub(crate) batch_id: String,
     #[command(flatten)]
-    pub client: ClientArgs,
+    pub(crate) client: ClientArgs,
 }
 
+/// The arguments of `items`.
 #[derive(Debug, Clone, Args)]
 pub struct ItemsArgs {
-    pub batch_id: String,
+    pub(crate) batch_id: String,
     /// Only items in this status: pending, succeeded, failed, cancelled.
     #[arg(long)]
-    pub status: Option<String>,
+    pub(crate) status: Option<String>,
     /// Stop after this many items.
     #[arg(long)]
-    pub limit: Option<u64>,
+    pub(crate) limit: Option<u64>,
     #[command(flatten)]
-    pub client: ClientArgs,
+    pub(crate) client: ClientArgs,
 }
 
+/// The flags of `bench`.
 #[cfg(feature = "bench")]
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Items to run through.
     #[arg(long, default_value_t = 1_000_000)]
-    pub items: u64,
+    pub(crate) items: u64,
     /// Items per chunk.
     #[arg(long, default_value_t = 100)]
-    pub batch_size: u32,
+    pub(crate) batch_size: u32,
     /// Chunk executions at once.
     #[arg(long, default_value_t = 8)]
-    pub concurrency: u16,
+    pub(crate) concurrency: u16,
     /// Machine-readable JSON output.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ pub const MAX_COUNT: u64 = (1 << 53) - 1;
 /// The message of an error followed by those of its sources, joined by `": "` (as `anyhow`
 /// shows a chain with `{:#}`): how an edge words a refusal for its client, e.g.
 /// `item_ids[3]: must not be empty` from a field error whose source is the rule.
-pub fn with_sources(err: &dyn std::error::Error) -> String {
+pub(crate) fn with_sources(err: &dyn std::error::Error) -> String {
     let mut message = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -36,17 +36,22 @@ pub fn with_sources(err: &dyn std::error::Error) -> String {
 /// as a rule about one value; the edge that parsed the value puts its own name for it in front.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
+    /// The ID is empty.
     #[error("must not be empty")]
     Empty,
+    /// The ID is longer than [`MAX_ID_BYTES`].
     #[error("must be at most {MAX_ID_BYTES} bytes")]
     TooLong,
+    /// The ID holds this control character.
     #[error("must not contain control characters (found U+{:04X})", u32::from(*.0))]
     ControlCharacter(char),
+    /// The ID holds this bidirectional-control or zero-width character.
     #[error(
         "must not contain bidirectional-control or zero-width characters (found U+{:04X})",
         u32::from(*.0)
     )]
     InvisibleCharacter(char),
+    /// The ID is only whitespace.
     #[error("must not be only whitespace")]
     OnlyWhitespace,
 }
@@ -55,20 +60,34 @@ pub enum IdError {
 /// in the list, for the edge to name in its own terms (`item_ids[3]`, `itemIds[3]`, a line).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ItemIdsError {
+    /// The list holds no IDs.
     #[error("must hold at least one item ID")]
     Empty,
+    /// The list holds more than [`MAX_ITEMS_PER_REQUEST`] IDs.
     #[error(
         "must hold at most {MAX_ITEMS_PER_REQUEST} item IDs per request (got {count}); send larger batches in parts"
     )]
-    TooMany { count: usize },
+    TooMany {
+        /// The number of IDs sent.
+        count: usize,
+    },
+    /// An ID breaks an ID rule.
     #[error("the item ID at position {index}")]
     InvalidId {
+        /// The position of the ID.
         index: usize,
+        /// The rule it breaks.
         #[source]
         rule: IdError,
     },
+    /// An ID appears twice.
     #[error("duplicate item ID {id:?}")]
-    Duplicate { index: usize, id: String },
+    Duplicate {
+        /// The position of the second occurrence.
+        index: usize,
+        /// The repeated ID.
+        id: String,
+    },
 }
 
 impl ItemIdsError {
@@ -103,7 +122,10 @@ pub enum PartError {
     PartNumber(CountError),
     /// The batch's item count is below the items this part alone holds.
     #[error("must be at least the number of items sent ({sent})")]
-    TotalBelowItems { sent: usize },
+    TotalBelowItems {
+        /// The items this part holds.
+        sent: usize,
+    },
 }
 
 /// Characters that change how the text around them is shown without being seen themselves:
@@ -149,6 +171,7 @@ fn check_id(raw: &str) -> Result<(), IdError> {
 pub struct BatchId(String);
 
 impl BatchId {
+    /// Parses a batch ID under the ID rules.
     pub fn parse(raw: impl Into<String>) -> Result<Self, IdError> {
         let raw = raw.into();
         check_id(&raw)?;
@@ -156,10 +179,11 @@ impl BatchId {
     }
 
     /// A fresh random UUID, for submissions that name no ID.
-    pub fn generate() -> Self {
+    pub(crate) fn generate() -> Self {
         Self(uuid::Uuid::new_v4().to_string())
     }
 
+    /// The ID's text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -177,6 +201,7 @@ impl fmt::Display for BatchId {
 pub struct ItemId(String);
 
 impl ItemId {
+    /// Parses an item ID under the ID rules.
     pub fn parse(raw: impl Into<String>) -> Result<Self, IdError> {
         let raw = raw.into();
         check_id(&raw)?;
@@ -184,14 +209,16 @@ impl ItemId {
     }
 
     /// Wraps an ID read back from the store, which only holds IDs that were parsed on the way in.
-    pub fn from_trusted(raw: String) -> Self {
+    pub(crate) fn from_trusted(raw: String) -> Self {
         Self(raw)
     }
 
+    /// The ID's text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
+    /// The ID's text, owned.
     pub fn into_string(self) -> String {
         self.0
     }
@@ -209,13 +236,14 @@ pub struct BatchSize(u32);
 
 impl BatchSize {
     /// Parses a chunk size; `0` (protobuf's unset) takes the default.
-    pub fn parse_or_default(raw: u64) -> Result<Self, BatchSizeError> {
+    pub(crate) fn parse_or_default(raw: u64) -> Result<Self, BatchSizeError> {
         if raw == 0 {
             return Ok(Self(DEFAULT_BATCH_SIZE));
         }
         Self::parse(raw)
     }
 
+    /// Parses a chunk size: 1 to [`MAX_BATCH_SIZE`].
     pub fn parse(raw: u64) -> Result<Self, BatchSizeError> {
         if raw == 0 || raw > u64::from(MAX_BATCH_SIZE) {
             return Err(BatchSizeError);
@@ -223,6 +251,7 @@ impl BatchSize {
         Ok(Self(raw as u32))
     }
 
+    /// Items per chunk.
     pub fn get(self) -> u32 {
         self.0
     }
@@ -257,7 +286,7 @@ pub fn parse_item_ids(raw: Vec<String>) -> Result<Vec<ItemId>, ItemIdsError> {
 }
 
 /// Parses an item count or a part number: 1 to [`MAX_COUNT`].
-pub fn parse_count(raw: u64) -> Result<u64, CountError> {
+pub(crate) fn parse_count(raw: u64) -> Result<u64, CountError> {
     if raw == 0 || raw > MAX_COUNT {
         return Err(CountError);
     }
@@ -267,12 +296,15 @@ pub fn parse_count(raw: u64) -> Result<u64, CountError> {
 /// One part of a batch: the whole batch for `SubmitBatch`, one POST of the seed protocol, one `AppendBatchItems`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewPart {
+    /// The batch the part belongs to.
     pub batch_id: BatchId,
     /// Items the whole batch will hold.
     pub total_items: u64,
+    /// Items per chunk.
     pub batch_size: BatchSize,
     /// From 1; a part is stored once.
     pub part_number: u64,
+    /// The part's items, in order.
     pub items: Vec<ItemId>,
 }
 
@@ -300,7 +332,7 @@ impl NewPart {
     }
 
     /// A fingerprint of the part's items, in order: what makes a resubmission "the same".
-    pub fn digest(&self) -> String {
+    pub(crate) fn digest(&self) -> String {
         let mut hasher = Sha256::new();
         for item in &self.items {
             hasher.update(item.as_str().as_bytes());
@@ -314,7 +346,7 @@ impl NewPart {
         self.items.chunks(self.batch_size.get() as usize)
     }
 
-    pub fn chunk_count(&self) -> u64 {
+    pub(crate) fn chunk_count(&self) -> u64 {
         self.items.len().div_ceil(self.batch_size.get() as usize) as u64
     }
 }
@@ -322,15 +354,22 @@ impl NewPart {
 /// Where a batch stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BatchStatus {
+    /// Accepted; no chunk has started.
     Pending,
+    /// Chunks are running.
     Running,
+    /// Every item succeeded.
     Completed,
+    /// Every item ended, some failed.
     CompletedWithFailures,
+    /// Every item failed.
     Failed,
+    /// Cancelled before every item ended.
     Cancelled,
 }
 
 impl BatchStatus {
+    /// Every status, in order.
     pub const ALL: [BatchStatus; 6] = [
         Self::Pending,
         Self::Running,
@@ -340,6 +379,7 @@ impl BatchStatus {
         Self::Cancelled,
     ];
 
+    /// Whether the batch has ended.
     pub fn is_terminal(self) -> bool {
         !matches!(self, Self::Pending | Self::Running)
     }
@@ -356,7 +396,7 @@ impl BatchStatus {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<Self> {
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|status| status.as_str() == name)
     }
 
@@ -383,13 +423,18 @@ impl fmt::Display for BatchStatus {
 /// An item's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ItemStatus {
+    /// Not yet processed.
     Pending,
+    /// Processed successfully.
     Succeeded,
+    /// Failed; the record holds the message.
     Failed,
+    /// Cancelled before it was processed.
     Cancelled,
 }
 
 impl ItemStatus {
+    /// The stable name used in storage, JSON and logs.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "PENDING",
@@ -399,7 +444,7 @@ impl ItemStatus {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<Self> {
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
         [
             Self::Pending,
             Self::Succeeded,
@@ -420,7 +465,9 @@ impl fmt::Display for ItemStatus {
 /// What a task decided for one item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ItemOutcome {
+    /// The item succeeded.
     Succeeded,
+    /// The item failed, with this message.
     Failed(String),
 }
 
@@ -429,6 +476,7 @@ pub enum ItemOutcome {
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
+    /// The current time.
     pub fn now() -> Self {
         let elapsed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -436,6 +484,7 @@ impl Timestamp {
         Self(elapsed.as_micros() as i64)
     }
 
+    /// The time as RFC 3339 text; empty if out of range.
     pub fn to_rfc3339(self) -> String {
         time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1000)
             .ok()
@@ -450,18 +499,31 @@ impl Timestamp {
 /// A batch's status and counters: what `GetBatchStatus` returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
+    /// The batch's ID.
     pub batch_id: BatchId,
+    /// Where the batch stands.
     pub status: BatchStatus,
+    /// Items the whole batch will hold.
     pub total_items: u64,
+    /// Items received so far (equals `total_items` once every part arrived).
     pub received_items: u64,
+    /// Items that succeeded.
     pub succeeded_items: u64,
+    /// Items that failed.
     pub failed_items: u64,
+    /// Items cancelled.
     pub cancelled_items: u64,
+    /// Chunks created so far.
     pub total_chunks: u64,
+    /// Chunks whose outcome is recorded (including cancelled chunks).
     pub completed_chunks: u64,
+    /// Items per chunk.
     pub batch_size: u32,
+    /// When the batch was accepted.
     pub created_at: Timestamp,
+    /// When the batch last changed.
     pub updated_at: Timestamp,
+    /// Unset until the batch is terminal.
     pub completed_at: Option<Timestamp>,
 }
 
@@ -476,10 +538,15 @@ impl Batch {
 /// One item's outcome as listed by `ListBatchItems`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ItemRecord {
+    /// The item's ID.
     pub item_id: ItemId,
+    /// The item's outcome.
     pub status: ItemStatus,
+    /// Why the item failed; `None` unless it failed.
     pub error: Option<String>,
+    /// How many times a task ran for the item's chunk.
     pub attempts: u32,
+    /// The chunk the item is in.
     pub chunk: u64,
 }
 

@@ -12,11 +12,11 @@ use crate::pipeline::{Intake, IntakeError};
 use crate::store::StoreError;
 
 /// The route the old system exposed.
-pub const ROUTE: &str = "/stateMachineInit";
+pub(crate) const ROUTE: &str = "/stateMachineInit";
 
 /// An HTTP answer: status code and JSON body.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: u16,
     pub body: Value,
 }
@@ -38,7 +38,7 @@ impl Reply {
 /// A refused seed request: the body's own (JSON) name for the field, and the rule it breaks.
 #[derive(Debug, thiserror::Error)]
 #[error("{field}")]
-pub struct SeedError {
+pub(crate) struct SeedError {
     /// `batchId`, `itemIds[3]`, `body`...
     pub field: String,
     #[source]
@@ -47,7 +47,7 @@ pub struct SeedError {
 
 /// The rule a seed request's field breaks: the body's shape, or a domain rule.
 #[derive(Debug, thiserror::Error)]
-pub enum SeedRule {
+pub(crate) enum SeedRule {
     #[error("is not valid JSON")]
     NotJson(#[source] serde_json::Error),
     #[error("must be a JSON object")]
@@ -150,7 +150,7 @@ fn item_ids(body: &Map<String, Value>) -> Result<Vec<ItemId>, SeedError> {
 }
 
 /// Parses a seed request body into a batch part.
-pub fn parse(body: &[u8]) -> Result<NewPart, SeedError> {
+pub(crate) fn parse(body: &[u8]) -> Result<NewPart, SeedError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|err| SeedError::new("body", SeedRule::NotJson(err)))?;
     let Value::Object(body) = value else {
@@ -172,7 +172,7 @@ fn internal(err: &dyn std::error::Error) -> Reply {
 }
 
 /// Handles one request body end to end.
-pub async fn handle(intake: &Intake, body: &[u8]) -> Reply {
+pub(crate) async fn handle(intake: &Intake, body: &[u8]) -> Reply {
     let part = match parse(body) {
         Ok(part) => part,
         Err(err) => return Reply::bad_request(&err),

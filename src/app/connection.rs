@@ -20,7 +20,7 @@ use tower::ServiceExt;
 
 /// The protocol a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
+pub(super) enum Protocol {
     /// HTTP/1.1: the seed endpoint.
     Http1,
     /// HTTP/2 with prior knowledge: gRPC.
@@ -29,7 +29,7 @@ pub enum Protocol {
 
 /// The timeouts a connection is held to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
+pub(super) struct Timeouts {
     /// With no request under way, the connection is closed after this long.
     pub idle: Duration,
     /// From the first byte of a request's head to its end (HTTP/1 only).
@@ -38,13 +38,13 @@ pub struct Timeouts {
 
 /// Why a connection is closed by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
+pub(super) enum CloseReason {
     Idle,
     SlowHeader,
 }
 
 impl CloseReason {
-    pub fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             Self::Idle => "idle timeout",
             Self::SlowHeader => "request head not received in time",
@@ -54,7 +54,7 @@ impl CloseReason {
 
 /// What the timeouts say about a connection now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(super) enum Verdict {
     /// Keep it; look again at this instant.
     Keep {
         recheck_at: Instant,
@@ -73,7 +73,7 @@ struct Activity {
 
 /// One accepted connection, shared by its byte stream, its service and its supervisor.
 #[derive(Debug)]
-pub struct ConnectionState {
+pub(super) struct ConnectionState {
     pub id: u64,
     activity: Mutex<Activity>,
     close_requested: AtomicBool,
@@ -83,7 +83,7 @@ pub struct ConnectionState {
 }
 
 impl ConnectionState {
-    pub fn new(id: u64, now: Instant) -> Self {
+    pub(super) fn new(id: u64, now: Instant) -> Self {
         Self {
             id,
             // A client connects to send a request: the first head is due from the start, as
@@ -122,18 +122,18 @@ impl ConnectionState {
     }
 
     /// Resolves when a deadline moved earlier, so that the verdict must be asked again.
-    pub async fn deadline_moved(&self) {
+    pub(super) async fn deadline_moved(&self) {
         self.deadline_moved.notified().await;
     }
 
     /// Since when the connection has had no request under way; None while one is.
-    pub fn idle_since(&self) -> Option<Instant> {
+    pub(super) fn idle_since(&self) -> Option<Instant> {
         let activity = self.activity();
         (activity.in_flight == 0).then_some(activity.idle_since)
     }
 
     /// Asks the connection's supervisor to close it; false if that was asked before.
-    pub fn request_close(&self) -> bool {
+    pub(super) fn request_close(&self) -> bool {
         if self.close_requested.swap(true, Ordering::AcqRel) {
             return false;
         }
@@ -141,17 +141,17 @@ impl ConnectionState {
         true
     }
 
-    pub fn is_closing(&self) -> bool {
+    pub(super) fn is_closing(&self) -> bool {
         self.close_requested.load(Ordering::Acquire)
     }
 
     /// Resolves once [`Self::request_close`] was called.
-    pub async fn close_requested(&self) {
+    pub(super) async fn close_requested(&self) {
         self.close.notified().await;
     }
 
     /// What the timeouts say at `now`.
-    pub fn verdict(&self, now: Instant, timeouts: &Timeouts) -> Verdict {
+    pub(super) fn verdict(&self, now: Instant, timeouts: &Timeouts) -> Verdict {
         let activity = self.activity();
         if activity.in_flight > 0 {
             // A request under way is bounded by its own body timeout and its handler.
@@ -178,7 +178,7 @@ impl ConnectionState {
 
 /// Marks a request under way until dropped, with the response body that carries it.
 #[derive(Debug)]
-pub struct RequestGuard(Arc<ConnectionState>);
+pub(super) struct RequestGuard(Arc<ConnectionState>);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
@@ -223,7 +223,7 @@ impl http_body::Body for TrackedBody {
 /// A request body that ends in an error once nothing arrived for its limit.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body sent nothing for {}", humantime::format_duration(*.0))]
-pub struct BodyStalled(Duration);
+pub(super) struct BodyStalled(Duration);
 
 pin_project_lite::pin_project! {
     /// A request body held to a pace: each frame (the first included) must arrive within
@@ -238,7 +238,7 @@ pin_project_lite::pin_project! {
 }
 
 impl PacedBody {
-    pub fn new(inner: Incoming, limit: Duration) -> Self {
+    pub(super) fn new(inner: Incoming, limit: Duration) -> Self {
         Self {
             inner,
             deadline: tokio::time::sleep(limit),
@@ -276,7 +276,7 @@ impl http_body::Body for PacedBody {
 
 /// A router serving one connection, recording when its requests begin and end.
 #[derive(Clone)]
-pub struct TrackedService {
+pub(super) struct TrackedService {
     router: axum::Router,
     state: Arc<ConnectionState>,
     body_timeout: Option<Duration>,
@@ -284,7 +284,7 @@ pub struct TrackedService {
 
 impl TrackedService {
     /// `body_timeout`: when set, request bodies are [`PacedBody`]s held to it.
-    pub fn new(
+    pub(super) fn new(
         router: axum::Router,
         state: Arc<ConnectionState>,
         body_timeout: Option<Duration>,
@@ -320,7 +320,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for TrackedService {
 }
 
 /// Rewrites a response head hyper wrote on its own (no handler ran) into one with a JSON body.
-pub type HeadRewriter = fn(&[u8]) -> Option<Vec<u8>>;
+pub(super) type HeadRewriter = fn(&[u8]) -> Option<Vec<u8>>;
 
 /// A replacement response being written in place of the bytes hyper handed over.
 struct Replacement {
@@ -343,7 +343,11 @@ pin_project_lite::pin_project! {
 }
 
 impl<T> TrackedIo<T> {
-    pub fn new(inner: T, state: Arc<ConnectionState>, rewrite: Option<HeadRewriter>) -> Self {
+    pub(super) fn new(
+        inner: T,
+        state: Arc<ConnectionState>,
+        rewrite: Option<HeadRewriter>,
+    ) -> Self {
         Self {
             inner,
             state,

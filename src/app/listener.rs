@@ -35,7 +35,7 @@ const FULL_RECHECK: Duration = Duration::from_millis(100);
 
 /// HTTP/2 settings of a gRPC listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Http2Settings {
+pub(super) struct Http2Settings {
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
     pub max_connection_age: Option<Duration>,
@@ -43,7 +43,7 @@ pub struct Http2Settings {
 
 /// How one listener serves.
 #[derive(Debug, Clone)]
-pub struct ListenerConfig {
+pub(super) struct ListenerConfig {
     /// For the logs: "HTTP" or "gRPC".
     pub name: &'static str,
     pub protocol: Protocol,
@@ -57,7 +57,7 @@ pub struct ListenerConfig {
 }
 
 /// When shutdown began, the instant by which every connection must be closed.
-pub type StopSignal = watch::Receiver<Option<Instant>>;
+pub(super) type StopSignal = watch::Receiver<Option<Instant>>;
 
 async fn stop_deadline(stop: &mut StopSignal) -> Instant {
     loop {
@@ -243,7 +243,7 @@ impl Acceptor {
 }
 
 /// Serves `router` on `listener` until the stop signal; returns once every connection is closed.
-pub async fn serve(
+pub(super) async fn serve(
     listener: TcpListener,
     router: axum::Router,
     config: ListenerConfig,

@@ -78,17 +78,25 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// What a local server needs.
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
+    /// The gRPC listen address (port 0 picks a free port).
     pub grpc_addr: SocketAddr,
+    /// The seed HTTP listen address (port 0 picks a free port).
     pub http_addr: SocketAddr,
+    /// The SQLite database file.
     pub db: PathBuf,
+    /// The embedded engine's settings.
     pub engine: EngineConfig,
+    /// The listeners' limits and timeouts.
     pub connections: ConnectionConfig,
 }
 
 /// A running server over a store of type `S`.
 pub struct App<S> {
+    /// The gRPC address the server listens on.
     pub grpc_addr: SocketAddr,
+    /// The HTTP address the server listens on.
     pub http_addr: SocketAddr,
+    /// The server's store.
     pub store: S,
     server: Server,
 }
@@ -153,9 +161,13 @@ impl LocalApp {
 /// What a server on a deployed stack needs.
 #[derive(Debug, Clone)]
 pub struct AwsConfig {
+    /// The gRPC listen address (port 0 picks a free port).
     pub grpc_addr: SocketAddr,
+    /// The seed HTTP listen address (port 0 picks a free port).
     pub http_addr: SocketAddr,
+    /// The deployed stack's tables and state machine.
     pub stack: AwsSettings,
+    /// The listeners' limits and timeouts.
     pub connections: ConnectionConfig,
 }
 

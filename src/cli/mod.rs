@@ -47,7 +47,7 @@ impl Output {
 
 /// A command-line input that breaks a rule, named as the user gave it.
 #[derive(Debug, thiserror::Error)]
-pub enum InputError {
+pub(crate) enum InputError {
     /// A flag or argument: `--batch-size: must be an integer between 1 and 1000`.
     #[error("{name}")]
     Argument {
@@ -74,7 +74,7 @@ pub enum InputError {
 
 /// The rule an input breaks.
 #[derive(Debug, thiserror::Error)]
-pub enum InputRule {
+pub(crate) enum InputRule {
     #[error(transparent)]
     Id(#[from] IdError),
     #[error(transparent)]
@@ -158,6 +158,7 @@ where
     }
 }
 
+/// Runs `submit`: parses the items file and submits the batch, in parts when it is large.
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let batch_id = match &args.batch_id {
         Some(raw) => BatchId::parse(raw.as_str()).map_err(|rule| argument("--batch-id", rule))?,
@@ -291,6 +292,7 @@ impl Upload {
     }
 }
 
+/// Runs `status`: shows a batch's status.
 pub async fn status(args: BatchArgs) -> anyhow::Result<()> {
     let batch_id = batch_id_argument(&args.batch_id)?;
     let mut client = AdminClient::connect(&args.client.server).await?;
@@ -299,6 +301,7 @@ pub async fn status(args: BatchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `cancel`: cancels a batch.
 pub async fn cancel(args: BatchArgs) -> anyhow::Result<()> {
     let batch_id = batch_id_argument(&args.batch_id)?;
     let mut client = AdminClient::connect(&args.client.server).await?;
@@ -314,6 +317,7 @@ fn show(batch: &Batch, output: Output) {
     }
 }
 
+/// Runs `watch`: follows a batch until it ends.
 pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let watch = Watch {
         batch_id: batch_id_argument(&args.batch_id)?,
@@ -324,6 +328,7 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     watch.run(&mut client).await
 }
 
+/// Runs `items`: lists a batch's items and their outcomes.
 pub async fn items(args: ItemsArgs) -> anyhow::Result<()> {
     let status = match &args.status {
         Some(name) => Some(

@@ -39,12 +39,12 @@ use crate::domain::BatchId;
 use crate::pipeline::{Orchestrator, OrchestratorError};
 
 /// `StartExecution` calls in flight at once for one batch part.
-pub const START_CONCURRENCY: usize = 16;
+pub(crate) const START_CONCURRENCY: usize = 16;
 
 /// Fewest attempts per `StartExecution`, throttling retries included. Higher than the SDK's
 /// default of 3 so that a large part's burst of starts rides out throttling instead of failing
 /// the request.
-pub const START_MAX_ATTEMPTS: u32 = 5;
+pub(crate) const START_MAX_ATTEMPTS: u32 = 5;
 
 /// Longest execution name Step Functions accepts.
 const NAME_MAX_CHARS: usize = 80;
@@ -56,7 +56,7 @@ const NAME_PREFIX_CHARS: usize = NAME_MAX_CHARS - NAME_HASH_HEX_DIGITS - 20 - 2;
 
 /// A Step Functions client for chunk starts: the configured retry policy (the SDK backs off
 /// with jitter on throttling), with at least [`START_MAX_ATTEMPTS`] attempts.
-pub fn client(config: &aws_config::SdkConfig) -> aws_sdk_sfn::Client {
+pub(crate) fn client(config: &aws_config::SdkConfig) -> aws_sdk_sfn::Client {
     let retry = config
         .retry_config()
         .cloned()
@@ -74,13 +74,13 @@ pub fn client(config: &aws_config::SdkConfig) -> aws_sdk_sfn::Client {
 
 /// Starts chunk executions of a deployed state machine.
 #[derive(Clone)]
-pub struct StepFunctionsOrchestrator {
+pub(crate) struct StepFunctionsOrchestrator {
     client: aws_sdk_sfn::Client,
     state_machine_arn: String,
 }
 
 impl StepFunctionsOrchestrator {
-    pub fn new(client: aws_sdk_sfn::Client, state_machine_arn: String) -> Self {
+    pub(crate) fn new(client: aws_sdk_sfn::Client, state_machine_arn: String) -> Self {
         Self {
             client,
             state_machine_arn,
@@ -128,7 +128,7 @@ impl Orchestrator for StepFunctionsOrchestrator {
 }
 
 /// The execution input of a chunk: exactly what the definition's first state reads.
-pub fn execution_input(batch_id: &BatchId, chunk: u64) -> String {
+pub(crate) fn execution_input(batch_id: &BatchId, chunk: u64) -> String {
     serde_json::json!({ "batchId": batch_id.as_str(), "chunk": chunk }).to_string()
 }
 

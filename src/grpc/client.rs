@@ -22,17 +22,24 @@ pub struct AdminClient {
 /// A whole batch sent in one `SubmitBatch` call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchSubmission {
+    /// The batch's ID (the idempotency key).
     pub batch_id: BatchId,
+    /// Items per chunk.
     pub batch_size: BatchSize,
+    /// The batch's items, in order.
     pub items: Vec<ItemId>,
 }
 
 /// What a submission (`SubmitBatch` or one `AppendBatchItems` part) returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Submitted {
+    /// The batch's ID.
     pub batch_id: BatchId,
+    /// Items the whole batch will hold.
     pub total_items: u64,
+    /// Chunks created so far.
     pub total_chunks: u64,
+    /// The batch's status.
     pub status: BatchStatus,
     /// False when the batch (or the part) had been stored already.
     pub created: bool,
@@ -41,15 +48,21 @@ pub struct Submitted {
 /// Why a call through the client failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The URL is not a valid URI.
     #[error("{url:?} is not a server URL")]
     BadUrl {
+        /// The URL given.
         url: String,
+        /// Why it is not.
         #[source]
         source: InvalidUri,
     },
+    /// The server could not be reached.
     #[error("cannot connect to {url}")]
     Connect {
+        /// The URL given.
         url: String,
+        /// Why the connection failed.
         #[source]
         source: tonic::transport::Error,
     },
@@ -148,12 +161,14 @@ impl AdminClient {
         Ok(response.try_into()?)
     }
 
+    /// The batch's status.
     pub async fn status(&mut self, batch_id: &BatchId) -> Result<Batch, ClientError> {
         let request = pb::GetBatchStatusRequest::from(batch_id);
         let response = self.inner.get_batch_status(request).await?.into_inner();
         Ok(response.try_into()?)
     }
 
+    /// Cancels the batch; returns it as it stands after.
     pub async fn cancel(&mut self, batch_id: &BatchId) -> Result<Batch, ClientError> {
         let request = pb::CancelBatchRequest::from(batch_id);
         let response = self.inner.cancel_batch(request).await?.into_inner();

@@ -19,11 +19,11 @@ use crate::pipeline::Accepted;
 use crate::store::{BatchQuery, ItemQuery, Page};
 
 /// Default and largest `ListBatches` page.
-pub const DEFAULT_BATCH_PAGE: u32 = 50;
-pub const MAX_BATCH_PAGE: u32 = 1000;
+pub(super) const DEFAULT_BATCH_PAGE: u32 = 50;
+pub(super) const MAX_BATCH_PAGE: u32 = 1000;
 /// Default and largest `ListBatchItems` page.
-pub const DEFAULT_ITEM_PAGE: u32 = 100;
-pub const MAX_ITEM_PAGE: u32 = 10_000;
+pub(super) const DEFAULT_ITEM_PAGE: u32 = 100;
+pub(super) const MAX_ITEM_PAGE: u32 = 10_000;
 
 /// Earliest and latest seconds a `google.protobuf.Timestamp` may hold (0001-01-01 to
 /// 9999-12-31), as its definition says.

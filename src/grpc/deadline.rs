@@ -27,7 +27,7 @@ const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// Holds every call to the deadline its client stated.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct DeadlineLayer;
+pub(super) struct DeadlineLayer;
 
 impl<S> Layer<S> for DeadlineLayer {
     type Service = Deadline<S>;
@@ -39,7 +39,7 @@ impl<S> Layer<S> for DeadlineLayer {
 
 /// See [`DeadlineLayer`].
 #[derive(Debug, Clone)]
-pub struct Deadline<S> {
+pub(super) struct Deadline<S> {
     inner: S,
 }
 

@@ -10,7 +10,7 @@ use crate::store::{ListError, StoreError};
 
 /// Why a call of the admin service failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// A request field breaks a rule: INVALID_ARGUMENT naming the field.
     #[error(transparent)]
     InvalidField(#[from] FieldError),

@@ -17,5 +17,4 @@ pub mod pb {
         include_bytes!(concat!(env!("OUT_DIR"), "/batch_manager_descriptor.bin"));
 }
 
-pub use convert::{FieldError, FieldRule};
-pub use service::{grpc_router, AdminService, MAX_MESSAGE_BYTES};
+pub(crate) use service::{grpc_router, AdminService, MAX_MESSAGE_BYTES};

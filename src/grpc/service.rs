@@ -17,7 +17,7 @@ use crate::pipeline::{Accepted, Intake};
 use crate::store::{BatchQuery, BatchStore, CancelOutcome, ItemQuery, ListError};
 
 /// Largest gRPC message the server accepts: 100,000 IDs of up to 256 bytes, with room to spare.
-pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 /// How often a watcher re-reads a batch when the store cannot signal changes.
 const WATCH_POLL: Duration = Duration::from_secs(1);
 /// Shortest gap between two watch snapshots, so a busy batch does not flood its watchers.
@@ -25,7 +25,7 @@ const WATCH_MIN_GAP: Duration = Duration::from_millis(100);
 
 /// The admin service over a store and an intake.
 #[derive(Clone)]
-pub struct AdminService {
+pub(crate) struct AdminService {
     intake: Intake,
     store: Arc<dyn BatchStore>,
     stopping: watch::Receiver<bool>,
@@ -34,7 +34,7 @@ pub struct AdminService {
 impl AdminService {
     /// `stopping` turns true when the server shuts down: open watches then end with
     /// UNAVAILABLE, so that their connections can close.
-    pub fn new(
+    pub(crate) fn new(
         intake: Intake,
         store: Arc<dyn BatchStore>,
         stopping: watch::Receiver<bool>,
@@ -78,7 +78,7 @@ impl AdminService {
 
 /// The admin service, `grpc.health.v1.Health`, and reflection (v1 and v1alpha) as one router,
 /// every call held to the deadline its client set ([`DeadlineLayer`]).
-pub async fn grpc_router(service: AdminService) -> anyhow::Result<axum::Router> {
+pub(crate) async fn grpc_router(service: AdminService) -> anyhow::Result<axum::Router> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<BatchManagerServer<AdminService>>()

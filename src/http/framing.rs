@@ -4,8 +4,8 @@
 //! answers as every other error.
 
 /// Most header fields and most bytes (request line included) of a request head.
-pub const MAX_HEADER_FIELDS: usize = 100;
-pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+pub(crate) const MAX_HEADER_FIELDS: usize = 100;
+pub(crate) const MAX_HEAD_BYTES: usize = 32 * 1024;
 
 fn message_for(status: u16) -> Option<String> {
     match status {
@@ -24,7 +24,7 @@ fn message_for(status: u16) -> Option<String> {
 
 /// Given bytes hyper is about to write, the same answer with a JSON body, when they are a
 /// bodiless 400, 414 or 431 hyper wrote by itself (every answer of a handler has a JSON body).
-pub fn json_error_response(written: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn json_error_response(written: &[u8]) -> Option<Vec<u8>> {
     let head = std::str::from_utf8(written).ok()?;
     let head = head.strip_suffix("\r\n\r\n")?;
     if head.contains("\r\n\r\n") {

@@ -20,7 +20,7 @@ use super::error;
 
 /// Which Host names the endpoint serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostPolicy {
+pub(crate) enum HostPolicy {
     /// Loopback names and addresses, and these extra names (lowercase, without port).
     Only(Vec<String>),
     /// Any (the server is bound to a non-loopback address and no names were given).
@@ -29,7 +29,7 @@ pub enum HostPolicy {
 
 impl HostPolicy {
     /// The policy for a server bound to `addr`, accepting `extra` names besides loopback ones.
-    pub fn for_address(addr: SocketAddr, extra: &[String]) -> Self {
+    pub(crate) fn for_address(addr: SocketAddr, extra: &[String]) -> Self {
         if addr.ip().is_loopback() || !extra.is_empty() {
             Self::Only(
                 extra
@@ -44,7 +44,7 @@ impl HostPolicy {
     }
 
     /// Whether `authority` (`host` or `host:port`) names this server.
-    pub fn allows(&self, authority: &str) -> bool {
+    pub(crate) fn allows(&self, authority: &str) -> bool {
         let Self::Only(extra) = self else {
             return true;
         };
@@ -128,7 +128,7 @@ fn cross_origin(
 
 /// Refuses requests for a Host this server does not answer to, and state-changing requests
 /// from another origin.
-pub async fn refuse_foreign_requests(
+pub(crate) async fn refuse_foreign_requests(
     State(hosts): State<HostPolicy>,
     request: Request,
     next: Next,
@@ -157,7 +157,7 @@ pub async fn refuse_foreign_requests(
 }
 
 /// Refuses a request body that is not declared as JSON.
-pub async fn require_json_content_type(request: Request, next: Next) -> Response {
+pub(crate) async fn require_json_content_type(request: Request, next: Next) -> Response {
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)

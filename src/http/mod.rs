@@ -1,8 +1,8 @@
 //! The seed-compatible HTTP endpoint of `serve`: `POST /stateMachineInit`. Every answer is JSON,
 //! errors included (`{"message": ...}`); requests from other sites are refused ([`guard`]).
 
-pub mod framing;
-pub mod guard;
+pub(crate) mod framing;
+pub(crate) mod guard;
 
 use std::time::Duration;
 
@@ -18,14 +18,14 @@ use serde_json::json;
 use crate::pipeline::Intake;
 use crate::seed;
 
-pub use guard::HostPolicy;
+pub(crate) use guard::HostPolicy;
 
 /// Largest request body: 100,000 IDs of 256 bytes as JSON, with room to spare.
-pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 /// How the endpoint treats requests beyond their content.
 #[derive(Debug, Clone)]
-pub struct HttpSettings {
+pub(crate) struct HttpSettings {
     /// Longest wait for the next piece of a request body.
     pub body_timeout: Duration,
     /// Which Host names (and so which origins) are served.
@@ -39,12 +39,12 @@ struct Endpoint {
 }
 
 /// A JSON error answer.
-pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "message": message.into() }))).into_response()
 }
 
 /// The HTTP router.
-pub fn router(intake: Intake, settings: HttpSettings) -> Router {
+pub(crate) fn router(intake: Intake, settings: HttpSettings) -> Router {
     let endpoint = Endpoint {
         intake,
         body_timeout: settings.body_timeout,

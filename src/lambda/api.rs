@@ -14,7 +14,7 @@ use crate::pipeline::Intake;
 use crate::seed;
 
 /// Serves API Gateway events until the Runtime API stops the process.
-pub async fn serve(intake: Intake) -> Result<(), lambda_runtime::Error> {
+pub(crate) async fn serve(intake: Intake) -> Result<(), lambda_runtime::Error> {
     let intake = &intake;
     lambda_http::run(service_fn(move |request: Request| async move {
         Ok::<_, Infallible>(respond(intake, request).await)
@@ -23,7 +23,7 @@ pub async fn serve(intake: Intake) -> Result<(), lambda_runtime::Error> {
 }
 
 /// Answers one request.
-pub async fn respond(intake: &Intake, request: Request) -> Response<Body> {
+pub(crate) async fn respond(intake: &Intake, request: Request) -> Response<Body> {
     let path = route_path(&request);
     if path != seed::ROUTE {
         return json_response(

@@ -11,8 +11,8 @@
 //! connects on first use. An unknown role or a missing setting is reported to the Runtime
 //! API's init error endpoint, and the process exits.
 
-pub mod api;
-pub mod steps;
+pub(crate) mod api;
+pub(crate) mod steps;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -24,23 +24,23 @@ use crate::pipeline::{Intake, Steps, Tasks};
 use crate::store::dynamo::{DynamoStore, DynamoTables};
 use crate::store::BatchStore;
 
-pub use steps::StepRole;
+pub(crate) use steps::StepRole;
 
 /// Set by Lambda in every function's environment; its presence selects the Lambda roles.
-pub const RUNTIME_API_VAR: &str = "AWS_LAMBDA_RUNTIME_API";
+pub(crate) const RUNTIME_API_VAR: &str = "AWS_LAMBDA_RUNTIME_API";
 /// The function's Handler property, as Lambda passes it.
-pub const HANDLER_VAR: &str = "_HANDLER";
+pub(crate) const HANDLER_VAR: &str = "_HANDLER";
 /// Overrides [`HANDLER_VAR`].
-pub const HANDLER_OVERRIDE_VAR: &str = "BATCH_MANAGER_HANDLER";
+pub(crate) const HANDLER_OVERRIDE_VAR: &str = "BATCH_MANAGER_HANDLER";
 /// The stack's batch table.
-pub const BATCH_TABLE_VAR: &str = "BATCH_TABLE";
+pub(crate) const BATCH_TABLE_VAR: &str = "BATCH_TABLE";
 /// The stack's request table.
-pub const REQUEST_TABLE_VAR: &str = "REQUEST_TABLE";
+pub(crate) const REQUEST_TABLE_VAR: &str = "REQUEST_TABLE";
 /// The chunk state machine; only `init` starts executions.
-pub const STATE_MACHINE_ARN_VAR: &str = "STATE_MACHINE_ARN";
+pub(crate) const STATE_MACHINE_ARN_VAR: &str = "STATE_MACHINE_ARN";
 
 /// The roles, by the names the Handler property uses.
-pub const ROLE_NAMES: &str = "init, task1, task2, update";
+pub(crate) const ROLE_NAMES: &str = "init, task1, task2, update";
 
 /// Whether this process runs under a Lambda Runtime API.
 pub fn is_lambda_environment() -> bool {
@@ -49,14 +49,14 @@ pub fn is_lambda_environment() -> bool {
 
 /// A role this binary serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     Init,
     Step(StepRole),
 }
 
 impl Role {
     /// Parses a Handler property value.
-    pub fn from_name(name: &str) -> Option<Self> {
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
         match name {
             "init" => Some(Self::Init),
             "task1" => Some(Self::Step(StepRole::Task1)),
@@ -69,7 +69,7 @@ impl Role {
 
 /// Why a function cannot start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InitError {
+pub(crate) enum InitError {
     #[error("no role given: set the function's Handler ({HANDLER_VAR}) or {HANDLER_OVERRIDE_VAR} to one of {ROLE_NAMES}")]
     MissingRole,
     #[error("unknown role {given:?}: the function's Handler ({HANDLER_VAR}) or {HANDLER_OVERRIDE_VAR} must be one of {ROLE_NAMES}")]
@@ -80,7 +80,7 @@ pub enum InitError {
 
 impl InitError {
     /// The stable error name reported to the Runtime API.
-    pub fn error_type(&self) -> &'static str {
+    pub(crate) fn error_type(&self) -> &'static str {
         match self {
             Self::MissingRole | Self::UnknownRole { .. } => "BatchManager.UnknownRole",
             Self::MissingSetting(_) => "BatchManager.MissingSetting",
@@ -90,21 +90,21 @@ impl InitError {
 
 /// What this process serves, with the settings only that role needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RoleSettings {
+pub(crate) enum RoleSettings {
     Init { state_machine_arn: String },
     Step(StepRole),
 }
 
 /// A function's settings, read once from its environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LambdaSettings {
+pub(crate) struct LambdaSettings {
     pub role: RoleSettings,
     pub tables: DynamoTables,
 }
 
 impl LambdaSettings {
     /// Reads the process environment. Empty values count as missing.
-    pub fn from_env() -> Result<Self, InitError> {
+    pub(crate) fn from_env() -> Result<Self, InitError> {
         Self::from_lookup(|name| {
             std::env::var_os(name)
                 .map(|value| value.to_string_lossy().into_owned())
@@ -113,7 +113,7 @@ impl LambdaSettings {
     }
 
     /// Reads settings through `lookup` (a variable's non-empty value, if set).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, InitError> {
+    pub(crate) fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, InitError> {
         let name = lookup(HANDLER_OVERRIDE_VAR)
             .or_else(|| lookup(HANDLER_VAR))
             .ok_or(InitError::MissingRole)?;
@@ -160,7 +160,7 @@ pub fn main() -> ExitCode {
 }
 
 /// Reads the settings, builds what the role needs once, and serves invocations.
-pub async fn run() -> Result<(), lambda_runtime::Error> {
+pub(crate) async fn run() -> Result<(), lambda_runtime::Error> {
     let settings = match LambdaSettings::from_env() {
         Ok(settings) => settings,
         Err(err) => {

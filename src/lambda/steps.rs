@@ -7,13 +7,13 @@ use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
 use serde_json::Value;
 
 use crate::pipeline::dispatch;
-pub use crate::pipeline::dispatch::StepRole;
+pub(crate) use crate::pipeline::dispatch::StepRole;
 use crate::pipeline::steps::{KeptChunk, StepError};
 use crate::pipeline::Steps;
 
 /// Serves Task events until the Runtime API stops the process. Each event is dispatched on its
 /// own: a Lambda invocation holds one step, so no chunk is kept between events.
-pub async fn serve(role: StepRole, steps: Steps) -> Result<(), lambda_runtime::Error> {
+pub(crate) async fn serve(role: StepRole, steps: Steps) -> Result<(), lambda_runtime::Error> {
     let steps = &steps;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         dispatch::invoke(steps, role, event.payload, &mut KeptChunk::default())

@@ -12,7 +12,7 @@ use super::Steps;
 
 /// One of the state machine's Task states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StepRole {
+pub(crate) enum StepRole {
     /// Task 1: claims the chunk and runs the user's first task.
     Task1,
     /// Task 2: runs the user's second task on what task 1 left pending.
@@ -24,7 +24,7 @@ pub enum StepRole {
 /// What a step returns to the state machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
-pub enum StepOutput {
+pub(crate) enum StepOutput {
     /// The result of task 1 or task 2.
     Task(TaskResult),
     /// The result of the update step.
@@ -36,7 +36,7 @@ pub enum StepOutput {
 /// `kept` carries the chunk from task 1 to task 2 of the same execution when the caller runs
 /// both in one process (the embedded engine); a fresh [`KeptChunk`] makes task 2 read the chunk
 /// as stored.
-pub async fn invoke(
+pub(crate) async fn invoke(
     steps: &Steps,
     role: StepRole,
     event: Value,

@@ -9,14 +9,14 @@ use crate::store::{AppendOutcome, BatchStore, StoreError};
 
 /// A part accepted: the batch as it stands, and whether this call stored the part.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     pub batch: Batch,
     pub created: bool,
 }
 
 /// Why a part was not accepted.
 #[derive(Debug, thiserror::Error)]
-pub enum IntakeError {
+pub(crate) enum IntakeError {
     /// The batch or part exists with other content.
     #[error("{0}")]
     Conflict(String),
@@ -31,13 +31,13 @@ pub enum IntakeError {
 
 /// Stores parts and starts their chunks.
 #[derive(Clone)]
-pub struct Intake {
+pub(crate) struct Intake {
     store: Arc<dyn BatchStore>,
     orchestrator: Arc<dyn Orchestrator>,
 }
 
 impl Intake {
-    pub fn new(store: Arc<dyn BatchStore>, orchestrator: Arc<dyn Orchestrator>) -> Self {
+    pub(crate) fn new(store: Arc<dyn BatchStore>, orchestrator: Arc<dyn Orchestrator>) -> Self {
         Self {
             store,
             orchestrator,
@@ -47,7 +47,7 @@ impl Intake {
     /// Stores the part and starts its chunks. A part stored before is not stored again; its
     /// chunks that never started are started again (starting is idempotent), so a client
     /// retrying after a failure here loses nothing.
-    pub async fn submit(&self, part: &NewPart) -> Result<Accepted, IntakeError> {
+    pub(crate) async fn submit(&self, part: &NewPart) -> Result<Accepted, IntakeError> {
         match self.store.append_part(part).await? {
             AppendOutcome::Created { batch, chunks } => {
                 self.orchestrator

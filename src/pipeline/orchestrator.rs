@@ -8,12 +8,12 @@ use crate::domain::BatchId;
 /// Failure to start executions; details are for the logs.
 #[derive(Debug, thiserror::Error)]
 #[error("could not start chunk executions: {0}")]
-pub struct OrchestratorError(pub String);
+pub(crate) struct OrchestratorError(pub String);
 
 /// Starts chunk executions. Starting a chunk that was started before is a no-op (or, on
 /// at-least-once backends, harmless: every step is idempotent).
 #[async_trait]
-pub trait Orchestrator: Send + Sync + 'static {
+pub(crate) trait Orchestrator: Send + Sync + 'static {
     /// Starts the executions of `chunks` of `batch_id`.
     async fn start_chunks(
         &self,

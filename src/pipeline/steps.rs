@@ -11,13 +11,15 @@ use crate::domain::{BatchId, ItemId, ItemOutcome};
 use crate::store::{BatchStore, Chunk, ChunkClaim, ItemState, RecordOutcome, StoreError};
 
 /// Error name of a task's transient failure.
-pub const TRANSIENT_TASK_ERROR: &str = "BatchManager.TransientTaskError";
+pub(crate) const TRANSIENT_TASK_ERROR: &str = "BatchManager.TransientTaskError";
 
 /// The event of a task state (`Parameters` of Task1/Task2 in the definition).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskEvent {
+    /// The chunk's batch.
     pub batch_id: String,
+    /// The chunk's index in its batch, from 0.
     pub chunk: u64,
     /// `$$.State.RetryCount`.
     #[serde(default)]
@@ -39,8 +41,10 @@ pub struct TaskResult {
 /// The error a Catch rule hands to the update step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaughtError {
+    /// The error name (`Error` of the state machine's error output).
     #[serde(rename = "Error")]
     pub error: String,
+    /// The error's cause (`Cause`), possibly a JSON document.
     #[serde(rename = "Cause", default)]
     pub cause: String,
 }
@@ -48,7 +52,7 @@ pub struct CaughtError {
 impl CaughtError {
     /// The message the chunk's unfinished items fail with. Lambda wraps a function's error in a
     /// JSON `Cause` (`{"errorMessage": ...}`); the message is inside it.
-    pub fn item_message(&self) -> String {
+    pub(crate) fn item_message(&self) -> String {
         let message = serde_json::from_str::<serde_json::Value>(&self.cause)
             .ok()
             .and_then(|cause| {
@@ -72,7 +76,9 @@ impl CaughtError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateEvent {
+    /// The chunk's batch.
     pub batch_id: String,
+    /// The chunk's index in its batch, from 0.
     pub chunk: u64,
     /// Set when a task's retries ran out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,28 +89,47 @@ pub struct UpdateEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateResult {
+    /// The chunk's batch.
     pub batch_id: String,
+    /// The chunk's index in its batch, from 0.
     pub chunk: u64,
     /// False when this chunk had been recorded before (a replayed event).
     pub recorded: bool,
+    /// The batch's status after this update.
     pub batch_status: String,
 }
 
 /// A step's failure, named for the state machine.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
+    /// The task failed transiently; retried by the state machine.
     #[error("{0}")]
     TransientTask(String),
+    /// The store could not be reached.
     #[error("store unavailable")]
     StoreUnavailable(#[source] StoreError),
+    /// Stored data could not be read back.
     #[error("stored data is unreadable")]
     StoreCorrupt(#[source] StoreError),
+    /// The event is not a valid step event.
     #[error("invalid event: {0}")]
     InvalidEvent(String),
+    /// The chunk is not in the store.
     #[error("chunk {chunk} of batch {batch_id} does not exist")]
-    ChunkNotFound { batch_id: String, chunk: u64 },
+    ChunkNotFound {
+        /// The batch named by the event.
+        batch_id: String,
+        /// The chunk named by the event.
+        chunk: u64,
+    },
+    /// A task returned a different number of outcomes than it was given items.
     #[error("task returned {returned} outcomes for {expected} items")]
-    TaskContractViolation { expected: usize, returned: usize },
+    TaskContractViolation {
+        /// The items the task was given.
+        expected: usize,
+        /// The outcomes it returned.
+        returned: usize,
+    },
 }
 
 impl StepError {
@@ -144,7 +169,7 @@ fn parse_batch_id(raw: &str) -> Result<BatchId, StepError> {
 /// through its own execution's steps, so task 2 need not read it again. Empty after a restart,
 /// when task 2 reads the chunk as stored.
 #[derive(Debug, Default)]
-pub struct KeptChunk(Option<Chunk>);
+pub(crate) struct KeptChunk(Option<Chunk>);
 
 /// The steps, bound to a store and the user's tasks.
 #[derive(Clone)]
@@ -154,6 +179,7 @@ pub struct Steps {
 }
 
 impl Steps {
+    /// The steps over this store, running these tasks.
     pub fn new(store: Arc<dyn BatchStore>, tasks: Tasks) -> Self {
         Self { store, tasks }
     }
@@ -166,7 +192,7 @@ impl Steps {
 
     /// Task 1, keeping the chunk as it leaves it (failures applied) for the same execution's
     /// task 2.
-    pub async fn task1_keeping(
+    pub(crate) async fn task1_keeping(
         &self,
         event: TaskEvent,
         kept: &mut KeptChunk,
@@ -213,7 +239,7 @@ impl Steps {
 
     /// Task 2 on the chunk task 1 kept, when it is this event's chunk; otherwise on the chunk
     /// as stored.
-    pub async fn task2_with(
+    pub(crate) async fn task2_with(
         &self,
         event: TaskEvent,
         kept: KeptChunk,

@@ -20,6 +20,7 @@ use crate::domain::{BatchId, ItemId, ItemOutcome};
 /// The chunk a task works on.
 #[derive(Debug, Clone, Copy)]
 pub struct TaskInput<'a> {
+    /// The chunk's batch.
     pub batch_id: &'a BatchId,
     /// The chunk's index in its batch, from 0.
     pub chunk: u64,
@@ -35,6 +36,7 @@ pub struct TaskInput<'a> {
 pub struct TaskError(pub String);
 
 impl TaskError {
+    /// A task error with this message.
     pub fn new(message: impl Into<String>) -> Self {
         Self(message.into())
     }
@@ -50,7 +52,9 @@ pub trait ChunkTask: Send + Sync + 'static {
 /// The two tasks every chunk runs through.
 #[derive(Clone)]
 pub struct Tasks {
+    /// The first task.
     pub task1: Arc<dyn ChunkTask>,
+    /// The second task, run on the items the first left pending.
     pub task2: Arc<dyn ChunkTask>,
 }
 

@@ -7,19 +7,19 @@ use std::collections::BTreeMap;
 use super::{BadPageToken, Chunk, ChunkStage, ItemQuery, ItemState, Page, StoreError};
 use crate::domain::{BatchId, ItemId, ItemOutcome, ItemRecord, ItemStatus};
 
-pub const PENDING: u8 = b'P';
-pub const SUCCEEDED: u8 = b'S';
-pub const FAILED: u8 = b'F';
+pub(crate) const PENDING: u8 = b'P';
+pub(crate) const SUCCEEDED: u8 = b'S';
+pub(crate) const FAILED: u8 = b'F';
 
 /// The largest chunk number a batch can hold (SQLite stores it as a signed 64-bit integer).
 pub(crate) const MAX_CHUNK: u64 = i64::MAX as u64;
 
 /// Message given to items whose chunk was recorded with no outcome and no task error.
-pub const NO_OUTCOME_MESSAGE: &str = "no task outcome was recorded for this item";
+pub(crate) const NO_OUTCOME_MESSAGE: &str = "no task outcome was recorded for this item";
 
 /// A chunk's outcomes as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChunkOutcomes {
+pub(crate) struct ChunkOutcomes {
     pub stage: ChunkStage,
     pub states: Vec<u8>,
     pub errors: BTreeMap<usize, String>,
@@ -28,7 +28,7 @@ pub struct ChunkOutcomes {
 
 impl ChunkOutcomes {
     /// A new chunk of `items` items, all pending.
-    pub fn new(items: usize) -> Self {
+    pub(crate) fn new(items: usize) -> Self {
         Self {
             stage: ChunkStage::Pending,
             states: vec![PENDING; items],
@@ -37,7 +37,7 @@ impl ChunkOutcomes {
         }
     }
 
-    pub fn decode(
+    pub(crate) fn decode(
         stage: &str,
         states: String,
         errors: Option<&str>,
@@ -58,12 +58,12 @@ impl ChunkOutcomes {
         })
     }
 
-    pub fn states_text(&self) -> &str {
+    pub(crate) fn states_text(&self) -> &str {
         std::str::from_utf8(&self.states).unwrap_or_default()
     }
 
     /// The failed items' messages as JSON, or None when no item failed.
-    pub fn errors_json(&self) -> Option<String> {
+    pub(crate) fn errors_json(&self) -> Option<String> {
         if self.errors.is_empty() {
             None
         } else {
@@ -72,7 +72,7 @@ impl ChunkOutcomes {
     }
 
     /// An item's state as tasks see it.
-    pub fn item_state(&self, position: usize) -> ItemState {
+    pub(crate) fn item_state(&self, position: usize) -> ItemState {
         if self.stage == ChunkStage::Cancelled {
             return ItemState::Cancelled;
         }
@@ -90,14 +90,14 @@ impl ChunkOutcomes {
 
     /// An item's state as clients see it: outcomes count once their chunk is recorded, until
     /// then the item is pending, as the batch counters say.
-    pub fn visible_state(&self, position: usize) -> ItemState {
+    pub(crate) fn visible_state(&self, position: usize) -> ItemState {
         match self.stage {
             ChunkStage::Pending | ChunkStage::Started => ItemState::Pending,
             _ => self.item_state(position),
         }
     }
 
-    pub fn apply(&mut self, position: usize, outcome: &ItemOutcome) {
+    pub(crate) fn apply(&mut self, position: usize, outcome: &ItemOutcome) {
         let Some(slot) = self.states.get_mut(position) else {
             return;
         };
@@ -114,7 +114,7 @@ impl ChunkOutcomes {
     }
 
     /// Fails every pending item with `message` and marks the chunk recorded.
-    pub fn settle(&mut self, message: &str) {
+    pub(crate) fn settle(&mut self, message: &str) {
         let failure = ItemOutcome::Failed(message.to_owned());
         for position in 0..self.states.len() {
             if self.states[position] == PENDING {
@@ -124,11 +124,11 @@ impl ChunkOutcomes {
         self.stage = ChunkStage::Recorded;
     }
 
-    pub fn count(&self, letter: u8) -> u64 {
+    pub(crate) fn count(&self, letter: u8) -> u64 {
         self.states.iter().filter(|&&state| state == letter).count() as u64
     }
 
-    pub fn into_chunk(self, batch_id: BatchId, index: u64, item_ids: &str) -> Chunk {
+    pub(crate) fn into_chunk(self, batch_id: BatchId, index: u64, item_ids: &str) -> Chunk {
         let states = (0..self.states.len())
             .map(|position| self.item_state(position))
             .collect();
@@ -146,7 +146,7 @@ impl ChunkOutcomes {
 }
 
 /// Joins a chunk's IDs for storage.
-pub fn join_ids(items: &[ItemId]) -> String {
+pub(crate) fn join_ids(items: &[ItemId]) -> String {
     let mut joined = String::with_capacity(items.iter().map(|id| id.as_str().len() + 1).sum());
     for (position, item) in items.iter().enumerate() {
         if position > 0 {
@@ -157,16 +157,16 @@ pub fn join_ids(items: &[ItemId]) -> String {
     joined
 }
 
-pub fn split_ids(joined: &str) -> impl Iterator<Item = &str> {
+pub(crate) fn split_ids(joined: &str) -> impl Iterator<Item = &str> {
     joined.split('\n')
 }
 
 /// Page tokens are hex so they read as opaque and survive any transport.
-pub fn encode_token(raw: &str) -> String {
+pub(crate) fn encode_token(raw: &str) -> String {
     hex::encode(raw)
 }
 
-pub fn decode_token(token: &str, prefix: &str) -> Result<String, BadPageToken> {
+pub(crate) fn decode_token(token: &str, prefix: &str) -> Result<String, BadPageToken> {
     let bytes = hex::decode(token).map_err(|_| BadPageToken)?;
     let text = String::from_utf8(bytes).map_err(|_| BadPageToken)?;
     text.strip_prefix(prefix)
@@ -177,17 +177,17 @@ pub fn decode_token(token: &str, prefix: &str) -> Result<String, BadPageToken> {
 /// Most chunks one `ListBatchItems` call examines without finding an item for its page.
 pub const SKIPPED_CHUNKS_PER_PAGE: u64 = 1024;
 /// Most items one `ListBatchItems` call examines without finding one for its page.
-pub const SKIPPED_ITEMS_PER_PAGE: u64 = 32_768;
+pub(crate) const SKIPPED_ITEMS_PER_PAGE: u64 = 32_768;
 
 /// Collects one page of `ListBatchItems` from chunks fed in order. The work of a call is
 /// bounded: once it has examined [`SKIPPED_CHUNKS_PER_PAGE`] chunks or
 /// [`SKIPPED_ITEMS_PER_PAGE`] items that gave the page nothing, it stops with a short (even
 /// empty) page and a token to go on from, so a filter that matches little cannot keep a store
 /// busy for a whole batch.
-pub struct ItemPager<'a> {
+pub(crate) struct ItemPager<'a> {
     query: &'a ItemQuery,
     /// First chunk to read, and the position in it to start at.
-    pub start_chunk: u64,
+    pub(crate) start_chunk: u64,
     start_offset: usize,
     entries: Vec<ItemRecord>,
     skipped_chunks: u64,
@@ -195,7 +195,7 @@ pub struct ItemPager<'a> {
 }
 
 impl<'a> ItemPager<'a> {
-    pub fn new(query: &'a ItemQuery) -> Result<Self, BadPageToken> {
+    pub(crate) fn new(query: &'a ItemQuery) -> Result<Self, BadPageToken> {
         let (start_chunk, start_offset) = match &query.page_token {
             Some(token) => decode_item_position(token, &query.batch_id)?,
             None => (0, 0),
@@ -211,7 +211,7 @@ impl<'a> ItemPager<'a> {
     }
 
     /// Whether a chunk can hold items the query wants, judged from its stage and counts.
-    pub fn may_match(&self, stage: ChunkStage, item_count: u64, failed_count: u64) -> bool {
+    pub(crate) fn may_match(&self, stage: ChunkStage, item_count: u64, failed_count: u64) -> bool {
         match self.query.status {
             None => true,
             Some(ItemStatus::Succeeded) => {
@@ -238,7 +238,7 @@ impl<'a> ItemPager<'a> {
     }
 
     /// Adds a chunk's items; returns the page once it is full.
-    pub fn push(
+    pub(crate) fn push(
         &mut self,
         index: u64,
         outcomes: &ChunkOutcomes,
@@ -296,7 +296,7 @@ impl<'a> ItemPager<'a> {
     }
 
     /// The last page.
-    pub fn finish(self) -> Page<ItemRecord> {
+    pub(crate) fn finish(self) -> Page<ItemRecord> {
         Page {
             entries: self.entries,
             next_page_token: None,

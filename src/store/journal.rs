@@ -21,28 +21,28 @@ use crate::domain::{BatchId, Timestamp};
 
 /// Identifies a chunk execution: one per chunk, so starting it twice is a no-op.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ExecutionKey {
+pub(crate) struct ExecutionKey {
     pub batch_id: BatchId,
     pub chunk: u64,
 }
 
 impl ExecutionKey {
     /// The execution's name, as logs and the context object show it.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         format!("{}/{}", self.batch_id, self.chunk)
     }
 }
 
 /// How an execution ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExecutionEnd {
+pub(crate) enum ExecutionEnd {
     Succeeded,
     Failed { error: String, cause: String },
 }
 
 /// What the journal records about an execution.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JournalEntry {
+pub(crate) enum JournalEntry {
     /// Running: resume at `cursor` (the interpreter's cursor, as JSON), not before `wake_at`.
     Running {
         cursor: String,
@@ -56,14 +56,14 @@ pub enum JournalEntry {
 /// Where a chunk sits in the order executions are paged in (batches in arrival order, then
 /// chunks in order). Opaque outside the journal.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct JournalPosition {
+pub(crate) struct JournalPosition {
     pub batch_seq: i64,
     pub chunk: u64,
 }
 
 impl JournalPosition {
     /// The position right after this one.
-    pub fn next(self) -> Self {
+    pub(crate) fn next(self) -> Self {
         Self {
             batch_seq: self.batch_seq,
             chunk: self.chunk + 1,
@@ -73,7 +73,7 @@ impl JournalPosition {
 
 /// Where a sleeping execution sits in the order sleepers wake up in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct WakePosition {
+pub(crate) struct WakePosition {
     pub wake_at: Timestamp,
     pub position: JournalPosition,
 }
@@ -90,7 +90,7 @@ impl Default for WakePosition {
 
 /// An execution that can run now: resumed from its cursor, or started afresh.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Runnable {
+pub(crate) struct Runnable {
     pub key: ExecutionKey,
     pub position: JournalPosition,
     /// The cursor to resume at (JSON), or None to start from the beginning.
@@ -101,11 +101,11 @@ pub struct Runnable {
 }
 
 /// Resolves once a staged entry is committed. Dropping it does not cancel the entry.
-pub struct JournalReceipt(oneshot::Receiver<()>);
+pub(crate) struct JournalReceipt(oneshot::Receiver<()>);
 
 impl JournalReceipt {
     /// A receipt and the sender that resolves it.
-    pub fn new() -> (oneshot::Sender<()>, Self) {
+    pub(crate) fn new() -> (oneshot::Sender<()>, Self) {
         let (sender, receiver) = oneshot::channel();
         (sender, Self(receiver))
     }
@@ -125,7 +125,7 @@ impl Future for JournalReceipt {
 /// Persistence of executions; implemented by the SQLite store so that chunks and their
 /// executions live in one database file.
 #[async_trait]
-pub trait ExecutionJournal: Send + Sync + 'static {
+pub(crate) trait ExecutionJournal: Send + Sync + 'static {
     /// Stages an entry for `key`, found at `position` (see the module documentation); later
     /// entries for the same key supersede earlier ones.
     fn stage(

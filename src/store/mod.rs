@@ -10,7 +10,7 @@
 pub mod codec;
 pub mod dynamo;
 mod id_hashes;
-pub mod journal;
+pub(crate) mod journal;
 mod rules;
 pub mod sqlite;
 
@@ -37,11 +37,18 @@ pub enum StoreError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppendOutcome {
     /// The part was stored; `chunks` are its new chunks, to be started.
-    Created { batch: Batch, chunks: Vec<u64> },
+    Created {
+        /// The batch as it stands after.
+        batch: Batch,
+        /// The part's new chunks.
+        chunks: Vec<u64>,
+    },
     /// The same part (same items) was stored before; `unstarted_chunks` are its chunks that no
     /// task has started yet, which may be started again safely.
     AlreadyStored {
+        /// The batch as it stands.
         batch: Batch,
+        /// The part's chunks no task has started.
         unstarted_chunks: Vec<u64>,
     },
     /// The batch or part exists with other content.
@@ -53,8 +60,11 @@ pub enum AppendOutcome {
 /// What cancelling did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CancelOutcome {
+    /// Cancelled now; the batch as it stands after.
     Cancelled(Batch),
+    /// The batch had already ended; nothing changed.
     AlreadyTerminal(Batch),
+    /// No such batch.
     NotFound,
 }
 
@@ -72,6 +82,7 @@ pub enum ChunkStage {
 }
 
 impl ChunkStage {
+    /// The stable name used in storage.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "PENDING",
@@ -81,7 +92,7 @@ impl ChunkStage {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<Self> {
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
         [
             Self::Pending,
             Self::Started,
@@ -93,7 +104,7 @@ impl ChunkStage {
     }
 
     /// Whether tasks may still write outcomes.
-    pub fn is_open(self) -> bool {
+    pub(crate) fn is_open(self) -> bool {
         matches!(self, Self::Pending | Self::Started)
     }
 }
@@ -101,13 +112,18 @@ impl ChunkStage {
 /// One item's state inside a chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ItemState {
+    /// No outcome yet.
     Pending,
+    /// The task succeeded.
     Succeeded,
+    /// A task failed it, with this message.
     Failed(String),
+    /// Cancelled before its chunk started.
     Cancelled,
 }
 
 impl ItemState {
+    /// The status this state shows as.
     pub fn status(&self) -> ItemStatus {
         match self {
             Self::Pending => ItemStatus::Pending,
@@ -130,9 +146,13 @@ impl From<ItemOutcome> for ItemState {
 /// A chunk's items and their states, as tasks see them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
+    /// The chunk's batch.
     pub batch_id: BatchId,
+    /// The chunk's position in its batch, from 0.
     pub index: u64,
+    /// Where the chunk stands.
     pub stage: ChunkStage,
+    /// The chunk's item IDs.
     pub items: Vec<ItemId>,
     /// One per item, in the same order.
     pub states: Vec<ItemState>,
@@ -147,6 +167,7 @@ pub enum ChunkClaim {
     Active(Chunk),
     /// Cancelled or already recorded: nothing to do.
     Inactive,
+    /// No such chunk.
     NotFound,
 }
 
@@ -157,30 +178,40 @@ pub enum RecordOutcome {
     Recorded(Batch),
     /// Counted before (a replayed update): nothing changed.
     AlreadyRecorded(Batch),
+    /// No such chunk.
     NotFound,
 }
 
 /// A page of results and the token of the next page (None on the last one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page<T> {
+    /// The page's entries.
     pub entries: Vec<T>,
+    /// The token of the next page; `None` on the last one.
     pub next_page_token: Option<String>,
 }
 
 /// `ListBatches` parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchQuery {
+    /// Only batches in this status; `None` lists all.
     pub status: Option<BatchStatus>,
+    /// Most batches on the page.
     pub page_size: u32,
+    /// From a previous page's `next_page_token`.
     pub page_token: Option<String>,
 }
 
 /// `ListBatchItems` parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ItemQuery {
+    /// The batch whose items are listed.
     pub batch_id: BatchId,
+    /// Only items in this status; `None` lists all.
     pub status: Option<ItemStatus>,
+    /// Most items on the page.
     pub page_size: u32,
+    /// From a previous page's `next_page_token`.
     pub page_token: Option<String>,
 }
 
@@ -192,10 +223,13 @@ pub struct BadPageToken;
 /// A list call's failure.
 #[derive(Debug, thiserror::Error)]
 pub enum ListError {
+    /// The page token is not one this service issued.
     #[error(transparent)]
     BadPageToken(#[from] BadPageToken),
+    /// No such batch.
     #[error("batch not found")]
     NotFound,
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -8,7 +8,7 @@
 
 mod chunks;
 #[cfg(feature = "bench")]
-pub mod floor;
+pub(crate) mod floor;
 mod journal;
 mod writer;
 
@@ -235,11 +235,6 @@ impl SqliteStore {
                 changes,
             }),
         })
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
     }
 
     async fn write<T, F>(&self, work: F) -> Result<T, StoreError>

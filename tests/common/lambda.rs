@@ -25,9 +25,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::moto;
 
 /// Longest a test waits for one invocation's answer.
-pub const INVOKE_DEADLINE: Duration = Duration::from_secs(60);
+pub(crate) const INVOKE_DEADLINE: Duration = Duration::from_secs(60);
 /// Longest a test waits for a function to reach its first poll, report an init error, or exit.
-pub const START_DEADLINE: Duration = Duration::from_secs(20);
+pub(crate) const START_DEADLINE: Duration = Duration::from_secs(20);
 
 const ACCOUNT: &str = "123456789012";
 const REGION: &str = "us-east-1";
@@ -35,7 +35,7 @@ const REGION: &str = "us-east-1";
 /// An error a function reported, as the Runtime API receives it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct FunctionError {
+pub(crate) struct FunctionError {
     pub error_type: String,
     pub error_message: String,
 }
@@ -57,14 +57,14 @@ struct ApiState {
 }
 
 /// A Runtime API emulator on 127.0.0.1, port chosen by the system.
-pub struct RuntimeApi {
+pub(crate) struct RuntimeApi {
     pub addr: SocketAddr,
     state: Arc<ApiState>,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl RuntimeApi {
-    pub async fn start(function_name: &str) -> Self {
+    pub(crate) async fn start(function_name: &str) -> Self {
         let (queue, next) = mpsc::unbounded_channel();
         let state = Arc::new(ApiState {
             function_arn: format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:{function_name}"),
@@ -103,7 +103,7 @@ impl RuntimeApi {
     }
 
     /// Queues `event` for the function and waits for its response or error.
-    pub async fn invoke(&self, event: Value) -> Result<Value, FunctionError> {
+    pub(crate) async fn invoke(&self, event: Value) -> Result<Value, FunctionError> {
         let request_id = uuid::Uuid::new_v4().to_string();
         let (answer, answered) = oneshot::channel();
         self.state
@@ -122,7 +122,7 @@ impl RuntimeApi {
     }
 
     /// The error the function reported at init, once it does (None if not within `deadline`).
-    pub async fn init_error(&self, deadline: Duration) -> Option<FunctionError> {
+    pub(crate) async fn init_error(&self, deadline: Duration) -> Option<FunctionError> {
         let mut reported = self.state.init_error.subscribe();
         let waited = tokio::time::timeout(deadline, reported.wait_for(Option::is_some)).await;
         match waited {
@@ -132,7 +132,7 @@ impl RuntimeApi {
     }
 
     /// When the function first asked for an event (None if not within `deadline`).
-    pub async fn first_poll(&self, deadline: Duration) -> Option<Instant> {
+    pub(crate) async fn first_poll(&self, deadline: Duration) -> Option<Instant> {
         let mut polled = self.state.first_poll.subscribe();
         let waited = tokio::time::timeout(deadline, polled.wait_for(Option::is_some)).await;
         match waited {
@@ -246,13 +246,13 @@ async fn init_error(
 
 /// The binary the tests run: `BATCH_MANAGER_BIN` when set (e.g. a release build), else the
 /// build under test.
-pub fn binary() -> String {
+pub(crate) fn binary() -> String {
     std::env::var("BATCH_MANAGER_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_batch-manager").to_owned())
 }
 
 /// A function process under its own Runtime API emulator.
-pub struct LambdaFunction {
+pub(crate) struct LambdaFunction {
     pub api: RuntimeApi,
     /// Just before the process was spawned.
     pub started_at: Instant,
@@ -263,7 +263,7 @@ pub struct LambdaFunction {
 impl LambdaFunction {
     /// Starts the binary with only `vars` (plus what Lambda itself sets) in its environment, as
     /// on Lambda; `handler` is the Handler property (`_HANDLER`), if any.
-    pub async fn start(handler: Option<&str>, vars: &[(String, String)]) -> Self {
+    pub(crate) async fn start(handler: Option<&str>, vars: &[(String, String)]) -> Self {
         let function_name = format!("batch-manager-{}", handler.unwrap_or("unset"));
         let api = RuntimeApi::start(&function_name).await;
         let mut command = Command::new(binary());
@@ -302,22 +302,22 @@ impl LambdaFunction {
         }
     }
 
-    pub async fn invoke(&self, event: Value) -> Result<Value, FunctionError> {
+    pub(crate) async fn invoke(&self, event: Value) -> Result<Value, FunctionError> {
         self.api.invoke(event).await
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// What the function has written to stderr so far.
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
     }
 
     /// The function's stderr once it contains `needle`, or as it stands after `deadline`
     /// (stderr is collected by a thread, so a line may land just after the response).
-    pub async fn logs_containing(&self, needle: &str, deadline: Duration) -> String {
+    pub(crate) async fn logs_containing(&self, needle: &str, deadline: Duration) -> String {
         let until = Instant::now() + deadline;
         loop {
             let logs = self.logs();
@@ -329,7 +329,7 @@ impl LambdaFunction {
     }
 
     /// Waits for the process to exit (None if it is still running after `deadline`).
-    pub async fn exit_status(&mut self, deadline: Duration) -> Option<ExitStatus> {
+    pub(crate) async fn exit_status(&mut self, deadline: Duration) -> Option<ExitStatus> {
         let until = Instant::now() + deadline;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -351,12 +351,12 @@ impl Drop for LambdaFunction {
 }
 
 /// The Lambda ARNs the test state machine's Task states name.
-pub fn function_arn(role: &str) -> String {
+pub(crate) fn function_arn(role: &str) -> String {
     format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:batch-manager-{role}")
 }
 
 /// The definition's substitutions, as the stack template sets them.
-pub fn definition_substitutions() -> std::collections::BTreeMap<String, String> {
+pub(crate) fn definition_substitutions() -> std::collections::BTreeMap<String, String> {
     std::collections::BTreeMap::from([
         ("Task1FunctionArn".to_owned(), function_arn("task1")),
         ("Task2FunctionArn".to_owned(), function_arn("task2")),
@@ -367,7 +367,7 @@ pub fn definition_substitutions() -> std::collections::BTreeMap<String, String> 
 /// A stack on moto: both tables and a state machine with the shipped definition. moto stores
 /// the executions the init function starts but does not run them; the tests play Step
 /// Functions.
-pub struct MotoStack {
+pub(crate) struct MotoStack {
     pub endpoint: String,
     pub sdk_config: aws_config::SdkConfig,
     pub batch_table: String,
@@ -376,7 +376,7 @@ pub struct MotoStack {
 }
 
 impl MotoStack {
-    pub async fn deploy(prefix: &str) -> Self {
+    pub(crate) async fn deploy(prefix: &str) -> Self {
         let endpoint = moto::moto_endpoint().await;
         let sdk_config = moto::sdk_config(&endpoint).await;
         let (batch_table, request_table) = moto::table_names(prefix);
@@ -411,7 +411,7 @@ impl MotoStack {
 
     /// A function's environment, as the stack template sets it, plus moto's endpoint and
     /// credentials.
-    pub fn function_env(&self) -> Vec<(String, String)> {
+    pub(crate) fn function_env(&self) -> Vec<(String, String)> {
         let mut vars: Vec<(String, String)> = moto::aws_env(&self.endpoint)
             .into_iter()
             .map(|(name, value)| (name.to_owned(), value))
@@ -426,7 +426,7 @@ impl MotoStack {
     }
 
     /// Starts the binary in `role` against this stack and waits for its first poll.
-    pub async fn function(&self, role: &str) -> LambdaFunction {
+    pub(crate) async fn function(&self, role: &str) -> LambdaFunction {
         let function = LambdaFunction::start(Some(role), &self.function_env()).await;
         assert!(
             function.api.first_poll(START_DEADLINE).await.is_some(),
@@ -436,12 +436,12 @@ impl MotoStack {
         function
     }
 
-    pub fn sfn(&self) -> aws_sdk_sfn::Client {
+    pub(crate) fn sfn(&self) -> aws_sdk_sfn::Client {
         aws_sdk_sfn::Client::new(&self.sdk_config)
     }
 
     /// The executions started so far: name and parsed input, by name.
-    pub async fn executions(&self) -> Vec<(String, Value)> {
+    pub(crate) async fn executions(&self) -> Vec<(String, Value)> {
         let sfn = self.sfn();
         let listed = sfn
             .list_executions()

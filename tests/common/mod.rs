@@ -2,9 +2,9 @@
 //! gRPC client, and ways to wait for a batch and to fingerprint the database.
 #![allow(dead_code)]
 
-pub mod lambda;
-pub mod moto;
-pub mod process;
+pub(crate) mod lambda;
+pub(crate) mod moto;
+pub(crate) mod process;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,9 +19,9 @@ use batch_manager::pipeline::Tasks;
 use tonic::transport::Channel;
 
 /// Longest a test waits for a batch to end.
-pub const BATCH_DEADLINE: Duration = Duration::from_secs(60);
+pub(crate) const BATCH_DEADLINE: Duration = Duration::from_secs(60);
 
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub app: LocalApp,
     pub client: BatchManagerClient<Channel>,
     pub db: PathBuf,
@@ -32,16 +32,16 @@ fn loopback() -> SocketAddr {
     ([127, 0, 0, 1], 0).into()
 }
 
-pub async fn spawn_app() -> TestApp {
+pub(crate) async fn spawn_app() -> TestApp {
     spawn_app_with(Tasks::default()).await
 }
 
-pub async fn spawn_app_with(tasks: Tasks) -> TestApp {
+pub(crate) async fn spawn_app_with(tasks: Tasks) -> TestApp {
     spawn_app_configured(tasks, ConnectionConfig::default()).await
 }
 
 /// A server with these tasks and connection settings.
-pub async fn spawn_app_configured(tasks: Tasks, connections: ConnectionConfig) -> TestApp {
+pub(crate) async fn spawn_app_configured(tasks: Tasks, connections: ConnectionConfig) -> TestApp {
     let directory = tempfile::tempdir().expect("temporary directory");
     let db = directory.path().join("test.db");
     let app = LocalApp::spawn(
@@ -65,7 +65,7 @@ pub async fn spawn_app_configured(tasks: Tasks, connections: ConnectionConfig) -
     }
 }
 
-pub async fn connect(addr: SocketAddr) -> BatchManagerClient<Channel> {
+pub(crate) async fn connect(addr: SocketAddr) -> BatchManagerClient<Channel> {
     BatchManagerClient::connect(format!("http://{addr}"))
         .await
         .expect("client connects")
@@ -74,26 +74,33 @@ pub async fn connect(addr: SocketAddr) -> BatchManagerClient<Channel> {
 }
 
 impl TestApp {
-    pub fn http_url(&self, path: &str) -> String {
+    pub(crate) fn http_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.app.http_addr)
     }
 
-    pub async fn status(&mut self, batch_id: &str) -> pb::Batch {
+    pub(crate) async fn status(&mut self, batch_id: &str) -> pb::Batch {
         fetch_status(&mut self.client, batch_id).await
     }
 
     /// Polls until the batch is terminal; panics after [`BATCH_DEADLINE`].
-    pub async fn wait_terminal(&mut self, batch_id: &str) -> pb::Batch {
+    pub(crate) async fn wait_terminal(&mut self, batch_id: &str) -> pb::Batch {
         wait_terminal(&mut self.client, batch_id).await
     }
 
-    pub async fn all_items(&mut self, batch_id: &str, status: pb::ItemStatus) -> Vec<pb::Item> {
+    pub(crate) async fn all_items(
+        &mut self,
+        batch_id: &str,
+        status: pb::ItemStatus,
+    ) -> Vec<pb::Item> {
         all_items(&mut self.client, batch_id, status).await
     }
 }
 
 /// `GetBatchStatus`, which must succeed.
-pub async fn fetch_status(client: &mut BatchManagerClient<Channel>, batch_id: &str) -> pb::Batch {
+pub(crate) async fn fetch_status(
+    client: &mut BatchManagerClient<Channel>,
+    batch_id: &str,
+) -> pb::Batch {
     client
         .get_batch_status(pb::GetBatchStatusRequest {
             batch_id: batch_id.to_owned(),
@@ -106,7 +113,7 @@ pub async fn fetch_status(client: &mut BatchManagerClient<Channel>, batch_id: &s
 }
 
 /// A `SubmitBatch` request.
-pub fn submit_request(
+pub(crate) fn submit_request(
     batch_id: &str,
     item_ids: Vec<String>,
     batch_size: u32,
@@ -118,7 +125,10 @@ pub fn submit_request(
     }
 }
 
-pub async fn wait_terminal(client: &mut BatchManagerClient<Channel>, batch_id: &str) -> pb::Batch {
+pub(crate) async fn wait_terminal(
+    client: &mut BatchManagerClient<Channel>,
+    batch_id: &str,
+) -> pb::Batch {
     let deadline = Instant::now() + BATCH_DEADLINE;
     loop {
         let batch = fetch_status(client, batch_id).await;
@@ -133,14 +143,14 @@ pub async fn wait_terminal(client: &mut BatchManagerClient<Channel>, batch_id: &
     }
 }
 
-pub fn is_terminal(status: pb::BatchStatus) -> bool {
+pub(crate) fn is_terminal(status: pb::BatchStatus) -> bool {
     !matches!(
         status,
         pb::BatchStatus::Pending | pb::BatchStatus::Running | pb::BatchStatus::Unspecified
     )
 }
 
-pub async fn all_items(
+pub(crate) async fn all_items(
     client: &mut BatchManagerClient<Channel>,
     batch_id: &str,
     status: pb::ItemStatus,
@@ -167,11 +177,11 @@ pub async fn all_items(
 }
 
 /// The seed example's body, as shipped with the old system.
-pub fn seed_body() -> serde_json::Value {
+pub(crate) fn seed_body() -> serde_json::Value {
     serde_json::from_str(include_str!("../fixtures/seed-request.json")).expect("fixture")
 }
 
-pub fn seed_item_ids() -> Vec<String> {
+pub(crate) fn seed_item_ids() -> Vec<String> {
     seed_body()["itemIds"]
         .as_array()
         .expect("itemIds")
@@ -180,7 +190,7 @@ pub fn seed_item_ids() -> Vec<String> {
         .collect()
 }
 
-pub fn uuids(count: usize) -> Vec<String> {
+pub(crate) fn uuids(count: usize) -> Vec<String> {
     (0..count)
         .map(|_| uuid::Uuid::new_v4().to_string())
         .collect()
@@ -189,7 +199,7 @@ pub fn uuids(count: usize) -> Vec<String> {
 /// [`database_fingerprint`] once the embedded engine has recorded the end of every chunk
 /// execution, which it does a moment after the batch turns terminal: taken as the "before" of
 /// a request that must write nothing, it cannot change by itself afterwards.
-pub async fn settled_fingerprint(db: &Path) -> String {
+pub(crate) async fn settled_fingerprint(db: &Path) -> String {
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .expect("open database");
@@ -214,7 +224,7 @@ pub async fn settled_fingerprint(db: &Path) -> String {
 }
 
 /// A fingerprint of every table's rows, to show a rejected request wrote nothing.
-pub fn database_fingerprint(db: &Path) -> String {
+pub(crate) fn database_fingerprint(db: &Path) -> String {
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .expect("open database");

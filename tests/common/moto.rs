@@ -24,7 +24,7 @@ fn free_port() -> u16 {
 
 /// The endpoint of this test binary's moto server, started on first use. The server stops by
 /// itself when the test process exits (a shell watches the parent).
-pub async fn moto_endpoint() -> String {
+pub(crate) async fn moto_endpoint() -> String {
     MOTO.get_or_init(|| async {
         let port = free_port();
         // The Python beside moto_server is the one moto is installed in.
@@ -80,7 +80,7 @@ fn which(program: &str) -> String {
 }
 
 /// Environment for a child process (the Lambda binary) talking to moto.
-pub fn aws_env(endpoint: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn aws_env(endpoint: &str) -> Vec<(&'static str, String)> {
     vec![
         ("AWS_ENDPOINT_URL", endpoint.to_owned()),
         ("AWS_REGION", "us-east-1".to_owned()),
@@ -91,7 +91,7 @@ pub fn aws_env(endpoint: &str) -> Vec<(&'static str, String)> {
 }
 
 /// SDK configuration pointing at `endpoint`.
-pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+pub(crate) async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
@@ -103,7 +103,7 @@ pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
 }
 
 /// Unique table names for one test.
-pub fn table_names(prefix: &str) -> (String, String) {
+pub(crate) fn table_names(prefix: &str) -> (String, String) {
     let unique = uuid::Uuid::new_v4().simple().to_string();
     (
         format!("{prefix}-{}-batches", &unique[..8]),
@@ -142,7 +142,7 @@ fn keys_only_index(name: &str, hash: &str, range: &str) -> GlobalSecondaryIndex 
 }
 
 /// Creates both tables with the keys and indexes of the stack template.
-pub async fn create_tables(
+pub(crate) async fn create_tables(
     client: &aws_sdk_dynamodb::Client,
     batch_table: &str,
     request_table: &str,
@@ -176,7 +176,7 @@ pub async fn create_tables(
 
 /// A DynamoDB store on fresh tables in this binary's moto server, with `config` (SDK settings
 /// pointing at moto, or at a proxy in front of it).
-pub async fn dynamo_store_with(
+pub(crate) async fn dynamo_store_with(
     prefix: &str,
     config: aws_sdk_dynamodb::Config,
 ) -> batch_manager::store::dynamo::DynamoStore {
@@ -194,7 +194,7 @@ pub async fn dynamo_store_with(
 }
 
 /// A DynamoDB store on fresh tables in this binary's moto server.
-pub async fn dynamo_store(prefix: &str) -> batch_manager::store::dynamo::DynamoStore {
+pub(crate) async fn dynamo_store(prefix: &str) -> batch_manager::store::dynamo::DynamoStore {
     let endpoint = moto_endpoint().await;
     let config = aws_sdk_dynamodb::Config::from(&sdk_config(&endpoint).await);
     dynamo_store_with(prefix, config).await
@@ -204,7 +204,7 @@ pub async fn dynamo_store(prefix: &str) -> batch_manager::store::dynamo::DynamoS
 /// reads only from its own environment, e.g. `MOTO_SIMPLE_BATCH_FAIL_AFTER`), and returns its
 /// endpoint. Unlike [`moto_endpoint`] it starts a new server on every call; it stops by itself
 /// when the test process exits.
-pub async fn start_moto_server(extra_env: &[(&str, &str)]) -> String {
+pub(crate) async fn start_moto_server(extra_env: &[(&str, &str)]) -> String {
     let port = free_port();
     let moto = which("moto_server");
     let python = std::path::Path::new(&moto).with_file_name("python3");

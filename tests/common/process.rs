@@ -9,7 +9,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A `batch-manager serve` child process.
-pub struct ServerProcess {
+pub(crate) struct ServerProcess {
     pub child: Child,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
@@ -23,7 +23,7 @@ fn address_after(line: &str, key: &str) -> Option<SocketAddr> {
 
 /// How to start a server beyond its database.
 #[derive(Debug, Default, Clone)]
-pub struct Launch<'a> {
+pub(crate) struct Launch<'a> {
     /// Extra `serve` flags.
     pub args: &'a [&'a str],
     /// Soft and hard open-file limit to start the server under.
@@ -34,12 +34,12 @@ pub struct Launch<'a> {
 
 impl ServerProcess {
     /// Starts `serve` on loopback port 0 with the given database, and waits until it listens.
-    pub fn start(db: &Path) -> Self {
+    pub(crate) fn start(db: &Path) -> Self {
         Self::start_with(db, Launch::default())
     }
 
     /// Starts `serve` as [`Self::start`] does, with extra flags or a lowered open-file limit.
-    pub fn start_with(db: &Path, launch: Launch<'_>) -> Self {
+    pub(crate) fn start_with(db: &Path, launch: Launch<'_>) -> Self {
         let binary = env!("CARGO_BIN_EXE_batch-manager");
         let ulimit = match (launch.open_file_limit, launch.soft_open_file_limit) {
             (Some(limit), _) => Some(format!("ulimit -n {limit}")),
@@ -103,18 +103,18 @@ impl ServerProcess {
     }
 
     /// The lines the server logged so far.
-    pub fn log(&self) -> Vec<String> {
+    pub(crate) fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
 
     /// SIGKILL: no shutdown code runs.
-    pub fn kill_hard(mut self) {
+    pub(crate) fn kill_hard(mut self) {
         self.child.kill().expect("kill");
         self.child.wait().expect("reap");
     }
 
     /// Sends SIGTERM and returns at once.
-    pub fn signal_terminate(&self) {
+    pub(crate) fn signal_terminate(&self) {
         let pid = self.child.id().to_string();
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -123,7 +123,7 @@ impl ServerProcess {
     }
 
     /// The exit status, once the process exited within `limit`; None if it is still running.
-    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -137,7 +137,7 @@ impl ServerProcess {
     }
 
     /// SIGTERM, then wait for a clean exit.
-    pub fn terminate(mut self) -> ExitStatus {
+    pub(crate) fn terminate(mut self) -> ExitStatus {
         self.signal_terminate();
         match self.wait_exit(Duration::from_secs(30)) {
             Some(status) => status,

@@ -31,12 +31,12 @@ use crate::pipeline::{Orchestrator, OrchestratorError};
 use crate::store::journal::{self, ExecutionJournal};
 
 /// The resource names the definition's substitution variables resolve to locally.
-pub const TASK1_RESOURCE: &str = "batch-manager:local:task1";
-pub const TASK2_RESOURCE: &str = "batch-manager:local:task2";
-pub const UPDATE_RESOURCE: &str = "batch-manager:local:update";
+pub(crate) const TASK1_RESOURCE: &str = "batch-manager:local:task1";
+pub(crate) const TASK2_RESOURCE: &str = "batch-manager:local:task2";
+pub(crate) const UPDATE_RESOURCE: &str = "batch-manager:local:update";
 
 /// Substitutions that bind the definition's task resources to the in-process steps.
-pub fn local_substitutions() -> BTreeMap<String, String> {
+pub(crate) fn local_substitutions() -> BTreeMap<String, String> {
     BTreeMap::from([
         ("Task1FunctionArn".to_owned(), TASK1_RESOURCE.to_owned()),
         ("Task2FunctionArn".to_owned(), TASK2_RESOURCE.to_owned()),
@@ -64,7 +64,7 @@ impl Default for EngineConfig {
 
 /// Errors starting the engine.
 #[derive(Debug, thiserror::Error)]
-pub enum EngineError {
+pub(crate) enum EngineError {
     #[error("state machine definition: {0}")]
     Definition(#[from] asl::DefinitionError),
 }
@@ -85,12 +85,12 @@ struct Shared {
 
 /// A handle on the running engine: the local [`Orchestrator`].
 #[derive(Clone)]
-pub struct LocalEngine {
+pub(crate) struct LocalEngine {
     shared: Arc<Shared>,
 }
 
 /// Stops the engine's workers when told to, and waits for them.
-pub struct EngineRunner {
+pub(crate) struct EngineRunner {
     stop: watch::Sender<bool>,
     workers: JoinSet<()>,
 }
@@ -98,7 +98,7 @@ pub struct EngineRunner {
 impl EngineRunner {
     /// Stops taking new steps and waits for the steps under way to end. Executions resume
     /// from their journal on the next start.
-    pub async fn shutdown(mut self) {
+    pub(crate) async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         while self.workers.join_next().await.is_some() {}
     }
@@ -127,7 +127,7 @@ fn journaled_states(definition: &str) -> HashSet<String> {
 impl LocalEngine {
     /// Starts the workers and the window, which resumes every execution the journal says was
     /// running, then every stored chunk whose execution never passed its first Task.
-    pub async fn start(
+    pub(crate) async fn start(
         config: EngineConfig,
         journal: Arc<dyn ExecutionJournal>,
         steps: Steps,

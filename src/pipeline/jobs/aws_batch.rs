@@ -65,9 +65,9 @@ use super::{
 use crate::domain::ItemId;
 
 /// Largest JSON array of item IDs passed inline in `BATCH_MANAGER_ITEM_IDS`, in bytes.
-pub const INLINE_ITEM_IDS_BUDGET: usize = 6 * 1024;
+pub(crate) const INLINE_ITEM_IDS_BUDGET: usize = 6 * 1024;
 /// Most job IDs one DescribeJobs request takes.
-pub const DESCRIBE_JOBS_LIMIT: usize = 100;
+pub(crate) const DESCRIBE_JOBS_LIMIT: usize = 100;
 /// Most ListJobs pages read for one question; a name matches one job, and an array job has at
 /// most 1000 children (100 a page), so this bound is never reached in practice.
 const MAX_LIST_PAGES: usize = 100;
@@ -122,6 +122,7 @@ pub struct AwsBatchRunner {
 }
 
 impl AwsBatchRunner {
+    /// A runner submitting to the queue and definition in `settings`.
     pub fn new(client: aws_sdk_batch::Client, settings: AwsBatchSettings) -> Self {
         Self { client, settings }
     }
@@ -483,7 +484,7 @@ fn submitted_digest(detail: &JobDetail) -> Option<&str> {
 }
 
 /// The item IDs as a JSON array, when it fits [`INLINE_ITEM_IDS_BUDGET`].
-pub fn inline_item_ids(items: &[ItemId]) -> Option<String> {
+pub(crate) fn inline_item_ids(items: &[ItemId]) -> Option<String> {
     let ids: Vec<&str> = items.iter().map(ItemId::as_str).collect();
     let json = serde_json::to_string(&ids).expect("a list of strings serializes");
     (json.len() <= INLINE_ITEM_IDS_BUDGET).then_some(json)

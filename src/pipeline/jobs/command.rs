@@ -60,9 +60,9 @@ use super::{
 use crate::domain::ItemId;
 
 /// How long a stopped command has between SIGTERM and SIGKILL, by default.
-pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long a finished job is remembered, by default.
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(60 * 60);
+pub(crate) const DEFAULT_RETENTION: Duration = Duration::from_secs(60 * 60);
 /// How long, after a command's process group is gone, its output is still read: only a
 /// process that left the group (`setsid`) can hold the pipes open that long.
 const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(5);
@@ -100,6 +100,7 @@ impl CommandLine {
         &self.program
     }
 
+    /// The arguments after the program.
     pub fn args(&self) -> &[String] {
         &self.args
     }
@@ -214,6 +215,7 @@ impl Job {
 }
 
 impl CommandRunner {
+    /// A runner of `command`, starting processes within `slots`.
     pub fn new(command: CommandLine, slots: ProcessSlots, options: CommandOptions) -> Self {
         Self {
             command: Arc::new(command),

@@ -50,7 +50,7 @@ const JOB_NAME_PREFIX_CHARS: usize = 40;
 /// Hex digits of the SHA-256 hash in a job name: 64 bits.
 const JOB_NAME_HASH_HEX_DIGITS: usize = 16;
 /// Longest process or client name passed to a job, in bytes.
-pub const MAX_LABEL_BYTES: usize = 256;
+pub(crate) const MAX_LABEL_BYTES: usize = 256;
 
 /// The first wait between two polls of a running job.
 pub const FIRST_POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -73,7 +73,9 @@ pub fn poll_interval(polls_done: u32) -> Duration {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskName {
+    /// Task 1.
     Task1,
+    /// Task 2.
     Task2,
 }
 
@@ -96,21 +98,26 @@ impl fmt::Display for TaskName {
 /// Names a run request may carry, passed on to its jobs for their own logs and routing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunLabels {
+    /// The name of the process the run belongs to (`BATCH_MANAGER_PROCESS_NAME` in the job).
     pub process_name: Option<String>,
+    /// The name of the client that asked for the run (`BATCH_MANAGER_CLIENT_NAME` in the job).
     pub client_name: Option<String>,
 }
 
 /// One chunk attempt's job, as the caller asks for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobSpec {
+    /// The chunk's batch.
     pub batch_id: BatchId,
     /// The chunk's index in its batch, from 0.
     pub chunk: u64,
     /// 0 on the first attempt, then the retry number.
     pub attempt: u32,
+    /// The task the job does.
     pub task: TaskName,
     /// The items the job works on, in order.
     pub items: Vec<ItemId>,
+    /// The run request's labels.
     pub labels: RunLabels,
 }
 
@@ -122,7 +129,7 @@ impl JobSpec {
 
     /// Checks what a runner cannot pass on: a job needs at least one item, and a label must
     /// fit in an environment variable (no control characters, at most [`MAX_LABEL_BYTES`]).
-    pub fn validate(&self) -> Result<(), JobError> {
+    pub(crate) fn validate(&self) -> Result<(), JobError> {
         if self.items.is_empty() {
             return Err(JobError::InvalidSpec {
                 field: "items",
@@ -204,7 +211,9 @@ pub fn items_digest(items: &[ItemId]) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RunnerKind {
+    /// A local command ([`command::CommandRunner`]).
     Command,
+    /// An AWS Batch job ([`aws_batch::AwsBatchRunner`]).
     AwsBatch,
 }
 
@@ -221,6 +230,7 @@ impl fmt::Display for RunnerKind {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobHandle {
+    /// The runner that submitted the job.
     pub runner: RunnerKind,
     /// The job's deterministic name ([`job_name`]).
     pub name: String,
@@ -231,7 +241,9 @@ pub struct JobHandle {
 /// A job to poll: its handle and the items it was submitted with, in the same order.
 #[derive(Debug, Clone, Copy)]
 pub struct PollRequest<'a> {
+    /// The job to poll.
     pub handle: &'a JobHandle,
+    /// The items it was submitted with, in the same order.
     pub items: &'a [ItemId],
 }
 
@@ -239,8 +251,10 @@ pub struct PollRequest<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ItemFailure {
+    /// The failed item.
     #[serde(with = "item_id_serde")]
     pub item_id: ItemId,
+    /// The job's message for it.
     pub message: String,
 }
 
@@ -252,12 +266,16 @@ pub enum JobState {
     Running,
     /// Ended: every item succeeded except these, in the order of the job's items.
     Succeeded {
+        /// The items that failed.
         #[serde(rename = "itemFailures")]
         item_failures: Vec<ItemFailure>,
     },
     /// The whole attempt failed (or was stopped); the reason is shown to the items if retries
     /// run out.
-    Failed { reason: String },
+    Failed {
+        /// Why the attempt failed.
+        reason: String,
+    },
     /// The runner does not know the job (any more): run the attempt again.
     Lost,
 }
@@ -274,23 +292,37 @@ impl JobState {
 pub enum JobError {
     /// The job cannot be submitted as asked.
     #[error("{field}: {rule}")]
-    InvalidSpec { field: &'static str, rule: String },
+    InvalidSpec {
+        /// The spec's field at fault.
+        field: &'static str,
+        /// The rule it breaks.
+        rule: String,
+    },
     /// The runner's settings are unusable (a missing program, half a queue configuration).
     #[error("invalid job runner settings: {0}")]
     InvalidSettings(String),
     /// A handle from another kind of runner.
     #[error("job {name} belongs to the {found} runner, not the {expected} runner")]
     ForeignHandle {
+        /// The job's name.
         name: String,
+        /// The runner the handle belongs to.
         found: RunnerKind,
+        /// This runner.
         expected: RunnerKind,
     },
     /// A job of this name (the same chunk attempt) was submitted with other items.
     #[error("job {name} was already submitted with other items")]
-    NameConflict { name: String },
+    NameConflict {
+        /// The job's name.
+        name: String,
+    },
     /// The items given to `poll` are not those the job was submitted with.
     #[error("job {name} was submitted with other items than the ones given to poll")]
-    ItemsMismatch { name: String },
+    ItemsMismatch {
+        /// The job's name.
+        name: String,
+    },
     /// The job service failed or refused a request; retry later.
     #[error("job service request failed: {0}")]
     Service(String),
@@ -356,11 +388,16 @@ mod item_id_serde {
 
     use crate::domain::ItemId;
 
-    pub fn serialize<S: Serializer>(item: &ItemId, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(
+        item: &ItemId,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(item.as_str())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ItemId, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<ItemId, D::Error> {
         let raw = String::deserialize(deserializer)?;
         ItemId::parse(raw).map_err(serde::de::Error::custom)
     }

@@ -11,14 +11,18 @@ use crate::domain::ItemId;
 
 /// Longest stdout line read as a whole; a longer line cannot be an item failure anyone wrote
 /// on purpose and is skipped, so a command cannot make the server hold an unbounded line.
-pub const MAX_STDOUT_LINE_BYTES: usize = 64 * 1024;
+pub(super) const MAX_STDOUT_LINE_BYTES: usize = 64 * 1024;
 /// Longest failure reason or item message kept, in bytes.
-pub const MAX_MESSAGE_BYTES: usize = 1024;
+pub(super) const MAX_MESSAGE_BYTES: usize = 1024;
 
 /// Reads `reader` to its end and calls `on_line` with every line (without its line break, a
 /// trailing `\r` removed), cut to its first `max_bytes` bytes. Memory stays bounded by
 /// `max_bytes` whatever the command writes.
-pub async fn for_each_line<R, F>(reader: R, max_bytes: usize, mut on_line: F) -> std::io::Result<()>
+pub(super) async fn for_each_line<R, F>(
+    reader: R,
+    max_bytes: usize,
+    mut on_line: F,
+) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     F: FnMut(&[u8], LineLength),
@@ -55,7 +59,7 @@ where
 
 /// Whether a line was read whole or cut to the length limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LineLength {
+pub(super) enum LineLength {
     Whole,
     Cut,
 }
@@ -75,14 +79,14 @@ struct FailureLine {
 /// `{"item_id": "...", "error": "..."}` per line. Other lines are not failures and are ignored;
 /// an item ID that is not in the chunk is logged and ignored; an item reported twice keeps its
 /// first message.
-pub struct FailureCollector<'a> {
+pub(super) struct FailureCollector<'a> {
     job_name: &'a str,
     positions: HashMap<&'a str, usize>,
     failures: HashMap<usize, String>,
 }
 
 impl<'a> FailureCollector<'a> {
-    pub fn new(job_name: &'a str, items: &'a [ItemId]) -> Self {
+    pub(super) fn new(job_name: &'a str, items: &'a [ItemId]) -> Self {
         let positions = items
             .iter()
             .enumerate()
@@ -96,7 +100,7 @@ impl<'a> FailureCollector<'a> {
     }
 
     /// Takes one stdout line.
-    pub fn line(&mut self, line: &[u8], length: LineLength) {
+    pub(super) fn line(&mut self, line: &[u8], length: LineLength) {
         if length == LineLength::Cut {
             tracing::debug!(job = self.job_name, "skipped an overlong stdout line");
             return;
@@ -120,7 +124,7 @@ impl<'a> FailureCollector<'a> {
     }
 
     /// The failures, in the order of the chunk's items.
-    pub fn finish(self, items: &[ItemId]) -> Vec<ItemFailure> {
+    pub(super) fn finish(self, items: &[ItemId]) -> Vec<ItemFailure> {
         let mut failures: Vec<(usize, String)> = self.failures.into_iter().collect();
         failures.sort_unstable_by_key(|(position, _)| *position);
         failures
@@ -135,10 +139,10 @@ impl<'a> FailureCollector<'a> {
 
 /// Keeps the last non-blank line of stderr, cut to [`MAX_MESSAGE_BYTES`].
 #[derive(Debug, Default)]
-pub struct LastLine(Option<String>);
+pub(super) struct LastLine(Option<String>);
 
 impl LastLine {
-    pub fn line(&mut self, line: &[u8]) {
+    pub(super) fn line(&mut self, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
         let text = text.trim();
         if !text.is_empty() {
@@ -146,7 +150,7 @@ impl LastLine {
         }
     }
 
-    pub fn into_inner(self) -> Option<String> {
+    pub(super) fn into_inner(self) -> Option<String> {
         self.0
     }
 }

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 /// A signal sent to a whole process group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GroupSignal {
+pub(super) enum GroupSignal {
     /// Asks the group to stop (SIGTERM).
     Terminate,
     /// Stops the group at once (SIGKILL).
@@ -48,7 +48,7 @@ fn launcher() -> &'static mpsc::Sender<Launch> {
 
 /// Starts `command` with piped stdin, stdout and stderr as the leader of a new process group,
 /// set to receive SIGKILL when this process ends. Must be called inside a tokio runtime.
-pub async fn spawn_group_leader(mut command: Command) -> io::Result<Child> {
+pub(super) async fn spawn_group_leader(mut command: Command) -> io::Result<Child> {
     command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -95,7 +95,7 @@ fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
 
 /// Sends `signal` to every process of the group `group` (the leader's pid). A group that is
 /// already gone is not an error.
-pub fn signal_group(group: u32, signal: GroupSignal) {
+pub(super) fn signal_group(group: u32, signal: GroupSignal) {
     let Ok(group) = libc::pid_t::try_from(group) else {
         return;
     };
@@ -113,7 +113,7 @@ pub fn signal_group(group: u32, signal: GroupSignal) {
 }
 
 /// A short description of how a process ended without success.
-pub fn describe_exit(status: std::process::ExitStatus) -> String {
+pub(super) fn describe_exit(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("the command exited with status {code}"),

@@ -16,7 +16,7 @@ const CHUNKS_PER_COMMIT: u64 = 1_000;
 
 /// Runs the floor workload on a new database at `path`: `items` IDs from `item_id`, chunks of
 /// `batch_size`. Returns how long it took.
-pub fn measure(
+pub(crate) fn measure(
     path: &Path,
     items: u64,
     batch_size: u32,
