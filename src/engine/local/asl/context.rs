@@ -92,6 +92,10 @@ pub(super) struct Scope<'a> {
     entered: OffsetDateTime,
     // Built on first use: most steps never read `$$`, and it copies the execution input.
     context: OnceLock<Value>,
+    // The parts of `$$`, built on first use by the paths that name one.
+    execution_part: OnceLock<Value>,
+    state_part: OnceLock<Value>,
+    state_machine_part: OnceLock<Value>,
 }
 
 impl<'a> Scope<'a> {
@@ -109,6 +113,9 @@ impl<'a> Scope<'a> {
             retries,
             entered,
             context: OnceLock::new(),
+            execution_part: OnceLock::new(),
+            state_part: OnceLock::new(),
+            state_machine_part: OnceLock::new(),
         }
     }
 
@@ -135,6 +142,22 @@ impl<'a> Scope<'a> {
                 "StateMachine": self.execution.state_machine_object(),
             })
         })
+    }
+
+    /// One top-level part of the context object (`Execution`, `State`, `StateMachine`).
+    pub(super) fn context_part(&self, name: &str) -> Option<&Value> {
+        match name {
+            "Execution" => Some(
+                self.execution_part
+                    .get_or_init(|| self.execution.execution_object()),
+            ),
+            "State" => Some(self.state_part.get_or_init(|| self.state_object())),
+            "StateMachine" => Some(
+                self.state_machine_part
+                    .get_or_init(|| self.execution.state_machine_object()),
+            ),
+            _ => None,
+        }
     }
 
     fn state_object(&self) -> Value {

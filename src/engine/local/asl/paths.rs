@@ -7,7 +7,7 @@ use serde_json_path::JsonPath;
 use super::context::Scope;
 use super::errors::{DefinitionError, TaskFailure};
 use super::fields::Fields;
-use super::path_syntax::{bracketed, parse_reference_path, to_rfc9535};
+use super::path_syntax::{bracketed, parse_reference_path, to_rfc9535, PathStep};
 
 /// A JSONPath that reads from the state's data or, with `$$`, from the context object.
 #[derive(Debug)]
@@ -18,6 +18,9 @@ pub(super) struct ReadPath {
     reads_context: bool,
     query: JsonPath,
     cardinality: Cardinality,
+    /// The steps of a Reference Path, walked directly: the common case needs no JSONPath
+    /// query and no whole context object.
+    steps: Option<Vec<PathStep>>,
 }
 
 /// How many values a path can select.
@@ -52,11 +55,12 @@ impl ReadPath {
                 "{text:?} is not a path: a path starts with \"$\""
             )));
         }
-        let (canonical, cardinality) = match parse_reference_path(&query_text) {
-            Ok(steps) => (bracketed(&steps), Cardinality::One),
+        let (canonical, cardinality, steps) = match parse_reference_path(&query_text) {
+            Ok(steps) => (bracketed(&steps), Cardinality::One, Some(steps)),
             Err(_) => (
                 to_rfc9535(&query_text).unwrap_or(query_text),
                 Cardinality::Many,
+                None,
             ),
         };
         let query = JsonPath::parse(&canonical)
@@ -67,6 +71,7 @@ impl ReadPath {
             reads_context,
             query,
             cardinality,
+            steps,
         })
     }
 
@@ -96,6 +101,9 @@ impl ReadPath {
 
     /// What the path selects in `data` (or in the context object), if anything.
     pub(super) fn lookup(&self, data: &Value, scope: &Scope<'_>) -> Option<Value> {
+        if let Some(steps) = &self.steps {
+            return walk(data, steps, self.reads_context, scope).cloned();
+        }
         let root = if self.reads_context {
             scope.context_object()
         } else {
@@ -138,6 +146,39 @@ impl ReadPath {
             self.text, self.field
         ))
     }
+}
+
+/// The value a Reference Path's `steps` lead to in `data`, or in the context object: there
+/// only the top-level part the path names is built.
+fn walk<'v>(
+    data: &'v Value,
+    steps: &[PathStep],
+    reads_context: bool,
+    scope: &'v Scope<'_>,
+) -> Option<&'v Value> {
+    let (mut value, rest) = match (reads_context, steps.split_first()) {
+        (false, _) => (data, steps),
+        (true, None) => (scope.context_object(), steps),
+        (true, Some((PathStep::Field(part), rest))) => (scope.context_part(part)?, rest),
+        (true, Some((PathStep::Index(_), _))) => return None,
+    };
+    for step in rest {
+        value = match (step, value) {
+            (PathStep::Field(name), Value::Object(map)) => map.get(name)?,
+            (PathStep::Index(index), Value::Array(items)) => {
+                let at = if *index < 0 {
+                    items
+                        .len()
+                        .checked_sub(usize::try_from(index.unsigned_abs()).ok()?)?
+                } else {
+                    usize::try_from(*index).ok()?
+                };
+                items.get(at)?
+            }
+            _ => return None,
+        };
+    }
+    Some(value)
 }
 
 /// `InputPath` or `OutputPath`.
