@@ -154,6 +154,14 @@ fn check_id(raw: &str) -> Result<(), IdError> {
     if raw.len() > MAX_ID_BYTES {
         return Err(IdError::TooLong);
     }
+    // Most IDs are printable ASCII (UUIDs, keys): then only "all spaces" can be wrong.
+    if raw.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return if raw.bytes().all(|b| b == b' ') {
+            Err(IdError::OnlyWhitespace)
+        } else {
+            Ok(())
+        };
+    }
     if let Some(c) = raw.chars().find(|c| c.is_control()) {
         return Err(IdError::ControlCharacter(c));
     }
@@ -271,18 +279,50 @@ pub fn parse_item_ids(raw: Vec<String>) -> Result<Vec<ItemId>, ItemIdsError> {
     if raw.len() > MAX_ITEMS_PER_REQUEST {
         return Err(ItemIdsError::TooMany { count: raw.len() });
     }
-    // The set borrows the IDs: copying 100,000 of them into it cost more than checking them.
-    let mut seen = std::collections::HashSet::with_capacity(raw.len());
     for (index, id) in raw.iter().enumerate() {
         check_id(id).map_err(|rule| ItemIdsError::InvalidId { index, rule })?;
-        if !seen.insert(id.as_str()) {
-            return Err(ItemIdsError::Duplicate {
-                index,
-                id: id.clone(),
-            });
-        }
+    }
+    if let Some(index) = first_repeat(&raw) {
+        return Err(ItemIdsError::Duplicate {
+            index,
+            id: raw[index].clone(),
+        });
     }
     Ok(raw.into_iter().map(ItemId).collect())
+}
+
+/// The lowest index whose ID appeared at an earlier index. Sorting seeded 64-bit hashes
+/// (compared as text where two are equal) costs a fraction of a set of the IDs themselves.
+fn first_repeat(ids: &[String]) -> Option<usize> {
+    use std::sync::OnceLock;
+    // Random per process, so no crafted set of IDs can make many hashes collide.
+    static SEED: OnceLock<u64> = OnceLock::new();
+    let seed = *SEED.get_or_init(rand::random);
+    let mut hashed: Vec<(u64, usize)> = ids
+        .iter()
+        .enumerate()
+        .map(|(index, id)| {
+            (
+                xxhash_rust::xxh3::xxh3_64_with_seed(id.as_bytes(), seed),
+                index,
+            )
+        })
+        .collect();
+    hashed.sort_unstable();
+    let mut first = None;
+    for group in hashed.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
+        // Indexes ascend within a group: each is a repeat if an earlier one has its text.
+        for (later, &(_, index)) in group.iter().enumerate().skip(1) {
+            if group[..later]
+                .iter()
+                .any(|&(_, earlier)| ids[earlier] == ids[index])
+            {
+                first = Some(first.map_or(index, |found: usize| found.min(index)));
+                break;
+            }
+        }
+    }
+    first
 }
 
 /// Parses an item count or a part number: 1 to [`MAX_COUNT`].
@@ -596,6 +636,17 @@ mod tests {
         assert!(ItemId::parse("x".repeat(256)).is_ok());
         assert_eq!(ItemId::parse("x".repeat(257)), Err(IdError::TooLong));
         assert_eq!(BatchId::parse(""), Err(IdError::Empty));
+    }
+
+    #[test]
+    fn of_several_repeated_ids_the_earliest_repeat_is_named() {
+        let ids: Vec<String> = ["c", "a", "b", "x", "b", "a", "c"]
+            .iter()
+            .map(|id| (*id).to_owned())
+            .collect();
+        assert_eq!(first_repeat(&ids), Some(4));
+        let unique: Vec<String> = (0..10_000).map(|i| format!("id-{i}")).collect();
+        assert_eq!(first_repeat(&unique), None);
     }
 
     #[test]
