@@ -42,7 +42,17 @@ fn item_id(batch: u64, index: u64) -> String {
     uuid::Uuid::from_u64_pair(batch, index).to_string()
 }
 
-/// Runs `bench`: the embedded engine on a temporary database, end to end.
+/// What one run measured.
+struct Measured {
+    batch: crate::domain::Batch,
+    elapsed: Duration,
+    submitted_after: Duration,
+    latencies: Vec<Duration>,
+    peak_rss: Option<u64>,
+    direct: Duration,
+}
+
+/// Runs the benchmark the arguments describe and prints its figures.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let directory = tempfile::tempdir().context("creating a temporary directory")?;
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
@@ -61,35 +71,77 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     )
     .await?;
     let url = format!("http://{}", app.grpc_addr);
-    let mut client = AdminClient::connect(&url).await?;
     let batch_id = crate::domain::BatchId::generate();
     let seed = u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into()?);
 
     let started = Instant::now();
-    let prober = {
-        let mut client = AdminClient::connect(&url).await?;
-        let batch_id = batch_id.clone();
-        tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let deadline = Instant::now() + TIME_LIMIT;
-            while Instant::now() < deadline {
-                let asked = Instant::now();
-                match client.status(&batch_id).await {
-                    Ok(batch) => {
-                        latencies.push(asked.elapsed());
-                        if batch.status.is_terminal() {
-                            return Ok((latencies, batch));
-                        }
-                    }
-                    Err(status) if status.code() == tonic::Code::NotFound => {}
-                    Err(status) => anyhow::bail!("GetBatchStatus failed: {status}"),
-                }
-                tokio::time::sleep(STATUS_PROBE_GAP).await;
-            }
-            anyhow::bail!("the batch did not finish within {TIME_LIMIT:?}")
-        })
-    };
+    let prober = spawn_status_prober(AdminClient::connect(&url).await?, batch_id.clone());
+    submit(
+        &mut AdminClient::connect(&url).await?,
+        &args,
+        &batch_id,
+        seed,
+    )
+    .await?;
+    let submitted_after = started.elapsed();
+    let (latencies, batch) = prober.await??;
+    let elapsed = started.elapsed();
+    app.shutdown().await?;
+    let peak_rss = peak_rss_bytes();
 
+    let floor_db = directory.path().join("floor.db");
+    let (items, batch_size) = (args.items, args.batch_size);
+    let direct = tokio::task::spawn_blocking(move || {
+        floor::measure(&floor_db, items, batch_size, |i| item_id(seed, i))
+    })
+    .await??;
+
+    let measured = Measured {
+        batch,
+        elapsed,
+        submitted_after,
+        latencies,
+        peak_rss,
+        direct,
+    };
+    report(&args, measured)
+}
+
+/// Reads the batch's status every few milliseconds until it is terminal, timing each read.
+fn spawn_status_prober(
+    mut client: AdminClient,
+    batch_id: crate::domain::BatchId,
+) -> tokio::task::JoinHandle<anyhow::Result<(Vec<Duration>, crate::domain::Batch)>> {
+    tokio::spawn(async move {
+        let mut latencies = Vec::new();
+        let deadline = Instant::now() + TIME_LIMIT;
+        while Instant::now() < deadline {
+            let asked = Instant::now();
+            match client.status(&batch_id).await {
+                Ok(batch) => {
+                    latencies.push(asked.elapsed());
+                    if batch.status.is_terminal() {
+                        return Ok((latencies, batch));
+                    }
+                }
+                Err(status) if status.code() == tonic::Code::NotFound => {}
+                Err(status) => anyhow::bail!("GetBatchStatus failed: {status}"),
+            }
+            tokio::time::sleep(STATUS_PROBE_GAP).await;
+        }
+        anyhow::bail!("the batch did not finish within {TIME_LIMIT:?}")
+    })
+}
+
+/// Sends the batch's items in parts of [`ITEMS_PER_PART`].
+async fn submit(
+    client: &mut AdminClient,
+    args: &BenchArgs,
+    batch_id: &crate::domain::BatchId,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let batch_size =
+        crate::domain::BatchSize::parse(u64::from(args.batch_size)).context("--batch-size")?;
     let mut part_number = 0;
     let mut sent = 0;
     while sent < args.items {
@@ -99,7 +151,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let part = crate::domain::NewPart::new(
             batch_id.clone(),
             args.items,
-            crate::domain::BatchSize::parse(u64::from(args.batch_size)).context("--batch-size")?,
+            batch_size,
             part_number,
             crate::domain::parse_item_ids(ids)?,
         )
@@ -110,84 +162,112 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .map_err(|status| anyhow::anyhow!("AppendBatchItems failed: {status}"))?;
         sent += count;
     }
-    let submitted_after = started.elapsed();
-    let (mut latencies, batch) = prober.await??;
-    let elapsed = started.elapsed();
-    app.shutdown().await?;
-    let peak_rss = peak_rss_bytes();
+    Ok(())
+}
 
-    let floor_db = directory.path().join("floor.db");
-    let (items, batch_size) = (args.items, args.batch_size);
-    let floor = tokio::task::spawn_blocking(move || {
-        floor::measure(&floor_db, items, batch_size, |i| item_id(seed, i))
-    })
-    .await??;
+/// The rates a run reached.
+struct Rates {
+    items_per_second: f64,
+    chunks_per_second: f64,
+    direct_items_per_second: f64,
+    direct_chunks_per_second: f64,
+}
 
-    latencies.sort();
-    let chunks = args.items.div_ceil(u64::from(args.batch_size.max(1)));
-    let items_per_second = args.items as f64 / elapsed.as_secs_f64();
-    let chunks_per_second = chunks as f64 / elapsed.as_secs_f64();
-    let floor_items_per_second = args.items as f64 / floor.as_secs_f64();
-    let ratio = items_per_second / floor_items_per_second;
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    if args.json {
-        println!(
-            "{}",
-            json!({
-                "items": args.items,
-                "batchSize": args.batch_size,
-                "concurrency": args.concurrency,
-                "status": batch.status.as_str(),
-                "succeeded": batch.succeeded_items,
-                "seconds": elapsed.as_secs_f64(),
-                "submitSeconds": submitted_after.as_secs_f64(),
-                "itemsPerSecond": items_per_second,
-                "chunkExecutionsPerSecond": chunks_per_second,
-                "peakRssBytes": peak_rss,
-                "direct": {
-                    "seconds": floor.as_secs_f64(),
-                    "itemsPerSecond": floor_items_per_second,
-                    "chunksPerSecond": chunks as f64 / floor.as_secs_f64(),
-                },
-                "engineToDirect": ratio,
-                "statusLatencyMs": {
-                    "samples": latencies.len(),
-                    "p50": ms(percentile(&latencies, 0.5)),
-                    "p99": ms(percentile(&latencies, 0.99)),
-                    "max": ms(percentile(&latencies, 1.0)),
-                },
-            })
-        );
-    } else {
-        println!(
-            "{} items, batch size {}, concurrency {}: {} ({} succeeded)",
-            args.items, args.batch_size, args.concurrency, batch.status, batch.succeeded_items
-        );
-        println!(
-            "end to end   {:.2} s ({:.0} items/s, {:.0} chunk executions/s; submission took {:.2} s)",
-            elapsed.as_secs_f64(),
-            items_per_second,
-            chunks_per_second,
-            submitted_after.as_secs_f64()
-        );
-        if let Some(bytes) = peak_rss {
-            println!("peak RSS     {:.1} MB", bytes as f64 / 1e6);
+impl Rates {
+    fn of(args: &BenchArgs, measured: &Measured) -> Self {
+        let chunks = args.items.div_ceil(u64::from(args.batch_size.max(1))) as f64;
+        let items = args.items as f64;
+        Self {
+            items_per_second: items / measured.elapsed.as_secs_f64(),
+            chunks_per_second: chunks / measured.elapsed.as_secs_f64(),
+            direct_items_per_second: items / measured.direct.as_secs_f64(),
+            direct_chunks_per_second: chunks / measured.direct.as_secs_f64(),
         }
-        println!(
-            "GetBatchStatus while running: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} calls)",
-            ms(percentile(&latencies, 0.5)),
-            ms(percentile(&latencies, 0.99)),
-            ms(percentile(&latencies, 1.0)),
-            latencies.len()
-        );
-        println!(
-            "direct       {:.2} s ({:.0} items/s, {:.0} chunks/s): the same rows written with no engine, gRPC or tasks",
-            floor.as_secs_f64(),
-            floor_items_per_second,
-            chunks as f64 / floor.as_secs_f64()
-        );
-        println!("engine / direct {:.0}%", ratio * 100.0);
     }
+
+    fn engine_to_direct(&self) -> f64 {
+        self.items_per_second / self.direct_items_per_second
+    }
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+fn json_report(args: &BenchArgs, measured: &Measured) -> serde_json::Value {
+    let rates = Rates::of(args, measured);
+    let latencies = &measured.latencies;
+    json!({
+        "items": args.items,
+        "batchSize": args.batch_size,
+        "concurrency": args.concurrency,
+        "status": measured.batch.status.as_str(),
+        "succeeded": measured.batch.succeeded_items,
+        "seconds": measured.elapsed.as_secs_f64(),
+        "submitSeconds": measured.submitted_after.as_secs_f64(),
+        "itemsPerSecond": rates.items_per_second,
+        "chunkExecutionsPerSecond": rates.chunks_per_second,
+        "peakRssBytes": measured.peak_rss,
+        "direct": {
+            "seconds": measured.direct.as_secs_f64(),
+            "itemsPerSecond": rates.direct_items_per_second,
+            "chunksPerSecond": rates.direct_chunks_per_second,
+        },
+        "engineToDirect": rates.engine_to_direct(),
+        "statusLatencyMs": {
+            "samples": latencies.len(),
+            "p50": ms(percentile(latencies, 0.5)),
+            "p99": ms(percentile(latencies, 0.99)),
+            "max": ms(percentile(latencies, 1.0)),
+        },
+    })
+}
+
+fn print_text_report(args: &BenchArgs, measured: &Measured) {
+    let rates = Rates::of(args, measured);
+    let latencies = &measured.latencies;
+    println!(
+        "{} items, batch size {}, concurrency {}: {} ({} succeeded)",
+        args.items,
+        args.batch_size,
+        args.concurrency,
+        measured.batch.status,
+        measured.batch.succeeded_items
+    );
+    println!(
+        "end to end   {:.2} s ({:.0} items/s, {:.0} chunk executions/s; submission took {:.2} s)",
+        measured.elapsed.as_secs_f64(),
+        rates.items_per_second,
+        rates.chunks_per_second,
+        measured.submitted_after.as_secs_f64()
+    );
+    if let Some(bytes) = measured.peak_rss {
+        println!("peak RSS     {:.1} MB", bytes as f64 / 1e6);
+    }
+    println!(
+        "GetBatchStatus while running: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} calls)",
+        ms(percentile(latencies, 0.5)),
+        ms(percentile(latencies, 0.99)),
+        ms(percentile(latencies, 1.0)),
+        latencies.len()
+    );
+    println!(
+        "direct       {:.2} s ({:.0} items/s, {:.0} chunks/s): the same rows written with no engine, gRPC or tasks",
+        measured.direct.as_secs_f64(),
+        rates.direct_items_per_second,
+        rates.direct_chunks_per_second
+    );
+    println!("engine / direct {:.0}%", rates.engine_to_direct() * 100.0);
+}
+
+fn report(args: &BenchArgs, mut measured: Measured) -> anyhow::Result<()> {
+    measured.latencies.sort();
+    if args.json {
+        println!("{}", json_report(args, &measured));
+    } else {
+        print_text_report(args, &measured);
+    }
+    let batch = &measured.batch;
     if batch.succeeded_items != args.items {
         anyhow::bail!(
             "expected {} succeeded items, got {}",
