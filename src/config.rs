@@ -75,7 +75,7 @@ pub struct ServeArgs {
     #[arg(long, env = "BATCH_MANAGER_DB", default_value = "batch-manager.db")]
     pub(crate) db: PathBuf,
     /// Chunk executions the embedded engine runs at once.
-    #[arg(long, env = "BATCH_MANAGER_CONCURRENCY", default_value_t = 8,
+    #[arg(long, env = "BATCH_MANAGER_CONCURRENCY", default_value_t = 64,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub(crate) concurrency: u16,
     #[command(flatten)]
@@ -435,7 +435,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100)]
     pub(crate) batch_size: u32,
     /// Chunk executions at once.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 64)]
     pub(crate) concurrency: u16,
     /// Machine-readable JSON output.
     #[arg(long)]

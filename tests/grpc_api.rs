@@ -208,11 +208,13 @@ async fn cancelling_skips_chunks_not_yet_started_and_lets_running_ones_finish() 
         ..Tasks::default()
     })
     .await;
+    let concurrency = batch_manager::engine::local::EngineConfig::default().concurrency;
+    // Twice as many chunks as run at once: half of them wait when the cancel comes.
+    let total = concurrency as u64 * 2 * 10;
     test.client
-        .submit_batch(submit("to-cancel", uuids(500), 10))
+        .submit_batch(submit("to-cancel", uuids(total as usize), 10))
         .await
         .unwrap();
-    let concurrency = batch_manager::engine::local::EngineConfig::default().concurrency;
     let deadline = std::time::Instant::now() + BATCH_DEADLINE;
     while gate.entered.load(Ordering::SeqCst) < concurrency {
         assert!(std::time::Instant::now() < deadline, "chunks never started");
@@ -231,18 +233,18 @@ async fn cancelling_skips_chunks_not_yet_started_and_lets_running_ones_finish() 
         .unwrap();
     let in_flight = concurrency as u64 * 10;
     assert_eq!(cancelled.status(), pb::BatchStatus::Running);
-    assert_eq!(cancelled.cancelled_items, 500 - in_flight);
+    assert_eq!(cancelled.cancelled_items, total - in_flight);
     assert_eq!(cancelled.pending_items, in_flight);
 
-    gate.release.add_permits(1000);
+    gate.release.add_permits(concurrency * 2);
     let batch = test.wait_terminal("to-cancel").await;
     assert_eq!(batch.status(), pb::BatchStatus::Cancelled);
     assert_eq!(batch.succeeded_items, in_flight);
-    assert_eq!(batch.cancelled_items, 500 - in_flight);
-    assert_eq!(batch.completed_chunks, 50);
+    assert_eq!(batch.cancelled_items, total - in_flight);
+    assert_eq!(batch.completed_chunks, total / 10);
     assert_eq!(gate.entered.load(Ordering::SeqCst), concurrency);
     let cancelled_items = test.all_items("to-cancel", pb::ItemStatus::Cancelled).await;
-    assert_eq!(cancelled_items.len() as u64, 500 - in_flight);
+    assert_eq!(cancelled_items.len() as u64, total - in_flight);
     assert!(cancelled_items.iter().all(|item| item.attempts == 0));
 
     let again = test
@@ -819,7 +821,7 @@ async fn the_same_batch_with_another_batch_size_is_already_exists_naming_batch_s
         .await
         .unwrap();
     test.wait_terminal("sized").await;
-    let before = database_fingerprint(&test.db);
+    let before = settled_fingerprint(&test.db).await;
     let status = test
         .client
         .submit_batch(submit("sized", ids.clone(), 5))

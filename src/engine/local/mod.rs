@@ -56,7 +56,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            concurrency: 8,
+            concurrency: 64,
             definition: STATE_MACHINE_DEFINITION.to_owned(),
         }
     }
