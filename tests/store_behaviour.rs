@@ -278,6 +278,64 @@ async fn recording_with_a_failure_fails_the_items_still_pending(store: Arc<dyn B
         .all(|item| item.attempts == 4 && item.status == ItemStatus::Failed));
 }
 
+async fn task_2_outcomes_saved_with_the_count_are_counted_once_and_kept_when_replayed(
+    store: Arc<dyn BatchStore>,
+) {
+    created_chunks(
+        store
+            .append_part(&part("s", 3, 3, 1, &["a", "b", "c"]))
+            .await
+            .unwrap(),
+    );
+    store.claim_chunk(&id("s"), 0).await.unwrap();
+    let outcomes = [
+        (0, ItemOutcome::Succeeded),
+        (1, ItemOutcome::Failed("rejected".into())),
+        (2, ItemOutcome::Succeeded),
+    ];
+    let RecordOutcome::Recorded(batch) = store
+        .save_outcomes_and_record(&id("s"), 0, &outcomes, 2, None)
+        .await
+        .unwrap()
+    else {
+        panic!("not recorded");
+    };
+    assert_eq!(batch.status, BatchStatus::CompletedWithFailures);
+    assert_eq!((batch.succeeded_items, batch.failed_items), (2, 1));
+
+    let replayed = [(1, ItemOutcome::Succeeded)];
+    let RecordOutcome::AlreadyRecorded(batch) = store
+        .save_outcomes_and_record(&id("s"), 0, &replayed, 3, None)
+        .await
+        .unwrap()
+    else {
+        panic!("recorded twice");
+    };
+    assert_eq!((batch.succeeded_items, batch.failed_items), (2, 1));
+    let items = store
+        .list_items(&ItemQuery {
+            batch_id: id("s"),
+            status: None,
+            page_size: 10,
+            page_token: None,
+        })
+        .await
+        .unwrap()
+        .entries;
+    let shown: Vec<(ItemStatus, Option<&str>, u32)> = items
+        .iter()
+        .map(|item| (item.status, item.error.as_deref(), item.attempts))
+        .collect();
+    assert_eq!(
+        shown,
+        vec![
+            (ItemStatus::Succeeded, None, 2),
+            (ItemStatus::Failed, Some("rejected"), 2),
+            (ItemStatus::Succeeded, None, 2)
+        ]
+    );
+}
+
 async fn cancelling_skips_unstarted_chunks_and_ends_when_running_ones_are_recorded(
     store: Arc<dyn BatchStore>,
 ) {
@@ -966,6 +1024,7 @@ both_backends!(
     parts_fill_a_batch_up_to_its_total_and_no_further,
     replayed_and_out_of_order_updates_give_exact_counters_and_one_terminal_transition,
     recording_with_a_failure_fails_the_items_still_pending,
+    task_2_outcomes_saved_with_the_count_are_counted_once_and_kept_when_replayed,
     cancelling_skips_unstarted_chunks_and_ends_when_running_ones_are_recorded,
     cancelling_a_batch_waiting_for_parts_cancels_the_items_never_sent,
     items_page_in_order_and_filter_by_status,

@@ -33,9 +33,9 @@ pub(crate) enum StepOutput {
 
 /// Runs one event through the role's step. The event arrives as raw JSON so that a malformed
 /// one becomes `BatchManager.InvalidEvent` rather than a deserialization error of the caller.
-/// `kept` carries the chunk from task 1 to task 2 of the same execution when the caller runs
-/// both in one process (the embedded engine); a fresh [`KeptChunk`] makes task 2 read the chunk
-/// as stored.
+/// `kept` carries the chunk from task 1 to task 2, and task 2's outcomes to the update, of the
+/// same execution when the caller runs them in one process (the embedded engine); a fresh
+/// [`KeptChunk`] makes every step read and write the store itself.
 pub(crate) async fn invoke(
     steps: &Steps,
     role: StepRole,
@@ -49,12 +49,12 @@ pub(crate) async fn invoke(
                 .await?,
         )),
         StepRole::Task2 => Ok(StepOutput::Task(
-            steps
-                .task2_with(parse::<TaskEvent>(event)?, std::mem::take(kept))
-                .await?,
+            steps.task2_with(parse::<TaskEvent>(event)?, kept).await?,
         )),
         StepRole::Update => Ok(StepOutput::Update(
-            steps.update(parse::<UpdateEvent>(event)?).await?,
+            steps
+                .update_with(parse::<UpdateEvent>(event)?, kept)
+                .await?,
         )),
     }
 }

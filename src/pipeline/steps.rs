@@ -165,11 +165,38 @@ fn parse_batch_id(raw: &str) -> Result<BatchId, StepError> {
     BatchId::parse(raw).map_err(|err| StepError::InvalidEvent(err.to_string()))
 }
 
-/// The chunk as task 1 left it, for task 2 of the same execution: a claimed chunk changes only
-/// through its own execution's steps, so task 2 need not read it again. Empty after a restart,
-/// when task 2 reads the chunk as stored.
+/// What one execution's steps hand on to its next steps when the embedded engine runs them in
+/// one process; empty after a restart, and always on Lambda, where each step reads the store.
 #[derive(Debug, Default)]
-pub(crate) struct KeptChunk(Option<Chunk>);
+pub(crate) struct KeptChunk {
+    /// The chunk as task 1 left it, for task 2: a claimed chunk changes only through its own
+    /// execution's steps, so task 2 need not read it again.
+    chunk: Option<Chunk>,
+    /// Task 2's outcomes, not yet saved: the update step saves them with its count, in one
+    /// write. Until then the execution is journaled before task 2, so a crash runs task 2 again.
+    deferred: Option<DeferredOutcomes>,
+}
+
+/// Task 2's outcomes for one chunk, waiting for the update step.
+#[derive(Debug)]
+struct DeferredOutcomes {
+    batch_id: BatchId,
+    chunk: u64,
+    outcomes: Vec<(usize, ItemOutcome)>,
+    attempts: u32,
+}
+
+impl KeptChunk {
+    /// Whether task 2's outcomes wait to be saved by the update step.
+    pub(crate) fn has_deferred(&self) -> bool {
+        self.deferred.is_some()
+    }
+
+    /// Forgets task 2's unsaved outcomes: the caller runs task 2 again.
+    pub(crate) fn drop_deferred(&mut self) {
+        self.deferred = None;
+    }
+}
 
 /// The steps, bound to a store and the user's tasks.
 #[derive(Clone)]
@@ -228,27 +255,30 @@ impl Steps {
         for (position, outcome) in failures {
             chunk.states[position] = ItemState::from(outcome);
         }
-        kept.0 = Some(chunk);
+        kept.chunk = Some(chunk);
         Ok(result)
     }
 
     /// Task 2: runs the user's task 2 on the items task 1 left pending and saves every outcome.
     pub async fn task2(&self, event: TaskEvent) -> Result<TaskResult, StepError> {
-        self.task2_with(event, KeptChunk::default()).await
+        self.task2_with(event, &mut KeptChunk::default()).await
     }
 
-    /// Task 2 on the chunk task 1 kept, when it is this event's chunk; otherwise on the chunk
-    /// as stored.
+    /// Task 2 on the chunk task 1 kept, when it is this event's chunk, leaving the outcomes in
+    /// `kept` for the update step; otherwise on the chunk as stored, saving the outcomes.
     pub(crate) async fn task2_with(
         &self,
         event: TaskEvent,
-        kept: KeptChunk,
+        kept: &mut KeptChunk,
     ) -> Result<TaskResult, StepError> {
         let batch_id = parse_batch_id(&event.batch_id)?;
-        let chunk = match kept.0 {
-            Some(chunk) if chunk.batch_id == batch_id && chunk.index == event.chunk => chunk,
+        kept.deferred = None;
+        let (chunk, from_task1) = match kept.chunk.take() {
+            Some(chunk) if chunk.batch_id == batch_id && chunk.index == event.chunk => {
+                (chunk, true)
+            }
             _ => match self.store.load_chunk(&batch_id, event.chunk).await? {
-                Some(chunk) => chunk,
+                Some(chunk) => (chunk, false),
                 None => return Err(not_found(&event)),
             },
         };
@@ -264,9 +294,19 @@ impl Steps {
             .filter(|outcome| matches!(outcome, ItemOutcome::Failed(_)))
             .count();
         let outcomes: Vec<(usize, ItemOutcome)> = positions.into_iter().zip(outcomes).collect();
-        self.store
-            .save_outcomes(&batch_id, event.chunk, &outcomes, event.attempt + 1)
-            .await?;
+        let attempts = event.attempt + 1;
+        if from_task1 {
+            kept.deferred = Some(DeferredOutcomes {
+                batch_id,
+                chunk: event.chunk,
+                outcomes,
+                attempts,
+            });
+        } else {
+            self.store
+                .save_outcomes(&batch_id, event.chunk, &outcomes, attempts)
+                .await?;
+        }
         Ok(TaskResult {
             active: true,
             processed: items.len(),
@@ -276,12 +316,38 @@ impl Steps {
 
     /// Update: counts the chunk's outcomes into its batch, once.
     pub async fn update(&self, event: UpdateEvent) -> Result<UpdateResult, StepError> {
+        self.update_with(event, &mut KeptChunk::default()).await
+    }
+
+    /// Update, saving first the task 2 outcomes `kept` holds for this chunk, in the same write.
+    pub(crate) async fn update_with(
+        &self,
+        event: UpdateEvent,
+        kept: &mut KeptChunk,
+    ) -> Result<UpdateResult, StepError> {
         let batch_id = parse_batch_id(&event.batch_id)?;
         let failure = event.failure.as_ref().map(CaughtError::item_message);
-        let outcome = self
-            .store
-            .record_chunk(&batch_id, event.chunk, failure.as_deref())
-            .await?;
+        let outcome = match &kept.deferred {
+            Some(deferred) if deferred.batch_id == batch_id && deferred.chunk == event.chunk => {
+                let outcome = self
+                    .store
+                    .save_outcomes_and_record(
+                        &batch_id,
+                        event.chunk,
+                        &deferred.outcomes,
+                        deferred.attempts,
+                        failure.as_deref(),
+                    )
+                    .await?;
+                kept.deferred = None;
+                outcome
+            }
+            _ => {
+                self.store
+                    .record_chunk(&batch_id, event.chunk, failure.as_deref())
+                    .await?
+            }
+        };
         let (batch, recorded) = match outcome {
             RecordOutcome::Recorded(batch) => (batch, true),
             RecordOutcome::AlreadyRecorded(batch) => (batch, false),
@@ -302,6 +368,23 @@ impl Steps {
 }
 
 impl Steps {
+    /// Saves task 2's outcomes that `kept` holds, for an execution whose next step is not the
+    /// update.
+    pub(crate) async fn save_deferred(&self, kept: &mut KeptChunk) -> Result<(), StepError> {
+        if let Some(deferred) = &kept.deferred {
+            self.store
+                .save_outcomes(
+                    &deferred.batch_id,
+                    deferred.chunk,
+                    &deferred.outcomes,
+                    deferred.attempts,
+                )
+                .await?;
+            kept.deferred = None;
+        }
+        Ok(())
+    }
+
     /// Runs a user task on the pending items. A failed attempt is still counted in the chunk's
     /// attempts, so items that end failed show how often they were tried.
     async fn run_task(

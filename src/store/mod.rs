@@ -280,6 +280,21 @@ pub trait BatchStore: Send + Sync + 'static {
         failure: Option<&str>,
     ) -> Result<RecordOutcome, StoreError>;
 
+    /// Saves task 2's outcomes and counts the chunk, as [`Self::save_outcomes`] then
+    /// [`Self::record_chunk`] would; stores that can do both in one write override it.
+    async fn save_outcomes_and_record(
+        &self,
+        batch_id: &BatchId,
+        chunk: u64,
+        outcomes: &[(usize, ItemOutcome)],
+        attempts: u32,
+        failure: Option<&str>,
+    ) -> Result<RecordOutcome, StoreError> {
+        self.save_outcomes(batch_id, chunk, outcomes, attempts)
+            .await?;
+        self.record_chunk(batch_id, chunk, failure).await
+    }
+
     /// Waits until something may have changed (a write committed here, or `poll` elapsed for
     /// stores that cannot tell), for watchers.
     async fn wait_for_change(&self, since: u64, poll: Duration) -> u64;

@@ -756,6 +756,30 @@ impl BatchStore for SqliteStore {
         .await
     }
 
+    async fn save_outcomes_and_record(
+        &self,
+        batch_id: &BatchId,
+        chunk: u64,
+        outcomes: &[(usize, ItemOutcome)],
+        attempts: u32,
+        failure: Option<&str>,
+    ) -> Result<RecordOutcome, StoreError> {
+        let batch_id = batch_id.clone();
+        let outcomes = outcomes.to_vec();
+        let failure = failure.map(str::to_owned);
+        self.write(move |conn| {
+            chunks::save_outcomes_and_record(
+                conn,
+                batch_id.as_str(),
+                chunk,
+                &outcomes,
+                attempts,
+                failure.as_deref(),
+            )
+        })
+        .await
+    }
+
     async fn wait_for_change(&self, since: u64, poll: Duration) -> u64 {
         let mut changes = self.inner.changes.clone();
         let _ =

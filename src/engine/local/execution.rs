@@ -99,23 +99,42 @@ pub(super) async fn run(shared: &Shared, work: Work) -> Settled {
         steps: &shared.steps,
         kept: Mutex::new(KeptChunk::default()),
     };
+    // Where a crash would resume this execution: what was last journaled, or its start.
+    let mut fallback = cursor.clone();
     loop {
         if *shared.stopping.borrow() {
             return Settled::Stopped;
         }
         match shared.machine.step(cursor, &context, &invoker).await {
             Step::Continue(next) => {
-                if shared.journaled_states.contains(next.state()) {
+                if invoker.holds_deferred()
+                    && !shared.update_states.contains(next.state())
+                    && invoker.save_deferred().await.is_err()
+                {
+                    // Task 2 runs again from the store, as it would after a crash.
+                    cursor = fallback.clone();
+                    continue;
+                }
+                // Task 2's unsaved outcomes are saved by the update's own write: until then
+                // the execution stays journaled before task 2.
+                if shared.journaled_states.contains(next.state()) && !invoker.holds_deferred() {
                     // Committed with the next state's own store write; nothing waits for it.
                     drop(
                         shared
                             .journal
                             .stage(&key, position, running(&next, None, started_at)),
                     );
+                    fallback = next.clone();
                 }
                 cursor = next;
             }
             Step::Sleep { duration, then } => {
+                let then = if invoker.holds_deferred() {
+                    // The execution leaves memory: it sleeps where task 2 runs again.
+                    fallback
+                } else {
+                    then
+                };
                 let wake_at = Timestamp(
                     Timestamp::now()
                         .0
@@ -183,6 +202,26 @@ fn failure(err: StepError) -> TaskFailure {
     TaskFailure {
         error: err.error_type().to_owned(),
         cause: err.cause(),
+    }
+}
+
+impl StepInvoker<'_> {
+    fn holds_deferred(&self) -> bool {
+        self.kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .has_deferred()
+    }
+
+    /// Saves task 2's outcomes held for the update step; on failure they are dropped.
+    async fn save_deferred(&self) -> Result<(), StepError> {
+        let mut kept = std::mem::take(&mut *self.kept.lock().unwrap_or_else(|e| e.into_inner()));
+        let saved = self.steps.save_deferred(&mut kept).await;
+        if saved.is_err() {
+            kept.drop_deferred();
+        }
+        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = kept;
+        saved
     }
 }
 

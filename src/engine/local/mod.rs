@@ -74,6 +74,8 @@ struct Shared {
     machine: StateMachine,
     /// States before which an execution's cursor is journaled: Task and Wait states.
     journaled_states: HashSet<String>,
+    /// Task states bound to the update step, which saves task 2's outcomes with its count.
+    update_states: HashSet<String>,
     journal: Arc<dyn ExecutionJournal>,
     steps: Steps,
     /// Executions paged in and waiting for a worker.
@@ -104,8 +106,8 @@ impl EngineRunner {
     }
 }
 
-/// The names of the definition's Task and Wait states.
-fn journaled_states(definition: &str) -> HashSet<String> {
+/// The names of the definition's top-level states that `keep` picks.
+fn states_where(definition: &str, keep: impl Fn(&Value) -> bool) -> HashSet<String> {
     let Ok(root) = serde_json::from_str::<Value>(definition) else {
         return HashSet::new();
     };
@@ -114,14 +116,30 @@ fn journaled_states(definition: &str) -> HashSet<String> {
     };
     states
         .iter()
-        .filter(|(_, state)| {
-            matches!(
-                state.get("Type").and_then(Value::as_str),
-                Some("Task" | "Wait")
-            )
-        })
+        .filter(|(_, state)| keep(state))
         .map(|(name, _)| name.clone())
         .collect()
+}
+
+/// The names of the definition's Task and Wait states.
+fn journaled_states(definition: &str) -> HashSet<String> {
+    states_where(definition, |state| {
+        matches!(
+            state.get("Type").and_then(Value::as_str),
+            Some("Task" | "Wait")
+        )
+    })
+}
+
+/// The names of the definition's Task states bound to the update step.
+fn update_states(definition: &str) -> HashSet<String> {
+    states_where(definition, |state| {
+        state.get("Type").and_then(Value::as_str) == Some("Task")
+            && matches!(
+                state.get("Resource").and_then(Value::as_str),
+                Some("${UpdateFunctionArn}" | UPDATE_RESOURCE)
+            )
+    })
 }
 
 impl LocalEngine {
@@ -141,6 +159,7 @@ impl LocalEngine {
             shared: Arc::new(Shared {
                 machine,
                 journaled_states: journaled_states(&config.definition),
+                update_states: update_states(&config.definition),
                 journal: Arc::clone(&journal),
                 steps,
                 ready: Mutex::new(ready),

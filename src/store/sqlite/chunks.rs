@@ -166,6 +166,18 @@ pub(super) fn record_chunk(
     chunk: u64,
     failure: Option<&str>,
 ) -> Result<RecordOutcome, StoreError> {
+    save_outcomes_and_record(conn, batch_id, chunk, &[], 0, failure)
+}
+
+/// [`save_outcomes`] and [`record_chunk`] in one read and one write of the chunk.
+pub(super) fn save_outcomes_and_record(
+    conn: &Connection,
+    batch_id: &str,
+    chunk: u64,
+    outcomes: &[(usize, ItemOutcome)],
+    attempts: u32,
+    failure: Option<&str>,
+) -> Result<RecordOutcome, StoreError> {
     let Some(mut batch) = load_batch(conn, batch_id)? else {
         return Ok(RecordOutcome::NotFound);
     };
@@ -175,6 +187,10 @@ pub(super) fn record_chunk(
     if !row.outcomes.stage.is_open() {
         return Ok(RecordOutcome::AlreadyRecorded(batch.batch));
     }
+    for (position, outcome) in outcomes {
+        row.outcomes.apply(*position, outcome);
+    }
+    row.outcomes.attempts = row.outcomes.attempts.max(attempts);
     row.outcomes
         .settle(failure.unwrap_or(codec::NO_OUTCOME_MESSAGE));
     row.write(conn, chunk)?;
