@@ -6,7 +6,9 @@
 //! so memory stays flat however many chunks are stored. An execution's cursor is journaled
 //! before every Task or Wait state, staged to commit with that Task's own store write; states
 //! between two journal entries are re-run after a crash, which the steps allow (they are
-//! idempotent, as Step Functions requires).
+//! idempotent, as Step Functions requires). Task 2's outcomes are saved by the update's own
+//! write, so no entry is journaled before the update while they wait: a crash there runs
+//! task 2 again.
 
 pub mod asl;
 mod execution;
