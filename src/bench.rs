@@ -133,7 +133,8 @@ fn spawn_status_prober(
     })
 }
 
-/// Sends the batch's items in parts of [`ITEMS_PER_PART`].
+/// Sends the batch's items in parts of [`ITEMS_PER_PART`], preparing the next part while one is
+/// sent, as a client streaming from a file would.
 async fn submit(
     client: &mut AdminClient,
     args: &BenchArgs,
@@ -142,27 +143,39 @@ async fn submit(
 ) -> anyhow::Result<()> {
     let batch_size =
         crate::domain::BatchSize::parse(u64::from(args.batch_size)).context("--batch-size")?;
-    let mut part_number = 0;
-    let mut sent = 0;
-    while sent < args.items {
-        let count = ITEMS_PER_PART.min(args.items - sent);
-        let ids = (sent..sent + count).map(|i| item_id(seed, i)).collect();
-        part_number += 1;
-        let part = crate::domain::NewPart::new(
-            batch_id.clone(),
-            args.items,
-            batch_size,
-            part_number,
-            crate::domain::parse_item_ids(ids)?,
-        )
-        .context("--items")?;
+    let (parts, mut ready) = tokio::sync::mpsc::channel(1);
+    let (items, batch_id) = (args.items, batch_id.clone());
+    let producer = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut part_number = 0;
+        let mut prepared = 0;
+        while prepared < items {
+            let count = ITEMS_PER_PART.min(items - prepared);
+            let ids = (prepared..prepared + count)
+                .map(|i| item_id(seed, i))
+                .collect();
+            part_number += 1;
+            let part = crate::domain::NewPart::new(
+                batch_id.clone(),
+                items,
+                batch_size,
+                part_number,
+                crate::domain::parse_item_ids(ids)?,
+            )
+            .context("--items")?;
+            if parts.blocking_send(part).is_err() {
+                break;
+            }
+            prepared += count;
+        }
+        Ok(())
+    });
+    while let Some(part) = ready.recv().await {
         client
             .append(part)
             .await
             .map_err(|status| anyhow::anyhow!("AppendBatchItems failed: {status}"))?;
-        sent += count;
     }
-    Ok(())
+    producer.await?
 }
 
 /// The rates a run reached.
