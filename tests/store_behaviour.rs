@@ -9,7 +9,7 @@ use std::sync::Arc;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use batch_manager::domain::{
-    parse_item_ids, BatchId, BatchSize, BatchStatus, ItemOutcome, ItemStatus, NewPart,
+    parse_item_ids, BatchId, BatchSize, BatchStatus, ItemOutcome, ItemRecord, ItemStatus, NewPart,
 };
 use batch_manager::store::codec::SKIPPED_CHUNKS_PER_PAGE;
 use batch_manager::store::dynamo::{DynamoStore, DynamoTables};
@@ -228,14 +228,32 @@ async fn replayed_and_out_of_order_updates_give_exact_counters_and_one_terminal_
     );
 }
 
-async fn recording_with_a_failure_fails_the_items_still_pending(store: Arc<dyn BatchStore>) {
+/// Stores a batch of one chunk of items `a`, `b`, `c` and claims it.
+async fn claim_one_chunk_of_three_items(store: &dyn BatchStore, batch: &str) {
     created_chunks(
         store
-            .append_part(&part("f", 3, 3, 1, &["a", "b", "c"]))
+            .append_part(&part(batch, 3, 3, 1, &["a", "b", "c"]))
             .await
             .unwrap(),
     );
-    store.claim_chunk(&id("f"), 0).await.unwrap();
+    store.claim_chunk(&id(batch), 0).await.unwrap();
+}
+
+async fn first_page_of_items(store: &dyn BatchStore, batch: &str) -> Vec<ItemRecord> {
+    store
+        .list_items(&ItemQuery {
+            batch_id: id(batch),
+            status: None,
+            page_size: 10,
+            page_token: None,
+        })
+        .await
+        .unwrap()
+        .entries
+}
+
+async fn recording_with_a_failure_fails_the_items_still_pending(store: Arc<dyn BatchStore>) {
+    claim_one_chunk_of_three_items(&*store, "f").await;
     store
         .save_outcomes(
             &id("f"),
@@ -254,16 +272,7 @@ async fn recording_with_a_failure_fails_the_items_still_pending(store: Arc<dyn B
     };
     assert_eq!(batch.status, BatchStatus::Failed);
     assert_eq!(batch.failed_items, 3);
-    let items = store
-        .list_items(&ItemQuery {
-            batch_id: id("f"),
-            status: None,
-            page_size: 10,
-            page_token: None,
-        })
-        .await
-        .unwrap()
-        .entries;
+    let items = first_page_of_items(&*store, "f").await;
     let errors: Vec<Option<&str>> = items.iter().map(|item| item.error.as_deref()).collect();
     assert_eq!(
         errors,
@@ -281,13 +290,7 @@ async fn recording_with_a_failure_fails_the_items_still_pending(store: Arc<dyn B
 async fn task_2_outcomes_saved_with_the_count_are_counted_once_and_kept_when_replayed(
     store: Arc<dyn BatchStore>,
 ) {
-    created_chunks(
-        store
-            .append_part(&part("s", 3, 3, 1, &["a", "b", "c"]))
-            .await
-            .unwrap(),
-    );
-    store.claim_chunk(&id("s"), 0).await.unwrap();
+    claim_one_chunk_of_three_items(&*store, "s").await;
     let outcomes = [
         (0, ItemOutcome::Succeeded),
         (1, ItemOutcome::Failed("rejected".into())),
@@ -312,16 +315,7 @@ async fn task_2_outcomes_saved_with_the_count_are_counted_once_and_kept_when_rep
         panic!("recorded twice");
     };
     assert_eq!((batch.succeeded_items, batch.failed_items), (2, 1));
-    let items = store
-        .list_items(&ItemQuery {
-            batch_id: id("s"),
-            status: None,
-            page_size: 10,
-            page_token: None,
-        })
-        .await
-        .unwrap()
-        .entries;
+    let items = first_page_of_items(&*store, "s").await;
     let shown: Vec<(ItemStatus, Option<&str>, u32)> = items
         .iter()
         .map(|item| (item.status, item.error.as_deref(), item.attempts))
