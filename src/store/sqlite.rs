@@ -36,8 +36,10 @@ const STATEMENTS_KEPT: usize = 64;
 /// The writer's page cache, in KiB (negative, as SQLite takes it): the pages of the chunks,
 /// executions and batches under way stay in memory between commits.
 const WRITER_CACHE_KIB: i64 = -16_384;
-/// WAL pages between automatic checkpoints (32 MB of 4 KiB pages).
-const WAL_CHECKPOINT_PAGES: i64 = 8192;
+/// WAL pages between automatic checkpoints (128 MiB of 4 KiB pages).
+const WAL_CHECKPOINT_PAGES: i64 = 32_768;
+/// What the WAL file is cut back to once a checkpoint has emptied it, in bytes.
+const WAL_SIZE_LIMIT_BYTES: i64 = 32 * 1024 * 1024;
 /// Chunk rows read per query while paging items.
 const CHUNKS_PER_READ: i64 = 64;
 
@@ -217,6 +219,8 @@ impl SqliteStore {
         // Hot pages (a batch's counters, the journal's newest rows) are rewritten by every
         // commit: checkpointing less often copies each of them once rather than many times.
         conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)
+            .map_err(unavailable)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)
             .map_err(unavailable)?;
         conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
             .map_err(unavailable)?;
