@@ -191,11 +191,6 @@ impl KeptChunk {
     pub(crate) fn has_deferred(&self) -> bool {
         self.deferred.is_some()
     }
-
-    /// Forgets task 2's unsaved outcomes: the caller runs task 2 again.
-    pub(crate) fn drop_deferred(&mut self) {
-        self.deferred = None;
-    }
 }
 
 /// The steps, bound to a store and the user's tasks.
@@ -369,9 +364,9 @@ impl Steps {
 
 impl Steps {
     /// Saves task 2's outcomes that `kept` holds, for an execution whose next step is not the
-    /// update.
+    /// update. They leave `kept` either way: when the save fails, task 2 runs again.
     pub(crate) async fn save_deferred(&self, kept: &mut KeptChunk) -> Result<(), StepError> {
-        if let Some(deferred) = &kept.deferred {
+        if let Some(deferred) = kept.deferred.take() {
             self.store
                 .save_outcomes(
                     &deferred.batch_id,
@@ -380,7 +375,6 @@ impl Steps {
                     deferred.attempts,
                 )
                 .await?;
-            kept.deferred = None;
         }
         Ok(())
     }

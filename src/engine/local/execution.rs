@@ -107,17 +107,18 @@ pub(super) async fn run(shared: &Shared, work: Work) -> Settled {
         }
         match shared.machine.step(cursor, &context, &invoker).await {
             Step::Continue(next) => {
-                if invoker.holds_deferred()
-                    && !shared.update_states.contains(next.state())
-                    && invoker.save_deferred().await.is_err()
-                {
-                    // Task 2 runs again from the store, as it would after a crash.
-                    cursor = fallback.clone();
-                    continue;
+                let mut deferred = invoker.holds_deferred();
+                if deferred && !shared.update_states.contains(next.state()) {
+                    if invoker.save_deferred().await.is_err() {
+                        // Task 2 runs again from the store, as it would after a crash.
+                        cursor = fallback.clone();
+                        continue;
+                    }
+                    deferred = false;
                 }
                 // Task 2's unsaved outcomes are saved by the update's own write: until then
                 // the execution stays journaled before task 2.
-                if shared.journaled_states.contains(next.state()) && !invoker.holds_deferred() {
+                if shared.journaled_states.contains(next.state()) && !deferred {
                     // Committed with the next state's own store write; nothing waits for it.
                     drop(
                         shared
@@ -207,21 +208,21 @@ fn failure(err: StepError) -> TaskFailure {
 
 impl StepInvoker<'_> {
     fn holds_deferred(&self) -> bool {
-        self.kept
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .has_deferred()
+        self.lock_kept().has_deferred()
     }
 
     /// Saves task 2's outcomes held for the update step; on failure they are dropped.
     async fn save_deferred(&self) -> Result<(), StepError> {
-        let mut kept = std::mem::take(&mut *self.kept.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut kept = std::mem::take(&mut *self.lock_kept());
         let saved = self.steps.save_deferred(&mut kept).await;
-        if saved.is_err() {
-            kept.drop_deferred();
-        }
-        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = kept;
+        *self.lock_kept() = kept;
         saved
+    }
+
+    // The kept chunk is taken out for a step and put back after: the lock is never held
+    // across the step's await.
+    fn lock_kept(&self) -> std::sync::MutexGuard<'_, KeptChunk> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -239,11 +240,9 @@ impl TaskInvoker for StepInvoker<'_> {
                 })
             }
         };
-        // The kept chunk is taken out for the step and put back after: the lock is never held
-        // across the step's await.
-        let mut kept = std::mem::take(&mut *self.kept.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut kept = std::mem::take(&mut *self.lock_kept());
         let result = dispatch::invoke(self.steps, role, input, &mut kept).await;
-        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = kept;
+        *self.lock_kept() = kept;
         let output = result.map_err(failure)?;
         serde_json::to_value(output).map_err(|err| TaskFailure {
             error: "States.Runtime".to_owned(),
