@@ -66,6 +66,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 ..EngineConfig::default()
             },
             connections: crate::config::ConnectionConfig::default(),
+            jobs: crate::app::JobConfig::default(),
         },
         Tasks::default(),
     )

@@ -79,9 +79,46 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub(crate) concurrency: u16,
     #[command(flatten)]
+    pub(crate) jobs: JobArgs,
+    #[command(flatten)]
     pub(crate) connections: ConnectionArgs,
     #[command(flatten)]
     pub(crate) aws: AwsArgs,
+}
+
+/// Tasks as external jobs. A task with a command runs it on this machine once per chunk
+/// attempt (the chunk's item IDs on stdin; the contract is in the README); without one, a task
+/// whose `TASK1_JOB_QUEUE` / `TASK1_JOB_DEFINITION` (or `TASK2_...`) are set submits AWS Batch
+/// jobs; otherwise the built-in task runs.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct JobArgs {
+    /// Task 1 as a command, split into words without a shell (e.g. "python3 validate.py").
+    #[arg(long, env = "BATCH_MANAGER_TASK1_COMMAND")]
+    pub(crate) task1_command: Option<String>,
+    /// Task 2 as a command, split into words without a shell (e.g. "python3 my_task.py").
+    #[arg(long, env = "BATCH_MANAGER_TASK2_COMMAND")]
+    pub(crate) task2_command: Option<String>,
+    /// Seconds one attempt's job may run before it is stopped and the attempt fails.
+    #[arg(long, env = "BATCH_MANAGER_TASK_TIMEOUT", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub(crate) task_timeout: u64,
+    /// Seconds before the first poll of a job; the wait doubles with every poll, up to 60.
+    #[arg(long, env = "BATCH_MANAGER_JOB_POLL_INTERVAL", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub(crate) job_poll_interval: u64,
+}
+
+impl JobArgs {
+    pub(crate) fn config(&self) -> crate::app::JobConfig {
+        let non_blank =
+            |command: &Option<String>| command.clone().filter(|command| !command.trim().is_empty());
+        crate::app::JobConfig {
+            task1_command: non_blank(&self.task1_command),
+            task2_command: non_blank(&self.task2_command),
+            deadline: Duration::from_secs(self.task_timeout),
+            first_poll_interval: Duration::from_secs(self.job_poll_interval),
+        }
+    }
 }
 
 /// Limits and timeouts of the two listeners. Durations read as `500ms`, `10s`, `5m`, `1h`.

@@ -5,8 +5,8 @@
 //! `cf-templates/state-machine.asl.json`.
 //!
 //! Layout, edge to core:
-//! - [`grpc`], [`http`], [`seed`], [`cli`], [`lambda`]: the edges (gRPC admin service and
-//!   clients, the seed-compatible HTTP endpoint, the four AWS Lambda roles);
+//! - [`grpc`], [`http`], [`seed`], [`run_request`], [`cli`], [`lambda`]: the edges (gRPC admin
+//!   service and clients, the seed-compatible HTTP endpoints, the four AWS Lambda roles);
 //! - [`domain`]: parsed, trusted values;
 //! - [`pipeline`]: intake and the per-chunk steps; [`pipeline::tasks`] is the user's trait;
 //! - [`store`]: persistence (SQLite locally, DynamoDB on AWS);
@@ -24,5 +24,6 @@ pub mod grpc;
 pub(crate) mod http;
 pub mod lambda;
 pub mod pipeline;
+pub(crate) mod run_request;
 pub(crate) mod seed;
 pub mod store;

@@ -181,6 +181,7 @@ async fn serve_on(
             db: db.to_owned(),
             engine: batch_manager::engine::local::EngineConfig::default(),
             connections,
+            jobs: batch_manager::app::JobConfig::default(),
         },
         tasks,
     )

@@ -44,6 +44,7 @@ async fn the_happy_path_spends_at_most_half_a_write_unit_per_item() {
             batch_id: "costed".into(),
             chunk,
             attempt: 0,
+            job: None,
         };
         steps.task1(event.clone()).await.unwrap();
         steps.task2(event).await.unwrap();

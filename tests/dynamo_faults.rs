@@ -233,6 +233,7 @@ async fn throttling_and_unprocessed_items_are_retried_and_nothing_is_lost() {
             batch_id: "throttled".into(),
             chunk,
             attempt: 0,
+            job: None,
         };
         assert!(steps.task1(event.clone()).await.unwrap().active);
         steps.task2(event).await.unwrap();

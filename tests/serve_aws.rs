@@ -38,6 +38,7 @@ async fn submitted_batches_are_stored_in_dynamodb_and_started_in_step_functions(
             http_addr: loopback,
             stack: settings(&stack),
             connections: batch_manager::config::ConnectionConfig::default(),
+            jobs: batch_manager::app::JobConfig::default(),
         },
         &stack.sdk_config,
     )

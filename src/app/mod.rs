@@ -4,7 +4,10 @@
 //! ([`listener`]): connection caps, timeouts, and a shutdown bounded by a grace period.
 
 mod connection;
+mod jobs;
 mod listener;
+
+pub use self::jobs::JobConfig;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,6 +60,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     ..EngineConfig::default()
                 },
                 connections,
+                jobs: args.jobs.config(),
             };
             let app = LocalApp::spawn(config, Tasks::default()).await?;
             app.run_until(shutdown_signal()).await
@@ -67,6 +71,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 http_addr: args.http_addr,
                 stack: args.aws.require()?,
                 connections,
+                jobs: args.jobs.config(),
             };
             let sdk_config = crate::config::aws_sdk_config().await;
             let app = AwsApp::spawn(config, &sdk_config).await?;
@@ -88,6 +93,8 @@ pub struct LocalConfig {
     pub engine: EngineConfig,
     /// The listeners' limits and timeouts.
     pub connections: ConnectionConfig,
+    /// Which tasks run as external jobs.
+    pub jobs: JobConfig,
 }
 
 /// A running server over a store of type `S`.
@@ -135,17 +142,20 @@ impl LocalApp {
         let store = SqliteStore::open(&config.db)
             .with_context(|| format!("opening database {}", config.db.display()))?;
         let shared_store: Arc<dyn BatchStore> = Arc::new(store.clone());
-        let steps = Steps::new(Arc::clone(&shared_store), tasks);
-        let (engine, runner) = LocalEngine::start(config.engine, Arc::new(store.clone()), steps)
-            .await
-            .context("starting the engine")?;
-        let intake = Intake::new(Arc::clone(&shared_store), Arc::new(engine));
+        let job_runners = jobs::build(&config.jobs, config.engine.concurrency).await?;
+        let steps =
+            Steps::new(Arc::clone(&shared_store), tasks).with_jobs(job_runners.runners.clone());
+        let (engine, runner) =
+            LocalEngine::start(config.engine, Arc::new(store.clone()), steps.clone())
+                .await
+                .context("starting the engine")?;
+        let intake = Intake::new(Arc::clone(&shared_store), Arc::new(engine)).with_jobs(steps);
         let server = Server::start(
             (config.grpc_addr, config.http_addr),
             &config.connections,
             intake,
             shared_store,
-            Some(runner),
+            (Some(runner), job_runners),
         )
         .await?;
         tracing::info!(
@@ -169,6 +179,8 @@ pub struct AwsConfig {
     pub stack: AwsSettings,
     /// The listeners' limits and timeouts.
     pub connections: ConnectionConfig,
+    /// Which tasks run as external jobs (their jobs are stopped from here on cancel).
+    pub jobs: JobConfig,
 }
 
 impl AwsApp {
@@ -187,13 +199,23 @@ impl AwsApp {
             config.stack.state_machine_arn.clone(),
         );
         let shared_store: Arc<dyn BatchStore> = Arc::new(store.clone());
-        let intake = Intake::new(Arc::clone(&shared_store), Arc::new(orchestrator));
+        // No engine runs here, so the commands never run; AWS Batch runners stop jobs on cancel.
+        let job_config = JobConfig {
+            task1_command: None,
+            task2_command: None,
+            ..config.jobs.clone()
+        };
+        let job_runners = jobs::build(&job_config, 1).await?;
+        let steps = Steps::new(Arc::clone(&shared_store), Tasks::default())
+            .with_jobs(job_runners.runners.clone());
+        let intake =
+            Intake::new(Arc::clone(&shared_store), Arc::new(orchestrator)).with_jobs(steps);
         let server = Server::start(
             (config.grpc_addr, config.http_addr),
             &config.connections,
             intake,
             shared_store,
-            None,
+            (None, job_runners),
         )
         .await?;
         tracing::info!(
@@ -217,6 +239,7 @@ struct Server {
     grpc: JoinHandle<()>,
     http: JoinHandle<()>,
     engine: Option<EngineRunner>,
+    jobs: jobs::BuiltRunners,
     shutdown_grace: Duration,
 }
 
@@ -228,7 +251,7 @@ impl Server {
         connections: &ConnectionConfig,
         intake: Intake,
         store: Arc<dyn BatchStore>,
-        engine: Option<EngineRunner>,
+        (engine, jobs): (Option<EngineRunner>, jobs::BuiltRunners),
     ) -> anyhow::Result<Self> {
         let (grpc_addr, http_addr) = addresses;
         let grpc_listener = TcpListener::bind(grpc_addr)
@@ -270,6 +293,7 @@ impl Server {
             grpc,
             http,
             engine,
+            jobs,
             shutdown_grace: connections.shutdown_grace,
         })
     }
@@ -295,6 +319,8 @@ impl Server {
             }
         };
         let (grpc, http, ()) = tokio::join!(self.grpc, self.http, engine);
+        // Commands still running are stopped; after a restart their attempts run again.
+        self.jobs.shutdown().await;
         grpc.context("gRPC listener panicked")?;
         http.context("HTTP listener panicked")?;
         Ok(())

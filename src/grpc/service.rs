@@ -66,7 +66,20 @@ impl AdminService {
 
     async fn cancel(&self, batch_id: BatchId) -> Result<Batch, ApiError> {
         match self.store.cancel_batch(&batch_id).await? {
-            CancelOutcome::Cancelled(batch) => Ok(batch),
+            CancelOutcome::Cancelled(batch) => {
+                // The cancel stands once stored; jobs a failed stop leaves running end at
+                // their deadline, and their chunks are then recorded as usual.
+                match self.intake.stop_jobs(&batch_id).await {
+                    Ok(0) => {}
+                    Ok(stopped) => {
+                        tracing::info!(batch_id = %batch_id, stopped, "stopping the cancelled batch's jobs")
+                    }
+                    Err(err) => {
+                        tracing::error!(batch_id = %batch_id, error = %err, "could not stop the cancelled batch's jobs")
+                    }
+                }
+                Ok(batch)
+            }
             CancelOutcome::AlreadyTerminal(batch) => Err(ApiError::AlreadyTerminal {
                 batch_id,
                 status: batch.status,

@@ -1,4 +1,5 @@
-//! The seed-compatible HTTP endpoint of `serve`: `POST /stateMachineInit`. Every answer is JSON,
+//! The seed-compatible HTTP endpoints of `serve`: `POST /stateMachineInit` (the chunk pipeline)
+//! and `POST /runrequests` (the job submitter). Every answer is JSON,
 //! errors included (`{"message": ...}`); requests from other sites are refused ([`guard`]).
 
 pub(crate) mod framing;
@@ -16,7 +17,7 @@ use http_body_util::BodyExt;
 use serde_json::json;
 
 use crate::pipeline::Intake;
-use crate::seed;
+use crate::{run_request, seed};
 
 pub(crate) use guard::HostPolicy;
 
@@ -55,6 +56,10 @@ pub(crate) fn router(intake: Intake, settings: HttpSettings) -> Router {
             post(state_machine_init)
                 .route_layer(middleware::from_fn(guard::require_json_content_type)),
         )
+        .route(
+            run_request::ROUTE,
+            post(run_requests).route_layer(middleware::from_fn(guard::require_json_content_type)),
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(endpoint)
@@ -79,6 +84,28 @@ async fn state_machine_init(State(endpoint): State<Endpoint>, request: Request) 
         Err(err) => {
             let request_id = uuid::Uuid::new_v4();
             tracing::error!(%request_id, error = %err, "seed request failed");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("internal error (request id {request_id})"),
+            );
+        }
+    };
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(reply.body)).into_response()
+}
+
+async fn run_requests(State(endpoint): State<Endpoint>, request: Request) -> Response {
+    let body = match read_body(request.into_body(), endpoint.body_timeout).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal,
+    };
+    let intake = endpoint.intake;
+    let handling = tokio::spawn(async move { run_request::handle(&intake, &body).await });
+    let reply = match handling.await {
+        Ok(reply) => reply,
+        Err(err) => {
+            let request_id = uuid::Uuid::new_v4();
+            tracing::error!(%request_id, error = %err, "run request failed");
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("internal error (request id {request_id})"),

@@ -76,7 +76,8 @@ mod tests {
             TaskEvent {
                 batch_id: "b".to_owned(),
                 chunk: 2,
-                attempt: 1
+                attempt: 1,
+                job: None,
             }
         );
         let err = parse::<TaskEvent>(serde_json::json!({"chunk": 2})).unwrap_err();

@@ -3,8 +3,11 @@
 
 use std::sync::Arc;
 
-use super::{Orchestrator, OrchestratorError};
-use crate::domain::{Batch, NewPart};
+use super::job_steps::JobSettings;
+use super::steps::StepError;
+use super::{Orchestrator, OrchestratorError, Steps};
+use crate::domain::{Batch, BatchId, BatchSize, ItemId, NewPart};
+use crate::run_request::RunRequest;
 use crate::store::{AppendOutcome, BatchStore, StoreError};
 
 /// A part accepted: the batch as it stands, and whether this call stored the part.
@@ -29,11 +32,23 @@ pub(crate) enum IntakeError {
     Orchestrator(#[from] OrchestratorError),
 }
 
+/// Why a run request was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RunRequestError {
+    /// Task 2 is the built-in task: nothing would run the request's job.
+    #[error("run requests need task 2 to be an external job, and none is configured (a command with --task2-command, or an AWS Batch job queue and definition)")]
+    NoExternalJob,
+    #[error(transparent)]
+    Intake(#[from] IntakeError),
+}
+
 /// Stores parts and starts their chunks.
 #[derive(Clone)]
 pub(crate) struct Intake {
     store: Arc<dyn BatchStore>,
     orchestrator: Arc<dyn Orchestrator>,
+    /// The steps whose external jobs run here or are stopped from here (cancel).
+    jobs: Option<Steps>,
 }
 
 impl Intake {
@@ -41,7 +56,52 @@ impl Intake {
         Self {
             store,
             orchestrator,
+            jobs: None,
         }
+    }
+
+    /// This intake, taking run requests for and stopping the external jobs of `steps`.
+    pub(crate) fn with_jobs(mut self, steps: Steps) -> Self {
+        self.jobs = Some(steps);
+        self
+    }
+
+    /// Stops the running external jobs of a batch just cancelled; how many were asked to stop.
+    pub(crate) async fn stop_jobs(&self, batch_id: &BatchId) -> Result<usize, StepError> {
+        match &self.jobs {
+            Some(steps) => steps.stop_batch_jobs(batch_id).await,
+            None => Ok(0),
+        }
+    }
+
+    /// Stores a run request as a batch of one item (its generated ID, also the batch's) with
+    /// its labels, and starts it; returns the ID.
+    pub(crate) async fn submit_run_request(
+        &self,
+        request: &RunRequest,
+    ) -> Result<BatchId, RunRequestError> {
+        if !self.jobs.as_ref().is_some_and(Steps::task2_is_external) {
+            return Err(RunRequestError::NoExternalJob);
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let batch_id = BatchId::parse(id.clone()).expect("a UUID is a valid batch ID");
+        let item = ItemId::parse(id).expect("a UUID is a valid item ID");
+        let settings = JobSettings {
+            process_name: Some(request.process_name.clone()),
+            client_name: Some(request.client_name.clone()),
+            timestamp: request.timestamp.clone(),
+            stopped: false,
+        };
+        let json = serde_json::to_string(&settings).expect("job settings serialize");
+        self.store
+            .put_job_settings(&batch_id, &json)
+            .await
+            .map_err(IntakeError::Store)?;
+        let batch_size = BatchSize::parse(1).expect("1 is a valid batch size");
+        let part = NewPart::new(batch_id.clone(), 1, batch_size, 1, vec![item])
+            .expect("a part of one item is valid");
+        self.submit(&part).await?;
+        Ok(batch_id)
     }
 
     /// Stores the part and starts its chunks. A part stored before is not stored again; its

@@ -2,12 +2,14 @@
 
 pub(crate) mod dispatch;
 pub(crate) mod init;
+pub mod job_steps;
 pub mod jobs;
 mod orchestrator;
 pub mod steps;
 pub mod tasks;
 
-pub(crate) use init::{Accepted, Intake, IntakeError};
+pub(crate) use init::{Accepted, Intake, IntakeError, RunRequestError};
+pub use job_steps::JobRunners;
 pub(crate) use orchestrator::{Orchestrator, OrchestratorError};
 pub use steps::Steps;
 pub use tasks::{ChunkTask, TaskError, TaskInput, Tasks};

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::job_steps::{JobProgress, JobRunners, BATCH_CANCELLED, JOB_TIMED_OUT};
+use super::jobs::TaskName;
 use super::tasks::{ChunkTask, TaskInput, Tasks};
 use crate::domain::{BatchId, ItemId, ItemOutcome};
 use crate::store::{BatchStore, Chunk, ChunkClaim, ItemState, RecordOutcome, StoreError};
@@ -24,6 +26,9 @@ pub struct TaskEvent {
     /// `$$.State.RetryCount`.
     #[serde(default)]
     pub attempt: u32,
+    /// Set when polling the chunk's external job: where the last step left it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobProgress>,
 }
 
 /// What a task step returns to the state machine.
@@ -36,6 +41,9 @@ pub struct TaskResult {
     pub processed: usize,
     /// Items the task failed.
     pub failed: usize,
+    /// Set while the task's external job runs, or after its attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobProgress>,
 }
 
 /// The error a Catch rule hands to the update step.
@@ -62,7 +70,8 @@ impl CaughtError {
                     .map(str::to_owned)
             })
             .unwrap_or_else(|| self.cause.clone());
-        if self.error == TRANSIENT_TASK_ERROR && !message.is_empty() {
+        let message_alone = [TRANSIENT_TASK_ERROR, JOB_TIMED_OUT, BATCH_CANCELLED];
+        if message_alone.contains(&self.error.as_str()) && !message.is_empty() {
             message
         } else if message.is_empty() {
             self.error.clone()
@@ -122,6 +131,15 @@ pub enum StepError {
         /// The chunk named by the event.
         chunk: u64,
     },
+    /// The external job service failed or refused a request for now; retried.
+    #[error("job service unavailable: {0}")]
+    JobService(String),
+    /// The external job runner cannot run this job as asked; not retried.
+    #[error("job refused: {0}")]
+    JobRefused(String),
+    /// The chunk's job was stopped because its batch was cancelled.
+    #[error("{}", super::job_steps::CANCELLED_MESSAGE)]
+    BatchCancelled,
     /// A task returned a different number of outcomes than it was given items.
     #[error("task returned {returned} outcomes for {expected} items")]
     TaskContractViolation {
@@ -142,6 +160,9 @@ impl StepError {
             Self::InvalidEvent(_) => "BatchManager.InvalidEvent",
             Self::ChunkNotFound { .. } => "BatchManager.ChunkNotFound",
             Self::TaskContractViolation { .. } => "BatchManager.TaskContractViolation",
+            Self::JobService(_) => "BatchManager.JobServiceUnavailable",
+            Self::JobRefused(_) => "BatchManager.JobRefused",
+            Self::BatchCancelled => BATCH_CANCELLED,
         }
     }
 
@@ -196,14 +217,30 @@ impl KeptChunk {
 /// The steps, bound to a store and the user's tasks.
 #[derive(Clone)]
 pub struct Steps {
-    store: Arc<dyn BatchStore>,
+    pub(super) store: Arc<dyn BatchStore>,
     tasks: Tasks,
+    pub(super) jobs: JobRunners,
 }
 
 impl Steps {
     /// The steps over this store, running these tasks.
     pub fn new(store: Arc<dyn BatchStore>, tasks: Tasks) -> Self {
-        Self { store, tasks }
+        Self {
+            store,
+            tasks,
+            jobs: JobRunners::default(),
+        }
+    }
+
+    /// These steps, with external jobs for the tasks `jobs` names a runner for.
+    pub fn with_jobs(mut self, jobs: JobRunners) -> Self {
+        self.jobs = jobs;
+        self
+    }
+
+    /// Whether task 2 is an external job (run requests need one).
+    pub fn task2_is_external(&self) -> bool {
+        self.jobs.task2.is_some()
     }
 
     /// Task 1: claims the chunk (a claimed chunk is no longer cancellable), runs the user's
@@ -220,11 +257,25 @@ impl Steps {
         kept: &mut KeptChunk,
     ) -> Result<TaskResult, StepError> {
         let batch_id = parse_batch_id(&event.batch_id)?;
+        let runner = self.jobs.task1.clone();
+        if let (Some(runner), Some(progress)) = (&runner, &event.job) {
+            kept.chunk = None;
+            return self
+                .poll_job(TaskName::Task1, &**runner, &batch_id, &event, progress)
+                .await;
+        }
         let chunk = match self.store.claim_chunk(&batch_id, event.chunk).await? {
             ChunkClaim::Active(chunk) => chunk,
             ChunkClaim::Inactive => return Ok(TaskResult::inactive()),
             ChunkClaim::NotFound => return Err(not_found(&event)),
         };
+        if let Some(runner) = &runner {
+            // The job's outcomes reach the store only: task 2 reads the chunk from there.
+            kept.chunk = None;
+            return self
+                .submit_job(TaskName::Task1, &**runner, &batch_id, &chunk)
+                .await;
+        }
         let (positions, items) = pending_items(&chunk.items, &chunk.states);
         let outcomes = self
             .run_task(&*self.tasks.task1, &batch_id, &event, &items)
@@ -245,6 +296,7 @@ impl Steps {
             active: true,
             processed: items.len(),
             failed: failures.len(),
+            job: None,
         };
         let mut chunk = chunk;
         for (position, outcome) in failures {
@@ -268,6 +320,13 @@ impl Steps {
     ) -> Result<TaskResult, StepError> {
         let batch_id = parse_batch_id(&event.batch_id)?;
         kept.deferred = None;
+        let runner = self.jobs.task2.clone();
+        if let (Some(runner), Some(progress)) = (&runner, &event.job) {
+            kept.chunk = None;
+            return self
+                .poll_job(TaskName::Task2, &**runner, &batch_id, &event, progress)
+                .await;
+        }
         let (chunk, from_task1) = match kept.chunk.take() {
             Some(chunk) if chunk.batch_id == batch_id && chunk.index == event.chunk => {
                 (chunk, true)
@@ -279,6 +338,11 @@ impl Steps {
         };
         if !chunk.stage.is_open() {
             return Ok(TaskResult::inactive());
+        }
+        if let Some(runner) = &runner {
+            return self
+                .submit_job(TaskName::Task2, &**runner, &batch_id, &chunk)
+                .await;
         }
         let (positions, items) = pending_items(&chunk.items, &chunk.states);
         let outcomes = self
@@ -306,6 +370,7 @@ impl Steps {
             active: true,
             processed: items.len(),
             failed,
+            job: None,
         })
     }
 
@@ -422,6 +487,7 @@ impl TaskResult {
             active: false,
             processed: 0,
             failed: 0,
+            job: None,
         }
     }
 }
@@ -433,7 +499,7 @@ fn not_found(event: &TaskEvent) -> StepError {
     }
 }
 
-fn pending_items(items: &[ItemId], states: &[ItemState]) -> (Vec<usize>, Vec<ItemId>) {
+pub(super) fn pending_items(items: &[ItemId], states: &[ItemState]) -> (Vec<usize>, Vec<ItemId>) {
     items
         .iter()
         .zip(states)

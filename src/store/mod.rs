@@ -10,6 +10,7 @@
 pub mod codec;
 pub mod dynamo;
 mod id_hashes;
+pub mod jobs;
 pub(crate) mod journal;
 mod rules;
 pub mod sqlite;
@@ -17,6 +18,8 @@ pub mod sqlite;
 use std::time::Duration;
 
 use async_trait::async_trait;
+
+pub use self::jobs::{JobStore, JobWrite, StoredJob};
 
 use crate::domain::{
     Batch, BatchId, BatchStatus, ItemId, ItemOutcome, ItemRecord, ItemStatus, NewPart,
@@ -237,7 +240,7 @@ pub enum ListError {
 /// Persistent state of batches and chunks. Every method is atomic and safe to call again
 /// with the same arguments (Lambda and Express workflows deliver at least once).
 #[async_trait]
-pub trait BatchStore: Send + Sync + 'static {
+pub trait BatchStore: JobStore {
     /// Stores a part (creating its batch on the first part) and its chunks.
     async fn append_part(&self, part: &NewPart) -> Result<AppendOutcome, StoreError>;
 

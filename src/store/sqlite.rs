@@ -9,6 +9,7 @@
 mod chunks;
 #[cfg(feature = "bench")]
 pub(crate) mod floor;
+mod jobs;
 mod journal;
 mod writer;
 
@@ -100,6 +101,17 @@ CREATE TABLE IF NOT EXISTS executions (
     started_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (batch_seq, chunk)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chunk_jobs (
+    batch_seq INTEGER NOT NULL,
+    chunk INTEGER NOT NULL,
+    revision INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (batch_seq, chunk)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batch_job_settings (
+    batch_id TEXT PRIMARY KEY,
+    settings TEXT NOT NULL
 ) WITHOUT ROWID;
 DROP INDEX IF EXISTS executions_running;
 CREATE INDEX IF NOT EXISTS executions_sleeping ON executions (wake_at, batch_seq, chunk) WHERE wake_at IS NOT NULL;

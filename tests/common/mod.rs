@@ -51,6 +51,7 @@ pub(crate) async fn spawn_app_configured(tasks: Tasks, connections: ConnectionCo
             db: db.clone(),
             engine: EngineConfig::default(),
             connections,
+            jobs: batch_manager::app::JobConfig::default(),
         },
         tasks,
     )

@@ -61,8 +61,14 @@ pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(60);
 /// every poll already done, at most 60 s (5, 10, 20, 40, 60, 60, ...). Short jobs are seen to
 /// end quickly; long ones cost one status request a minute.
 pub fn poll_interval(polls_done: u32) -> Duration {
+    poll_interval_from(FIRST_POLL_INTERVAL, polls_done)
+}
+
+/// As [`poll_interval`], from another first interval: `first`, doubling with every poll
+/// already done, at most 60 s.
+pub fn poll_interval_from(first: Duration, polls_done: u32) -> Duration {
     let factor = 1u32.checked_shl(polls_done.min(16)).unwrap_or(u32::MAX);
-    FIRST_POLL_INTERVAL
+    first
         .checked_mul(factor)
         .map_or(MAX_POLL_INTERVAL, |interval| {
             interval.min(MAX_POLL_INTERVAL)
@@ -122,8 +128,20 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
-    /// The job's deterministic name (see [`job_name`]).
+    /// The job's deterministic name: for a run request (both labels set), the old submitter's
+    /// `processname-clientname-runRequestID`, with `-<attempt>` after it on retries, when
+    /// that fits a job name; otherwise [`job_name`].
     pub fn name(&self) -> String {
+        if let (Some(process), Some(client)) = (&self.labels.process_name, &self.labels.client_name)
+        {
+            let mut name = format!("{process}-{client}-{}", self.batch_id);
+            if self.attempt > 0 {
+                name.push_str(&format!("-{}", self.attempt));
+            }
+            if is_valid_job_name(&name) {
+                return name;
+            }
+        }
         job_name(&self.batch_id, self.chunk, self.attempt, self.task)
     }
 
@@ -193,6 +211,16 @@ pub fn job_name(batch_id: &BatchId, chunk: u64, attempt: u32, task: TaskName) ->
     hasher.update(task.as_str().as_bytes());
     let hash = hex::encode(&hasher.finalize()[..JOB_NAME_HASH_HEX_DIGITS / 2]);
     format!("bm-{prefix}-c{chunk}-a{attempt}-{task}-{hash}")
+}
+
+/// Whether `name` is a valid job name everywhere: 1 to 128 letters, digits, `-` and `_`,
+/// starting with a letter or digit.
+pub fn is_valid_job_name(name: &str) -> bool {
+    (1..=JOB_NAME_MAX_CHARS).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// A fingerprint of a job's items, in order: lets a runner check that the items given to
@@ -416,11 +444,38 @@ mod tests {
     }
 
     fn is_valid_aws_batch_job_name(name: &str) -> bool {
-        (1..=JOB_NAME_MAX_CHARS).contains(&name.len())
-            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        is_valid_job_name(name)
+    }
+
+    #[test]
+    fn a_run_request_job_is_named_as_the_old_submitter_named_it() {
+        let mut spec = JobSpec {
+            batch_id: batch("0f8e7d6c-1111-4222-8333-944455556666"),
+            chunk: 0,
+            attempt: 0,
+            task: TaskName::Task2,
+            items: vec![item("0f8e7d6c-1111-4222-8333-944455556666")],
+            labels: RunLabels {
+                process_name: Some("APOST".to_owned()),
+                client_name: Some("2Sigma".to_owned()),
+            },
+        };
+        assert_eq!(
+            spec.name(),
+            "APOST-2Sigma-0f8e7d6c-1111-4222-8333-944455556666"
+        );
+        spec.attempt = 2;
+        assert_eq!(
+            spec.name(),
+            "APOST-2Sigma-0f8e7d6c-1111-4222-8333-944455556666-2"
+        );
+        spec.labels.process_name = Some("p".repeat(64));
+        spec.labels.client_name = Some("c".repeat(64));
+        assert_eq!(
+            spec.name(),
+            job_name(&spec.batch_id, 0, 2, TaskName::Task2),
+            "too long for a job name"
+        );
     }
 
     #[test]

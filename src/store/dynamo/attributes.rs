@@ -81,6 +81,19 @@ pub(super) fn chunk_sk(chunk: u64) -> String {
     format!("chunk#{chunk:020}")
 }
 
+/// The sort-key prefix of chunks' job records.
+pub(super) const JOB_PREFIX: &str = "job#";
+/// The sort key of a batch's job settings.
+pub(super) const JOB_SETTINGS_SK: &str = "jobSettings";
+/// A job record or job settings document (JSON the pipeline owns).
+pub(super) const RECORD: &str = "record";
+/// A job record's revision.
+pub(super) const REVISION: &str = "revision";
+
+pub(super) fn job_sk(chunk: u64) -> String {
+    format!("{JOB_PREFIX}{chunk:020}")
+}
+
 pub(super) fn ids_sk(chunk: u64) -> String {
     format!("chunk#{chunk:020}#ids")
 }

@@ -48,6 +48,7 @@
 mod attributes;
 mod batches;
 mod chunks;
+mod jobs;
 mod listing;
 mod parts;
 mod writes;
