@@ -64,6 +64,20 @@ pub(crate) fn check_name(field: &'static str, name: &str) -> Result<(), RunReque
     Ok(())
 }
 
+/// Checks a timestamp's text: at most 64 bytes, no control characters.
+pub(crate) fn check_timestamp(text: &str) -> Result<&str, RunRequestFieldError> {
+    if text.len() > MAX_TIMESTAMP_BYTES {
+        return Err(refuse(
+            "timestamp",
+            format!("must be at most {MAX_TIMESTAMP_BYTES} bytes"),
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(refuse("timestamp", "must not contain control characters"));
+    }
+    Ok(text)
+}
+
 fn name(body: &Map<String, Value>, field: &'static str) -> Result<String, RunRequestFieldError> {
     match body.get(field) {
         None | Some(Value::Null) => Err(refuse(field, "is required")),
@@ -86,16 +100,7 @@ pub(crate) fn parse(body: &[u8]) -> Result<RunRequest, RunRequestFieldError> {
     let client_name = name(&body, "clientname")?;
     let timestamp = match body.get("timestamp") {
         None | Some(Value::Null) => None,
-        Some(Value::String(text)) if text.len() > MAX_TIMESTAMP_BYTES => {
-            return Err(refuse(
-                "timestamp",
-                format!("must be at most {MAX_TIMESTAMP_BYTES} bytes"),
-            ))
-        }
-        Some(Value::String(text)) if text.chars().any(char::is_control) => {
-            return Err(refuse("timestamp", "must not contain control characters"))
-        }
-        Some(Value::String(text)) => Some(text.clone()),
+        Some(Value::String(text)) => Some(check_timestamp(text)?.to_owned()),
         Some(_) => return Err(refuse("timestamp", "must be a string")),
     };
     Ok(RunRequest {

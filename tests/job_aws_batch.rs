@@ -8,17 +8,15 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use aws_sdk_batch::types::{
-    CeState, CeType, ComputeEnvironmentOrder, ContainerProperties, JobDefinitionType, JobDetail,
-    JobStatus, JqState, KeyValuesPair, ResourceRequirement, ResourceType,
-};
+use aws_sdk_batch::types::{JobDetail, JobStatus};
 use batch_manager::domain::{BatchId, ItemId};
 use batch_manager::pipeline::jobs::aws_batch::{AwsBatchRunner, AwsBatchSettings};
 use batch_manager::pipeline::jobs::{
     ItemFailure, JobError, JobHandle, JobRunner, JobSpec, JobState, PollRequest, RunLabels,
     RunnerKind, TaskName,
 };
-use common::moto::{moto_endpoint, sdk_config, start_moto_server};
+use common::aws_batch::BatchQueue;
+use common::moto::{moto_endpoint, start_moto_server};
 use tokio::sync::OnceCell;
 
 /// A moto server whose AWS Batch jobs all fail.
@@ -38,101 +36,33 @@ async fn failing_moto_endpoint() -> String {
 /// them.
 struct Setup {
     client: aws_sdk_batch::Client,
+    queue: BatchQueue,
     runner: AwsBatchRunner,
     settings: AwsBatchSettings,
 }
 
 impl Setup {
     async fn on(endpoint: &str) -> Self {
-        use_batch_without_docker(endpoint).await;
-        let unique = &uuid::Uuid::new_v4().simple().to_string()[..12];
-        let role_arn = create_service_role(endpoint, &format!("batch-service-{unique}")).await;
-        let client = aws_sdk_batch::Client::new(&sdk_config(endpoint).await);
-        let environment = client
-            .create_compute_environment()
-            .compute_environment_name(format!("jobs-{unique}"))
-            .r#type(CeType::Unmanaged)
-            .state(CeState::Enabled)
-            .service_role(role_arn)
-            .send()
-            .await
-            .expect("create a compute environment");
-        let queue = format!("queue-{unique}");
-        client
-            .create_job_queue()
-            .job_queue_name(&queue)
-            .priority(1)
-            .state(JqState::Enabled)
-            .compute_environment_order(
-                ComputeEnvironmentOrder::builder()
-                    .order(1)
-                    .compute_environment(environment.compute_environment_arn().unwrap())
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("create a job queue");
-        let definition = format!("task-{unique}");
-        client
-            .register_job_definition()
-            .job_definition_name(&definition)
-            .r#type(JobDefinitionType::Container)
-            .container_properties(
-                ContainerProperties::builder()
-                    .image("public.ecr.aws/docker/library/python:3-slim")
-                    .command("python3")
-                    .command("task.py")
-                    .command("Ref::batchId")
-                    .resource_requirements(requirement(ResourceType::Vcpu, "1"))
-                    .resource_requirements(requirement(ResourceType::Memory, "512"))
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("register a job definition");
+        let queue = BatchQueue::create(endpoint).await;
         let settings = AwsBatchSettings {
-            job_queue: queue,
-            job_definition: definition,
+            job_queue: queue.queue.clone(),
+            job_definition: queue.definition.clone(),
         };
         Self {
-            runner: AwsBatchRunner::new(client.clone(), settings.clone()),
-            client,
+            runner: AwsBatchRunner::new(queue.client.clone(), settings.clone()),
+            client: queue.client.clone(),
+            queue,
             settings,
         }
     }
 
     async fn describe(&self, job_id: &str) -> JobDetail {
-        self.client
-            .describe_jobs()
-            .jobs(job_id)
-            .send()
-            .await
-            .expect("DescribeJobs")
-            .jobs()
-            .first()
-            .cloned()
-            .expect("the job is described")
+        self.queue.describe(job_id).await
     }
 
     /// The top-level jobs in the queue with this name (array children excluded).
     async fn jobs_named(&self, name: &str) -> Vec<aws_sdk_batch::types::JobSummary> {
-        self.client
-            .list_jobs()
-            .job_queue(&self.settings.job_queue)
-            .filters(
-                KeyValuesPair::builder()
-                    .name("JOB_NAME")
-                    .values(name)
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("ListJobs")
-            .job_summary_list()
-            .iter()
-            .filter(|job| !job.job_id().unwrap().contains(':'))
-            .cloned()
-            .collect()
+        self.queue.jobs(Some(name)).await
     }
 
     async fn poll_one(&self, handle: &JobHandle, spec: &JobSpec) -> JobState {
@@ -158,53 +88,6 @@ impl Setup {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-}
-
-fn requirement(kind: ResourceType, value: &str) -> ResourceRequirement {
-    ResourceRequirement::builder()
-        .r#type(kind)
-        .value(value)
-        .build()
-}
-
-/// Switches the server's AWS Batch to its Docker-free implementation.
-async fn use_batch_without_docker(endpoint: &str) {
-    let response = reqwest::Client::new()
-        .post(format!("{endpoint}/moto-api/config"))
-        .json(&serde_json::json!({"batch": {"use_docker": false}}))
-        .send()
-        .await
-        .expect("configure moto");
-    assert!(response.status().is_success(), "{response:?}");
-}
-
-/// Creates the IAM role a compute environment needs and returns its ARN. IAM is set up with
-/// one query request rather than a whole SDK crate for one call; moto routes it by the service
-/// named in the (unchecked) signature.
-async fn create_service_role(endpoint: &str, name: &str) -> String {
-    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"batch.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
-    let response = reqwest::Client::new()
-        .post(endpoint)
-        .header(
-            "Authorization",
-            "AWS4-HMAC-SHA256 Credential=testing/20240101/us-east-1/iam/aws4_request, \
-             SignedHeaders=host, Signature=0",
-        )
-        .form(&[
-            ("Action", "CreateRole"),
-            ("Version", "2010-05-08"),
-            ("RoleName", name),
-            ("AssumeRolePolicyDocument", trust),
-        ])
-        .send()
-        .await
-        .expect("CreateRole");
-    let status = response.status();
-    let body = response.text().await.unwrap_or_default();
-    assert!(status.is_success(), "CreateRole: {status} {body}");
-    let start = body.find("<Arn>").expect("the role's ARN") + "<Arn>".len();
-    let end = body[start..].find("</Arn>").expect("the role's ARN") + start;
-    body[start..end].to_owned()
 }
 
 fn items(count: usize) -> Vec<ItemId> {

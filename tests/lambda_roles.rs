@@ -19,8 +19,8 @@ use batch_manager::pipeline::tasks::NOT_A_UUID;
 use batch_manager::store::dynamo::{DynamoStore, DynamoTables};
 use batch_manager::store::{BatchStore, ItemQuery};
 use common::lambda::{
-    definition_substitutions, function_arn, FunctionError, LambdaFunction, MotoStack,
-    START_DEADLINE,
+    definition_substitutions, function_arn, play_all_executions, ChunkFunctions, FunctionError,
+    LambdaFunction, MotoStack, START_DEADLINE,
 };
 use serde_json::{json, Value};
 
@@ -306,87 +306,6 @@ async fn a_chunk_whose_execution_already_exists_counts_as_started() {
         execution_name(&batch_id, 0),
         json!({"batchId": SEED_BATCH_ID, "chunk": 0})
     )));
-}
-
-/// The three chunk functions, each its own process, as deployed.
-struct ChunkFunctions {
-    task1: LambdaFunction,
-    task2: LambdaFunction,
-    update: LambdaFunction,
-}
-
-impl ChunkFunctions {
-    async fn start(stack: &MotoStack) -> Self {
-        let (task1, task2, update) = tokio::join!(
-            stack.function("task1"),
-            stack.function("task2"),
-            stack.function("update"),
-        );
-        Self {
-            task1,
-            task2,
-            update,
-        }
-    }
-}
-
-/// Step Functions' side of a Lambda Task state: the function's error becomes the state's
-/// error, with the error object as JSON in the cause, as Step Functions reports it.
-#[async_trait]
-impl TaskInvoker for ChunkFunctions {
-    async fn invoke(&self, resource: &str, input: Value) -> Result<Value, TaskFailure> {
-        let function = if resource == function_arn("task1") {
-            &self.task1
-        } else if resource == function_arn("task2") {
-            &self.task2
-        } else if resource == function_arn("update") {
-            &self.update
-        } else {
-            panic!("the definition names an unknown resource {resource}");
-        };
-        function.invoke(input).await.map_err(|err| TaskFailure {
-            cause: json!({"errorMessage": err.error_message, "errorType": err.error_type})
-                .to_string(),
-            error: err.error_type,
-        })
-    }
-}
-
-/// Runs one execution through the definition to its end, sleeping where it says to.
-async fn play_execution(
-    machine: &StateMachine,
-    tasks: &dyn TaskInvoker,
-    name: &str,
-    input: Value,
-) -> Step {
-    let context = ExecutionContext::new(
-        name,
-        input.clone(),
-        Timestamp::now().to_rfc3339(),
-        "batch-manager-chunks",
-    );
-    let mut cursor = machine.start(input);
-    loop {
-        match machine.step(cursor, &context, tasks).await {
-            Step::Continue(next) => cursor = next,
-            Step::Sleep { duration, then } => {
-                tokio::time::sleep(duration).await;
-                cursor = then;
-            }
-            end => return end,
-        }
-    }
-}
-
-/// Plays every execution `init` started, in order of name; returns how each ended.
-async fn play_all_executions(stack: &MotoStack, functions: &ChunkFunctions) -> Vec<Step> {
-    let machine = StateMachine::from_json(STATE_MACHINE_DEFINITION, &definition_substitutions())
-        .expect("the shipped definition parses");
-    let mut ends = Vec::new();
-    for (name, input) in stack.executions().await {
-        ends.push(play_execution(&machine, functions, &name, input).await);
-    }
-    ends
 }
 
 #[tokio::test]

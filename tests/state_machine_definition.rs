@@ -122,7 +122,14 @@ async fn the_shipped_definition_runs_the_happy_path() {
     assert!(run.sleeps.is_empty());
     assert_eq!(
         run.visited,
-        ["Task1", "ChunkStillActive", "Task2", "RecordChunk"]
+        [
+            "Task1",
+            "Task1JobStarted",
+            "ChunkStillActive",
+            "Task2",
+            "Task2JobStarted",
+            "RecordChunk"
+        ]
     );
     let expected_task_input = json!({ "batchId": "batch-7", "chunk": 3, "attempt": 0 });
     assert_eq!(
@@ -146,7 +153,15 @@ async fn the_shipped_definition_skips_a_cancelled_chunk() {
         other => panic!("{other} must not run for a cancelled chunk"),
     });
     let run = run_to_end(&machine, &tasks).await;
-    assert_eq!(run.visited, ["Task1", "ChunkStillActive", "ChunkSkipped"]);
+    assert_eq!(
+        run.visited,
+        [
+            "Task1",
+            "Task1JobStarted",
+            "ChunkStillActive",
+            "ChunkSkipped"
+        ]
+    );
     assert_eq!(run.end, Step::Succeeded(json!({ "skipped": true })));
 }
 
@@ -204,6 +219,184 @@ async fn the_shipped_definition_catches_an_oversized_task_result_and_records_the
         record_input["failure"]["Error"],
         json!("States.DataLimitExceeded")
     );
+}
+
+/// Task 2's answers in turn: each invocation of `arn:task2` takes the next one.
+fn task2_answers(answers: Vec<Value>) -> RecordingTasks {
+    let answers = Mutex::new(answers);
+    RecordingTasks::new(move |resource| match resource {
+        "arn:task1" => Ok(json!({ "active": true })),
+        "arn:task2" => Ok(answers.lock().unwrap().remove(0)),
+        _ => Ok(json!({ "recorded": true })),
+    })
+}
+
+fn job(status: &str, attempt: u32, polls: u32, wait_seconds: u64) -> Value {
+    json!({ "job": { "name": "j", "attempt": attempt, "status": status, "polls": polls, "waitSeconds": wait_seconds } })
+}
+
+fn failed_job(attempt: u32, retry_wait_seconds: u64) -> Value {
+    json!({ "job": {
+        "name": "j", "attempt": attempt, "status": "FAILED", "polls": 0, "waitSeconds": 0,
+        "retryWaitSeconds": retry_wait_seconds,
+        "error": "BatchManager.TransientTaskError", "reason": "exit 3"
+    } })
+}
+
+#[tokio::test]
+async fn the_shipped_definition_waits_and_polls_an_external_job_until_it_ends() {
+    let machine = shipped_machine();
+    let tasks = task2_answers(vec![
+        job("RUNNING", 0, 0, 5),
+        job("RUNNING", 0, 1, 10),
+        json!({ "active": true, "processed": 10, "failed": 0 }),
+    ]);
+    let run = run_to_end(&machine, &tasks).await;
+    assert_eq!(run.end, Step::Succeeded(json!({ "recorded": true })));
+    assert_eq!(run.sleeps, [5, 10].map(Duration::from_secs));
+    assert_eq!(
+        run.visited[3..],
+        [
+            "Task2",
+            "Task2JobStarted",
+            "Task2JobStatus",
+            "Task2JobWait",
+            "Task2JobPoll",
+            "Task2JobStarted",
+            "Task2JobStatus",
+            "Task2JobWait",
+            "Task2JobPoll",
+            "Task2JobStarted",
+            "RecordChunk"
+        ]
+    );
+    let polls: Vec<Value> = tasks
+        .calls()
+        .into_iter()
+        .filter(|(resource, input)| resource == "arn:task2" && input.get("job").is_some())
+        .map(|(_, input)| input)
+        .collect();
+    assert_eq!(
+        polls,
+        [
+            json!({ "batchId": "batch-7", "chunk": 3, "job": job("RUNNING", 0, 0, 5)["job"] }),
+            json!({ "batchId": "batch-7", "chunk": 3, "job": job("RUNNING", 0, 1, 10)["job"] }),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_shipped_definition_submits_a_failed_job_again_then_fails_the_chunk_after_three_attempts(
+) {
+    let machine = shipped_machine();
+    let tasks = task2_answers(vec![
+        job("RUNNING", 0, 0, 5),
+        failed_job(0, 1),
+        job("RUNNING", 1, 0, 5),
+        failed_job(1, 2),
+        job("RUNNING", 2, 0, 5),
+        failed_job(2, 4),
+    ]);
+    let run = run_to_end(&machine, &tasks).await;
+    assert!(
+        matches!(&run.end, Step::Failed { error, .. } if error == "BatchManager.ChunkFailed"),
+        "{:?}",
+        run.end
+    );
+    // Poll, retry wait, poll, retry wait, poll: the third failure is not retried.
+    assert_eq!(run.sleeps, [5, 1, 5, 2, 5].map(Duration::from_secs));
+    let submits = tasks
+        .calls()
+        .iter()
+        .filter(|(resource, input)| resource == "arn:task2" && input.get("job").is_none())
+        .count();
+    assert_eq!(submits, 3);
+    assert!(run.visited.ends_with(&[
+        "Task2JobStatus".to_owned(),
+        "Task2JobGaveUp".to_owned(),
+        "RecordChunkFailure".to_owned(),
+        "ChunkFailed".to_owned()
+    ]));
+    let (resource, record_input) = tasks.calls().last().unwrap().clone();
+    assert_eq!(resource, "arn:update");
+    assert_eq!(
+        record_input["failure"],
+        json!({ "Error": "BatchManager.TransientTaskError", "Cause": "exit 3" })
+    );
+}
+
+#[tokio::test]
+async fn the_shipped_definition_polls_task_1_jobs_the_same_way() {
+    let machine = shipped_machine();
+    let answers = Mutex::new(vec![
+        job("RUNNING", 0, 0, 5),
+        json!({ "active": true, "processed": 3, "failed": 1 }),
+    ]);
+    let tasks = RecordingTasks::new(move |resource| match resource {
+        "arn:task1" => Ok(answers.lock().unwrap().remove(0)),
+        "arn:task2" => Ok(json!({ "processed": 2 })),
+        _ => Ok(json!({ "recorded": true })),
+    });
+    let run = run_to_end(&machine, &tasks).await;
+    assert_eq!(run.end, Step::Succeeded(json!({ "recorded": true })));
+    assert_eq!(
+        run.visited[..7],
+        [
+            "Task1",
+            "Task1JobStarted",
+            "Task1JobStatus",
+            "Task1JobWait",
+            "Task1JobPoll",
+            "Task1JobStarted",
+            "ChunkStillActive"
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_job_poll_times_out_and_is_retried() {
+    let machine = shipped_machine();
+    let calls = Mutex::new(0u32);
+    let tasks = HangingPolls { calls };
+    let started = tokio::time::Instant::now();
+    let run = run_to_end(&machine, &tasks).await;
+    assert_eq!(run.end, Step::Succeeded(json!({ "recorded": true })));
+    assert!(
+        started.elapsed() >= Duration::from_secs(300),
+        "the poll state's TimeoutSeconds (300 s) ended the hung poll"
+    );
+    assert_eq!(
+        *tasks.calls.lock().unwrap(),
+        2,
+        "one hung poll, one retried"
+    );
+}
+
+/// Task 2 submits a job; its first poll hangs, the retried one answers that it ended.
+struct HangingPolls {
+    calls: Mutex<u32>,
+}
+
+#[async_trait]
+impl TaskInvoker for HangingPolls {
+    async fn invoke(&self, resource: &str, input: Value) -> Result<Value, TaskFailure> {
+        match resource {
+            "arn:task1" => Ok(json!({ "active": true })),
+            "arn:task2" if input.get("job").is_none() => Ok(job("RUNNING", 0, 0, 5)),
+            "arn:task2" => {
+                let first = {
+                    let mut calls = self.calls.lock().unwrap();
+                    *calls += 1;
+                    *calls == 1
+                };
+                if first {
+                    std::future::pending::<()>().await;
+                }
+                Ok(json!({ "active": true, "processed": 1, "failed": 0 }))
+            }
+            _ => Ok(json!({ "recorded": true })),
+        }
+    }
 }
 
 /// A definition that submits an external job, then polls its status every 60 seconds; each

@@ -14,7 +14,7 @@ use crate::pipeline::jobs::{JobRunner, TaskName, FIRST_POLL_INTERVAL};
 use crate::pipeline::JobRunners;
 
 /// How a server's tasks run as external jobs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobConfig {
     /// Task 1's command line, if task 1 runs as a command.
     pub task1_command: Option<String>,
@@ -53,8 +53,13 @@ impl BuiltRunners {
 }
 
 /// Builds the runners `config` and the environment ask for; `concurrency` bounds the commands
-/// running at once (both tasks together).
-pub(crate) async fn build(config: &JobConfig, concurrency: usize) -> anyhow::Result<BuiltRunners> {
+/// running at once (both tasks together). AWS Batch clients use `sdk_config`, or the default
+/// configuration from the environment when none is given.
+pub(crate) async fn build(
+    config: &JobConfig,
+    concurrency: usize,
+    sdk_config: Option<&aws_config::SdkConfig>,
+) -> anyhow::Result<BuiltRunners> {
     let slots = ProcessSlots::new(concurrency);
     let mut built = BuiltRunners {
         runners: JobRunners {
@@ -65,7 +70,7 @@ pub(crate) async fn build(config: &JobConfig, concurrency: usize) -> anyhow::Res
         },
         commands: Vec::new(),
     };
-    let mut sdk_config = None;
+    let mut sdk_config = sdk_config.cloned();
     for (task, command) in [
         (TaskName::Task1, &config.task1_command),
         (TaskName::Task2, &config.task2_command),

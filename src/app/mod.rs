@@ -7,6 +7,7 @@ mod connection;
 mod jobs;
 mod listener;
 
+pub(crate) use self::jobs::build as build_job_runners;
 pub use self::jobs::JobConfig;
 
 use std::future::Future;
@@ -142,7 +143,7 @@ impl LocalApp {
         let store = SqliteStore::open(&config.db)
             .with_context(|| format!("opening database {}", config.db.display()))?;
         let shared_store: Arc<dyn BatchStore> = Arc::new(store.clone());
-        let job_runners = jobs::build(&config.jobs, config.engine.concurrency).await?;
+        let job_runners = jobs::build(&config.jobs, config.engine.concurrency, None).await?;
         let steps =
             Steps::new(Arc::clone(&shared_store), tasks).with_jobs(job_runners.runners.clone());
         let (engine, runner) =
@@ -205,7 +206,7 @@ impl AwsApp {
             task2_command: None,
             ..config.jobs.clone()
         };
-        let job_runners = jobs::build(&job_config, 1).await?;
+        let job_runners = jobs::build(&job_config, 1, Some(sdk_config)).await?;
         let steps = Steps::new(Arc::clone(&shared_store), Tasks::default())
             .with_jobs(job_runners.runners.clone());
         let intake =

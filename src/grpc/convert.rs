@@ -16,6 +16,7 @@ use crate::domain::{
     Timestamp,
 };
 use crate::pipeline::Accepted;
+use crate::run_request::{self, RunRequest, RunRequestFieldError};
 use crate::store::{BatchQuery, ItemQuery, Page};
 
 /// Default and largest `ListBatches` page.
@@ -64,6 +65,9 @@ pub enum FieldRule {
     Missing,
     #[error("{seconds} s {nanos} ns is not a valid timestamp")]
     Timestamp { seconds: i64, nanos: i32 },
+    /// A run request's field rule, as the HTTP endpoint words it.
+    #[error("{0}")]
+    RunRequest(String),
 }
 
 impl FieldError {
@@ -304,6 +308,27 @@ impl TryFrom<pb::AppendBatchItemsRequest> for NewPart {
         let items = parse_item_ids(request.item_ids).map_err(FieldError::item_ids)?;
         NewPart::new(batch_id, total_items, batch_size, part_number, items)
             .map_err(|err| FieldError::part(err, "total_items"))
+    }
+}
+
+impl TryFrom<pb::SubmitRunRequestRequest> for RunRequest {
+    type Error = FieldError;
+
+    fn try_from(request: pb::SubmitRunRequestRequest) -> Result<Self, FieldError> {
+        let refusal = |field: &str, err: RunRequestFieldError| {
+            FieldError::new(field, FieldRule::RunRequest(err.rule))
+        };
+        run_request::check_name("process_name", &request.process_name)
+            .map_err(|err| refusal("process_name", err))?;
+        run_request::check_name("client_name", &request.client_name)
+            .map_err(|err| refusal("client_name", err))?;
+        let timestamp = run_request::check_timestamp(&request.timestamp)
+            .map_err(|err| refusal("timestamp", err))?;
+        Ok(RunRequest {
+            process_name: request.process_name,
+            client_name: request.client_name,
+            timestamp: (!timestamp.is_empty()).then(|| timestamp.to_owned()),
+        })
     }
 }
 

@@ -30,6 +30,9 @@ pub(crate) enum ApiError {
     /// The task doing the work panicked.
     #[error("the request's task failed")]
     Panicked(#[source] tokio::task::JoinError),
+    /// A run request, and task 2 is the built-in task.
+    #[error("{0}")]
+    NoExternalJob(String),
     /// Open watches end with this when the server stops, so that their connections can close.
     #[error("the server is shutting down; watch again once it is back")]
     ShuttingDown,
@@ -46,7 +49,9 @@ impl From<ApiError> for Status {
         match err {
             ApiError::InvalidField(err) => Status::invalid_argument(with_sources(&err)),
             ApiError::NotFound(_) => Status::not_found(err.to_string()),
-            ApiError::AlreadyTerminal { .. } => Status::failed_precondition(err.to_string()),
+            ApiError::AlreadyTerminal { .. } | ApiError::NoExternalJob(_) => {
+                Status::failed_precondition(err.to_string())
+            }
             ApiError::Intake(err) => intake(err),
             ApiError::Store(err) => store(err),
             ApiError::List(err) => list(err),

@@ -13,7 +13,8 @@ use super::error::ApiError;
 use super::pb;
 use super::pb::batch_manager_server::{BatchManager, BatchManagerServer};
 use crate::domain::{Batch, BatchId, NewPart};
-use crate::pipeline::{Accepted, Intake};
+use crate::pipeline::{Accepted, Intake, RunRequestError};
+use crate::run_request::RunRequest;
 use crate::store::{BatchQuery, BatchStore, CancelOutcome, ItemQuery, ListError};
 
 /// Largest gRPC message the server accepts: 100,000 IDs of up to 256 bytes, with room to spare.
@@ -177,6 +178,28 @@ impl BatchManager for AdminService {
     ) -> Result<Response<pb::CancelBatchResponse>, Status> {
         let batch_id = BatchId::try_from(request.into_inner())?;
         Ok(Response::new(self.cancel(batch_id).await?.into()))
+    }
+
+    async fn submit_run_request(
+        &self,
+        request: Request<pb::SubmitRunRequestRequest>,
+    ) -> Result<Response<pb::SubmitRunRequestResponse>, Status> {
+        let run_request = RunRequest::try_from(request.into_inner())?;
+        let intake = self.intake.clone();
+        let submitting = tokio::spawn(async move { intake.submit_run_request(&run_request).await });
+        let run_request_id = match submitting.await {
+            Ok(Ok(id)) => id,
+            Ok(Err(RunRequestError::NoExternalJob)) => {
+                return Err(
+                    ApiError::NoExternalJob(RunRequestError::NoExternalJob.to_string()).into(),
+                )
+            }
+            Ok(Err(RunRequestError::Intake(err))) => return Err(ApiError::Intake(err).into()),
+            Err(err) => return Err(ApiError::Panicked(err).into()),
+        };
+        Ok(Response::new(pb::SubmitRunRequestResponse {
+            run_request_id: run_request_id.as_str().to_owned(),
+        }))
     }
 
     type WatchBatchStream = WatchStream;

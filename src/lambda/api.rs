@@ -1,6 +1,7 @@
 //! The `init` role: API Gateway proxy events (REST API v1 and HTTP API v2) for
-//! `POST /stateMachineInit`, answered with exactly the statuses and JSON bodies of the local HTTP
-//! endpoint, since both go through [`seed::handle`]. `lambda_http` turns either event into one
+//! `POST /stateMachineInit` and `POST /runrequests`, answered with exactly the statuses and JSON
+//! bodies of the local HTTP endpoints, since both go through [`seed::handle`] and
+//! [`run_request::handle`]. `lambda_http` turns either event into one
 //! request type and decodes base64 bodies.
 
 use std::convert::Infallible;
@@ -11,7 +12,7 @@ use lambda_http::{service_fn, Body, Request, RequestExt, Response};
 use serde_json::{json, Value};
 
 use crate::pipeline::Intake;
-use crate::seed;
+use crate::{run_request, seed};
 
 /// Serves API Gateway events until the Runtime API stops the process.
 pub(crate) async fn serve(intake: Intake) -> Result<(), lambda_runtime::Error> {
@@ -25,7 +26,7 @@ pub(crate) async fn serve(intake: Intake) -> Result<(), lambda_runtime::Error> {
 /// Answers one request.
 pub(crate) async fn respond(intake: &Intake, request: Request) -> Response<Body> {
     let path = route_path(&request);
-    if path != seed::ROUTE {
+    if path != seed::ROUTE && path != run_request::ROUTE {
         return json_response(
             StatusCode::NOT_FOUND,
             &json!({ "message": format!("no route for {} {path}", request.method()) }),
@@ -41,9 +42,15 @@ pub(crate) async fn respond(intake: &Intake, request: Request) -> Response<Body>
             .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
         return response;
     }
-    let reply = seed::handle(intake, request.body().as_ref()).await;
-    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_response(status, &reply.body)
+    let (status, body) = if path == run_request::ROUTE {
+        let reply = run_request::handle(intake, request.body().as_ref()).await;
+        (reply.status, reply.body)
+    } else {
+        let reply = seed::handle(intake, request.body().as_ref()).await;
+        (reply.status, reply.body)
+    };
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(status, &body)
 }
 
 /// The request's path without the stage prefix API Gateway may deliver it with, and without a

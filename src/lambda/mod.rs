@@ -2,8 +2,13 @@
 //!
 //! One artifact is deployed to four functions. Each process serves one role, named by the
 //! function's Handler property (`_HANDLER`; `BATCH_MANAGER_HANDLER` overrides it):
-//! - `init`: API Gateway's `POST /stateMachineInit` ([`api`]);
+//! - `init`: API Gateway's `POST /stateMachineInit` and `POST /runrequests` ([`api`]);
 //! - `task1`, `task2`, `update`: the state machine's Task states ([`steps`]).
+//!
+//! A task role whose `TASK1_JOB_QUEUE` and `TASK1_JOB_DEFINITION` (or `TASK2_...`) are set runs
+//! its task as an AWS Batch job (`TASK_TIMEOUT_SECONDS` bounds each attempt, default 3600;
+//! `JOB_POLL_INTERVAL_SECONDS` is the first wait between polls, default 5); `init` takes run
+//! requests when task 2's are set.
 //!
 //! Settings are read once from the environment ([`LambdaSettings`]); the SDK configuration,
 //! clients, store and steps are built once per process, before the first poll of the Runtime
@@ -16,10 +21,14 @@ pub(crate) mod steps;
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use lambda_runtime::Diagnostic;
 
+use crate::app::{build_job_runners, JobConfig};
 use crate::engine::stepfunctions::{self, StepFunctionsOrchestrator};
+use crate::pipeline::job_steps::DEFAULT_JOB_DEADLINE;
+use crate::pipeline::jobs::FIRST_POLL_INTERVAL;
 use crate::pipeline::{Intake, Steps, Tasks};
 use crate::store::dynamo::{DynamoStore, DynamoTables};
 use crate::store::BatchStore;
@@ -38,6 +47,11 @@ pub(crate) const BATCH_TABLE_VAR: &str = "BATCH_TABLE";
 pub(crate) const REQUEST_TABLE_VAR: &str = "REQUEST_TABLE";
 /// The chunk state machine; only `init` starts executions.
 pub(crate) const STATE_MACHINE_ARN_VAR: &str = "STATE_MACHINE_ARN";
+
+/// Seconds one attempt's external job may run.
+pub(crate) const TASK_TIMEOUT_VAR: &str = "TASK_TIMEOUT_SECONDS";
+/// Seconds before the first poll of an external job.
+pub(crate) const JOB_POLL_INTERVAL_VAR: &str = "JOB_POLL_INTERVAL_SECONDS";
 
 /// The roles, by the names the Handler property uses.
 pub(crate) const ROLE_NAMES: &str = "init, task1, task2, update";
@@ -76,6 +90,8 @@ pub(crate) enum InitError {
     UnknownRole { given: String },
     #[error("missing environment variable {0}")]
     MissingSetting(&'static str),
+    #[error("environment variable {name}: {rule}")]
+    InvalidSetting { name: String, rule: String },
 }
 
 impl InitError {
@@ -84,6 +100,7 @@ impl InitError {
         match self {
             Self::MissingRole | Self::UnknownRole { .. } => "BatchManager.UnknownRole",
             Self::MissingSetting(_) => "BatchManager.MissingSetting",
+            Self::InvalidSetting { .. } => "BatchManager.InvalidSetting",
         }
     }
 }
@@ -100,6 +117,8 @@ pub(crate) enum RoleSettings {
 pub(crate) struct LambdaSettings {
     pub role: RoleSettings,
     pub tables: DynamoTables,
+    /// External jobs: the deadline and first poll interval (the queues are read by the runner).
+    pub jobs: JobConfig,
 }
 
 impl LambdaSettings {
@@ -131,7 +150,30 @@ impl LambdaSettings {
             },
             Role::Step(step) => RoleSettings::Step(step),
         };
-        Ok(Self { role, tables })
+        let seconds =
+            |var: &'static str, default: Duration, range: std::ops::RangeInclusive<u64>| {
+                let Some(raw) = lookup(var) else {
+                    return Ok(default);
+                };
+                match raw.trim().parse::<u64>() {
+                    Ok(value) if range.contains(&value) => Ok(Duration::from_secs(value)),
+                    _ => Err(InitError::InvalidSetting {
+                        name: var.to_owned(),
+                        rule: format!(
+                            "must be a whole number of seconds from {} to {}",
+                            range.start(),
+                            range.end()
+                        ),
+                    }),
+                }
+            };
+        let jobs = JobConfig {
+            task1_command: None,
+            task2_command: None,
+            deadline: seconds(TASK_TIMEOUT_VAR, DEFAULT_JOB_DEADLINE, 1..=31_536_000)?,
+            first_poll_interval: seconds(JOB_POLL_INTERVAL_VAR, FIRST_POLL_INTERVAL, 1..=60)?,
+        };
+        Ok(Self { role, tables, jobs })
     }
 }
 
@@ -173,15 +215,27 @@ pub(crate) async fn run() -> Result<(), lambda_runtime::Error> {
         aws_sdk_dynamodb::Client::new(&sdk_config),
         settings.tables,
     ));
+    let runners = match build_job_runners(&settings.jobs, 1, Some(&sdk_config)).await {
+        Ok(built) => built.runners,
+        Err(err) => {
+            let err = InitError::InvalidSetting {
+                name: "TASK1_JOB_QUEUE / TASK2_JOB_QUEUE".to_owned(),
+                rule: format!("{err:#}"),
+            };
+            report_init_error(&err).await;
+            return Err(err.into());
+        }
+    };
+    let steps = Steps::new(Arc::clone(&store), Tasks::default()).with_jobs(runners);
     match settings.role {
         RoleSettings::Init { state_machine_arn } => {
             let orchestrator = StepFunctionsOrchestrator::new(
                 stepfunctions::client(&sdk_config),
                 state_machine_arn,
             );
-            api::serve(Intake::new(store, Arc::new(orchestrator))).await
+            api::serve(Intake::new(store, Arc::new(orchestrator)).with_jobs(steps)).await
         }
-        RoleSettings::Step(role) => steps::serve(role, Steps::new(store, Tasks::default())).await,
+        RoleSettings::Step(role) => steps::serve(role, steps).await,
     }
 }
 

@@ -22,6 +22,14 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use async_trait::async_trait;
+use batch_manager::domain::Timestamp;
+use batch_manager::engine::local::asl::{
+    ExecutionContext, StateMachine, Step, TaskFailure, TaskInvoker,
+};
+use batch_manager::engine::STATE_MACHINE_DEFINITION;
+use serde_json::json;
+
 use super::moto;
 
 /// Longest a test waits for one invocation's answer.
@@ -377,7 +385,11 @@ pub(crate) struct MotoStack {
 
 impl MotoStack {
     pub(crate) async fn deploy(prefix: &str) -> Self {
-        let endpoint = moto::moto_endpoint().await;
+        Self::deploy_on(moto::moto_endpoint().await, prefix).await
+    }
+
+    /// As [`Self::deploy`], on the moto server at `endpoint`.
+    pub(crate) async fn deploy_on(endpoint: String, prefix: &str) -> Self {
         let sdk_config = moto::sdk_config(&endpoint).await;
         let (batch_table, request_table) = moto::table_names(prefix);
         moto::create_tables(
@@ -427,7 +439,18 @@ impl MotoStack {
 
     /// Starts the binary in `role` against this stack and waits for its first poll.
     pub(crate) async fn function(&self, role: &str) -> LambdaFunction {
-        let function = LambdaFunction::start(Some(role), &self.function_env()).await;
+        self.function_with(role, &[]).await
+    }
+
+    /// As [`Self::function`], with `extra` in the function's environment.
+    pub(crate) async fn function_with(
+        &self,
+        role: &str,
+        extra: &[(String, String)],
+    ) -> LambdaFunction {
+        let mut vars = self.function_env();
+        vars.extend(extra.iter().cloned());
+        let function = LambdaFunction::start(Some(role), &vars).await;
         assert!(
             function.api.first_poll(START_DEADLINE).await.is_some(),
             "the {role} function did not start: {}",
@@ -465,4 +488,93 @@ impl MotoStack {
         executions.sort_by(|a, b| a.0.cmp(&b.0));
         executions
     }
+}
+
+/// The three chunk functions, each its own process, as deployed.
+pub(crate) struct ChunkFunctions {
+    pub task1: LambdaFunction,
+    pub task2: LambdaFunction,
+    pub update: LambdaFunction,
+}
+
+impl ChunkFunctions {
+    pub(crate) async fn start(stack: &MotoStack) -> Self {
+        Self::start_with(stack, &[]).await
+    }
+
+    /// The three functions with `extra` in their environment besides the stack's.
+    pub(crate) async fn start_with(stack: &MotoStack, extra: &[(String, String)]) -> Self {
+        let (task1, task2, update) = tokio::join!(
+            stack.function_with("task1", extra),
+            stack.function_with("task2", extra),
+            stack.function_with("update", extra),
+        );
+        Self {
+            task1,
+            task2,
+            update,
+        }
+    }
+}
+
+/// Step Functions' side of a Lambda Task state: the function's error becomes the state's
+/// error, with the error object as JSON in the cause, as Step Functions reports it.
+#[async_trait]
+impl TaskInvoker for ChunkFunctions {
+    async fn invoke(&self, resource: &str, input: Value) -> Result<Value, TaskFailure> {
+        let function = if resource == function_arn("task1") {
+            &self.task1
+        } else if resource == function_arn("task2") {
+            &self.task2
+        } else if resource == function_arn("update") {
+            &self.update
+        } else {
+            panic!("the definition names an unknown resource {resource}");
+        };
+        function.invoke(input).await.map_err(|err| TaskFailure {
+            cause: json!({"errorMessage": err.error_message, "errorType": err.error_type})
+                .to_string(),
+            error: err.error_type,
+        })
+    }
+}
+
+/// Runs one execution through the definition to its end, sleeping where it says to.
+pub(crate) async fn play_execution(
+    machine: &StateMachine,
+    tasks: &dyn TaskInvoker,
+    name: &str,
+    input: Value,
+) -> Step {
+    let context = ExecutionContext::new(
+        name,
+        input.clone(),
+        Timestamp::now().to_rfc3339(),
+        "batch-manager-chunks",
+    );
+    let mut cursor = machine.start(input);
+    loop {
+        match machine.step(cursor, &context, tasks).await {
+            Step::Continue(next) => cursor = next,
+            Step::Sleep { duration, then } => {
+                tokio::time::sleep(duration).await;
+                cursor = then;
+            }
+            end => return end,
+        }
+    }
+}
+
+/// Plays every execution `init` started, in order of name; returns how each ended.
+pub(crate) async fn play_all_executions(
+    stack: &MotoStack,
+    functions: &ChunkFunctions,
+) -> Vec<Step> {
+    let machine = StateMachine::from_json(STATE_MACHINE_DEFINITION, &definition_substitutions())
+        .expect("the shipped definition parses");
+    let mut ends = Vec::new();
+    for (name, input) in stack.executions().await {
+        ends.push(play_execution(&machine, functions, &name, input).await);
+    }
+    ends
 }

@@ -2,6 +2,7 @@
 //! gRPC client, and ways to wait for a batch and to fingerprint the database.
 #![allow(dead_code)]
 
+pub(crate) mod aws_batch;
 pub(crate) mod lambda;
 pub(crate) mod moto;
 pub(crate) mod process;
