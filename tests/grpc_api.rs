@@ -838,3 +838,82 @@ async fn the_same_batch_with_another_batch_size_is_already_exists_naming_batch_s
         .into_inner();
     assert!(!again.created);
 }
+
+#[tokio::test]
+async fn submit_run_request_runs_one_item_through_task_2s_command() {
+    let command = format!("python3 {}/examples/task.py", env!("CARGO_MANIFEST_DIR"));
+    let mut app = spawn_app_with_jobs(batch_manager::app::JobConfig {
+        task2_command: Some(command),
+        first_poll_interval: Duration::from_secs(1),
+        ..batch_manager::app::JobConfig::default()
+    })
+    .await;
+    let id = app
+        .client
+        .submit_run_request(pb::SubmitRunRequestRequest {
+            process_name: "APOST".to_owned(),
+            client_name: "2Sigma".to_owned(),
+            timestamp: "2018-8-31 12:59:59".to_owned(),
+        })
+        .await
+        .expect("SubmitRunRequest")
+        .into_inner()
+        .run_request_id;
+    let batch = app.wait_terminal(&id).await;
+    assert_eq!(batch.status(), pb::BatchStatus::Completed, "{batch:?}");
+    assert_eq!((batch.total_items, batch.succeeded_items), (1, 1));
+    let items = app.all_items(&id, pb::ItemStatus::Unspecified).await;
+    assert_eq!(items[0].item_id, id);
+
+    let cases = [
+        ("", "2Sigma", "", "process_name: must not be empty"),
+        (
+            "APOST",
+            "2 Sigma",
+            "",
+            "client_name: must hold only letters, digits, '-' and '_'",
+        ),
+        (
+            "APOST",
+            "2Sigma",
+            "line\nbreak",
+            "timestamp: must not contain control characters",
+        ),
+    ];
+    for (process_name, client_name, timestamp, message) in cases {
+        let status = app
+            .client
+            .submit_run_request(pb::SubmitRunRequestRequest {
+                process_name: process_name.to_owned(),
+                client_name: client_name.to_owned(),
+                timestamp: timestamp.to_owned(),
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(status.message(), message);
+    }
+}
+
+#[tokio::test]
+async fn submit_run_request_without_an_external_task_2_is_failed_precondition() {
+    let mut app = spawn_app().await;
+    let status = app
+        .client
+        .submit_run_request(pb::SubmitRunRequestRequest {
+            process_name: "APOST".to_owned(),
+            client_name: "2Sigma".to_owned(),
+            timestamp: String::new(),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("--task2-command"), "{status:?}");
+    let batches = app
+        .client
+        .list_batches(pb::ListBatchesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(batches.batches.is_empty(), "nothing is stored");
+}

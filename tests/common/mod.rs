@@ -43,6 +43,19 @@ pub(crate) async fn spawn_app_with(tasks: Tasks) -> TestApp {
 
 /// A server with these tasks and connection settings.
 pub(crate) async fn spawn_app_configured(tasks: Tasks, connections: ConnectionConfig) -> TestApp {
+    spawn_app_running(tasks, connections, batch_manager::app::JobConfig::default()).await
+}
+
+/// A server whose tasks run as the external jobs `jobs` asks for.
+pub(crate) async fn spawn_app_with_jobs(jobs: batch_manager::app::JobConfig) -> TestApp {
+    spawn_app_running(Tasks::default(), ConnectionConfig::default(), jobs).await
+}
+
+async fn spawn_app_running(
+    tasks: Tasks,
+    connections: ConnectionConfig,
+    jobs: batch_manager::app::JobConfig,
+) -> TestApp {
     let directory = tempfile::tempdir().expect("temporary directory");
     let db = directory.path().join("test.db");
     let app = LocalApp::spawn(
@@ -52,7 +65,7 @@ pub(crate) async fn spawn_app_configured(tasks: Tasks, connections: ConnectionCo
             db: db.clone(),
             engine: EngineConfig::default(),
             connections,
-            jobs: batch_manager::app::JobConfig::default(),
+            jobs,
         },
         tasks,
     )
