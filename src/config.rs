@@ -74,7 +74,8 @@ pub struct ServeArgs {
     /// SQLite database file (local backend).
     #[arg(long, env = "BATCH_MANAGER_DB", default_value = "batch-manager.db")]
     pub(crate) db: PathBuf,
-    /// Chunk executions the embedded engine runs at once.
+    /// Chunk executions the embedded engine steps at once (an execution waiting for an
+    /// external job holds no worker), and the most task commands running at once.
     #[arg(long, env = "BATCH_MANAGER_CONCURRENCY", default_value_t = 64,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub(crate) concurrency: u16,

@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::pipeline::job_steps::DEFAULT_JOB_DEADLINE;
-use crate::pipeline::jobs::aws_batch::{AwsBatchRunner, AwsBatchSettings};
+use crate::pipeline::jobs::aws_batch::{AwsBatchRunner, AwsBatchSettings, DESCRIBE_JOBS_LIMIT};
+use crate::pipeline::jobs::batched_polls::BatchedPolls;
 use crate::pipeline::jobs::command::{CommandLine, CommandOptions, CommandRunner, ProcessSlots};
 use crate::pipeline::jobs::{JobRunner, TaskName, FIRST_POLL_INTERVAL};
 use crate::pipeline::JobRunners;
@@ -53,7 +54,7 @@ impl BuiltRunners {
 }
 
 /// Builds the runners `config` and the environment ask for; `concurrency` bounds the commands
-/// running at once (both tasks together). AWS Batch clients use `sdk_config`, or the default
+/// running at once (both tasks together), and above 1 gathers the polls of AWS Batch jobs. AWS Batch clients use `sdk_config`, or the default
 /// configuration from the environment when none is given.
 pub(crate) async fn build(
     config: &JobConfig,
@@ -95,7 +96,14 @@ pub(crate) async fn build(
                     }
                     let client = aws_sdk_batch::Client::new(sdk_config.as_ref().expect("set"));
                     tracing::info!(%task, job_queue = %settings.job_queue, "the task runs as an AWS Batch job");
-                    Some(Arc::new(AwsBatchRunner::new(client, settings)))
+                    let runner: Arc<dyn JobRunner> =
+                        Arc::new(AwsBatchRunner::new(client, settings));
+                    if concurrency > 1 {
+                        // Many chunks poll in this one process: one DescribeJobs per 100 jobs.
+                        Some(Arc::new(BatchedPolls::new(runner, DESCRIBE_JOBS_LIMIT)))
+                    } else {
+                        Some(runner)
+                    }
                 }
                 None => None,
             },

@@ -29,6 +29,7 @@
 //! one with many item failures can be large, so record it in the store rather than pass it on.
 
 pub mod aws_batch;
+pub mod batched_polls;
 pub mod command;
 mod output;
 mod process;
@@ -128,12 +129,15 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
-    /// The job's deterministic name: for a run request (both labels set), the old submitter's
-    /// `processname-clientname-runRequestID`, with `-<attempt>` after it on retries, when
-    /// that fits a job name; otherwise [`job_name`].
+    /// The job's deterministic name: for task 2 of a run request (both labels set), the old
+    /// submitter's `processname-clientname-runRequestID`, with `-<attempt>` after it on
+    /// retries, when that fits a job name; otherwise [`job_name`].
     pub fn name(&self) -> String {
-        if let (Some(process), Some(client)) = (&self.labels.process_name, &self.labels.client_name)
-        {
+        if let (TaskName::Task2, Some(process), Some(client)) = (
+            self.task,
+            &self.labels.process_name,
+            &self.labels.client_name,
+        ) {
             let mut name = format!("{process}-{client}-{}", self.batch_id);
             if self.attempt > 0 {
                 name.push_str(&format!("-{}", self.attempt));
@@ -469,6 +473,13 @@ mod tests {
             spec.name(),
             "APOST-2Sigma-0f8e7d6c-1111-4222-8333-944455556666-2"
         );
+        spec.task = TaskName::Task1;
+        assert_eq!(
+            spec.name(),
+            job_name(&spec.batch_id, 0, 2, TaskName::Task1),
+            "task 1 of a run request keeps its own name"
+        );
+        spec.task = TaskName::Task2;
         spec.labels.process_name = Some("p".repeat(64));
         spec.labels.client_name = Some("c".repeat(64));
         assert_eq!(
