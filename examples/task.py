@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
-"""A batch-manager task command: the chunk's item IDs arrive on stdin, one per line; each failed
-item is one JSON line on stdout; a non-zero exit fails (and retries) the whole attempt."""
+"""A batch-manager task command (`serve --task2-command "python3 examples/task.py"`).
+
+The chunk's item IDs arrive on stdin, one per line; the batch, chunk, attempt and task are in
+BATCH_MANAGER_* environment variables. Print one JSON line {"item_id", "error"} on stdout for each
+item that failed; every other item succeeds. Exit non-zero to fail the whole attempt (it is retried,
+and after the last attempt the items fail with the last line written on stderr).
+"""
 import json, os, sys, uuid
 
-print(f"chunk {os.environ['BATCH_MANAGER_CHUNK']} of {os.environ['BATCH_MANAGER_BATCH_ID']}", file=sys.stderr)
-for line in sys.stdin:
+chunk = os.environ["BATCH_MANAGER_CHUNK"]
+for line in sys.stdin:                      # the chunk's item IDs, one per line
     item_id = line.rstrip("\n")
     try:
-        uuid.UUID(item_id)  # your processing goes here
-    except ValueError:
-        print(json.dumps({"item_id": item_id, "error": "item id is not a UUID"}), flush=True)
+        uuid.UUID(item_id)                  # your processing goes here
+    except ValueError:                      # one JSON line per failed item
+        print(json.dumps({"item_id": item_id, "error": f"not a UUID (chunk {chunk})"}))
+sys.exit(0)                                 # non-zero: the attempt failed, retried

@@ -658,7 +658,7 @@ async fn the_example_task_command_keeps_the_contract() {
     assert_eq!(
         run_to_end(&runner, &spec).await,
         JobState::Succeeded {
-            item_failures: vec![failure("not a uuid", "item id is not a UUID")]
+            item_failures: vec![failure("not a uuid", "not a UUID (chunk 3)")]
         }
     );
 }

@@ -107,8 +107,11 @@ pub(super) async fn run(shared: &Shared, work: Work) -> Settled {
         }
         match shared.machine.step(cursor, &context, &invoker).await {
             Step::Continue(next) => {
+                let journaled = shared.journaled_states.contains(next.state());
                 let mut deferred = invoker.holds_deferred();
-                if deferred && !shared.update_states.contains(next.state()) {
+                // Choice and Pass states between task 2 and the update write nothing, so the
+                // outcomes wait through them; any other Task or a Wait saves them first.
+                if deferred && journaled && !shared.update_states.contains(next.state()) {
                     if invoker.save_deferred().await.is_err() {
                         // Task 2 runs again from the store, as it would after a crash.
                         cursor = fallback.clone();
@@ -118,7 +121,7 @@ pub(super) async fn run(shared: &Shared, work: Work) -> Settled {
                 }
                 // Task 2's unsaved outcomes are saved by the update's own write: until then
                 // the execution stays journaled before task 2.
-                if shared.journaled_states.contains(next.state()) && !deferred {
+                if journaled && !deferred {
                     // Committed with the next state's own store write; nothing waits for it.
                     drop(
                         shared
@@ -146,6 +149,12 @@ pub(super) async fn run(shared: &Shared, work: Work) -> Settled {
                         .journal
                         .stage(&key, position, running(&then, Some(wake_at), started_at));
                 return Settled::Slept { receipt, wake_at };
+            }
+            Step::Succeeded(_) | Step::Failed { .. }
+                if invoker.holds_deferred() && invoker.save_deferred().await.is_err() =>
+            {
+                // An end reached without the update: task 2 runs again, as after a crash.
+                cursor = fallback.clone();
             }
             Step::Succeeded(_) => {
                 let end = JournalEntry::Ended(ExecutionEnd::Succeeded);

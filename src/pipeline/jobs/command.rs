@@ -38,7 +38,7 @@
 //! attempt again). A finished job is remembered for [`CommandOptions::retention`] (one hour by
 //! default) so that a repeated poll or submit of the same attempt sees its result.
 //!
-//! `examples/task.py` is a complete command in a dozen lines.
+//! `examples/task.py` is a complete command in ten lines.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
