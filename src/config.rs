@@ -33,6 +33,9 @@ pub enum Command {
     Items(ItemsArgs),
     /// Cancel a batch.
     Cancel(BatchArgs),
+    /// Inside an AWS Batch job: print the item IDs the job works on, read from the stack's
+    /// tables (for chunks whose IDs do not fit in the job's environment).
+    JobItems(JobItemsArgs),
     /// Measure the embedded engine: N items end to end on a temporary database.
     #[cfg(feature = "bench")]
     Bench(BenchArgs),
@@ -446,6 +449,40 @@ pub struct BatchArgs {
     pub(crate) batch_id: String,
     #[command(flatten)]
     pub(crate) client: ClientArgs,
+}
+
+/// The arguments of `job-items`: what AWS Batch and batch-manager put in a job's environment,
+/// and the stack's tables (set them in the job definition).
+#[derive(Debug, Clone, Args)]
+pub struct JobItemsArgs {
+    /// The job's batch.
+    #[arg(long, env = "BATCH_MANAGER_BATCH_ID")]
+    pub(crate) batch_id: String,
+    /// The job's chunk.
+    #[arg(long, env = "BATCH_MANAGER_CHUNK")]
+    pub(crate) chunk: u64,
+    /// The fingerprint of the items the job was submitted with; the items printed must match.
+    #[arg(long, env = "BATCH_MANAGER_ITEMS_DIGEST")]
+    pub(crate) items_digest: String,
+    /// Print only this item (a child of an array job works on item AWS_BATCH_JOB_ARRAY_INDEX).
+    #[arg(long, env = "AWS_BATCH_JOB_ARRAY_INDEX")]
+    pub(crate) index: Option<usize>,
+    /// Print every item of the job, even in an array job's child.
+    #[arg(long)]
+    pub(crate) all: bool,
+    #[command(flatten)]
+    pub(crate) tables: TableArgs,
+}
+
+/// The stack's DynamoDB tables.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct TableArgs {
+    /// DynamoDB batch table (the stack's BatchTableName output).
+    #[arg(long, env = "BATCH_TABLE")]
+    pub(crate) batch_table: String,
+    /// DynamoDB request table (the stack's RequestTableName output).
+    #[arg(long, env = "REQUEST_TABLE")]
+    pub(crate) request_table: String,
 }
 
 /// The arguments of `items`.

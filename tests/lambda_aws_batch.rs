@@ -377,3 +377,94 @@ async fn run_requests_reach_init_as_rest_and_http_api_events_and_run_as_named_jo
         "{reply}"
     );
 }
+
+/// Runs `batch-manager job-items` as an AWS Batch job would, with `vars` besides moto's.
+fn job_items(stack: &MotoStack, vars: &[(&str, String)]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_batch-manager"));
+    command
+        .arg("job-items")
+        .env_clear()
+        .env("BATCH_TABLE", &stack.batch_table)
+        .env("REQUEST_TABLE", &stack.request_table);
+    for (name, value) in common::moto::aws_env(&stack.endpoint) {
+        command.env(name, value);
+    }
+    for (name, value) in vars {
+        command.env(name, value);
+    }
+    command.output().expect("run batch-manager job-items")
+}
+
+#[tokio::test]
+async fn a_job_reads_the_items_it_was_submitted_with_from_the_stack() {
+    let jobs = JobStack::deploy(common::moto::moto_endpoint().await, "awsb-items").await;
+    jobs.post_seed().await;
+    jobs.functions.task1.invoke(task_event(1)).await.unwrap();
+    let submitted = jobs.functions.task2.invoke(task_event(1)).await.unwrap();
+    let name = submitted["job"]["name"].as_str().unwrap();
+    let job = jobs.queue.jobs(Some(name)).await.remove(0);
+    let detail = jobs.queue.describe(job.job_id().unwrap()).await;
+    let environment: std::collections::HashMap<String, String> = detail
+        .container()
+        .unwrap()
+        .environment()
+        .iter()
+        .map(|pair| {
+            (
+                pair.name().unwrap().to_owned(),
+                pair.value().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let job_vars = |extra: &[(&'static str, &str)]| {
+        let mut vars: Vec<(&str, String)> = [
+            "BATCH_MANAGER_BATCH_ID",
+            "BATCH_MANAGER_CHUNK",
+            "BATCH_MANAGER_ITEMS_DIGEST",
+        ]
+        .into_iter()
+        .map(|name| (name, environment[name].clone()))
+        .collect();
+        vars.extend(extra.iter().map(|(name, value)| (*name, value.to_string())));
+        vars
+    };
+    let batch_id = BatchId::parse(SEED_BATCH_ID).unwrap();
+    let chunk = store(&jobs.stack)
+        .load_chunk(&batch_id, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    let expected: Vec<String> = chunk.items.iter().map(|item| item.to_string()).collect();
+    let inline: Vec<String> = serde_json::from_str(&environment["BATCH_MANAGER_ITEM_IDS"]).unwrap();
+    assert_eq!(inline, expected, "small chunks get their IDs inline too");
+
+    let all = job_items(&jobs.stack, &job_vars(&[]));
+    assert!(all.status.success(), "{all:?}");
+    let printed: Vec<String> = String::from_utf8(all.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(printed, expected);
+
+    let child = job_items(
+        &jobs.stack,
+        &job_vars(&[("AWS_BATCH_JOB_ARRAY_INDEX", "3")]),
+    );
+    assert!(child.status.success(), "{child:?}");
+    assert_eq!(
+        String::from_utf8(child.stdout).unwrap(),
+        format!("{}\n", expected[3])
+    );
+
+    let mut wrong = job_vars(&[]);
+    wrong[2].1 = "0".repeat(64);
+    let refused = job_items(&jobs.stack, &wrong);
+    assert!(!refused.status.success());
+    assert!(refused.stdout.is_empty(), "no list is printed");
+    let message = String::from_utf8(refused.stderr).unwrap();
+    assert!(
+        message.contains("not those the job was submitted with"),
+        "{message}"
+    );
+}

@@ -1,9 +1,13 @@
-//! The command-line clients: `submit`, `status`, `watch`, `items`, `cancel`. Human output by
+//! The command-line clients: `submit`, `status`, `watch`, `items`, `cancel`, and `job-items`
+//! for AWS Batch jobs. Human output by
 //! default, `--json` for scripts. Inputs are parsed into domain values before anything is sent,
 //! and refusals name what the user typed: the flag, or the items file's line.
 
 mod items_file;
+mod job_items;
 mod watch;
+
+pub use self::job_items::job_items;
 
 use std::io::Write;
 use std::time::Duration;

@@ -20,12 +20,12 @@
 //!   and the other variables take at most about 1.5 KiB). A child's item is then
 //!   `ids[int(os.environ.get("AWS_BATCH_JOB_ARRAY_INDEX", "0"))]`.
 //!
-//! A chunk whose IDs do not fit (about 150 UUIDs and more) gets no `BATCH_MANAGER_ITEM_IDS`.
-//! The plan for those: the job reads its items from the batch's store with `batch-manager`
-//! itself, given `BATCH_MANAGER_BATCH_ID`, `BATCH_MANAGER_CHUNK`, `BATCH_MANAGER_TASK` and
-//! `BATCH_MANAGER_ITEMS_DIGEST` (which proves it got the list it was submitted with). That
-//! command is not part of the binary yet; until it is, keep chunks of AWS Batch tasks under the
-//! budget (a batch size of 100 UUIDs fits).
+//! A chunk whose IDs do not fit (about 150 UUIDs and more) gets no `BATCH_MANAGER_ITEM_IDS`:
+//! the job reads its items from the stack's tables with `batch-manager job-items` (the same
+//! binary, in the job's image), which uses `BATCH_MANAGER_BATCH_ID`, `BATCH_MANAGER_CHUNK`,
+//! `BATCH_MANAGER_ITEMS_DIGEST` (proof that it read the list the job was submitted with) and,
+//! in an array job's child, `AWS_BATCH_JOB_ARRAY_INDEX`; the job definition sets `BATCH_TABLE`
+//! and `REQUEST_TABLE`, and its job role may read the request table.
 //!
 //! # What the runner reports
 //!
