@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 
 use crate::domain::with_sources;
 use crate::pipeline::{Intake, IntakeError, RunRequestError};
+use crate::seed::Reply;
 use crate::store::StoreError;
 
 /// The route the old submitter exposed.
@@ -108,22 +109,6 @@ pub(crate) fn parse(body: &[u8]) -> Result<RunRequest, RunRequestFieldError> {
         client_name,
         timestamp,
     })
-}
-
-/// An HTTP answer: status code and JSON body.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Reply {
-    pub status: u16,
-    pub body: Value,
-}
-
-impl Reply {
-    fn message(status: u16, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            body: json!({ "message": message.into() }),
-        }
-    }
 }
 
 /// Handles one request body end to end.

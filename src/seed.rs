@@ -14,7 +14,7 @@ use crate::store::StoreError;
 /// The route the old system exposed.
 pub(crate) const ROUTE: &str = "/stateMachineInit";
 
-/// An HTTP answer: status code and JSON body.
+/// An HTTP answer: status code and JSON body (of this endpoint and of `POST /runrequests`).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Reply {
     pub status: u16,
@@ -22,7 +22,8 @@ pub(crate) struct Reply {
 }
 
 impl Reply {
-    fn message(status: u16, message: impl Into<String>) -> Self {
+    /// `{"message": ...}` with this status.
+    pub(crate) fn message(status: u16, message: impl Into<String>) -> Self {
         Self {
             status,
             body: json!({ "message": message.into() }),

@@ -7,16 +7,7 @@ use common::*;
 use serde_json::{json, Value};
 
 async fn post(test: &TestApp, body: impl Into<reqwest::Body>) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(test.http_url("/stateMachineInit"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .expect("request");
-    let status = response.status().as_u16();
-    let body = response.json::<Value>().await.expect("JSON body");
-    (status, body)
+    post_json_body(test.http_url("/stateMachineInit"), body).await
 }
 
 async fn post_json(test: &TestApp, body: &Value) -> (u16, Value) {

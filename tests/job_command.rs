@@ -3,6 +3,9 @@
 //! own; the shipped `examples/task.py`; and a server killed outright (this test binary started
 //! again as a child process).
 
+mod common;
+
+use common::process::is_running;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -255,17 +258,6 @@ async fn final_state(runner: &CommandRunner, handle: &JobHandle, spec: &JobSpec)
 async fn run_to_end(runner: &CommandRunner, spec: &JobSpec) -> JobState {
     let handle = runner.submit(spec).await.expect("submit");
     final_state(runner, &handle, spec).await
-}
-
-/// Whether the process runs (a zombie, dead but not yet reaped, does not).
-fn is_running(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    !matches!(state, Some("Z" | "X") | None)
 }
 
 async fn wait_until_gone(pid: i32) {

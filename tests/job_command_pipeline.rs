@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use batch_manager::domain::BatchId;
 use batch_manager::grpc::pb;
 use batch_manager::pipeline::jobs::{job_name, TaskName};
-use common::process::{Launch, ServerProcess};
+use common::process::{is_running, Launch, ServerProcess};
 use common::*;
 use serde_json::{json, Value};
 
@@ -193,17 +193,6 @@ async fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
         assert!(Instant::now() < deadline, "gave up waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Whether the process runs (a zombie, dead but not yet reaped, does not).
-fn is_running(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    !matches!(state, Some("Z" | "X") | None)
 }
 
 fn strings(raw: &[&str]) -> Vec<String> {
@@ -561,16 +550,7 @@ async fn a_server_killed_while_commands_run_reruns_them_after_a_restart() {
 }
 
 async fn post_run_request(server: &ServerProcess, body: impl Into<reqwest::Body>) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("http://{}/runrequests", server.http_addr))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .expect("request");
-    let status = response.status().as_u16();
-    let body = response.json::<Value>().await.expect("JSON body");
-    (status, body)
+    post_json_body(format!("http://{}/runrequests", server.http_addr), body).await
 }
 
 fn old_submitters_body() -> Value {

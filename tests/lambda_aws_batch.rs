@@ -17,7 +17,7 @@ use batch_manager::pipeline::jobs::{job_name, JobRunner, JobSpec, RunLabels, Tas
 use batch_manager::store::dynamo::{DynamoStore, DynamoTables};
 use batch_manager::store::{BatchStore, ItemQuery, JobStore};
 use common::aws_batch::BatchQueue;
-use common::lambda::{play_all_executions, ChunkFunctions, FunctionError, MotoStack};
+use common::lambda::{fixture, http_reply, play_all_executions, ChunkFunctions, MotoStack};
 use common::moto::start_moto_server;
 use serde_json::{json, Value};
 use tokio::sync::OnceCell;
@@ -32,20 +32,6 @@ async fn failing_moto_endpoint() -> String {
         .get_or_init(|| start_moto_server(&[("MOTO_SIMPLE_BATCH_FAIL_AFTER", "0")]))
         .await
         .clone()
-}
-
-fn fixture(name: &str) -> Value {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{path}: {err}"));
-    serde_json::from_str(&text).unwrap_or_else(|err| panic!("{path}: {err}"))
-}
-
-fn http_reply(response: Result<Value, FunctionError>) -> (u64, Value) {
-    let response = response.expect("init answers API Gateway events");
-    let status = response["statusCode"].as_u64().expect("statusCode");
-    let body = serde_json::from_str(response["body"].as_str().expect("body is text"))
-        .expect("body is JSON");
-    (status, body)
 }
 
 fn store(stack: &MotoStack) -> DynamoStore {

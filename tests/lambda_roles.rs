@@ -19,34 +19,19 @@ use batch_manager::pipeline::tasks::NOT_A_UUID;
 use batch_manager::store::dynamo::{DynamoStore, DynamoTables};
 use batch_manager::store::{BatchStore, ItemQuery};
 use common::lambda::{
-    definition_substitutions, function_arn, play_all_executions, ChunkFunctions, FunctionError,
-    LambdaFunction, MotoStack, START_DEADLINE,
+    definition_substitutions, fixture, function_arn, http_reply, play_all_executions,
+    ChunkFunctions, FunctionError, LambdaFunction, MotoStack, START_DEADLINE,
 };
 use serde_json::{json, Value};
 
 const SEED_BATCH_ID: &str = "4b4dc5c6-fbd9-493d-98ff-c459c378f45d";
 const ROLE_NAMES: &str = "init, task1, task2, update";
 
-fn fixture(name: &str) -> Value {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{path}: {err}"));
-    serde_json::from_str(&text).unwrap_or_else(|err| panic!("{path}: {err}"))
-}
-
 /// An API Gateway event carrying `body` as its (plain text) body.
 fn with_body(mut event: Value, body: &Value) -> Value {
     event["body"] = Value::String(body.to_string());
     event["isBase64Encoded"] = Value::Bool(false);
     event
-}
-
-/// Status and parsed JSON body of an API Gateway proxy response.
-fn http_reply(response: Result<Value, FunctionError>) -> (u64, Value) {
-    let response = response.expect("init answers API Gateway events");
-    let status = response["statusCode"].as_u64().expect("statusCode");
-    let body = serde_json::from_str(response["body"].as_str().expect("body is text"))
-        .expect("body is JSON");
-    (status, body)
 }
 
 fn store(stack: &MotoStack) -> DynamoStore {

@@ -5,6 +5,7 @@
 pub(crate) mod framing;
 pub(crate) mod guard;
 
+use std::future::Future;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -71,41 +72,35 @@ pub(crate) fn router(intake: Intake, settings: HttpSettings) -> Router {
 }
 
 async fn state_machine_init(State(endpoint): State<Endpoint>, request: Request) -> Response {
-    let body = match read_body(request.into_body(), endpoint.body_timeout).await {
-        Ok(body) => body,
-        Err(refusal) => return refusal,
-    };
-    // On a task of its own, so that a request whose client goes away half-way still starts
-    // the chunks it stored.
-    let intake = endpoint.intake;
-    let handling = tokio::spawn(async move { seed::handle(&intake, &body).await });
-    let reply = match handling.await {
-        Ok(reply) => reply,
-        Err(err) => {
-            let request_id = uuid::Uuid::new_v4();
-            tracing::error!(%request_id, error = %err, "seed request failed");
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("internal error (request id {request_id})"),
-            );
-        }
-    };
-    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, Json(reply.body)).into_response()
+    answer(endpoint, request, |intake, body| async move {
+        seed::handle(&intake, &body).await
+    })
+    .await
 }
 
 async fn run_requests(State(endpoint): State<Endpoint>, request: Request) -> Response {
+    answer(endpoint, request, |intake, body| async move {
+        run_request::handle(&intake, &body).await
+    })
+    .await
+}
+
+/// Reads the body and answers with what `handle` replies. The handler runs on a task of its
+/// own, so that a request whose client goes away half-way still starts the chunks it stored.
+async fn answer<F, Fut>(endpoint: Endpoint, request: Request, handle: F) -> Response
+where
+    F: FnOnce(Intake, Bytes) -> Fut,
+    Fut: Future<Output = seed::Reply> + Send + 'static,
+{
     let body = match read_body(request.into_body(), endpoint.body_timeout).await {
         Ok(body) => body,
         Err(refusal) => return refusal,
     };
-    let intake = endpoint.intake;
-    let handling = tokio::spawn(async move { run_request::handle(&intake, &body).await });
-    let reply = match handling.await {
+    let reply = match tokio::spawn(handle(endpoint.intake, body)).await {
         Ok(reply) => reply,
         Err(err) => {
             let request_id = uuid::Uuid::new_v4();
-            tracing::error!(%request_id, error = %err, "run request failed");
+            tracing::error!(%request_id, error = %err, "request failed");
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("internal error (request id {request_id})"),

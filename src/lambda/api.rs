@@ -42,15 +42,13 @@ pub(crate) async fn respond(intake: &Intake, request: Request) -> Response<Body>
             .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
         return response;
     }
-    let (status, body) = if path == run_request::ROUTE {
-        let reply = run_request::handle(intake, request.body().as_ref()).await;
-        (reply.status, reply.body)
+    let reply = if path == run_request::ROUTE {
+        run_request::handle(intake, request.body().as_ref()).await
     } else {
-        let reply = seed::handle(intake, request.body().as_ref()).await;
-        (reply.status, reply.body)
+        seed::handle(intake, request.body().as_ref()).await
     };
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_response(status, &body)
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(status, &reply.body)
 }
 
 /// The request's path without the stage prefix API Gateway may deliver it with, and without a

@@ -578,3 +578,19 @@ pub(crate) async fn play_all_executions(
     }
     ends
 }
+
+/// A JSON fixture of `tests/fixtures/`.
+pub(crate) fn fixture(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{path}: {err}"));
+    serde_json::from_str(&text).unwrap_or_else(|err| panic!("{path}: {err}"))
+}
+
+/// Status and parsed JSON body of an API Gateway proxy response.
+pub(crate) fn http_reply(response: Result<Value, FunctionError>) -> (u64, Value) {
+    let response = response.expect("init answers API Gateway events");
+    let status = response["statusCode"].as_u64().expect("statusCode");
+    let body = serde_json::from_str(response["body"].as_str().expect("body is text"))
+        .expect("body is JSON");
+    (status, body)
+}

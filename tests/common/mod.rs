@@ -267,3 +267,23 @@ pub(crate) fn database_fingerprint(db: &Path) -> String {
     }
     fingerprint
 }
+
+/// POSTs `body` as JSON to `url`; the answer's status and JSON body.
+pub(crate) async fn post_json_body(
+    url: String,
+    body: impl Into<reqwest::Body>,
+) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    let body = response
+        .json::<serde_json::Value>()
+        .await
+        .expect("JSON body");
+    (status, body)
+}

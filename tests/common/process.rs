@@ -155,3 +155,14 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Whether the process runs (a zombie, dead but not yet reaped, does not).
+pub(crate) fn is_running(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
+}
