@@ -14,7 +14,7 @@ use batch_manager::engine::local::asl::Step;
 use batch_manager::grpc::pb;
 use batch_manager::pipeline::jobs::aws_batch::{AwsBatchRunner, AwsBatchSettings};
 use batch_manager::pipeline::jobs::{job_name, JobRunner, JobSpec, RunLabels, TaskName};
-use batch_manager::store::dynamo::{DynamoStore, DynamoTables};
+use batch_manager::store::dynamo::DynamoTables;
 use batch_manager::store::{BatchStore, ItemQuery, JobStore};
 use common::aws_batch::BatchQueue;
 use common::lambda::{fixture, http_reply, play_all_executions, ChunkFunctions, MotoStack};
@@ -32,16 +32,6 @@ async fn failing_moto_endpoint() -> String {
         .get_or_init(|| start_moto_server(&[("MOTO_SIMPLE_BATCH_FAIL_AFTER", "0")]))
         .await
         .clone()
-}
-
-fn store(stack: &MotoStack) -> DynamoStore {
-    DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&stack.sdk_config),
-        DynamoTables {
-            batch_table: stack.batch_table.clone(),
-            request_table: stack.request_table.clone(),
-        },
-    )
 }
 
 /// Task 2's AWS Batch settings, as the stack template passes them to the functions.
@@ -87,7 +77,8 @@ impl JobStack {
     }
 
     async fn batch(&self, batch_id: &BatchId) -> batch_manager::domain::Batch {
-        store(&self.stack)
+        self.stack
+            .store()
             .get_batch(batch_id)
             .await
             .unwrap()
@@ -95,7 +86,8 @@ impl JobStack {
     }
 
     async fn items(&self, batch_id: &BatchId) -> Vec<batch_manager::domain::ItemRecord> {
-        store(&self.stack)
+        self.stack
+            .store()
             .list_items(&ItemQuery {
                 batch_id: batch_id.clone(),
                 status: None,
@@ -202,7 +194,7 @@ async fn a_submit_cut_short_after_the_job_started_finds_it_by_its_name() {
     jobs.post_seed().await;
     jobs.functions.task1.invoke(task_event(1)).await.unwrap();
     let batch_id = BatchId::parse(SEED_BATCH_ID).unwrap();
-    let store = store(&jobs.stack);
+    let store = jobs.stack.store();
     let chunk = store.load_chunk(&batch_id, 1).await.unwrap().unwrap();
 
     // A step that recorded its submission and started the job, then died before recording
@@ -415,7 +407,9 @@ async fn a_job_reads_the_items_it_was_submitted_with_from_the_stack() {
         vars
     };
     let batch_id = BatchId::parse(SEED_BATCH_ID).unwrap();
-    let chunk = store(&jobs.stack)
+    let chunk = jobs
+        .stack
+        .store()
         .load_chunk(&batch_id, 1)
         .await
         .unwrap()

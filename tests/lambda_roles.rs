@@ -16,7 +16,6 @@ use batch_manager::engine::local::asl::{
 use batch_manager::engine::stepfunctions::execution_name;
 use batch_manager::engine::STATE_MACHINE_DEFINITION;
 use batch_manager::pipeline::tasks::NOT_A_UUID;
-use batch_manager::store::dynamo::{DynamoStore, DynamoTables};
 use batch_manager::store::{BatchStore, ItemQuery};
 use common::lambda::{
     definition_substitutions, fixture, function_arn, http_reply, play_all_executions,
@@ -32,16 +31,6 @@ fn with_body(mut event: Value, body: &Value) -> Value {
     event["body"] = Value::String(body.to_string());
     event["isBase64Encoded"] = Value::Bool(false);
     event
-}
-
-fn store(stack: &MotoStack) -> DynamoStore {
-    DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&stack.sdk_config),
-        DynamoTables {
-            batch_table: stack.batch_table.clone(),
-            request_table: stack.request_table.clone(),
-        },
-    )
 }
 
 /// Environment with no stack behind it, for functions that must fail or answer before any
@@ -183,7 +172,7 @@ async fn a_malformed_seed_body_is_400_naming_the_field_and_writes_nothing() {
     }
     assert!(stack.executions().await.is_empty());
     let seed_batch = BatchId::parse(SEED_BATCH_ID).unwrap();
-    assert_eq!(store(&stack).get_batch(&seed_batch).await.unwrap(), None);
+    assert_eq!(stack.store().get_batch(&seed_batch).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -253,7 +242,8 @@ async fn init_answers_rest_and_http_api_events_and_starts_each_chunk_once() {
     }
     assert_eq!(stack.executions().await, sorted);
 
-    let batch = store(&stack)
+    let batch = stack
+        .store()
         .get_batch(&batch_id)
         .await
         .unwrap()
@@ -311,7 +301,7 @@ async fn the_seed_example_runs_through_all_four_roles_to_exact_counts() {
     }
 
     let batch_id = BatchId::parse(SEED_BATCH_ID).unwrap();
-    let store = store(&stack);
+    let store = stack.store();
     let batch = store.get_batch(&batch_id).await.unwrap().expect("batch");
     assert_eq!(batch.status, BatchStatus::Completed, "{batch:?}");
     assert_eq!(batch.succeeded_items, 10);
@@ -357,7 +347,7 @@ async fn a_mixed_batch_ends_with_exact_failed_and_succeeded_counts() {
     );
 
     let batch_id = BatchId::parse("mixed-batch").unwrap();
-    let store = store(&stack);
+    let store = stack.store();
     let batch = store.get_batch(&batch_id).await.unwrap().expect("batch");
     assert_eq!(
         batch.status,

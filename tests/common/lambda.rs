@@ -459,6 +459,17 @@ impl MotoStack {
         function
     }
 
+    /// The store on this stack's tables.
+    pub(crate) fn store(&self) -> batch_manager::store::dynamo::DynamoStore {
+        batch_manager::store::dynamo::DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(&self.sdk_config),
+            batch_manager::store::dynamo::DynamoTables {
+                batch_table: self.batch_table.clone(),
+                request_table: self.request_table.clone(),
+            },
+        )
+    }
+
     pub(crate) fn sfn(&self) -> aws_sdk_sfn::Client {
         aws_sdk_sfn::Client::new(&self.sdk_config)
     }
