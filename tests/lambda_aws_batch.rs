@@ -24,6 +24,10 @@ use tokio::sync::OnceCell;
 
 const SEED_BATCH_ID: &str = "4b4dc5c6-fbd9-493d-98ff-c459c378f45d";
 
+/// Held while a test sets process environment for a server it starts in this process (the
+/// functions run with a cleared environment of their own).
+static PROCESS_ENV: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A moto server whose AWS Batch jobs all fail.
 static FAILING_MOTO: OnceCell<String> = OnceCell::const_new();
 
@@ -250,6 +254,7 @@ async fn cancel_from_the_admin_service_terminates_the_batchs_running_jobs() {
     // `serve --backend aws` next to the stack, with task 2's queue in its environment as an
     // operator would run it. The functions run with a cleared environment, so setting it
     // here reaches this process only.
+    let env_lock = PROCESS_ENV.lock().await;
     for (name, value) in task2_jobs_env(&jobs.queue) {
         std::env::set_var(name, value);
     }
@@ -272,6 +277,7 @@ async fn cancel_from_the_admin_service_terminates_the_batchs_running_jobs() {
     )
     .await
     .expect("the server starts");
+    drop(env_lock);
     let mut client = common::connect(app.grpc_addr).await;
     client
         .cancel_batch(pb::CancelBatchRequest {
@@ -447,4 +453,40 @@ async fn a_job_reads_the_items_it_was_submitted_with_from_the_stack() {
         message.contains("not those the job was submitted with"),
         "{message}"
     );
+}
+
+#[tokio::test]
+async fn serve_runs_task_2_as_aws_batch_jobs_on_its_embedded_engine() {
+    let endpoint = common::moto::moto_endpoint().await;
+    let queue = BatchQueue::create(&endpoint).await;
+    let env_lock = PROCESS_ENV.lock().await;
+    // As a user runs it: `serve` with AWS credentials and task 2's queue in its environment.
+    for (name, value) in common::moto::aws_env(&endpoint)
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .chain(task2_jobs_env(&queue))
+    {
+        std::env::set_var(name, value);
+    }
+    let mut app = common::spawn_app_with_jobs(batch_manager::app::JobConfig {
+        first_poll_interval: std::time::Duration::from_secs(1),
+        ..batch_manager::app::JobConfig::default()
+    })
+    .await;
+    drop(env_lock);
+
+    let ids = common::uuids(10);
+    app.client
+        .submit_batch(common::submit_request("served-jobs", ids, 5))
+        .await
+        .expect("SubmitBatch");
+    let batch = app.wait_terminal("served-jobs").await;
+    assert_eq!(batch.status(), pb::BatchStatus::Completed, "{batch:?}");
+    assert_eq!(batch.succeeded_items, 10);
+    let batch_id = BatchId::parse("served-jobs").unwrap();
+    for chunk in 0..2 {
+        let name = job_name(&batch_id, chunk, 0, TaskName::Task2);
+        assert_eq!(queue.jobs(Some(&name)).await.len(), 1, "{name}");
+    }
+    assert_eq!(queue.jobs(None).await.len(), 2);
 }

@@ -122,14 +122,7 @@ async fn the_shipped_definition_runs_the_happy_path() {
     assert!(run.sleeps.is_empty());
     assert_eq!(
         run.visited,
-        [
-            "Task1",
-            "Task1JobStarted",
-            "ChunkStillActive",
-            "Task2",
-            "Task2JobStarted",
-            "RecordChunk"
-        ]
+        ["Task1", "AfterTask1", "Task2", "AfterTask2", "RecordChunk"]
     );
     let expected_task_input = json!({ "batchId": "batch-7", "chunk": 3, "attempt": 0 });
     assert_eq!(
@@ -153,15 +146,7 @@ async fn the_shipped_definition_skips_a_cancelled_chunk() {
         other => panic!("{other} must not run for a cancelled chunk"),
     });
     let run = run_to_end(&machine, &tasks).await;
-    assert_eq!(
-        run.visited,
-        [
-            "Task1",
-            "Task1JobStarted",
-            "ChunkStillActive",
-            "ChunkSkipped"
-        ]
-    );
+    assert_eq!(run.visited, ["Task1", "AfterTask1", "ChunkSkipped"]);
     assert_eq!(run.end, Step::Succeeded(json!({ "skipped": true })));
 }
 
@@ -255,18 +240,18 @@ async fn the_shipped_definition_waits_and_polls_an_external_job_until_it_ends() 
     assert_eq!(run.end, Step::Succeeded(json!({ "recorded": true })));
     assert_eq!(run.sleeps, [5, 10].map(Duration::from_secs));
     assert_eq!(
-        run.visited[3..],
+        run.visited[2..],
         [
             "Task2",
-            "Task2JobStarted",
+            "AfterTask2",
             "Task2JobStatus",
             "Task2JobWait",
             "Task2JobPoll",
-            "Task2JobStarted",
+            "AfterTask2",
             "Task2JobStatus",
             "Task2JobWait",
             "Task2JobPoll",
-            "Task2JobStarted",
+            "AfterTask2",
             "RecordChunk"
         ]
     );
@@ -343,12 +328,12 @@ async fn the_shipped_definition_polls_task_1_jobs_the_same_way() {
         run.visited[..7],
         [
             "Task1",
-            "Task1JobStarted",
+            "AfterTask1",
             "Task1JobStatus",
             "Task1JobWait",
             "Task1JobPoll",
-            "Task1JobStarted",
-            "ChunkStillActive"
+            "AfterTask1",
+            "Task2"
         ]
     );
 }
