@@ -645,12 +645,11 @@ async fn the_example_task_command_keeps_the_contract() {
         ProcessSlots::new(1),
         CommandOptions::default(),
     );
-    let uuid = uuid::Uuid::new_v4().to_string();
-    let spec = spec(&[&uuid, "not a uuid"], 0);
+    let spec = spec(&["order-1", "order-10", "order-11"], 0);
     assert_eq!(
         run_to_end(&runner, &spec).await,
         JobState::Succeeded {
-            item_failures: vec![failure("not a uuid", "not a UUID (chunk 3)")]
+            item_failures: vec![failure("order-10", "rejected by my_task.py in chunk 3")]
         }
     );
 }
