@@ -296,6 +296,19 @@ async fn cancel_from_the_admin_service_terminates_the_batchs_running_jobs() {
     let poll = json!({ "batchId": SEED_BATCH_ID, "chunk": 0, "job": submitted["job"] });
     let error = jobs.functions.task2.invoke(poll).await.unwrap_err();
     assert_eq!(error.error_type, "BatchManager.BatchCancelled");
+    // The definition's Catch hands that error to the update, which records the chunk.
+    let update = json!({
+        "batchId": SEED_BATCH_ID, "chunk": 0,
+        "failure": { "Error": error.error_type, "Cause": error.error_message }
+    });
+    jobs.functions.update.invoke(update).await.unwrap();
+    let batch = jobs.batch(&BatchId::parse(SEED_BATCH_ID).unwrap()).await;
+    assert_eq!(batch.status, BatchStatus::Cancelled, "{batch:?}");
+    assert_eq!(
+        (batch.failed_items, batch.cancelled_items),
+        (0, 10),
+        "the stopped job's items and the unstarted chunk's end cancelled"
+    );
     app.shutdown().await.unwrap();
 }
 

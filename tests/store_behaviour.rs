@@ -330,6 +330,85 @@ async fn task_2_outcomes_saved_with_the_count_are_counted_once_and_kept_when_rep
     );
 }
 
+async fn a_started_chunk_whose_job_a_cancel_stopped_counts_its_unfinished_items_cancelled_once(
+    store: Arc<dyn BatchStore>,
+) {
+    created_chunks(
+        store
+            .append_part(&part("j", 6, 3, 1, &["a", "b", "c", "d", "e", "f"]))
+            .await
+            .unwrap(),
+    );
+    store.claim_chunk(&id("j"), 0).await.unwrap();
+    // Task 1 failed one item before task 2's job was stopped.
+    store
+        .save_outcomes(&id("j"), 0, &[(1, ItemOutcome::Failed("bad".into()))], 1)
+        .await
+        .unwrap();
+    let CancelOutcome::Cancelled(cancelled) = store.cancel_batch(&id("j")).await.unwrap() else {
+        panic!("not cancelled");
+    };
+    assert_eq!(cancelled.cancelled_items, 3, "the chunk never started");
+
+    let RecordOutcome::Recorded(batch) = store.record_chunk_cancelled(&id("j"), 0).await.unwrap()
+    else {
+        panic!("not recorded");
+    };
+    assert_eq!(batch.status, BatchStatus::Cancelled);
+    assert_eq!(
+        (
+            batch.succeeded_items,
+            batch.failed_items,
+            batch.cancelled_items
+        ),
+        (0, 1, 5)
+    );
+    assert_eq!(batch.pending_items(), 0);
+    // Replayed, or recorded again by a late update: nothing moves.
+    let RecordOutcome::AlreadyRecorded(again) =
+        store.record_chunk_cancelled(&id("j"), 0).await.unwrap()
+    else {
+        panic!("recorded twice");
+    };
+    assert_eq!(again.cancelled_items, 5);
+    assert!(matches!(
+        store.record_chunk(&id("j"), 0, Some("late")).await.unwrap(),
+        RecordOutcome::AlreadyRecorded(_)
+    ));
+
+    let statuses: Vec<(String, ItemStatus)> = first_page_of_items(&*store, "j")
+        .await
+        .into_iter()
+        .map(|item| (item.item_id.to_string(), item.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("a".to_owned(), ItemStatus::Cancelled),
+            ("b".to_owned(), ItemStatus::Failed),
+            ("c".to_owned(), ItemStatus::Cancelled),
+            ("d".to_owned(), ItemStatus::Cancelled),
+            ("e".to_owned(), ItemStatus::Cancelled),
+            ("f".to_owned(), ItemStatus::Cancelled),
+        ]
+    );
+    let cancelled_listing = store
+        .list_items(&ItemQuery {
+            batch_id: id("j"),
+            status: Some(ItemStatus::Cancelled),
+            page_size: 10,
+            page_token: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        cancelled_listing.entries.len(),
+        5,
+        "the filter finds them too"
+    );
+    assert_eq!(cancelled_listing.next_page_token, None);
+}
+
 async fn cancelling_skips_unstarted_chunks_and_ends_when_running_ones_are_recorded(
     store: Arc<dyn BatchStore>,
 ) {
@@ -1020,6 +1099,7 @@ both_backends!(
     recording_with_a_failure_fails_the_items_still_pending,
     task_2_outcomes_saved_with_the_count_are_counted_once_and_kept_when_replayed,
     cancelling_skips_unstarted_chunks_and_ends_when_running_ones_are_recorded,
+    a_started_chunk_whose_job_a_cancel_stopped_counts_its_unfinished_items_cancelled_once,
     cancelling_a_batch_waiting_for_parts_cancels_the_items_never_sent,
     items_page_in_order_and_filter_by_status,
     batches_list_newest_first_by_status_in_pages,

@@ -36,7 +36,8 @@ use crate::store::{BatchStore, Chunk, JobWrite, StoreError};
 pub(crate) const JOB_TIMED_OUT: &str = "BatchManager.JobTimedOut";
 /// Error name of a chunk whose job was stopped because its batch was cancelled.
 pub(crate) const BATCH_CANCELLED: &str = "BatchManager.BatchCancelled";
-/// The message the items of a chunk whose job was stopped by a cancel fail with.
+/// The reason a job stopped by a cancel is given, and the cause of `BatchManager.BatchCancelled`
+/// (the chunk's unfinished items then end CANCELLED).
 pub(crate) const CANCELLED_MESSAGE: &str = "the batch was cancelled while its job ran";
 /// The default deadline of one attempt's job (`serve --task-timeout`).
 pub const DEFAULT_JOB_DEADLINE: Duration = Duration::from_secs(3600);

@@ -402,6 +402,16 @@ impl Steps {
                 kept.deferred = None;
                 outcome
             }
+            // A job stopped by a cancel leaves its items cancelled, not failed.
+            _ if event
+                .failure
+                .as_ref()
+                .is_some_and(|caught| caught.error == BATCH_CANCELLED) =>
+            {
+                self.store
+                    .record_chunk_cancelled(&batch_id, event.chunk)
+                    .await?
+            }
             _ => {
                 self.store
                     .record_chunk(&batch_id, event.chunk, failure.as_deref())

@@ -4,12 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use super::{BadPageToken, Chunk, ChunkStage, ItemQuery, ItemState, Page, StoreError};
+use super::{BadPageToken, Chunk, ChunkStage, ItemQuery, ItemState, Page, StoreError, Unfinished};
 use crate::domain::{BatchId, ItemId, ItemOutcome, ItemRecord, ItemStatus};
 
 pub(crate) const PENDING: u8 = b'P';
 pub(crate) const SUCCEEDED: u8 = b'S';
 pub(crate) const FAILED: u8 = b'F';
+/// An item of a started chunk whose job a cancel stopped.
+pub(crate) const CANCELLED: u8 = b'C';
 
 /// The largest chunk number a batch can hold (SQLite stores it as a signed 64-bit integer).
 pub(crate) const MAX_CHUNK: u64 = i64::MAX as u64;
@@ -84,6 +86,7 @@ impl ChunkOutcomes {
                     .cloned()
                     .unwrap_or_else(|| NO_OUTCOME_MESSAGE.to_owned()),
             ),
+            Some(&CANCELLED) => ItemState::Cancelled,
             _ => ItemState::Pending,
         }
     }
@@ -113,12 +116,20 @@ impl ChunkOutcomes {
         }
     }
 
-    /// Fails every pending item with `message` and marks the chunk recorded.
-    pub(crate) fn settle(&mut self, message: &str) {
-        let failure = ItemOutcome::Failed(message.to_owned());
+    /// Ends every pending item as `unfinished` says and marks the chunk recorded.
+    pub(crate) fn settle(&mut self, unfinished: Unfinished<'_>) {
+        let failure = match unfinished {
+            Unfinished::Failed(message) => Some(ItemOutcome::Failed(
+                message.unwrap_or(NO_OUTCOME_MESSAGE).to_owned(),
+            )),
+            Unfinished::Cancelled => None,
+        };
         for position in 0..self.states.len() {
             if self.states[position] == PENDING {
-                self.apply(position, &failure);
+                match &failure {
+                    Some(failure) => self.apply(position, failure),
+                    None => self.states[position] = CANCELLED,
+                }
             }
         }
         self.stage = ChunkStage::Recorded;
@@ -126,6 +137,12 @@ impl ChunkOutcomes {
 
     pub(crate) fn count(&self, letter: u8) -> u64 {
         self.states.iter().filter(|&&state| state == letter).count() as u64
+    }
+
+    /// Items that ended other than succeeded (failed or cancelled): what the stored
+    /// `failed_count` holds, so that listings by status can pass over chunks without them.
+    pub(crate) fn count_not_succeeded(&self) -> u64 {
+        self.count(FAILED) + self.count(CANCELLED)
     }
 
     pub(crate) fn into_chunk(self, batch_id: BatchId, index: u64, item_ids: &str) -> Chunk {
@@ -219,7 +236,10 @@ impl<'a> ItemPager<'a> {
             }
             Some(ItemStatus::Failed) => stage == ChunkStage::Recorded && failed_count > 0,
             Some(ItemStatus::Pending) => matches!(stage, ChunkStage::Pending | ChunkStage::Started),
-            Some(ItemStatus::Cancelled) => stage == ChunkStage::Cancelled,
+            Some(ItemStatus::Cancelled) => {
+                stage == ChunkStage::Cancelled
+                    || (stage == ChunkStage::Recorded && failed_count > 0)
+            }
         }
     }
 
@@ -410,7 +430,7 @@ mod tests {
     fn settling_fails_the_items_still_pending_and_records_the_chunk() {
         let mut outcomes = ChunkOutcomes::new(3);
         outcomes.apply(0, &ItemOutcome::Succeeded);
-        outcomes.settle("service down");
+        outcomes.settle(Unfinished::Failed(Some("service down")));
         assert_eq!(outcomes.stage, ChunkStage::Recorded);
         assert_eq!(outcomes.states_text(), "SFF");
         assert_eq!((outcomes.count(SUCCEEDED), outcomes.count(FAILED)), (1, 2));

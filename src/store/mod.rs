@@ -185,6 +185,15 @@ pub enum RecordOutcome {
     NotFound,
 }
 
+/// How the items still pending end when their chunk is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unfinished<'a> {
+    /// They fail with this message (a task's error), or a generic one.
+    Failed(Option<&'a str>),
+    /// They are cancelled: the chunk's job was stopped by a cancel.
+    Cancelled,
+}
+
 /// A page of results and the token of the next page (None on the last one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page<T> {
@@ -281,6 +290,14 @@ pub trait BatchStore: JobStore {
         batch_id: &BatchId,
         chunk: u64,
         failure: Option<&str>,
+    ) -> Result<RecordOutcome, StoreError>;
+
+    /// Counts a started chunk whose job a cancel stopped, once: its items still pending end
+    /// CANCELLED (in the batch's cancelled count). Otherwise as [`Self::record_chunk`].
+    async fn record_chunk_cancelled(
+        &self,
+        batch_id: &BatchId,
+        chunk: u64,
     ) -> Result<RecordOutcome, StoreError>;
 
     /// Saves task 2's outcomes and counts the chunk, as [`Self::save_outcomes`] then

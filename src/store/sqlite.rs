@@ -28,7 +28,7 @@ use super::id_hashes::{self, PartIndex};
 use super::rules::{self, judge_part, CancelRequest, PartVerdict, Progress};
 use super::{
     AppendOutcome, BadPageToken, BatchQuery, BatchStore, CancelOutcome, Chunk, ChunkClaim,
-    ChunkStage, ItemQuery, ListError, Page, RecordOutcome, StoreError,
+    ChunkStage, ItemQuery, ListError, Page, RecordOutcome, StoreError, Unfinished,
 };
 use crate::domain::{Batch, BatchId, BatchStatus, ItemOutcome, ItemRecord, NewPart, Timestamp};
 
@@ -767,7 +767,20 @@ impl BatchStore for SqliteStore {
         let batch_id = batch_id.clone();
         let failure = failure.map(str::to_owned);
         self.write(move |conn| {
-            chunks::record_chunk(conn, batch_id.as_str(), chunk, failure.as_deref())
+            let unfinished = Unfinished::Failed(failure.as_deref());
+            chunks::record_chunk(conn, batch_id.as_str(), chunk, unfinished)
+        })
+        .await
+    }
+
+    async fn record_chunk_cancelled(
+        &self,
+        batch_id: &BatchId,
+        chunk: u64,
+    ) -> Result<RecordOutcome, StoreError> {
+        let batch_id = batch_id.clone();
+        self.write(move |conn| {
+            chunks::record_chunk(conn, batch_id.as_str(), chunk, Unfinished::Cancelled)
         })
         .await
     }
@@ -790,7 +803,7 @@ impl BatchStore for SqliteStore {
                 chunk,
                 &outcomes,
                 attempts,
-                failure.as_deref(),
+                Unfinished::Failed(failure.as_deref()),
             )
         })
         .await

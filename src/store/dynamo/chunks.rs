@@ -23,7 +23,7 @@ use super::{contended, DynamoStore, OPTIMISTIC_ATTEMPTS};
 use crate::domain::{BatchId, BatchStatus, ItemOutcome, NewPart, Timestamp};
 use crate::store::codec::{self, ChunkOutcomes};
 use crate::store::rules::{self, Progress};
-use crate::store::{Chunk, ChunkClaim, ChunkStage, RecordOutcome, StoreError};
+use crate::store::{Chunk, ChunkClaim, ChunkStage, RecordOutcome, StoreError, Unfinished};
 
 /// A chunk's state: its state item, or, before one is stored, every item pending.
 #[derive(Debug, Clone)]
@@ -74,7 +74,7 @@ impl ChunkStateRecord {
             (STATES.to_owned(), s(self.outcomes.states_text())),
             (
                 FAILED_COUNT.to_owned(),
-                n(self.outcomes.count(codec::FAILED)),
+                n(self.outcomes.count_not_succeeded()),
             ),
             (ATTEMPTS.to_owned(), n(self.outcomes.attempts)),
             (ITEM_COUNT.to_owned(), n(self.item_count)),
@@ -369,7 +369,7 @@ impl DynamoStore {
         &self,
         batch_id: &BatchId,
         chunk: u64,
-        failure: Option<&str>,
+        unfinished: Unfinished<'_>,
     ) -> Result<RecordOutcome, StoreError> {
         for _ in 0..OPTIMISTIC_ATTEMPTS {
             let Some(mut state) = self.load_state(batch_id, chunk).await? else {
@@ -380,9 +380,7 @@ impl DynamoStore {
                     self.settle(batch_id, Progress::CountersChanged).await?,
                 ));
             }
-            state
-                .outcomes
-                .settle(failure.unwrap_or(codec::NO_OUTCOME_MESSAGE));
+            state.outcomes.settle(unfinished);
             let (item, unchanged, seen) = state.next_item(batch_id, chunk);
             let units = write_units(&item);
             let put_state = Put::builder()
@@ -396,13 +394,17 @@ impl DynamoStore {
                 .set_key(Some(batch_key(batch_id)))
                 .update_expression(format!(
                     "ADD {SUCCEEDED_ITEMS} :succeeded, {FAILED_ITEMS} :failed, \
-                     {COMPLETED_CHUNKS} :one SET {UPDATED_AT} = :now"
+                     {CANCELLED_ITEMS} :cancelled, {COMPLETED_CHUNKS} :one SET {UPDATED_AT} = :now"
                 ))
                 .expression_attribute_values(
                     ":succeeded",
                     n(state.outcomes.count(codec::SUCCEEDED)),
                 )
                 .expression_attribute_values(":failed", n(state.outcomes.count(codec::FAILED)))
+                .expression_attribute_values(
+                    ":cancelled",
+                    n(state.outcomes.count(codec::CANCELLED)),
+                )
                 .expression_attribute_values(":one", n(1))
                 .expression_attribute_values(":now", n(Timestamp::now().0))
                 .build()?;
@@ -506,7 +508,7 @@ mod tests {
     #[test]
     fn a_stored_state_is_used_only_for_its_own_chunk() {
         let mut recorded = ChunkStateRecord::unstored("a");
-        recorded.outcomes.settle("failed");
+        recorded.outcomes.settle(Unfinished::Failed(Some("failed")));
         recorded.version = 4;
         let same = ChunkStateRecord::of_chunk(7, Some((7, recorded.clone())), "a");
         assert_eq!(same.outcomes.stage, ChunkStage::Recorded);

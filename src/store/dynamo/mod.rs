@@ -61,7 +61,7 @@ use aws_sdk_dynamodb::config::retry::RetryConfig;
 
 use super::{
     AppendOutcome, BatchQuery, BatchStore, CancelOutcome, Chunk, ChunkClaim, ItemQuery, ListError,
-    Page, RecordOutcome, StoreError,
+    Page, RecordOutcome, StoreError, Unfinished,
 };
 use crate::domain::{Batch, BatchId, ItemOutcome, ItemRecord, NewPart};
 use writes::Meter;
@@ -187,7 +187,16 @@ impl BatchStore for DynamoStore {
         chunk: u64,
         failure: Option<&str>,
     ) -> Result<RecordOutcome, StoreError> {
-        self.record(batch_id, chunk, failure).await
+        self.record(batch_id, chunk, Unfinished::Failed(failure))
+            .await
+    }
+
+    async fn record_chunk_cancelled(
+        &self,
+        batch_id: &BatchId,
+        chunk: u64,
+    ) -> Result<RecordOutcome, StoreError> {
+        self.record(batch_id, chunk, Unfinished::Cancelled).await
     }
 
     async fn wait_for_change(&self, since: u64, poll: Duration) -> u64 {

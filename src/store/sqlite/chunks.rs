@@ -6,7 +6,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::{load_batch, BatchRow};
 use crate::domain::{BatchId, BatchStatus, ItemOutcome, Timestamp};
 use crate::store::codec::{self, ChunkOutcomes};
-use crate::store::{Chunk, ChunkClaim, ChunkStage, RecordOutcome, StoreError};
+use crate::store::{Chunk, ChunkClaim, ChunkStage, RecordOutcome, StoreError, Unfinished};
 
 /// A chunk row with the seq of its batch.
 struct StoredChunk {
@@ -52,7 +52,7 @@ impl StoredChunk {
             outcomes.stage.as_str(),
             outcomes.states_text(),
             outcomes.errors_json(),
-            outcomes.count(codec::FAILED),
+            outcomes.count_not_succeeded(),
             outcomes.attempts,
         ])?;
         Ok(())
@@ -164,9 +164,9 @@ pub(super) fn record_chunk(
     conn: &Connection,
     batch_id: &str,
     chunk: u64,
-    failure: Option<&str>,
+    unfinished: Unfinished<'_>,
 ) -> Result<RecordOutcome, StoreError> {
-    save_outcomes_and_record(conn, batch_id, chunk, &[], 0, failure)
+    save_outcomes_and_record(conn, batch_id, chunk, &[], 0, unfinished)
 }
 
 /// [`save_outcomes`] and [`record_chunk`] in one read and one write of the chunk.
@@ -176,7 +176,7 @@ pub(super) fn save_outcomes_and_record(
     chunk: u64,
     outcomes: &[(usize, ItemOutcome)],
     attempts: u32,
-    failure: Option<&str>,
+    unfinished: Unfinished<'_>,
 ) -> Result<RecordOutcome, StoreError> {
     let Some(mut batch) = load_batch(conn, batch_id)? else {
         return Ok(RecordOutcome::NotFound);
@@ -191,8 +191,7 @@ pub(super) fn save_outcomes_and_record(
         row.outcomes.apply(*position, outcome);
     }
     row.outcomes.attempts = row.outcomes.attempts.max(attempts);
-    row.outcomes
-        .settle(failure.unwrap_or(codec::NO_OUTCOME_MESSAGE));
+    row.outcomes.settle(unfinished);
     row.write(conn, chunk)?;
     count_chunk(conn, &mut batch, &row.outcomes)?;
     Ok(RecordOutcome::Recorded(batch.batch))
@@ -209,6 +208,7 @@ fn count_chunk(
     let counts = &mut batch.batch;
     counts.succeeded_items += outcomes.count(codec::SUCCEEDED);
     counts.failed_items += outcomes.count(codec::FAILED);
+    counts.cancelled_items += outcomes.count(codec::CANCELLED);
     counts.completed_chunks += 1;
     counts.updated_at = now;
     if !counts.status.is_terminal() {
@@ -225,7 +225,7 @@ fn count_chunk(
     let counts = &batch.batch;
     conn.prepare_cached(
         "UPDATE batches SET status = ?2, succeeded_items = ?3, failed_items = ?4, completed_chunks = ?5, \
-         updated_at = ?6, completed_at = ?7 WHERE seq = ?1",
+         updated_at = ?6, completed_at = ?7, cancelled_items = ?8 WHERE seq = ?1",
     )?
     .execute(params![
         batch.seq,
@@ -235,6 +235,7 @@ fn count_chunk(
         counts.completed_chunks,
         counts.updated_at.0,
         counts.completed_at.map(|t| t.0),
+        counts.cancelled_items,
     ])?;
     Ok(())
 }
