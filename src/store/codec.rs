@@ -427,6 +427,28 @@ mod tests {
     }
 
     #[test]
+    fn settling_as_cancelled_cancels_only_the_items_still_pending() {
+        let mut outcomes = ChunkOutcomes::new(3);
+        outcomes.stage = ChunkStage::Started;
+        outcomes.apply(0, &ItemOutcome::Failed("bad".into()));
+        outcomes.settle(Unfinished::Cancelled);
+        assert_eq!(outcomes.stage, ChunkStage::Recorded);
+        assert_eq!(outcomes.states_text(), "FCC");
+        assert_eq!(outcomes.item_state(1), ItemState::Cancelled);
+        assert_eq!(outcomes.visible_state(2), ItemState::Cancelled);
+        assert_eq!(outcomes.count(CANCELLED), 2);
+        assert_eq!(outcomes.count_not_succeeded(), 3);
+        let decoded = ChunkOutcomes::decode(
+            "RECORDED",
+            outcomes.states_text().to_owned(),
+            outcomes.errors_json().as_deref(),
+            1,
+        )
+        .unwrap();
+        assert_eq!(decoded.item_state(2), ItemState::Cancelled);
+    }
+
+    #[test]
     fn settling_fails_the_items_still_pending_and_records_the_chunk() {
         let mut outcomes = ChunkOutcomes::new(3);
         outcomes.apply(0, &ItemOutcome::Succeeded);
