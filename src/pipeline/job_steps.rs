@@ -279,7 +279,7 @@ fn running_result(processed: usize, progress: JobProgress) -> TaskResult {
         active: true,
         processed,
         failed: 0,
-        job: Some(progress),
+        job: Some(Box::new(progress)),
     }
 }
 
