@@ -23,7 +23,7 @@ use batch_manager::pipeline::steps::{TaskEvent, UpdateEvent};
 use batch_manager::pipeline::{Steps, Tasks};
 use batch_manager::store::dynamo::{DynamoStore, DynamoTables};
 use batch_manager::store::{
-    AppendOutcome, BatchStore, CancelOutcome, ChunkClaim, ItemQuery, RecordOutcome,
+    AppendOutcome, BatchStore, CancelOutcome, ChunkClaim, ItemQuery, RecordOutcome, Unfinished,
 };
 use common::moto;
 use serde_json::{json, Value};
@@ -312,7 +312,10 @@ async fn run_chunk(store: &DynamoStore, batch_id: &BatchId, chunk: u64) {
         .await
         .unwrap();
     assert!(matches!(
-        store.record_chunk(batch_id, chunk, None).await.unwrap(),
+        store
+            .record_chunk(batch_id, chunk, Unfinished::Failed(None))
+            .await
+            .unwrap(),
         RecordOutcome::Recorded(_)
     ));
 }
@@ -367,7 +370,10 @@ async fn a_stalled_part_write_landing_after_its_retry_was_processed_and_cancelle
         panic!("not cancelled");
     };
     assert_eq!(cancelled.cancelled_items, 6);
-    let RecordOutcome::Recorded(ended) = retrying.record_chunk(&batch_id, 2, None).await.unwrap()
+    let RecordOutcome::Recorded(ended) = retrying
+        .record_chunk(&batch_id, 2, Unfinished::Failed(None))
+        .await
+        .unwrap()
     else {
         panic!("chunk 2 not recorded");
     };
@@ -388,7 +394,10 @@ async fn a_stalled_part_write_landing_after_its_retry_was_processed_and_cancelle
             "chunk {chunk}"
         );
         assert!(matches!(
-            stalled.record_chunk(&batch_id, chunk, None).await.unwrap(),
+            stalled
+                .record_chunk(&batch_id, chunk, Unfinished::Failed(None))
+                .await
+                .unwrap(),
             RecordOutcome::AlreadyRecorded(_)
         ));
     }

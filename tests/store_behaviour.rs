@@ -16,7 +16,7 @@ use batch_manager::store::dynamo::{DynamoStore, DynamoTables};
 use batch_manager::store::sqlite::SqliteStore;
 use batch_manager::store::{
     AppendOutcome, BatchQuery, BatchStore, CancelOutcome, ChunkClaim, ItemQuery, ListError,
-    RecordOutcome,
+    RecordOutcome, Unfinished,
 };
 use common::moto;
 
@@ -181,7 +181,12 @@ async fn replayed_and_out_of_order_updates_give_exact_counters_and_one_terminal_
         .flat_map(|&chunk| [chunk, chunk])
         .map(|chunk| {
             let store = Arc::clone(&store);
-            tokio::spawn(async move { store.record_chunk(&id("r"), chunk, None).await.unwrap() })
+            tokio::spawn(async move {
+                store
+                    .record_chunk(&id("r"), chunk, Unfinished::Failed(None))
+                    .await
+                    .unwrap()
+            })
         })
         .collect::<Vec<_>>();
     let mut recorded = 0;
@@ -208,7 +213,10 @@ async fn replayed_and_out_of_order_updates_give_exact_counters_and_one_terminal_
     let completed_at = batch.completed_at.expect("completion time");
 
     assert!(matches!(
-        store.record_chunk(&id("r"), 3, None).await.unwrap(),
+        store
+            .record_chunk(&id("r"), 3, Unfinished::Failed(None))
+            .await
+            .unwrap(),
         RecordOutcome::AlreadyRecorded(_)
     ));
     store
@@ -264,7 +272,7 @@ async fn recording_with_a_failure_fails_the_items_still_pending(store: Arc<dyn B
         .await
         .unwrap();
     let RecordOutcome::Recorded(batch) = store
-        .record_chunk(&id("f"), 0, Some("service down"))
+        .record_chunk(&id("f"), 0, Unfinished::Failed(Some("service down")))
         .await
         .unwrap()
     else {
@@ -297,7 +305,7 @@ async fn task_2_outcomes_saved_with_the_count_are_counted_once_and_kept_when_rep
         (2, ItemOutcome::Succeeded),
     ];
     let RecordOutcome::Recorded(batch) = store
-        .save_outcomes_and_record(&id("s"), 0, &outcomes, 2, None)
+        .save_outcomes_and_record(&id("s"), 0, &outcomes, 2, Unfinished::Failed(None))
         .await
         .unwrap()
     else {
@@ -308,7 +316,7 @@ async fn task_2_outcomes_saved_with_the_count_are_counted_once_and_kept_when_rep
 
     let replayed = [(1, ItemOutcome::Succeeded)];
     let RecordOutcome::AlreadyRecorded(batch) = store
-        .save_outcomes_and_record(&id("s"), 0, &replayed, 3, None)
+        .save_outcomes_and_record(&id("s"), 0, &replayed, 3, Unfinished::Failed(None))
         .await
         .unwrap()
     else {
@@ -350,7 +358,10 @@ async fn a_started_chunk_whose_job_a_cancel_stopped_counts_its_unfinished_items_
     };
     assert_eq!(cancelled.cancelled_items, 3, "the chunk never started");
 
-    let RecordOutcome::Recorded(batch) = store.record_chunk_cancelled(&id("j"), 0).await.unwrap()
+    let RecordOutcome::Recorded(batch) = store
+        .record_chunk(&id("j"), 0, Unfinished::Cancelled)
+        .await
+        .unwrap()
     else {
         panic!("not recorded");
     };
@@ -365,14 +376,19 @@ async fn a_started_chunk_whose_job_a_cancel_stopped_counts_its_unfinished_items_
     );
     assert_eq!(batch.pending_items(), 0);
     // Replayed, or recorded again by a late update: nothing moves.
-    let RecordOutcome::AlreadyRecorded(again) =
-        store.record_chunk_cancelled(&id("j"), 0).await.unwrap()
+    let RecordOutcome::AlreadyRecorded(again) = store
+        .record_chunk(&id("j"), 0, Unfinished::Cancelled)
+        .await
+        .unwrap()
     else {
         panic!("recorded twice");
     };
     assert_eq!(again.cancelled_items, 5);
     assert!(matches!(
-        store.record_chunk(&id("j"), 0, Some("late")).await.unwrap(),
+        store
+            .record_chunk(&id("j"), 0, Unfinished::Failed(Some("late")))
+            .await
+            .unwrap(),
         RecordOutcome::AlreadyRecorded(_)
     ));
 
@@ -425,7 +441,10 @@ async fn cancelling_skips_unstarted_chunks_and_ends_when_running_ones_are_record
             .unwrap(),
     );
     process(&*store, "c", 0).await;
-    store.record_chunk(&id("c"), 0, None).await.unwrap();
+    store
+        .record_chunk(&id("c"), 0, Unfinished::Failed(None))
+        .await
+        .unwrap();
     process(&*store, "c", 1).await;
 
     let CancelOutcome::Cancelled(cancelled) = store.cancel_batch(&id("c")).await.unwrap() else {
@@ -450,7 +469,11 @@ async fn cancelling_skips_unstarted_chunks_and_ends_when_running_ones_are_record
         AppendOutcome::Rejected(_) | AppendOutcome::Conflict(_)
     ));
 
-    let RecordOutcome::Recorded(done) = store.record_chunk(&id("c"), 1, None).await.unwrap() else {
+    let RecordOutcome::Recorded(done) = store
+        .record_chunk(&id("c"), 1, Unfinished::Failed(None))
+        .await
+        .unwrap()
+    else {
         panic!("not recorded");
     };
     assert_eq!(done.status, BatchStatus::Cancelled);
@@ -514,7 +537,10 @@ async fn items_page_in_order_and_filter_by_status(store: Arc<dyn BatchStore>) {
     );
     for &chunk in &chunks {
         process(&*store, "l", chunk).await;
-        store.record_chunk(&id("l"), chunk, None).await.unwrap();
+        store
+            .record_chunk(&id("l"), chunk, Unfinished::Failed(None))
+            .await
+            .unwrap();
     }
     let mut listed = Vec::new();
     let mut token = None;
@@ -594,7 +620,10 @@ async fn batches_list_newest_first_by_status_in_pages(store: Arc<dyn BatchStore>
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
     process(&*store, "n2", 0).await;
-    store.record_chunk(&id("n2"), 0, None).await.unwrap();
+    store
+        .record_chunk(&id("n2"), 0, Unfinished::Failed(None))
+        .await
+        .unwrap();
     let mut listed = Vec::new();
     let mut token = None;
     loop {
@@ -640,7 +669,10 @@ async fn unknown_batches_and_chunks_are_reported_as_such(store: Arc<dyn BatchSto
         ChunkClaim::NotFound
     );
     assert_eq!(
-        store.record_chunk(&id("ghost"), 0, None).await.unwrap(),
+        store
+            .record_chunk(&id("ghost"), 0, Unfinished::Failed(None))
+            .await
+            .unwrap(),
         RecordOutcome::NotFound
     );
     store
@@ -716,7 +748,10 @@ async fn concurrent_cancels_count_the_items_never_received_once(store: Arc<dyn B
         if chunk >= 4 {
             process(&*store, "k", chunk).await;
         }
-        store.record_chunk(&id("k"), chunk, None).await.unwrap();
+        store
+            .record_chunk(&id("k"), chunk, Unfinished::Failed(None))
+            .await
+            .unwrap();
     }
     let done = store.get_batch(&id("k")).await.unwrap().unwrap();
     assert_eq!(done.status, BatchStatus::Cancelled);
@@ -742,7 +777,10 @@ async fn run_if_active(store: &dyn BatchStore, batch: &str, chunk: u64) {
         .save_outcomes(&id(batch), chunk, &outcomes, 1)
         .await
         .unwrap();
-    store.record_chunk(&id(batch), chunk, None).await.unwrap();
+    store
+        .record_chunk(&id(batch), chunk, Unfinished::Failed(None))
+        .await
+        .unwrap();
 }
 
 async fn identical_parts_sent_concurrently_amid_claims_records_and_a_cancel_count_each_item_once(
@@ -862,10 +900,16 @@ async fn the_unfiltered_listing_of_a_cancelled_batch_shows_every_received_item(
             .unwrap(),
     );
     process(&*store, "u", 0).await;
-    store.record_chunk(&id("u"), 0, None).await.unwrap();
+    store
+        .record_chunk(&id("u"), 0, Unfinished::Failed(None))
+        .await
+        .unwrap();
     process(&*store, "u", 1).await;
     store.cancel_batch(&id("u")).await.unwrap();
-    store.record_chunk(&id("u"), 1, None).await.unwrap();
+    store
+        .record_chunk(&id("u"), 1, Unfinished::Failed(None))
+        .await
+        .unwrap();
     let batch = store.get_batch(&id("u")).await.unwrap().unwrap();
     assert_eq!(batch.status, BatchStatus::Cancelled);
     assert_eq!((batch.succeeded_items, batch.cancelled_items), (2, 28));
@@ -1040,7 +1084,10 @@ async fn a_filtered_listing_examines_a_bounded_number_of_chunks_per_call(
         )
         .await
         .unwrap();
-    store.record_chunk(&id("s"), last, None).await.unwrap();
+    store
+        .record_chunk(&id("s"), last, Unfinished::Failed(None))
+        .await
+        .unwrap();
 
     // Nothing failed among the chunks the first call may examine: an empty page, not the end.
     let first = store
@@ -1169,10 +1216,13 @@ async fn dynamodb_chunk_states_written_with_their_part_by_earlier_versions_still
     }
 
     process(&*store, "legacy", 0).await;
-    store.record_chunk(&id("legacy"), 0, None).await.unwrap();
+    store
+        .record_chunk(&id("legacy"), 0, Unfinished::Failed(None))
+        .await
+        .unwrap();
     assert!(matches!(
         store
-            .record_chunk(&id("legacy"), 1, Some("task failed"))
+            .record_chunk(&id("legacy"), 1, Unfinished::Failed(Some("task failed")))
             .await
             .unwrap(),
         RecordOutcome::Recorded(_)
@@ -1189,7 +1239,7 @@ async fn dynamodb_chunk_states_written_with_their_part_by_earlier_versions_still
         );
         assert!(matches!(
             store
-                .record_chunk(&id("legacy"), chunk, None)
+                .record_chunk(&id("legacy"), chunk, Unfinished::Failed(None))
                 .await
                 .unwrap(),
             RecordOutcome::AlreadyRecorded(_)

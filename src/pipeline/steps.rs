@@ -10,7 +10,9 @@ use super::job_steps::{JobProgress, JobRunners, BATCH_CANCELLED, JOB_TIMED_OUT};
 use super::jobs::TaskName;
 use super::tasks::{ChunkTask, TaskInput, Tasks};
 use crate::domain::{BatchId, ItemId, ItemOutcome};
-use crate::store::{BatchStore, Chunk, ChunkClaim, ItemState, RecordOutcome, StoreError};
+use crate::store::{
+    BatchStore, Chunk, ChunkClaim, ItemState, RecordOutcome, StoreError, Unfinished,
+};
 
 /// Error name of a task's transient failure.
 pub(crate) const TRANSIENT_TASK_ERROR: &str = "BatchManager.TransientTaskError";
@@ -397,6 +399,11 @@ impl Steps {
     ) -> Result<UpdateResult, StepError> {
         let batch_id = parse_batch_id(&event.batch_id)?;
         let failure = event.failure.as_ref().map(CaughtError::item_message);
+        let unfinished = match &event.failure {
+            // A job stopped by a cancel leaves its items cancelled, not failed.
+            Some(caught) if caught.error == BATCH_CANCELLED => Unfinished::Cancelled,
+            _ => Unfinished::Failed(failure.as_deref()),
+        };
         let outcome = match &kept.deferred {
             Some(deferred) if deferred.batch_id == batch_id && deferred.chunk == event.chunk => {
                 let outcome = self
@@ -406,25 +413,15 @@ impl Steps {
                         event.chunk,
                         &deferred.outcomes,
                         deferred.attempts,
-                        failure.as_deref(),
+                        unfinished,
                     )
                     .await?;
                 kept.deferred = None;
                 outcome
             }
-            // A job stopped by a cancel leaves its items cancelled, not failed.
-            _ if event
-                .failure
-                .as_ref()
-                .is_some_and(|caught| caught.error == BATCH_CANCELLED) =>
-            {
-                self.store
-                    .record_chunk_cancelled(&batch_id, event.chunk)
-                    .await?
-            }
             _ => {
                 self.store
-                    .record_chunk(&batch_id, event.chunk, failure.as_deref())
+                    .record_chunk(&batch_id, event.chunk, unfinished)
                     .await?
             }
         };

@@ -283,21 +283,14 @@ pub trait BatchStore: JobStore {
         attempts: u32,
     ) -> Result<(), StoreError>;
 
-    /// Counts a chunk's outcomes into its batch, once: items still pending fail with
-    /// `failure` (or a generic message). Turns the batch terminal when its last chunk is counted.
+    /// Counts a chunk's outcomes into its batch, once: items still pending end as `unfinished`
+    /// says (failed with a task's error, or cancelled when a cancel stopped the chunk's job).
+    /// Turns the batch terminal when its last chunk is counted.
     async fn record_chunk(
         &self,
         batch_id: &BatchId,
         chunk: u64,
-        failure: Option<&str>,
-    ) -> Result<RecordOutcome, StoreError>;
-
-    /// Counts a started chunk whose job a cancel stopped, once: its items still pending end
-    /// CANCELLED (in the batch's cancelled count). Otherwise as [`Self::record_chunk`].
-    async fn record_chunk_cancelled(
-        &self,
-        batch_id: &BatchId,
-        chunk: u64,
+        unfinished: Unfinished<'_>,
     ) -> Result<RecordOutcome, StoreError>;
 
     /// Saves task 2's outcomes and counts the chunk, as [`Self::save_outcomes`] then
@@ -308,11 +301,11 @@ pub trait BatchStore: JobStore {
         chunk: u64,
         outcomes: &[(usize, ItemOutcome)],
         attempts: u32,
-        failure: Option<&str>,
+        unfinished: Unfinished<'_>,
     ) -> Result<RecordOutcome, StoreError> {
         self.save_outcomes(batch_id, chunk, outcomes, attempts)
             .await?;
-        self.record_chunk(batch_id, chunk, failure).await
+        self.record_chunk(batch_id, chunk, unfinished).await
     }
 
     /// Waits until something may have changed (a write committed here, or `poll` elapsed for

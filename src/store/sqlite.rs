@@ -32,6 +32,30 @@ use super::{
 };
 use crate::domain::{Batch, BatchId, BatchStatus, ItemOutcome, ItemRecord, NewPart, Timestamp};
 
+/// [`Unfinished`] that can move to the writer thread.
+enum OwnedUnfinished {
+    Failed(Option<String>),
+    Cancelled,
+}
+
+impl From<Unfinished<'_>> for OwnedUnfinished {
+    fn from(unfinished: Unfinished<'_>) -> Self {
+        match unfinished {
+            Unfinished::Failed(message) => Self::Failed(message.map(str::to_owned)),
+            Unfinished::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+impl OwnedUnfinished {
+    fn as_ref(&self) -> Unfinished<'_> {
+        match self {
+            Self::Failed(message) => Unfinished::Failed(message.as_deref()),
+            Self::Cancelled => Unfinished::Cancelled,
+        }
+    }
+}
+
 /// Prepared statements each connection keeps.
 const STATEMENTS_KEPT: usize = 64;
 /// The writer's page cache, in KiB (negative, as SQLite takes it): the pages of the chunks,
@@ -762,27 +786,10 @@ impl BatchStore for SqliteStore {
         &self,
         batch_id: &BatchId,
         chunk: u64,
-        failure: Option<&str>,
+        unfinished: Unfinished<'_>,
     ) -> Result<RecordOutcome, StoreError> {
-        let batch_id = batch_id.clone();
-        let failure = failure.map(str::to_owned);
-        self.write(move |conn| {
-            let unfinished = Unfinished::Failed(failure.as_deref());
-            chunks::record_chunk(conn, batch_id.as_str(), chunk, unfinished)
-        })
-        .await
-    }
-
-    async fn record_chunk_cancelled(
-        &self,
-        batch_id: &BatchId,
-        chunk: u64,
-    ) -> Result<RecordOutcome, StoreError> {
-        let batch_id = batch_id.clone();
-        self.write(move |conn| {
-            chunks::record_chunk(conn, batch_id.as_str(), chunk, Unfinished::Cancelled)
-        })
-        .await
+        self.save_outcomes_and_record(batch_id, chunk, &[], 0, unfinished)
+            .await
     }
 
     async fn save_outcomes_and_record(
@@ -791,11 +798,11 @@ impl BatchStore for SqliteStore {
         chunk: u64,
         outcomes: &[(usize, ItemOutcome)],
         attempts: u32,
-        failure: Option<&str>,
+        unfinished: Unfinished<'_>,
     ) -> Result<RecordOutcome, StoreError> {
         let batch_id = batch_id.clone();
         let outcomes = outcomes.to_vec();
-        let failure = failure.map(str::to_owned);
+        let unfinished = OwnedUnfinished::from(unfinished);
         self.write(move |conn| {
             chunks::save_outcomes_and_record(
                 conn,
@@ -803,7 +810,7 @@ impl BatchStore for SqliteStore {
                 chunk,
                 &outcomes,
                 attempts,
-                Unfinished::Failed(failure.as_deref()),
+                unfinished.as_ref(),
             )
         })
         .await

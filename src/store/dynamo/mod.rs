@@ -185,18 +185,9 @@ impl BatchStore for DynamoStore {
         &self,
         batch_id: &BatchId,
         chunk: u64,
-        failure: Option<&str>,
+        unfinished: Unfinished<'_>,
     ) -> Result<RecordOutcome, StoreError> {
-        self.record(batch_id, chunk, Unfinished::Failed(failure))
-            .await
-    }
-
-    async fn record_chunk_cancelled(
-        &self,
-        batch_id: &BatchId,
-        chunk: u64,
-    ) -> Result<RecordOutcome, StoreError> {
-        self.record(batch_id, chunk, Unfinished::Cancelled).await
+        self.record(batch_id, chunk, unfinished).await
     }
 
     async fn wait_for_change(&self, since: u64, poll: Duration) -> u64 {

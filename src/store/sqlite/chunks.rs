@@ -160,16 +160,7 @@ pub(super) fn save_outcomes(
     row.write(conn, chunk)
 }
 
-pub(super) fn record_chunk(
-    conn: &Connection,
-    batch_id: &str,
-    chunk: u64,
-    unfinished: Unfinished<'_>,
-) -> Result<RecordOutcome, StoreError> {
-    save_outcomes_and_record(conn, batch_id, chunk, &[], 0, unfinished)
-}
-
-/// [`save_outcomes`] and [`record_chunk`] in one read and one write of the chunk.
+/// [`save_outcomes`] and recording the chunk in one read and one write of the chunk.
 pub(super) fn save_outcomes_and_record(
     conn: &Connection,
     batch_id: &str,
