@@ -282,6 +282,41 @@ impl DynamoStore {
         }
     }
 
+    /// Feeds every request-table item of the batch whose sort key starts with `prefix`, in
+    /// key order, to `each`.
+    pub(super) async fn for_each_item_with_prefix(
+        &self,
+        batch_id: &BatchId,
+        prefix: &str,
+        mut each: impl FnMut(&Item) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut start_key = None;
+        loop {
+            self.meter.read();
+            let output = self
+                .client
+                .query()
+                .table_name(&self.tables.request_table)
+                .key_condition_expression(format!(
+                    "{BATCH_ID} = :batch AND begins_with({SK}, :prefix)"
+                ))
+                .expression_attribute_values(":batch", s(batch_id.as_str()))
+                .expression_attribute_values(":prefix", s(prefix))
+                .consistent_read(true)
+                .set_exclusive_start_key(start_key.take())
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in output.items() {
+                each(item)?;
+            }
+            match output.last_evaluated_key {
+                Some(key) if !key.is_empty() => start_key = Some(key),
+                _ => return Ok(()),
+            }
+        }
+    }
+
     /// `BatchStore::claim_chunk`.
     pub(super) async fn claim(
         &self,

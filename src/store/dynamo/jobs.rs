@@ -5,8 +5,8 @@
 use async_trait::async_trait;
 
 use super::attributes::{
-    job_sk, n, number, request_key, s, text, Item, BATCH_ID, JOB_PREFIX, JOB_SETTINGS_SK, RECORD,
-    REVISION, SK,
+    job_sk, n, number, request_key, s, text, Item, JOB_PREFIX, JOB_SETTINGS_SK, RECORD, REVISION,
+    SK,
 };
 use super::writes::{conditional, unavailable, write_units};
 use super::DynamoStore;
@@ -72,33 +72,14 @@ impl JobStore for DynamoStore {
 
     async fn list_jobs(&self, batch_id: &BatchId) -> Result<Vec<(u64, StoredJob)>, StoreError> {
         let mut jobs = Vec::new();
-        let mut start_key = None;
-        loop {
-            self.meter.read();
-            let output = self
-                .client
-                .query()
-                .table_name(&self.tables.request_table)
-                .key_condition_expression(format!(
-                    "{BATCH_ID} = :batch AND begins_with({SK}, :prefix)"
-                ))
-                .expression_attribute_values(":batch", s(batch_id.as_str()))
-                .expression_attribute_values(":prefix", s(JOB_PREFIX))
-                .consistent_read(true)
-                .set_exclusive_start_key(start_key.take())
-                .send()
-                .await
-                .map_err(unavailable)?;
-            for item in output.items() {
-                if let Some(chunk) = chunk_of_job_sk(text(item, SK)?) {
-                    jobs.push((chunk, stored_job(item)?));
-                }
+        self.for_each_item_with_prefix(batch_id, JOB_PREFIX, |item| {
+            if let Some(chunk) = chunk_of_job_sk(text(item, SK)?) {
+                jobs.push((chunk, stored_job(item)?));
             }
-            match output.last_evaluated_key {
-                Some(key) if !key.is_empty() => start_key = Some(key),
-                _ => return Ok(jobs),
-            }
-        }
+            Ok(())
+        })
+        .await?;
+        Ok(jobs)
     }
 
     async fn put_job_settings(&self, batch_id: &BatchId, settings: &str) -> Result<(), StoreError> {

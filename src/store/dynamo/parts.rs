@@ -7,12 +7,12 @@ use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
 
 use super::attributes::{
     batch_key, blob, bytes, flag, flag_value, hashes_sk, n, number, part_sk, request_key,
-    request_key_of, s, text, Item, RequestKey, BATCH_ID, CANCEL_REQUESTED, CHUNKS_WRITTEN,
-    CHUNK_COUNT, DIGEST, FIRST_CHUNK, HASHES, ITEM_COUNT, ITEM_IDS, PART_PREFIX, RECEIVED_ITEMS,
-    SK, TOTAL_CHUNKS, UPDATED_AT,
+    request_key_of, s, text, Item, RequestKey, CANCEL_REQUESTED, CHUNKS_WRITTEN, CHUNK_COUNT,
+    DIGEST, FIRST_CHUNK, HASHES, ITEM_COUNT, ITEM_IDS, PART_PREFIX, RECEIVED_ITEMS, SK,
+    TOTAL_CHUNKS, UPDATED_AT,
 };
 use super::batches::BatchRecord;
-use super::writes::{unavailable, write_units};
+use super::writes::write_units;
 use super::{contended, DynamoStore, OPTIMISTIC_ATTEMPTS};
 use crate::domain::{NewPart, Timestamp};
 use crate::store::codec;
@@ -234,48 +234,29 @@ impl DynamoStore {
         index: &PartIndex,
     ) -> Result<Vec<EarlierPart>, StoreError> {
         let mut earlier: Vec<EarlierPart> = Vec::new();
-        let mut start_key = None;
-        loop {
-            self.meter.read();
-            let output = self
-                .client
-                .query()
-                .table_name(&self.tables.request_table)
-                .key_condition_expression(format!(
-                    "{BATCH_ID} = :batch AND begins_with({SK}, :parts)"
-                ))
-                .expression_attribute_values(":batch", s(part.batch_id.as_str()))
-                .expression_attribute_values(":parts", s(PART_PREFIX))
-                .consistent_read(true)
-                .set_exclusive_start_key(start_key.take())
-                .send()
-                .await
-                .map_err(unavailable)?;
-            for item in output.items() {
-                match request_key_of(item)? {
-                    Some(RequestKey::Part(part_number)) => earlier.push(EarlierPart {
-                        number: part_number,
-                        first_chunk: number(item, FIRST_CHUNK)?,
-                        chunk_count: number(item, CHUNK_COUNT)?,
-                        chunks_written: flag(item, CHUNKS_WRITTEN),
-                        hashed: false,
-                        candidates: Vec::new(),
-                    }),
-                    Some(RequestKey::PartHashes(part_number)) => {
-                        if let Some(last) = earlier.last_mut().filter(|p| p.number == part_number) {
-                            last.hashed = true;
-                            let shared = index.shared_hashes([bytes(item, HASHES)?])?;
-                            last.candidates.extend(shared);
-                        }
+        self.for_each_item_with_prefix(&part.batch_id, PART_PREFIX, |item| {
+            match request_key_of(item)? {
+                Some(RequestKey::Part(part_number)) => earlier.push(EarlierPart {
+                    number: part_number,
+                    first_chunk: number(item, FIRST_CHUNK)?,
+                    chunk_count: number(item, CHUNK_COUNT)?,
+                    chunks_written: flag(item, CHUNKS_WRITTEN),
+                    hashed: false,
+                    candidates: Vec::new(),
+                }),
+                Some(RequestKey::PartHashes(part_number)) => {
+                    if let Some(last) = earlier.last_mut().filter(|p| p.number == part_number) {
+                        last.hashed = true;
+                        let shared = index.shared_hashes([bytes(item, HASHES)?])?;
+                        last.candidates.extend(shared);
                     }
-                    _ => {}
                 }
+                _ => {}
             }
-            match output.last_evaluated_key {
-                Some(key) if !key.is_empty() => start_key = Some(key),
-                _ => return Ok(earlier),
-            }
-        }
+            Ok(())
+        })
+        .await?;
+        Ok(earlier)
     }
 }
 
