@@ -173,6 +173,14 @@ impl JobSettings {
     }
 }
 
+/// What an edit of a job record does with the record read.
+enum Edit<T> {
+    /// Write the edited record (on the revision read), then answer this.
+    Write(T),
+    /// Write nothing; answer this.
+    Leave(T),
+}
+
 /// A job record as read, with the revision a replacement must name.
 struct ReadRecord {
     record: JobRecord,
@@ -188,10 +196,6 @@ fn job_error(err: JobError) -> StepError {
         JobError::Service(message) => StepError::JobService(message),
         other => StepError::JobRefused(other.to_string()),
     }
-}
-
-fn cancelled() -> StepError {
-    StepError::BatchCancelled
 }
 
 async fn load_record(
@@ -322,7 +326,7 @@ impl Steps {
             let attempt = match &read {
                 Some(ReadRecord { record, .. }) if record.task == task => {
                     if record.cancelled {
-                        return Err(cancelled());
+                        return Err(StepError::BatchCancelled);
                     }
                     match &record.status {
                         RecordStatus::Submitting => record.attempt,
@@ -377,7 +381,7 @@ impl Steps {
             // is seen here.
             if load_settings(store, batch_id).await?.stopped {
                 self.mark_cancelled(batch_id, chunk.index, None).await?;
-                return Err(cancelled());
+                return Err(StepError::BatchCancelled);
             }
             let handle = runner.submit(&spec).await.map_err(job_error)?;
             return self
@@ -396,27 +400,33 @@ impl Steps {
         handle: JobHandle,
         processed: usize,
     ) -> Result<TaskResult, StepError> {
-        let store = &*self.store;
-        let Some(read) = load_record(store, batch_id, chunk).await? else {
-            return Err(contended(batch_id, chunk));
-        };
-        let mut record = read.record;
-        if read.revision == revision && !record.cancelled {
-            record.handle = Some(handle.clone());
-            record.status = RecordStatus::Running;
-            if put_record(store, batch_id, chunk, &record, Some(revision))
-                .await?
-                .is_some()
-            {
+        // Ok: the record now holding the job; Err: its task, when a cancel marked it.
+        let recorded = self
+            .edit_record(batch_id, chunk, |record, read| {
+                if record.cancelled {
+                    Edit::Leave(Err(record.task))
+                } else if read != revision {
+                    // Another delivery of this step recorded the same job (same name) first.
+                    Edit::Leave(Ok(record.clone()))
+                } else {
+                    record.handle = Some(handle.clone());
+                    record.status = RecordStatus::Running;
+                    Edit::Write(Ok(record.clone()))
+                }
+            })
+            .await?
+            .ok_or_else(|| contended(batch_id, chunk))?;
+        match recorded {
+            Ok(record) => {
                 let wait = self.next_wait(0, &record);
-                return Ok(running_result(processed, record.progress(0, wait)));
+                Ok(running_result(processed, record.progress(0, wait)))
+            }
+            Err(task) => {
+                self.stop_quietly(task, &handle, CANCELLED_MESSAGE).await;
+                self.mark_cancelled(batch_id, chunk, Some(handle)).await?;
+                Err(StepError::BatchCancelled)
             }
         }
-        // A cancel marked the record while the job was being submitted.
-        self.stop_quietly(record.task, &handle, CANCELLED_MESSAGE)
-            .await;
-        self.mark_cancelled(batch_id, chunk, Some(handle)).await?;
-        Err(cancelled())
     }
 
     /// A poll of the chunk's job (the task state's step given `job`).
@@ -444,14 +454,6 @@ impl Steps {
                     progress.name
                 )));
             }
-            let chunk = self
-                .store
-                .load_chunk(batch_id, event.chunk)
-                .await?
-                .ok_or_else(|| StepError::ChunkNotFound {
-                    batch_id: event.batch_id.clone(),
-                    chunk: event.chunk,
-                })?;
             let polls = progress.polls.saturating_add(1);
             let handle = match (&record.status, &record.handle) {
                 (RecordStatus::Succeeded { processed, failed }, _) => {
@@ -460,15 +462,26 @@ impl Steps {
                 (RecordStatus::Failed { .. }, _) => {
                     return Ok(running_result(0, record.progress(polls, 0)))
                 }
-                (RecordStatus::Running, Some(handle)) => handle.clone(),
-                // A submission not finished yet (or cut short): the submit step finishes it.
-                _ => return self.submit_job(task, runner, batch_id, &chunk).await,
+                (RecordStatus::Running, Some(handle)) => Some(handle.clone()),
+                _ => None,
             };
-            if record.cancelled {
-                self.stop_quietly(task, &handle, CANCELLED_MESSAGE).await;
+            if let (Some(handle), true) = (&handle, record.cancelled) {
+                self.stop_quietly(task, handle, CANCELLED_MESSAGE).await;
                 self.mark_cancelled(batch_id, event.chunk, None).await?;
-                return Err(cancelled());
+                return Err(StepError::BatchCancelled);
             }
+            let chunk = self
+                .store
+                .load_chunk(batch_id, event.chunk)
+                .await?
+                .ok_or_else(|| StepError::ChunkNotFound {
+                    batch_id: event.batch_id.clone(),
+                    chunk: event.chunk,
+                })?;
+            let Some(handle) = handle else {
+                // A submission not finished yet (or cut short): the submit step finishes it.
+                return self.submit_job(task, runner, batch_id, &chunk).await;
+            };
             let (positions, items) = pending_items(&chunk.items, &chunk.states);
             if seconds_since(record.submitted_at) >= record.deadline_seconds {
                 let reason = timed_out_reason(record.deadline_seconds);
@@ -626,17 +639,9 @@ impl Steps {
         chunk: u64,
         handle: Option<JobHandle>,
     ) -> Result<(), StepError> {
-        let store = &*self.store;
-        for _ in 0..RECORD_ROUNDS {
-            let Some(ReadRecord {
-                mut record,
-                revision,
-            }) = load_record(store, batch_id, chunk).await?
-            else {
-                return Ok(());
-            };
-            if matches!(record.status, RecordStatus::Failed { .. }) && record.cancelled {
-                return Ok(());
+        self.edit_record(batch_id, chunk, |record, _| {
+            if record.cancelled && matches!(record.status, RecordStatus::Failed { .. }) {
+                return Edit::Leave(());
             }
             record.cancelled = true;
             if handle.is_some() {
@@ -646,11 +651,39 @@ impl Steps {
                 error: BATCH_CANCELLED.to_owned(),
                 reason: CANCELLED_MESSAGE.to_owned(),
             };
-            if put_record(store, batch_id, chunk, &record, Some(revision))
-                .await?
-                .is_some()
-            {
-                return Ok(());
+            Edit::Write(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Reads the chunk's job record, lets `edit` change it, and writes it back on the revision
+    /// read, reading again when another writer came first; None when there is no record.
+    async fn edit_record<T>(
+        &self,
+        batch_id: &BatchId,
+        chunk: u64,
+        mut edit: impl FnMut(&mut JobRecord, u64) -> Edit<T>,
+    ) -> Result<Option<T>, StepError> {
+        let store = &*self.store;
+        for _ in 0..RECORD_ROUNDS {
+            let Some(ReadRecord {
+                mut record,
+                revision,
+            }) = load_record(store, batch_id, chunk).await?
+            else {
+                return Ok(None);
+            };
+            match edit(&mut record, revision) {
+                Edit::Leave(answer) => return Ok(Some(answer)),
+                Edit::Write(answer) => {
+                    if put_record(store, batch_id, chunk, &record, Some(revision))
+                        .await?
+                        .is_some()
+                    {
+                        return Ok(Some(answer));
+                    }
+                }
             }
         }
         Err(contended(batch_id, chunk))
@@ -708,30 +741,19 @@ impl Steps {
         batch_id: &BatchId,
         chunk: u64,
     ) -> Result<Option<JobHandle>, StepError> {
-        let store = &*self.store;
-        for _ in 0..RECORD_ROUNDS {
-            let Some(ReadRecord {
-                mut record,
-                revision,
-            }) = load_record(store, batch_id, chunk).await?
-            else {
-                return Ok(None);
-            };
-            if !matches!(
-                record.status,
-                RecordStatus::Submitting | RecordStatus::Running
-            ) {
-                return Ok(None);
-            }
-            record.cancelled = true;
-            if put_record(store, batch_id, chunk, &record, Some(revision))
-                .await?
-                .is_some()
-            {
-                return Ok(record.handle);
-            }
-        }
-        Err(contended(batch_id, chunk))
+        let handle = self
+            .edit_record(batch_id, chunk, |record, _| {
+                if !matches!(
+                    record.status,
+                    RecordStatus::Submitting | RecordStatus::Running
+                ) {
+                    return Edit::Leave(None);
+                }
+                record.cancelled = true;
+                Edit::Write(record.handle.clone())
+            })
+            .await?;
+        Ok(handle.flatten())
     }
 }
 
