@@ -7,10 +7,8 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::domain::with_sources;
-use crate::pipeline::{Intake, IntakeError, RunRequestError};
+use crate::pipeline::{Intake, RunRequestError};
 use crate::seed::Reply;
-use crate::store::StoreError;
 
 /// The route the old submitter exposed.
 pub(crate) const ROUTE: &str = "/runrequests";
@@ -125,19 +123,7 @@ pub(crate) async fn handle(intake: &Intake, body: &[u8]) -> Reply {
         Err(RunRequestError::NoExternalJob) => {
             Reply::message(409, RunRequestError::NoExternalJob.to_string())
         }
-        Err(RunRequestError::Intake(IntakeError::Store(err @ StoreError::Unavailable(_)))) => {
-            let request_id = uuid::Uuid::new_v4();
-            tracing::error!(%request_id, error = %with_sources(&err), "run request failed");
-            Reply::message(
-                503,
-                format!("storage is unavailable, retry later (request id {request_id})"),
-            )
-        }
-        Err(err) => {
-            let request_id = uuid::Uuid::new_v4();
-            tracing::error!(%request_id, error = %with_sources(&err), "run request failed");
-            Reply::message(500, format!("internal error (request id {request_id})"))
-        }
+        Err(RunRequestError::Intake(err)) => Reply::failure(&err),
     }
 }
 

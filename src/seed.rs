@@ -165,11 +165,21 @@ pub(crate) fn parse(body: &[u8]) -> Result<NewPart, SeedError> {
     NewPart::new(batch_id, total_items, batch_size, current_batch, items).map_err(SeedError::part)
 }
 
-/// Logs an internal failure under a fresh request id and gives the client only that id.
-fn internal(err: &dyn std::error::Error) -> Reply {
-    let request_id = uuid::Uuid::new_v4();
-    tracing::error!(%request_id, error = %with_sources(err), "seed request failed");
-    Reply::message(500, format!("internal error (request id {request_id})"))
+impl Reply {
+    /// `503` for a store that cannot be reached, or `500` for any other internal failure; the
+    /// failure is logged under a fresh request id, and the client is given only that id.
+    pub(crate) fn failure(err: &IntakeError) -> Self {
+        let request_id = uuid::Uuid::new_v4();
+        tracing::error!(%request_id, error = %with_sources(err), "request failed");
+        if matches!(err, IntakeError::Store(StoreError::Unavailable(_))) {
+            Self::message(
+                503,
+                format!("storage is unavailable, retry later (request id {request_id})"),
+            )
+        } else {
+            Self::message(500, format!("internal error (request id {request_id})"))
+        }
+    }
 }
 
 /// Handles one request body end to end.
@@ -189,15 +199,7 @@ pub(crate) async fn handle(intake: &Intake, body: &[u8]) -> Reply {
         Err(IntakeError::Conflict(reason) | IntakeError::Rejected(reason)) => {
             Reply::message(409, reason)
         }
-        Err(IntakeError::Store(err @ StoreError::Unavailable(_))) => {
-            let request_id = uuid::Uuid::new_v4();
-            tracing::error!(%request_id, error = %with_sources(&err), "seed request failed");
-            Reply::message(
-                503,
-                format!("storage is unavailable, retry later (request id {request_id})"),
-            )
-        }
-        Err(err) => internal(&err),
+        Err(err) => Reply::failure(&err),
     }
 }
 
