@@ -33,6 +33,8 @@ pub enum Command {
     Items(ItemsArgs),
     /// Cancel a batch.
     Cancel(BatchArgs),
+    /// Change a running batch's limit on chunk executions in flight at once.
+    Update(UpdateArgs),
     /// Inside an AWS Batch job: print the item IDs the job works on, read from the stack's
     /// tables (for chunks whose IDs do not fit in the job's environment).
     JobItems(JobItemsArgs),
@@ -415,11 +417,27 @@ pub struct SubmitArgs {
     /// Batch ID (the idempotency key); a UUID is generated when absent.
     #[arg(long)]
     pub(crate) batch_id: Option<String>,
+    /// Chunk executions of this batch in flight at once (1 to 10000); the server's default
+    /// when absent.
+    #[arg(long)]
+    pub(crate) max_concurrency: Option<u32>,
     /// Follow the batch until it ends.
     #[arg(long)]
     pub(crate) watch: bool,
     #[command(flatten)]
     pub(crate) reconnect: ReconnectArgs,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+}
+
+/// The arguments of `update`.
+#[derive(Debug, Clone, Args)]
+pub struct UpdateArgs {
+    pub(crate) batch_id: String,
+    /// Chunk executions of the batch in flight at once (1 to 10000); 0 restores the server's
+    /// default.
+    #[arg(long)]
+    pub(crate) max_concurrency: u32,
     #[command(flatten)]
     pub(crate) client: ClientArgs,
 }

@@ -17,6 +17,8 @@ pub const DEFAULT_BATCH_SIZE: u32 = 100;
 /// JavaScript number) holds exactly, and well inside what both stores keep (a signed 64-bit
 /// integer), so sums of counters cannot overflow.
 pub const MAX_COUNT: u64 = (1 << 53) - 1;
+/// Most chunk executions of one batch a client may allow in flight at once.
+pub const MAX_CONCURRENCY_LIMIT: u32 = 10_000;
 
 /// The message of an error followed by those of its sources, joined by `": "` (as `anyhow`
 /// shows a chain with `{:#}`): how an edge words a refusal for its client, e.g.
@@ -104,6 +106,21 @@ impl ItemIdsError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("must be an integer between 1 and {MAX_BATCH_SIZE}")]
 pub struct BatchSizeError;
+
+/// A per-batch concurrency that is not an integer from 1 to [`MAX_CONCURRENCY_LIMIT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("must be an integer between 1 and {MAX_CONCURRENCY_LIMIT} (0 or absent for the default)")]
+pub struct MaxConcurrencyError;
+
+/// Parses a batch's limit on chunk executions in flight: `0` (protobuf's unset) leaves the
+/// deployment's default, 1 to [`MAX_CONCURRENCY_LIMIT`] sets it.
+pub fn parse_max_concurrency(raw: u64) -> Result<Option<u32>, MaxConcurrencyError> {
+    match raw {
+        0 => Ok(None),
+        raw if raw <= u64::from(MAX_CONCURRENCY_LIMIT) => Ok(Some(raw as u32)),
+        _ => Err(MaxConcurrencyError),
+    }
+}
 
 /// An item count or part number that is not an integer from 1 to [`MAX_COUNT`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -346,6 +363,9 @@ pub struct NewPart {
     pub part_number: u64,
     /// The part's items, in order.
     pub items: Vec<ItemId>,
+    /// Chunk executions of the batch allowed in flight at once; `None` keeps the batch's
+    /// (or, for a new batch, the deployment's default).
+    pub max_concurrency: Option<u32>,
 }
 
 impl NewPart {
@@ -368,7 +388,14 @@ impl NewPart {
             batch_size,
             part_number,
             items,
+            max_concurrency: None,
         })
+    }
+
+    /// This part, setting the batch's limit on chunk executions in flight.
+    pub fn with_max_concurrency(mut self, max_concurrency: Option<u32>) -> Self {
+        self.max_concurrency = max_concurrency;
+        self
     }
 
     /// A fingerprint of the part's items, in order: what makes a resubmission "the same".
@@ -565,6 +592,8 @@ pub struct Batch {
     pub updated_at: Timestamp,
     /// Unset until the batch is terminal.
     pub completed_at: Option<Timestamp>,
+    /// Chunk executions allowed in flight at once; `None` is the deployment's default.
+    pub max_concurrency: Option<u32>,
 }
 
 impl Batch {

@@ -25,6 +25,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Watch(args) => cli::watch(args).await,
         Command::Items(args) => cli::items(args).await,
         Command::Cancel(args) => cli::cancel(args).await,
+        Command::Update(args) => cli::update(args).await,
         Command::JobItems(args) => cli::job_items(args).await,
         #[cfg(feature = "bench")]
         Command::Bench(args) => batch_manager::bench::run(args).await,

@@ -18,10 +18,10 @@ use serde_json::json;
 
 use self::items_file::ItemsSource;
 use self::watch::Watch;
-use crate::config::{BatchArgs, ClientArgs, ItemsArgs, SubmitArgs, WatchArgs};
+use crate::config::{BatchArgs, ClientArgs, ItemsArgs, SubmitArgs, UpdateArgs, WatchArgs};
 use crate::domain::{
-    Batch, BatchId, BatchSize, BatchSizeError, IdError, ItemIdsError, ItemRecord, ItemStatus,
-    NewPart, PartError, MAX_ITEMS_PER_REQUEST,
+    parse_max_concurrency, Batch, BatchId, BatchSize, BatchSizeError, IdError, ItemIdsError,
+    ItemRecord, ItemStatus, MaxConcurrencyError, NewPart, PartError, MAX_ITEMS_PER_REQUEST,
 };
 use crate::grpc::client::{AdminClient, BatchSubmission, ClientError, Submitted};
 use crate::store::ItemQuery;
@@ -87,6 +87,8 @@ pub(crate) enum InputRule {
     BatchSize(#[from] BatchSizeError),
     #[error(transparent)]
     Part(#[from] PartError),
+    #[error(transparent)]
+    MaxConcurrency(#[from] MaxConcurrencyError),
     #[error("must be pending, succeeded, failed or cancelled, not {0:?}")]
     ItemStatus(String),
 }
@@ -170,6 +172,11 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     };
     let batch_size = BatchSize::parse(u64::from(args.batch_size))
         .map_err(|rule| argument("--batch-size", rule))?;
+    let max_concurrency = match args.max_concurrency {
+        Some(0) | None => None,
+        Some(raw) => parse_max_concurrency(u64::from(raw))
+            .map_err(|rule| argument("--max-concurrency", rule))?,
+    };
     let source = ItemsSource {
         path: args.items_file.clone(),
     };
@@ -187,6 +194,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
                 batch_id,
                 batch_size,
                 total,
+                max_concurrency,
                 output: Output::of(&args.client),
             };
             upload.send(&client, source).await?
@@ -196,6 +204,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
                 batch_id,
                 batch_size,
                 items: source.read_all()?,
+                max_concurrency,
             };
             with_retries(|| {
                 let mut client = client.clone();
@@ -246,6 +255,7 @@ struct Upload {
     batch_id: BatchId,
     batch_size: BatchSize,
     total: u64,
+    max_concurrency: Option<u32>,
     output: Output,
 }
 
@@ -262,13 +272,15 @@ impl Upload {
         });
         let (sender, mut parts) = tokio::sync::mpsc::channel::<NewPart>(2);
         let (batch_id, batch_size, total) = (self.batch_id.clone(), self.batch_size, self.total);
+        let max_concurrency = self.max_concurrency;
         let reader = tokio::task::spawn_blocking(move || {
             let mut part_number = 0;
             source.for_each_group(ITEMS_PER_PART, |group| {
                 part_number += 1;
                 let items = source.parse(group)?;
                 let part = NewPart::new(batch_id.clone(), total, batch_size, part_number, items)
-                    .map_err(|rule| argument("--items-file", rule))?;
+                    .map_err(|rule| argument("--items-file", rule))?
+                    .with_max_concurrency(max_concurrency);
                 sender
                     .blocking_send(part)
                     .map_err(|_| anyhow::anyhow!("upload stopped"))
@@ -310,6 +322,17 @@ pub async fn cancel(args: BatchArgs) -> anyhow::Result<()> {
     let batch_id = batch_id_argument(&args.batch_id)?;
     let mut client = AdminClient::connect(&args.client.server).await?;
     let batch = client.cancel(&batch_id).await?;
+    show(&batch, Output::of(&args.client));
+    Ok(())
+}
+
+/// Runs `update`: sets a running batch's limit on chunk executions in flight.
+pub async fn update(args: UpdateArgs) -> anyhow::Result<()> {
+    let batch_id = batch_id_argument(&args.batch_id)?;
+    let limit = parse_max_concurrency(u64::from(args.max_concurrency))
+        .map_err(|rule| argument("--max-concurrency", rule))?;
+    let mut client = AdminClient::connect(&args.client.server).await?;
+    let batch = client.update(&batch_id, limit).await?;
     show(&batch, Output::of(&args.client));
     Ok(())
 }

@@ -28,6 +28,8 @@ pub struct BatchSubmission {
     pub batch_size: BatchSize,
     /// The batch's items, in order.
     pub items: Vec<ItemId>,
+    /// Chunk executions in flight at once; `None` for the deployment's default.
+    pub max_concurrency: Option<u32>,
 }
 
 /// What a submission (`SubmitBatch` or one `AppendBatchItems` part) returned.
@@ -172,6 +174,20 @@ impl AdminClient {
     pub async fn cancel(&mut self, batch_id: &BatchId) -> Result<Batch, ClientError> {
         let request = pb::CancelBatchRequest::from(batch_id);
         let response = self.inner.cancel_batch(request).await?.into_inner();
+        Ok(response.try_into()?)
+    }
+
+    /// Sets a batch's limit on chunk executions in flight (`None`: the server's default).
+    pub async fn update(
+        &mut self,
+        batch_id: &BatchId,
+        max_concurrency: Option<u32>,
+    ) -> Result<Batch, ClientError> {
+        let request = pb::UpdateBatchRequest {
+            batch_id: batch_id.as_str().to_owned(),
+            max_concurrency: max_concurrency.unwrap_or(0),
+        };
+        let response = self.inner.update_batch(request).await?.into_inner();
         Ok(response.try_into()?)
     }
 

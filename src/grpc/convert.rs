@@ -11,9 +11,9 @@ use prost_types::Timestamp as PbTimestamp;
 use super::client::{BatchSubmission, Submitted};
 use super::pb;
 use crate::domain::{
-    parse_count, parse_item_ids, Batch, BatchId, BatchSize, BatchSizeError, BatchStatus,
-    CountError, IdError, ItemId, ItemIdsError, ItemRecord, ItemStatus, NewPart, PartError,
-    Timestamp,
+    parse_count, parse_item_ids, parse_max_concurrency, Batch, BatchId, BatchSize, BatchSizeError,
+    BatchStatus, CountError, IdError, ItemId, ItemIdsError, ItemRecord, ItemStatus,
+    MaxConcurrencyError, NewPart, PartError, Timestamp,
 };
 use crate::pipeline::Accepted;
 use crate::run_request::{self, RunRequest, RunRequestFieldError};
@@ -52,6 +52,8 @@ pub enum FieldRule {
     BatchSize(#[from] BatchSizeError),
     #[error(transparent)]
     Count(#[from] CountError),
+    #[error(transparent)]
+    MaxConcurrency(#[from] MaxConcurrencyError),
     #[error(transparent)]
     Part(#[from] PartError),
     #[error("must be between 1 and {max}, or 0 for the default ({default})")]
@@ -113,6 +115,10 @@ fn batch_id(raw: String) -> Result<BatchId, FieldError> {
 
 fn batch_size(raw: u32) -> Result<BatchSize, FieldError> {
     BatchSize::parse_or_default(u64::from(raw)).map_err(|rule| FieldError::new("batch_size", rule))
+}
+
+fn max_concurrency(raw: u32) -> Result<Option<u32>, FieldError> {
+    parse_max_concurrency(u64::from(raw)).map_err(|rule| FieldError::new("max_concurrency", rule))
 }
 
 fn count(raw: u64, field: &str) -> Result<u64, FieldError> {
@@ -262,6 +268,7 @@ impl From<BatchSubmission> for pb::SubmitBatchRequest {
                 .map(ItemId::into_string)
                 .collect(),
             batch_size: submission.batch_size.get(),
+            max_concurrency: submission.max_concurrency.unwrap_or(0),
         }
     }
 }
@@ -278,9 +285,11 @@ impl TryFrom<pb::SubmitBatchRequest> for NewPart {
             batch_id(request.batch_id)?
         };
         let batch_size = batch_size(request.batch_size)?;
+        let limit = max_concurrency(request.max_concurrency)?;
         let items = parse_item_ids(request.item_ids).map_err(FieldError::item_ids)?;
         let total = items.len() as u64;
         NewPart::new(batch_id, total, batch_size, 1, items)
+            .map(|part| part.with_max_concurrency(limit))
             .map_err(|err| FieldError::part(err, "item_ids"))
     }
 }
@@ -293,6 +302,7 @@ impl From<NewPart> for pb::AppendBatchItemsRequest {
             batch_size: part.batch_size.get(),
             part_number: part.part_number,
             item_ids: part.items.into_iter().map(ItemId::into_string).collect(),
+            max_concurrency: part.max_concurrency.unwrap_or(0),
         }
     }
 }
@@ -305,9 +315,23 @@ impl TryFrom<pb::AppendBatchItemsRequest> for NewPart {
         let total_items = count(request.total_items, "total_items")?;
         let part_number = count(request.part_number, "part_number")?;
         let batch_size = batch_size(request.batch_size)?;
+        let limit = max_concurrency(request.max_concurrency)?;
         let items = parse_item_ids(request.item_ids).map_err(FieldError::item_ids)?;
         NewPart::new(batch_id, total_items, batch_size, part_number, items)
+            .map(|part| part.with_max_concurrency(limit))
             .map_err(|err| FieldError::part(err, "total_items"))
+    }
+}
+
+/// `UpdateBatch`: the batch and its new limit (`None`: the deployment's default).
+impl TryFrom<pb::UpdateBatchRequest> for (BatchId, Option<u32>) {
+    type Error = FieldError;
+
+    fn try_from(request: pb::UpdateBatchRequest) -> Result<Self, FieldError> {
+        Ok((
+            batch_id(request.batch_id)?,
+            max_concurrency(request.max_concurrency)?,
+        ))
     }
 }
 
@@ -426,6 +450,7 @@ impl From<&Batch> for pb::Batch {
             completed_at: batch.completed_at.map(Into::into),
             received_items: batch.received_items,
             batch_size: batch.batch_size,
+            max_concurrency: batch.max_concurrency.unwrap_or(0),
         }
     }
 }
@@ -453,6 +478,7 @@ impl TryFrom<pb::Batch> for Batch {
                 .map(Timestamp::try_from)
                 .transpose()
                 .map_err(|rule| FieldError::new("completed_at", rule))?,
+            max_concurrency: (batch.max_concurrency > 0).then_some(batch.max_concurrency),
         })
     }
 }
@@ -482,6 +508,7 @@ macro_rules! batch_response {
 batch_response!(
     pb::GetBatchStatusResponse,
     pb::CancelBatchResponse,
+    pb::UpdateBatchResponse,
     pb::WatchBatchResponse
 );
 

@@ -202,6 +202,28 @@ impl BatchManager for AdminService {
         }))
     }
 
+    async fn update_batch(
+        &self,
+        request: Request<pb::UpdateBatchRequest>,
+    ) -> Result<Response<pb::UpdateBatchResponse>, Status> {
+        let (batch_id, max_concurrency) = <(BatchId, Option<u32>)>::try_from(request.into_inner())?;
+        let batch = self.batch(&batch_id).await?;
+        if batch.status.is_terminal() {
+            return Err(ApiError::AlreadyTerminal {
+                batch_id,
+                status: batch.status,
+            }
+            .into());
+        }
+        let batch = self
+            .intake
+            .set_max_concurrency(&batch_id, max_concurrency)
+            .await
+            .map_err(ApiError::from)?;
+        let batch = batch.ok_or(ApiError::NotFound(batch_id))?;
+        Ok(Response::new(batch.into()))
+    }
+
     type WatchBatchStream = WatchStream;
 
     async fn watch_batch(

@@ -104,11 +104,69 @@ impl Intake {
         Ok(batch_id)
     }
 
+    /// Sets a batch's limit on chunk executions in flight; the batch as it stands after, or
+    /// None when there is no such batch.
+    pub(crate) async fn set_max_concurrency(
+        &self,
+        batch_id: &BatchId,
+        max_concurrency: Option<u32>,
+    ) -> Result<Option<Batch>, IntakeError> {
+        let batch = self
+            .store
+            .set_max_concurrency(batch_id, max_concurrency)
+            .await?;
+        if batch.is_some() {
+            self.orchestrator.concurrency_changed(batch_id).await;
+        }
+        Ok(batch)
+    }
+
+    /// A part that names a limit other than its batch's (a later part, or a repeated first
+    /// one) sets it before its chunks start.
+    async fn apply_part_limit(
+        &self,
+        part: &NewPart,
+        outcome: AppendOutcome,
+    ) -> Result<AppendOutcome, IntakeError> {
+        let Some(limit) = part.max_concurrency else {
+            return Ok(outcome);
+        };
+        let batch = match &outcome {
+            AppendOutcome::Created { batch, .. } | AppendOutcome::AlreadyStored { batch, .. } => {
+                batch
+            }
+            AppendOutcome::Conflict(_) | AppendOutcome::Rejected(_) => return Ok(outcome),
+        };
+        if batch.max_concurrency == Some(limit) || batch.status.is_terminal() {
+            return Ok(outcome);
+        }
+        let updated = self
+            .set_max_concurrency(&part.batch_id, Some(limit))
+            .await?;
+        Ok(match (outcome, updated) {
+            (AppendOutcome::Created { chunks, .. }, Some(batch)) => {
+                AppendOutcome::Created { batch, chunks }
+            }
+            (
+                AppendOutcome::AlreadyStored {
+                    unstarted_chunks, ..
+                },
+                Some(batch),
+            ) => AppendOutcome::AlreadyStored {
+                batch,
+                unstarted_chunks,
+            },
+            (outcome, _) => outcome,
+        })
+    }
+
     /// Stores the part and starts its chunks. A part stored before is not stored again; its
     /// chunks that never started are started again (starting is idempotent), so a client
     /// retrying after a failure here loses nothing.
     pub(crate) async fn submit(&self, part: &NewPart) -> Result<Accepted, IntakeError> {
-        match self.store.append_part(part).await? {
+        let outcome = self.store.append_part(part).await?;
+        let outcome = self.apply_part_limit(part, outcome).await?;
+        match outcome {
             AppendOutcome::Created { batch, chunks } => {
                 self.orchestrator
                     .start_chunks(&batch.batch_id, &chunks)

@@ -10,6 +10,6 @@ pub mod tasks;
 
 pub(crate) use init::{Accepted, Intake, IntakeError, RunRequestError};
 pub use job_steps::JobRunners;
-pub(crate) use orchestrator::{Orchestrator, OrchestratorError};
+pub(crate) use orchestrator::{Orchestrator, OrchestratorError, StartedByStream};
 pub use steps::Steps;
 pub use tasks::{ChunkTask, TaskError, TaskInput, Tasks};

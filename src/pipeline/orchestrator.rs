@@ -20,4 +20,25 @@ pub(crate) trait Orchestrator: Send + Sync + 'static {
         batch_id: &BatchId,
         chunks: &[u64],
     ) -> Result<(), OrchestratorError>;
+
+    /// The batch's limit on chunk executions in flight changed in the store: starts held back
+    /// by the old limit may go ahead. Orchestrators that read the limit at every start need
+    /// not be told.
+    async fn concurrency_changed(&self, _batch_id: &BatchId) {}
+}
+
+/// Chunk starts that follow the store rather than the request: on AWS the request table's
+/// stream starts a part's chunks once it is stored (see `lambda::stream`), so a request ends
+/// as soon as its part is durably stored.
+pub(crate) struct StartedByStream;
+
+#[async_trait]
+impl Orchestrator for StartedByStream {
+    async fn start_chunks(
+        &self,
+        _batch_id: &BatchId,
+        _chunks: &[u64],
+    ) -> Result<(), OrchestratorError> {
+        Ok(())
+    }
 }

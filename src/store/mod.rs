@@ -265,6 +265,15 @@ pub trait BatchStore: JobStore {
     /// Cancels the chunks no task has started; the batch turns CANCELLED once no chunk is in flight.
     async fn cancel_batch(&self, batch_id: &BatchId) -> Result<CancelOutcome, StoreError>;
 
+    /// Sets how many chunk executions of the batch may be in flight at once (`None`: the
+    /// deployment's default); the batch as it stands after, or None when there is no such
+    /// batch. Chunks already running keep running; the limit applies to the next starts.
+    async fn set_max_concurrency(
+        &self,
+        batch_id: &BatchId,
+        max_concurrency: Option<u32>,
+    ) -> Result<Option<Batch>, StoreError>;
+
     /// Marks a chunk started (so cancelling no longer skips it) and returns it, unless it is
     /// cancelled or recorded. Also moves a PENDING batch to RUNNING.
     async fn claim_chunk(&self, batch_id: &BatchId, chunk: u64) -> Result<ChunkClaim, StoreError>;

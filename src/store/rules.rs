@@ -220,6 +220,7 @@ mod tests {
             created_at: Timestamp(0),
             updated_at: Timestamp(0),
             completed_at: None,
+            max_concurrency: None,
         }
     }
 

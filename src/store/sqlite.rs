@@ -84,7 +84,8 @@ CREATE TABLE IF NOT EXISTS batches (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
-    completed_at INTEGER
+    completed_at INTEGER,
+    max_concurrency INTEGER
 );
 CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status, seq);
 CREATE TABLE IF NOT EXISTS parts (
@@ -141,12 +142,33 @@ DROP INDEX IF EXISTS executions_running;
 CREATE INDEX IF NOT EXISTS executions_sleeping ON executions (wake_at, batch_seq, chunk) WHERE wake_at IS NOT NULL;
 ";
 
+/// Columns added to a table after databases were first written with it: `(table, column,
+/// declaration)`. `CREATE TABLE IF NOT EXISTS` leaves an older table as it was, so each is
+/// added when missing.
+const ADDED_COLUMNS: [(&str, &str, &str); 1] =
+    [("batches", "max_concurrency", "max_concurrency INTEGER")];
+
+/// Brings a database written by an earlier version up to [`SCHEMA`].
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, declaration) in ADDED_COLUMNS {
+        let present: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+            params![table, column],
+            |row| row.get(0),
+        )?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {declaration}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// The columns [`BatchRow::from_row`] reads, in order.
 macro_rules! batch_columns {
     () => {
         "seq, batch_id, status, total_items, received_items, succeeded_items, failed_items, \
          cancelled_items, total_chunks, completed_chunks, batch_size, cancel_requested, \
-         created_at, updated_at, completed_at"
+         created_at, updated_at, completed_at, max_concurrency"
     };
 }
 const BATCH_COLUMNS: &str = batch_columns!();
@@ -191,6 +213,7 @@ impl BatchRow {
                 created_at: Timestamp(row.get(12)?),
                 updated_at: Timestamp(row.get(13)?),
                 completed_at: row.get::<_, Option<i64>>(14)?.map(Timestamp),
+                max_concurrency: row.get(15)?,
             },
         })
     }
@@ -261,6 +284,7 @@ impl SqliteStore {
         conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
             .map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        add_missing_columns(&conn).map_err(unavailable)?;
 
         let (changed, changes) = watch::channel(0u64);
         let staged = Arc::new(Staged::default());
@@ -361,14 +385,15 @@ fn append_part(conn: &Connection, part: &NewPart) -> Result<AppendOutcome, Store
         Some(row) => row,
         None => {
             conn.prepare_cached(
-                "INSERT INTO batches (batch_id, status, total_items, received_items, batch_size, created_at, updated_at) \
-                 VALUES (?1, 'PENDING', ?2, 0, ?3, ?4, ?4)",
+                "INSERT INTO batches (batch_id, status, total_items, received_items, batch_size, created_at, updated_at, max_concurrency) \
+                 VALUES (?1, 'PENDING', ?2, 0, ?3, ?4, ?4, ?5)",
             )?
             .execute(params![
                 part.batch_id.as_str(),
                 part.total_items,
                 part.batch_size.get(),
-                now.0
+                now.0,
+                part.max_concurrency
             ])?;
             load_batch_by_seq(conn, conn.last_insert_rowid())?
         }
@@ -751,6 +776,20 @@ impl BatchStore for SqliteStore {
         let batch_id = batch_id.clone();
         self.write(move |conn| cancel_batch(conn, batch_id.as_str()))
             .await
+    }
+
+    async fn set_max_concurrency(
+        &self,
+        batch_id: &BatchId,
+        max_concurrency: Option<u32>,
+    ) -> Result<Option<Batch>, StoreError> {
+        let batch_id = batch_id.clone();
+        self.write(move |conn| {
+            conn.prepare_cached("UPDATE batches SET max_concurrency = ?2 WHERE batch_id = ?1")?
+                .execute(params![batch_id.as_str(), max_concurrency])?;
+            Ok(load_batch(conn, batch_id.as_str())?.map(|row| row.batch))
+        })
+        .await
     }
 
     async fn claim_chunk(&self, batch_id: &BatchId, chunk: u64) -> Result<ChunkClaim, StoreError> {

@@ -31,6 +31,8 @@ pub(super) const CANCEL_REQUESTED: &str = "cancelRequested";
 pub(super) const CREATED_AT: &str = "createdAt";
 pub(super) const UPDATED_AT: &str = "updatedAt";
 pub(super) const COMPLETED_AT: &str = "completedAt";
+/// The batch's limit on chunk executions in flight; absent for the deployment's default.
+pub(super) const MAX_CONCURRENCY: &str = "maxConcurrency";
 /// Sort key of both listing indexes: creation time, then batch ID.
 pub(super) const CREATED_KEY: &str = "createdKey";
 /// Partition key of `by-created`: the same value on every batch.

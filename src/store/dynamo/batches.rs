@@ -8,8 +8,8 @@ use futures::{stream, StreamExt, TryStreamExt};
 use super::attributes::{
     batch_key, corrupt, created_key, flag, flag_value, n, number, optional_number, s, text, Item,
     BATCH_ID, BATCH_SIZE, CANCELLED_ITEMS, CANCEL_REQUESTED, COMPLETED_AT, COMPLETED_CHUNKS,
-    CREATED_AT, CREATED_KEY, FAILED_ITEMS, LIST_PARTITION, LIST_PARTITION_VALUE, RECEIVED_ITEMS,
-    STATUS, SUCCEEDED_ITEMS, TOTAL_CHUNKS, TOTAL_ITEMS, UPDATED_AT,
+    CREATED_AT, CREATED_KEY, FAILED_ITEMS, LIST_PARTITION, LIST_PARTITION_VALUE, MAX_CONCURRENCY,
+    RECEIVED_ITEMS, STATUS, SUCCEEDED_ITEMS, TOTAL_CHUNKS, TOTAL_ITEMS, UPDATED_AT,
 };
 use super::writes::{conditional, unavailable, write_units};
 use super::{contended, DynamoStore, OPTIMISTIC_ATTEMPTS};
@@ -47,6 +47,7 @@ impl BatchRecord {
                 created_at: Timestamp(number(item, CREATED_AT)?),
                 updated_at: Timestamp(number(item, UPDATED_AT)?),
                 completed_at: optional_number(item, COMPLETED_AT)?.map(Timestamp),
+                max_concurrency: optional_number(item, MAX_CONCURRENCY)?,
             },
             cancel_requested: flag(item, CANCEL_REQUESTED),
         })
@@ -71,9 +72,13 @@ impl BatchRecord {
             (CREATED_KEY, s(created_key(now.0, &part.batch_id))),
             (LIST_PARTITION, s(LIST_PARTITION_VALUE)),
         ];
+        let limit = part
+            .max_concurrency
+            .map(|limit| (MAX_CONCURRENCY.to_owned(), n(limit)));
         attributes
             .into_iter()
             .map(|(name, value)| (name.to_owned(), value))
+            .chain(limit)
             .collect::<HashMap<_, _>>()
     }
 }

@@ -18,6 +18,7 @@ use super::attributes::{
     CHUNKS_WRITTEN, COMPLETED_CHUNKS, ERRORS, FAILED_COUNT, FAILED_ITEMS, ITEM_COUNT, ITEM_IDS, SK,
     STAGE, STATES, SUCCEEDED_ITEMS, UPDATED_AT, VERSION,
 };
+use super::starts::IN_FLIGHT;
 use super::writes::{conditional, unavailable, write_units};
 use super::{contended, DynamoStore, OPTIMISTIC_ATTEMPTS};
 use crate::domain::{BatchId, BatchStatus, ItemOutcome, NewPart, Timestamp};
@@ -429,8 +430,11 @@ impl DynamoStore {
                 .set_key(Some(batch_key(batch_id)))
                 .update_expression(format!(
                     "ADD {SUCCEEDED_ITEMS} :succeeded, {FAILED_ITEMS} :failed, \
-                     {CANCELLED_ITEMS} :cancelled, {COMPLETED_CHUNKS} :one SET {UPDATED_AT} = :now"
+                     {CANCELLED_ITEMS} :cancelled, {COMPLETED_CHUNKS} :one, {IN_FLIGHT} :freed \
+                     SET {UPDATED_AT} = :now"
                 ))
+                // The chunk's slot frees with its count, in the same write (see `starts`).
+                .expression_attribute_values(":freed", n(-1))
                 .expression_attribute_values(
                     ":succeeded",
                     n(state.outcomes.count(codec::SUCCEEDED)),

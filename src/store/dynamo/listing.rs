@@ -11,7 +11,7 @@ use super::attributes::{
 use super::chunks::ChunkStateRecord;
 use super::writes::unavailable;
 use super::DynamoStore;
-use crate::domain::{Batch, BatchId, ItemRecord};
+use crate::domain::{Batch, BatchId, BatchStatus, ItemRecord};
 use crate::store::codec::{self, ItemPager};
 use crate::store::{BadPageToken, BatchQuery, ItemQuery, ListError, Page, StoreError};
 
@@ -36,6 +36,37 @@ impl BatchCursor {
 }
 
 impl DynamoStore {
+    /// Every batch in `status`, from the keys-only status index, all pages.
+    pub(super) async fn batch_ids_with_status(
+        &self,
+        status: BatchStatus,
+    ) -> Result<Vec<BatchId>, StoreError> {
+        let mut ids = Vec::new();
+        let mut start_key = None;
+        loop {
+            self.meter.read();
+            let output = self
+                .client
+                .query()
+                .table_name(&self.tables.batch_table)
+                .index_name(BY_STATUS_INDEX)
+                .key_condition_expression("#status = :status")
+                .expression_attribute_names("#status", STATUS)
+                .expression_attribute_values(":status", s(status.as_str()))
+                .set_exclusive_start_key(start_key)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in output.items() {
+                ids.push(BatchId::parse(text(item, BATCH_ID)?).map_err(|_| corrupt(BATCH_ID))?);
+            }
+            match output.last_evaluated_key {
+                Some(key) if !key.is_empty() => start_key = Some(key),
+                _ => return Ok(ids),
+            }
+        }
+    }
+
     /// `BatchStore::list_batches`: one index query, then the page's batch items.
     pub(super) async fn batch_page(&self, query: &BatchQuery) -> Result<Page<Batch>, ListError> {
         let start = query

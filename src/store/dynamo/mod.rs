@@ -51,7 +51,10 @@ mod chunks;
 mod jobs;
 mod listing;
 mod parts;
+mod starts;
 mod writes;
+
+pub use starts::{StartClaim, STALE_CLAIM};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,6 +160,21 @@ impl BatchStore for DynamoStore {
 
     async fn cancel_batch(&self, batch_id: &BatchId) -> Result<CancelOutcome, StoreError> {
         self.cancel(batch_id).await
+    }
+
+    async fn set_max_concurrency(
+        &self,
+        batch_id: &BatchId,
+        max_concurrency: Option<u32>,
+    ) -> Result<Option<Batch>, StoreError> {
+        if !self
+            .write_max_concurrency(batch_id, max_concurrency)
+            .await?
+        {
+            return Ok(None);
+        }
+        self.note_limit_changed(batch_id).await?;
+        self.get_batch(batch_id).await
     }
 
     async fn claim_chunk(&self, batch_id: &BatchId, chunk: u64) -> Result<ChunkClaim, StoreError> {
