@@ -105,6 +105,14 @@ async fn bad_submissions_are_rejected_and_the_database_is_unchanged() {
             "batch_id",
             "U+2060",
         ),
+        (
+            pb::SubmitBatchRequest {
+                max_concurrency: 10_001,
+                ..submit("limited", vec!["a".into()], 10)
+            },
+            "max_concurrency",
+            "between 1 and 10000",
+        ),
     ];
     for (request, field, rule) in cases {
         let shown = format!("{:?}", request.batch_id);
@@ -123,6 +131,7 @@ async fn bad_submissions_are_rejected_and_the_database_is_unchanged() {
         batch_size: size,
         part_number: part,
         item_ids: vec!["a".into(), "b".into()],
+        ..Default::default()
     };
     let append_cases = vec![
         (append("", 2, 1, 10), "batch_id"),
@@ -130,6 +139,13 @@ async fn bad_submissions_are_rejected_and_the_database_is_unchanged() {
         (append("p", 1, 1, 10), "total_items"),
         (append("p", 2, 0, 10), "part_number"),
         (append("p", 2, 1, 5000), "batch_size"),
+        (
+            pb::AppendBatchItemsRequest {
+                max_concurrency: 20_000,
+                ..append("p", 2, 1, 10)
+            },
+            "max_concurrency",
+        ),
     ];
     for (request, field) in append_cases {
         let status = test.client.append_batch_items(request).await.unwrap_err();
@@ -195,6 +211,7 @@ async fn numbers_beyond_the_allowed_range_are_invalid_argument_naming_the_field(
         batch_size: 10,
         part_number: part,
         item_ids: vec!["a".into()],
+        ..Default::default()
     };
     let cases = [
         (append(1 << 63, 1), "total_items"),

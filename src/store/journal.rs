@@ -88,6 +88,13 @@ impl Default for WakePosition {
     }
 }
 
+/// A batch's limit on executions in flight, and its executions the journal has running.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct BatchSlots {
+    pub limit: Option<u32>,
+    pub running: u64,
+}
+
 /// An execution that can run now: resumed from its cursor, or started afresh.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Runnable {
@@ -165,6 +172,18 @@ pub(crate) trait ExecutionJournal: Send + Sync + 'static {
         from: JournalPosition,
         limit: usize,
     ) -> Result<Vec<Runnable>, StoreError>;
+
+    /// Open chunks of `from`'s batch from `from` on that have no journal entry, in order: the
+    /// starts a batch held back by its limit, once it has room.
+    async fn unstarted_in_batch(
+        &self,
+        from: JournalPosition,
+        limit: usize,
+    ) -> Result<Vec<Runnable>, StoreError>;
+
+    /// A batch's limit on executions in flight (None: no limit of its own) and how many of
+    /// its executions are running by the journal (passed their first Task, not ended).
+    async fn batch_slots(&self, batch_seq: i64) -> Result<BatchSlots, StoreError>;
 
     /// The position of a batch's chunk (None when the batch does not exist).
     async fn position(

@@ -137,6 +137,7 @@ pub(crate) fn submit_request(
         batch_id: batch_id.to_owned(),
         item_ids,
         batch_size,
+        ..Default::default()
     }
 }
 

@@ -12,6 +12,7 @@
 
 pub mod asl;
 mod execution;
+mod limits;
 
 mod window;
 
@@ -252,5 +253,11 @@ impl Orchestrator for LocalEngine {
             });
         }
         Ok(())
+    }
+
+    async fn concurrency_changed(&self, batch_id: &BatchId) {
+        let _ = self.shared.events.send(Event::LimitChanged {
+            batch_id: batch_id.clone(),
+        });
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::execution::Work;
+use super::limits::BatchLimits;
 use crate::domain::{BatchId, Timestamp};
 use crate::store::journal::{
     ExecutionJournal, ExecutionKey, JournalPosition, Runnable, WakePosition,
@@ -38,6 +39,8 @@ pub(super) fn capacity(concurrency: usize) -> usize {
 pub(super) enum Event {
     /// Chunks of a batch were stored, the lowest being `first_chunk`.
     Stored { batch_id: BatchId, first_chunk: u64 },
+    /// A batch's limit on executions in flight changed.
+    LimitChanged { batch_id: BatchId },
     /// An execution left memory, its last journal entry committed; `woken` is where it sleeps.
     Settled {
         key: ExecutionKey,
@@ -58,6 +61,8 @@ pub(super) struct Window {
     due_from: WakePosition,
     next_wake: Option<Timestamp>,
     unstarted_from: JournalPosition,
+    /// Batches' limits on executions in flight.
+    limits: BatchLimits,
     /// Every source was empty at the last look.
     idle: bool,
 }
@@ -82,6 +87,7 @@ impl Window {
             due_from: WakePosition::default(),
             next_wake: Some(Timestamp(i64::MIN)),
             unstarted_from: JournalPosition::default(),
+            limits: BatchLimits::default(),
             idle: false,
         }
     }
@@ -122,9 +128,21 @@ impl Window {
                 }
                 continue;
             }
-            match self.page(room.min(PAGE)).await {
-                Ok(page) if page.is_empty() => self.idle = true,
-                Ok(page) => self.admit(page),
+            let paged = match self.refill(room.min(PAGE)).await {
+                Ok(true) => continue,
+                Ok(false) => self.page(room.min(PAGE)).await,
+                Err(err) => Err(err),
+            };
+            let admitted = match paged {
+                Ok(page) if page.is_empty() => {
+                    self.idle = true;
+                    Ok(())
+                }
+                Ok(page) => self.admit(page).await,
+                Err(err) => Err(err),
+            };
+            match admitted {
+                Ok(()) => {}
                 Err(err) => {
                     tracing::error!(error = %err, "paging chunk executions failed; retrying");
                     tokio::select! {
@@ -159,8 +177,19 @@ impl Window {
                     self.idle = false;
                 }
             },
+            Event::LimitChanged { batch_id } => {
+                if let Err(err) = self.limits.reload(self.journal.as_ref(), &batch_id).await {
+                    tracing::error!(error = %err, "reading a batch's new limit failed");
+                }
+                self.idle = false;
+            }
             Event::Settled { key, woken } => {
                 self.in_memory.remove(&key);
+                if woken.is_none() {
+                    self.limits.ended(&key.batch_id);
+                    // A batch holding starts back may now have room.
+                    self.idle = false;
+                }
                 if let Some(woken) = woken {
                     self.due_from = self.due_from.min(woken);
                     self.next_wake = Some(match self.next_wake {
@@ -211,13 +240,48 @@ impl Window {
         Ok(page)
     }
 
-    fn admit(&mut self, page: Vec<Runnable>) {
+    /// Pages in the held-back starts of a batch that has room again; whether it did.
+    async fn refill(&mut self, most: usize) -> Result<bool, StoreError> {
+        let Some((batch_id, refill)) = self.limits.next_refill(most) else {
+            return Ok(false);
+        };
+        let page = self
+            .journal
+            .unstarted_in_batch(refill.from, refill.count)
+            .await?;
+        let last = page.last().map(|runnable| runnable.position);
+        self.limits.refilled(&batch_id, refill, page.len(), last);
+        self.admit(page).await?;
+        Ok(true)
+    }
+
+    async fn admit(&mut self, page: Vec<Runnable>) -> Result<(), StoreError> {
+        let mut last_held: Option<JournalPosition> = None;
         for runnable in page {
-            if self.in_memory.insert(runnable.key.clone()) {
-                // The workers live as long as the window; once they stop, the journal keeps it.
-                let _ = self.ready.send(Work::from(runnable));
+            if self.in_memory.contains(&runnable.key) {
+                continue;
             }
+            if !self
+                .limits
+                .may_run(self.journal.as_ref(), &runnable)
+                .await?
+            {
+                last_held = Some(runnable.position);
+                continue;
+            }
+            self.in_memory.insert(runnable.key.clone());
+            // The workers live as long as the window; once they stop, the journal keeps it.
+            let _ = self.ready.send(Work::from(runnable));
         }
+        if let Some(held) = last_held.filter(|held| held.batch_seq == self.unstarted_from.batch_seq)
+        {
+            // The rest of a batch holding starts back waits for its refill: page past it.
+            self.unstarted_from = JournalPosition {
+                batch_seq: held.batch_seq + 1,
+                chunk: 0,
+            };
+        }
+        Ok(())
     }
 }
 

@@ -27,6 +27,7 @@ fn sample_batch(completed_at: Option<Timestamp>) -> Batch {
         created_at: Timestamp(-1_234_567),
         updated_at: Timestamp(1_700_000_000_123_456),
         completed_at,
+        max_concurrency: Some(4),
     }
 }
 
@@ -70,12 +71,14 @@ fn a_whole_batch_round_trips_through_a_submit_request_as_its_first_part() {
         batch_id: batch_id_of("whole"),
         batch_size: BatchSize::parse(2).unwrap(),
         items: ids(&["x", "y", "z"]),
+        max_concurrency: Some(7),
     };
     let part = NewPart::try_from(pb::SubmitBatchRequest::from(submission.clone())).unwrap();
     assert_eq!(part.batch_id, submission.batch_id);
     assert_eq!(part.batch_size, submission.batch_size);
     assert_eq!(part.items, submission.items);
     assert_eq!((part.total_items, part.part_number), (3, 1));
+    assert_eq!(part.max_concurrency, Some(7));
 }
 
 #[test]
@@ -84,6 +87,7 @@ fn a_submission_without_a_batch_id_gets_a_uuid_and_a_zero_batch_size_the_default
         batch_id: String::new(),
         item_ids: vec!["a".into()],
         batch_size: 0,
+        ..Default::default()
     })
     .unwrap();
     assert!(uuid::Uuid::parse_str(part.batch_id.as_str()).is_ok());
@@ -233,6 +237,7 @@ fn a_bad_submission_names_the_field_and_the_rule() {
         batch_id: batch_id.into(),
         item_ids: item_ids.iter().map(|id| id.to_string()).collect(),
         batch_size,
+        ..Default::default()
     };
     let cases = [
         (submit("b", &[], 1), "item_ids: must hold at least one item ID"),
@@ -250,6 +255,13 @@ fn a_bad_submission_names_the_field_and_the_rule() {
             "batch_size: must be an integer between 1 and 1000",
         ),
         (submit("  ", &["a"], 1), "batch_id: must not be only whitespace"),
+        (
+            pb::SubmitBatchRequest {
+                max_concurrency: 10_001,
+                ..submit("b", &["a"], 1)
+            },
+            "max_concurrency: must be an integer between 1 and 10000 (0 or absent for the default)",
+        ),
     ];
     for (request, expected) in cases {
         assert_eq!(refusal(NewPart::try_from(request)), expected);
@@ -266,6 +278,7 @@ fn a_bad_part_names_the_field_and_the_rule() {
         batch_size: 10,
         part_number,
         item_ids: vec!["a".into(), "b".into()],
+        ..Default::default()
     };
     let max = crate::domain::MAX_COUNT;
     let cases = [

@@ -2,14 +2,14 @@
 //! execution that has passed its first Task, and the queries that page runnable executions in.
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::writer::{Message, StagedEntry};
 use super::SqliteStore;
 use crate::domain::{BatchId, Timestamp};
 use crate::store::journal::{
-    ExecutionJournal, ExecutionKey, JournalEntry, JournalPosition, JournalReceipt, Runnable,
-    WakePosition,
+    BatchSlots, ExecutionJournal, ExecutionKey, JournalEntry, JournalPosition, JournalReceipt,
+    Runnable, WakePosition,
 };
 use crate::store::StoreError;
 
@@ -168,6 +168,42 @@ impl ExecutionJournal for SqliteStore {
                  ORDER BY c.batch_seq, c.chunk LIMIT ?3",
                 params![from.batch_seq, from.chunk, limit(count)],
             )
+        })
+        .await
+    }
+
+    async fn unstarted_in_batch(
+        &self,
+        from: JournalPosition,
+        count: usize,
+    ) -> Result<Vec<Runnable>, StoreError> {
+        self.read(move |conn| {
+            page(
+                conn,
+                "SELECT b.batch_id, c.batch_seq, c.chunk, NULL, NULL, NULL \
+                 FROM chunks c JOIN batches b ON b.seq = c.batch_seq \
+                 WHERE c.batch_seq = ?1 AND c.chunk >= ?2 AND c.stage IN ('PENDING', 'STARTED') \
+                 AND NOT EXISTS (SELECT 1 FROM executions e WHERE e.batch_seq = c.batch_seq AND e.chunk = c.chunk) \
+                 ORDER BY c.chunk LIMIT ?3",
+                params![from.batch_seq, from.chunk, limit(count)],
+            )
+        })
+        .await
+    }
+
+    async fn batch_slots(&self, batch_seq: i64) -> Result<BatchSlots, StoreError> {
+        self.read(move |conn| {
+            let limit: Option<u32> = conn
+                .prepare_cached("SELECT max_concurrency FROM batches WHERE seq = ?1")?
+                .query_row([batch_seq], |row| row.get(0))
+                .optional()?
+                .flatten();
+            let running: u64 = conn
+                .prepare_cached(
+                    "SELECT count(*) FROM executions WHERE batch_seq = ?1 AND status = 'RUNNING'",
+                )?
+                .query_row([batch_seq], |row| row.get(0))?;
+            Ok(BatchSlots { limit, running })
         })
         .await
     }

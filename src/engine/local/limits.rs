@@ -1,0 +1,214 @@
+//! Per-batch limits on executions in flight (`max_concurrency`): which fresh executions the
+//! window may start, and which it holds back until their batch has room.
+//!
+//! An execution is in flight from its start until it ends, sleeping included. A batch's count
+//! is read from the journal the first time the window meets the batch (its executions that
+//! passed their first Task and have not ended), then kept here: one more for each fresh start,
+//! one less for each end. Held-back starts are not kept in memory: the batch remembers the
+//! first of them, and they are paged in from there once it has room.
+
+use std::collections::HashMap;
+
+use crate::domain::BatchId;
+use crate::store::journal::{ExecutionJournal, JournalPosition, Runnable};
+use crate::store::StoreError;
+
+/// One batch's slots, as the window keeps them.
+#[derive(Debug, Clone, Default)]
+struct Slots {
+    batch_seq: i64,
+    limit: Option<u32>,
+    running: u64,
+    /// The first start held back, once the batch had no room.
+    held_from: Option<JournalPosition>,
+}
+
+impl Slots {
+    fn room(&self) -> Option<u64> {
+        self.limit
+            .map(|limit| u64::from(limit).saturating_sub(self.running))
+    }
+}
+
+/// Starts a batch may make: held back ones, from where, and how many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Refill {
+    pub from: JournalPosition,
+    pub count: usize,
+}
+
+/// The slots of every batch with executions in flight or starts held back.
+#[derive(Default)]
+pub(super) struct BatchLimits {
+    batches: HashMap<BatchId, Slots>,
+}
+
+impl BatchLimits {
+    async fn slots<'a>(
+        &'a mut self,
+        journal: &dyn ExecutionJournal,
+        runnable: &Runnable,
+    ) -> Result<&'a mut Slots, StoreError> {
+        if !self.batches.contains_key(&runnable.key.batch_id) {
+            let read = journal.batch_slots(runnable.position.batch_seq).await?;
+            self.batches.insert(
+                runnable.key.batch_id.clone(),
+                Slots {
+                    batch_seq: runnable.position.batch_seq,
+                    limit: read.limit,
+                    running: read.running,
+                    held_from: None,
+                },
+            );
+        }
+        Ok(self
+            .batches
+            .get_mut(&runnable.key.batch_id)
+            .expect("inserted above"))
+    }
+
+    /// Whether the window may run `runnable` now. A resumed or woken execution is in flight
+    /// already and always may; a fresh start may while its batch has room, and is counted,
+    /// else it is held back (false).
+    pub(super) async fn may_run(
+        &mut self,
+        journal: &dyn ExecutionJournal,
+        runnable: &Runnable,
+    ) -> Result<bool, StoreError> {
+        if runnable.cursor.is_some() {
+            self.slots(journal, runnable).await?;
+            return Ok(true);
+        }
+        let slots = self.slots(journal, runnable).await?;
+        if slots.room() == Some(0) {
+            let from = slots
+                .held_from
+                .map_or(runnable.position, |held| held.min(runnable.position));
+            slots.held_from = Some(from);
+            return Ok(false);
+        }
+        slots.running += 1;
+        Ok(true)
+    }
+
+    /// Whether `batch_id` holds starts back.
+    #[cfg(test)]
+    pub(super) fn is_holding(&self, batch_id: &BatchId) -> bool {
+        self.batches
+            .get(batch_id)
+            .is_some_and(|slots| slots.held_from.is_some())
+    }
+
+    /// An execution of `batch_id` ended: its slot frees.
+    pub(super) fn ended(&mut self, batch_id: &BatchId) {
+        if let Some(slots) = self.batches.get_mut(batch_id) {
+            slots.running = slots.running.saturating_sub(1);
+            if slots.running == 0 && slots.held_from.is_none() {
+                // Read again from the journal if the batch comes back (a new part).
+                self.batches.remove(batch_id);
+            }
+        }
+    }
+
+    /// The batch's limit changed in the store: read it again.
+    pub(super) async fn reload(
+        &mut self,
+        journal: &dyn ExecutionJournal,
+        batch_id: &BatchId,
+    ) -> Result<(), StoreError> {
+        if let Some(slots) = self.batches.get_mut(batch_id) {
+            slots.limit = journal.batch_slots(slots.batch_seq).await?.limit;
+        }
+        Ok(())
+    }
+
+    /// A batch holding starts back that now has room, if any: where its held starts begin and
+    /// how many (at most `most`) it may make.
+    pub(super) fn next_refill(&self, most: usize) -> Option<(BatchId, Refill)> {
+        self.batches.iter().find_map(|(batch_id, slots)| {
+            let from = slots.held_from?;
+            let room = slots.room().unwrap_or(u64::MAX);
+            (room > 0).then(|| {
+                let count = usize::try_from(room).unwrap_or(usize::MAX).min(most);
+                (batch_id.clone(), Refill { from, count })
+            })
+        })
+    }
+
+    /// The held starts of `batch_id` were paged from `refill.from`: `last` is the last one
+    /// found (None when none are left).
+    pub(super) fn refilled(
+        &mut self,
+        batch_id: &BatchId,
+        refill: Refill,
+        found: usize,
+        last: Option<JournalPosition>,
+    ) {
+        if let Some(slots) = self.batches.get_mut(batch_id) {
+            slots.held_from = match last {
+                Some(last) if found >= refill.count => Some(last.next()),
+                _ => None,
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_is_the_limit_less_what_runs() {
+        let slots = Slots {
+            batch_seq: 1,
+            limit: Some(5),
+            running: 3,
+            held_from: None,
+        };
+        assert_eq!(slots.room(), Some(2));
+        let over = Slots {
+            running: 7,
+            ..slots.clone()
+        };
+        assert_eq!(over.room(), Some(0));
+        let unlimited = Slots {
+            limit: None,
+            ..slots
+        };
+        assert_eq!(unlimited.room(), None);
+    }
+
+    #[test]
+    fn a_batch_with_room_and_held_starts_is_refilled_from_the_first_held() {
+        let batch = BatchId::parse("b").unwrap();
+        let held = JournalPosition {
+            batch_seq: 1,
+            chunk: 7,
+        };
+        let mut limits = BatchLimits::default();
+        limits.batches.insert(
+            batch.clone(),
+            Slots {
+                batch_seq: 1,
+                limit: Some(5),
+                running: 5,
+                held_from: Some(held),
+            },
+        );
+        assert_eq!(limits.next_refill(256), None);
+        limits.ended(&batch);
+        let (refilled, refill) = limits.next_refill(256).unwrap();
+        assert_eq!(refilled, batch);
+        assert_eq!(
+            refill,
+            Refill {
+                from: held,
+                count: 1
+            }
+        );
+        limits.refilled(&batch, refill, 1, Some(held));
+        assert!(limits.is_holding(&batch));
+        limits.refilled(&batch, refill, 0, None);
+        assert!(!limits.is_holding(&batch));
+    }
+}
