@@ -25,10 +25,9 @@ use self::connection::{Protocol, Timeouts};
 use self::listener::{Http2Settings, ListenerConfig};
 use crate::config::{AwsSettings, Backend, ConnectionConfig, ServeArgs};
 use crate::engine::local::{EngineConfig, EngineRunner, LocalEngine};
-use crate::engine::stepfunctions::{self, StepFunctionsOrchestrator};
 use crate::grpc::{grpc_router, AdminService};
 use crate::http::{HostPolicy, HttpSettings};
-use crate::pipeline::{Intake, Steps, Tasks};
+use crate::pipeline::{Intake, StartedByStream, Steps, Tasks};
 use crate::store::dynamo::DynamoStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::BatchStore;
@@ -195,10 +194,6 @@ impl AwsApp {
             aws_sdk_dynamodb::Client::new(sdk_config),
             config.stack.tables.clone(),
         );
-        let orchestrator = StepFunctionsOrchestrator::new(
-            stepfunctions::client(sdk_config),
-            config.stack.state_machine_arn.clone(),
-        );
         let shared_store: Arc<dyn BatchStore> = Arc::new(store.clone());
         // No engine runs here, so the commands never run; AWS Batch runners stop jobs on cancel.
         let job_config = JobConfig {
@@ -209,8 +204,9 @@ impl AwsApp {
         let job_runners = jobs::build(&job_config, 1, Some(sdk_config)).await?;
         let steps = Steps::new(Arc::clone(&shared_store), Tasks::default())
             .with_jobs(job_runners.runners.clone());
+        // The stack's request-table stream starts the chunks of the parts stored here.
         let intake =
-            Intake::new(Arc::clone(&shared_store), Arc::new(orchestrator)).with_jobs(steps);
+            Intake::new(Arc::clone(&shared_store), Arc::new(StartedByStream)).with_jobs(steps);
         let server = Server::start(
             (config.grpc_addr, config.http_addr),
             &config.connections,

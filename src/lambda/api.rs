@@ -11,14 +11,42 @@ use lambda_http::request::RequestContext;
 use lambda_http::{service_fn, Body, Request, RequestExt, Response};
 use serde_json::{json, Value};
 
+use lambda_http::request::LambdaRequest;
+use lambda_runtime::LambdaEvent;
+use serde_json::value::RawValue;
+use tower::ServiceExt;
+
+use super::stream::{self, ChunkStarter};
 use crate::pipeline::Intake;
 use crate::{run_request, seed};
 
-/// Serves API Gateway events until the Runtime API stops the process.
-pub(crate) async fn serve(intake: Intake) -> Result<(), lambda_runtime::Error> {
+/// Serves the role's events until the Runtime API stops the process: API Gateway requests,
+/// and the request table's stream and the repair schedule ([`stream`]).
+pub(crate) async fn serve(
+    intake: Intake,
+    starter: ChunkStarter,
+) -> Result<(), lambda_runtime::Error> {
     let intake = &intake;
-    lambda_http::run(service_fn(move |request: Request| async move {
+    let starter = &starter;
+    let http = lambda_http::Adapter::from(service_fn(move |request: Request| async move {
         Ok::<_, Infallible>(respond(intake, request).await)
+    }));
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Box<RawValue>>| {
+        let http = http.clone();
+        async move {
+            let (payload, context) = (event.payload, event.context);
+            let peeked: Value = serde_json::from_str(payload.get())?;
+            if stream::is_stream_event(&peeked) {
+                let records: stream::StreamEvent = serde_json::from_value(peeked)?;
+                return Ok::<Value, lambda_runtime::Error>(starter.handle_stream(records).await);
+            }
+            if stream::is_scheduled_event(&peeked) {
+                return Ok(starter.sweep().await?);
+            }
+            let request: LambdaRequest = serde_json::from_str(payload.get())?;
+            let response = http.oneshot(LambdaEvent::new(request, context)).await?;
+            Ok(serde_json::to_value(response)?)
+        }
     }))
     .await
 }

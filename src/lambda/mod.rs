@@ -2,7 +2,9 @@
 //!
 //! One artifact is deployed to four functions. Each process serves one role, named by the
 //! function's Handler property (`_HANDLER`; `BATCH_MANAGER_HANDLER` overrides it):
-//! - `init`: API Gateway's `POST /stateMachineInit` and `POST /runrequests` ([`api`]);
+//! - `init`: API Gateway's `POST /stateMachineInit` and `POST /runrequests` ([`api`]), which
+//!   only store parts; the request table's stream and a schedule, which start chunk
+//!   executions within each batch's limit ([`stream`]);
 //! - `task1`, `task2`, `update`: the state machine's Task states ([`steps`]).
 //!
 //! A task role whose `TASK1_JOB_QUEUE` and `TASK1_JOB_DEFINITION` (or `TASK2_...`) are set runs
@@ -18,6 +20,7 @@
 
 pub(crate) mod api;
 pub(crate) mod steps;
+pub(crate) mod stream;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -29,7 +32,8 @@ use crate::app::{build_job_runners, JobConfig};
 use crate::engine::stepfunctions::{self, StepFunctionsOrchestrator};
 use crate::pipeline::job_steps::DEFAULT_JOB_DEADLINE;
 use crate::pipeline::jobs::FIRST_POLL_INTERVAL;
-use crate::pipeline::{Intake, Steps, Tasks};
+use crate::pipeline::{Intake, StartedByStream, Steps, Tasks};
+use stream::ChunkStarter;
 use crate::store::dynamo::{DynamoStore, DynamoTables};
 use crate::store::BatchStore;
 
@@ -47,6 +51,11 @@ pub(crate) const BATCH_TABLE_VAR: &str = "BATCH_TABLE";
 pub(crate) const REQUEST_TABLE_VAR: &str = "REQUEST_TABLE";
 /// The chunk state machine; only `init` starts executions.
 pub(crate) const STATE_MACHINE_ARN_VAR: &str = "STATE_MACHINE_ARN";
+
+/// Chunk executions in flight at once for a batch that names no limit.
+pub(crate) const DEFAULT_MAX_CONCURRENCY_VAR: &str = "DEFAULT_MAX_CONCURRENCY";
+/// [`DEFAULT_MAX_CONCURRENCY_VAR`] when unset.
+pub(crate) const DEFAULT_MAX_CONCURRENCY: u32 = 100;
 
 /// Seconds one attempt's external job may run.
 pub(crate) const TASK_TIMEOUT_VAR: &str = "TASK_TIMEOUT_SECONDS";
@@ -108,7 +117,11 @@ impl InitError {
 /// What this process serves, with the settings only that role needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RoleSettings {
-    Init { state_machine_arn: String },
+    Init {
+        state_machine_arn: String,
+        /// The limit of a batch that names none.
+        default_max_concurrency: u32,
+    },
     Step(StepRole),
 }
 
@@ -147,6 +160,21 @@ impl LambdaSettings {
         let role = match role {
             Role::Init => RoleSettings::Init {
                 state_machine_arn: required(STATE_MACHINE_ARN_VAR)?,
+                default_max_concurrency: match lookup(DEFAULT_MAX_CONCURRENCY_VAR) {
+                    None => DEFAULT_MAX_CONCURRENCY,
+                    Some(raw) => raw
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                        .and_then(|raw| crate::domain::parse_max_concurrency(raw).ok().flatten())
+                        .ok_or_else(|| InitError::InvalidSetting {
+                            name: DEFAULT_MAX_CONCURRENCY_VAR.to_owned(),
+                            rule: format!(
+                                "must be a whole number from 1 to {}",
+                                crate::domain::MAX_CONCURRENCY_LIMIT
+                            ),
+                        })?,
+                },
             },
             Role::Step(step) => RoleSettings::Step(step),
         };
@@ -211,10 +239,11 @@ pub(crate) async fn run() -> Result<(), lambda_runtime::Error> {
         }
     };
     let sdk_config = crate::config::aws_sdk_config().await;
-    let store: Arc<dyn BatchStore> = Arc::new(DynamoStore::new(
+    let dynamo = DynamoStore::new(
         aws_sdk_dynamodb::Client::new(&sdk_config),
         settings.tables,
-    ));
+    );
+    let store: Arc<dyn BatchStore> = Arc::new(dynamo.clone());
     let runners = match build_job_runners(&settings.jobs, 1, Some(&sdk_config)).await {
         Ok(built) => built.runners,
         Err(err) => {
@@ -228,12 +257,17 @@ pub(crate) async fn run() -> Result<(), lambda_runtime::Error> {
     };
     let steps = Steps::new(Arc::clone(&store), Tasks::default()).with_jobs(runners);
     match settings.role {
-        RoleSettings::Init { state_machine_arn } => {
+        RoleSettings::Init {
+            state_machine_arn,
+            default_max_concurrency,
+        } => {
             let orchestrator = StepFunctionsOrchestrator::new(
                 stepfunctions::client(&sdk_config),
                 state_machine_arn,
             );
-            api::serve(Intake::new(store, Arc::new(orchestrator)).with_jobs(steps)).await
+            let starter = ChunkStarter::new(dynamo, orchestrator, default_max_concurrency);
+            let intake = Intake::new(store, Arc::new(StartedByStream)).with_jobs(steps);
+            api::serve(intake, starter).await
         }
         RoleSettings::Step(role) => steps::serve(role, steps).await,
     }
@@ -305,7 +339,8 @@ mod tests {
         assert_eq!(
             init.role,
             RoleSettings::Init {
-                state_machine_arn: "arn".to_owned()
+                state_machine_arn: "arn".to_owned(),
+                default_max_concurrency: DEFAULT_MAX_CONCURRENCY,
             }
         );
         assert_eq!(init.tables.batch_table, "b");

@@ -54,7 +54,7 @@ mod parts;
 mod starts;
 mod writes;
 
-pub use starts::{StartClaim, STALE_CLAIM};
+pub use starts::{StartClaim, LIMIT_CHANGED_SK, STALE_CLAIM};
 
 use std::sync::Arc;
 use std::time::Duration;

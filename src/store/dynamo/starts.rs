@@ -47,7 +47,7 @@ const STARTING_FROM: &str = "startingFrom";
 const STARTING_TO: &str = "startingTo";
 const STARTING_AT: &str = "startingAt";
 /// The request-table item whose writes tell the stream a batch's limit changed.
-pub(crate) const LIMIT_CHANGED_SK: &str = "limitChanged";
+pub const LIMIT_CHANGED_SK: &str = "limitChanged";
 
 /// How long a claim may stay unconfirmed before its chunks are started again by another
 /// claimer: far longer than starting a claim's chunks takes.
