@@ -422,6 +422,7 @@ async fn a_batch_sent_in_parts_completes_once_every_part_arrived() {
         batch_size: 4,
         part_number: number,
         item_ids: items.to_vec(),
+        ..Default::default()
     };
     let first = test
         .client
@@ -638,6 +639,7 @@ async fn concurrent_cancels_from_several_clients_count_every_item_once() {
             batch_size: 1,
             part_number: 1,
             item_ids: uuids(200),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -702,6 +704,7 @@ async fn a_cancelled_batch_lists_every_received_item_without_a_filter() {
             batch_size: 1,
             part_number: 1,
             item_ids: ids.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -768,6 +771,7 @@ async fn a_part_repeating_an_item_of_an_earlier_part_is_already_exists_and_write
         batch_size: 10,
         part_number: number,
         item_ids: items,
+        ..Default::default()
     };
     test.client
         .append_batch_items(part(1, ids[..20].to_vec()))

@@ -113,7 +113,7 @@ async fn a_batch_runs_through_the_lambda_roles_as_one_aws_batch_array_job_per_ch
     let jobs = JobStack::deploy(common::moto::moto_endpoint().await, "awsb-whole").await;
     jobs.post_seed().await;
 
-    let ends = play_all_executions(&jobs.stack, &jobs.functions).await;
+    let ends = play_all_executions(&jobs.stack, &jobs.init, &jobs.functions).await;
     assert_eq!(ends.len(), 2);
     for end in &ends {
         assert!(matches!(end, Step::Succeeded(_)), "{end:?}");
@@ -146,7 +146,7 @@ async fn failed_children_fail_their_items_and_a_failed_plain_job_is_submitted_ag
     assert_eq!(status, 200, "{body}");
     let run_request_id = body["runRequestID"].as_str().unwrap().to_owned();
 
-    let ends = play_all_executions(&jobs.stack, &jobs.functions).await;
+    let ends = play_all_executions(&jobs.stack, &jobs.init, &jobs.functions).await;
     assert_eq!(ends.len(), 3);
 
     // The chunks' array jobs ended; each failed child fails its own item, once.
@@ -326,7 +326,7 @@ async fn run_requests_reach_init_as_rest_and_http_api_events_and_run_as_named_jo
         assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
         ids.push(id);
     }
-    let ends = play_all_executions(&jobs.stack, &jobs.functions).await;
+    let ends = play_all_executions(&jobs.stack, &jobs.init, &jobs.functions).await;
     assert_eq!(ends.len(), 2);
     for id in &ids {
         let batch_id = BatchId::parse(id.clone()).unwrap();

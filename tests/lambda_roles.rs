@@ -211,13 +211,20 @@ async fn other_routes_and_methods_get_404_and_405_and_stage_prefixes_are_routed(
 }
 
 #[tokio::test]
-async fn init_answers_rest_and_http_api_events_and_starts_each_chunk_once() {
+async fn init_answers_rest_and_http_api_events_and_its_stream_starts_each_chunk_once() {
     let stack = MotoStack::deploy("lambda-init").await;
     let init = stack.function("init").await;
     let expected = json!({"batchId": SEED_BATCH_ID, "totalItems": 10});
 
     let (status, body) = http_reply(init.invoke(fixture("apigw-v1-seed.json")).await);
     assert_eq!((status, &body), (200, &expected));
+    // The request only stored the part; the stream starts its chunks.
+    assert!(stack.executions().await.is_empty());
+    assert_eq!(
+        stack.deliver_stream(&init).await,
+        1,
+        "the part's written mark"
+    );
 
     let batch_id = BatchId::parse(SEED_BATCH_ID).unwrap();
     let expected_executions = vec![
@@ -240,6 +247,7 @@ async fn init_answers_rest_and_http_api_events_and_starts_each_chunk_once() {
         let (status, body) = http_reply(init.invoke(fixture(event)).await);
         assert_eq!((status, &body), (200, &expected), "{event}");
     }
+    stack.deliver_stream(&init).await;
     assert_eq!(stack.executions().await, sorted);
 
     let batch = stack
@@ -274,6 +282,7 @@ async fn a_chunk_whose_execution_already_exists_counts_as_started() {
 
     let (status, body) = http_reply(init.invoke(fixture("apigw-v2-seed.json")).await);
     assert_eq!(status, 200, "{body}");
+    stack.deliver_stream(&init).await;
     let executions = stack.executions().await;
     assert_eq!(executions.len(), 2, "{executions:?}");
     assert!(executions.contains(&(execution_name(&batch_id, 1), earlier_input)));
@@ -290,7 +299,7 @@ async fn the_seed_example_runs_through_all_four_roles_to_exact_counts() {
     let (status, body) = http_reply(init.invoke(fixture("apigw-v2-seed.json")).await);
     assert_eq!(status, 200, "{body}");
 
-    let ends = play_all_executions(&stack, &functions).await;
+    let ends = play_all_executions(&stack, &init, &functions).await;
     assert_eq!(ends.len(), 2);
     for end in &ends {
         let Step::Succeeded(output) = end else {
@@ -338,9 +347,10 @@ async fn a_mixed_batch_ends_with_exact_failed_and_succeeded_counts() {
     let event = with_body(fixture("apigw-v1-seed.json"), &seed);
     let (status, body) = http_reply(init.invoke(event).await);
     assert_eq!(status, 200, "{body}");
+    stack.deliver_stream(&init).await;
     assert_eq!(stack.executions().await.len(), 3);
 
-    let ends = play_all_executions(&stack, &functions).await;
+    let ends = play_all_executions(&stack, &init, &functions).await;
     assert!(
         ends.iter().all(|end| matches!(end, Step::Succeeded(_))),
         "{ends:?}"

@@ -29,7 +29,7 @@ fn settings(stack: &MotoStack) -> AwsSettings {
 }
 
 #[tokio::test]
-async fn submitted_batches_are_stored_in_dynamodb_and_started_in_step_functions() {
+async fn submitted_batches_are_stored_in_dynamodb_and_their_stream_starts_them_in_step_functions() {
     let stack = MotoStack::deploy("serve-aws").await;
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let app = AwsApp::spawn(
@@ -51,6 +51,7 @@ async fn submitted_batches_are_stored_in_dynamodb_and_started_in_step_functions(
             batch_id: "served-on-aws".to_owned(),
             item_ids: common::uuids(10),
             batch_size: 4,
+            ..Default::default()
         })
         .await
         .expect("SubmitBatch")
@@ -82,6 +83,10 @@ async fn submitted_batches_are_stored_in_dynamodb_and_started_in_step_functions(
         json!({"batchId": "4b4dc5c6-fbd9-493d-98ff-c459c378f45d", "totalItems": 10})
     );
 
+    // The server only stored the parts; the stack's stream starts their chunks.
+    assert!(stack.executions().await.is_empty());
+    let init = stack.function("init").await;
+    stack.deliver_stream(&init).await;
     let names: Vec<String> = stack
         .executions()
         .await

@@ -33,9 +33,9 @@ use crate::engine::stepfunctions::{self, StepFunctionsOrchestrator};
 use crate::pipeline::job_steps::DEFAULT_JOB_DEADLINE;
 use crate::pipeline::jobs::FIRST_POLL_INTERVAL;
 use crate::pipeline::{Intake, StartedByStream, Steps, Tasks};
-use stream::ChunkStarter;
 use crate::store::dynamo::{DynamoStore, DynamoTables};
 use crate::store::BatchStore;
+use stream::ChunkStarter;
 
 pub(crate) use steps::StepRole;
 
@@ -239,10 +239,7 @@ pub(crate) async fn run() -> Result<(), lambda_runtime::Error> {
         }
     };
     let sdk_config = crate::config::aws_sdk_config().await;
-    let dynamo = DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&sdk_config),
-        settings.tables,
-    );
+    let dynamo = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk_config), settings.tables);
     let store: Arc<dyn BatchStore> = Arc::new(dynamo.clone());
     let runners = match build_job_runners(&settings.jobs, 1, Some(&sdk_config)).await {
         Ok(built) => built.runners,

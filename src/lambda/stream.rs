@@ -296,7 +296,10 @@ mod tests {
             classify(&recorded),
             Some((batch.clone(), Change::RoomMayHaveChanged))
         );
-        let started = change("chunk#00000000000000000003", json!({"stage": {"S": "STARTED"}}));
+        let started = change(
+            "chunk#00000000000000000003",
+            json!({"stage": {"S": "STARTED"}}),
+        );
         assert_eq!(classify(&started), None);
         let ids = change("chunk#00000000000000000003#ids", json!({}));
         assert_eq!(classify(&ids), None);
@@ -309,7 +312,9 @@ mod tests {
         assert!(is_stream_event(
             &json!({"Records": [{"eventSource": "aws:dynamodb"}]})
         ));
-        assert!(!is_stream_event(&json!({"Records": [{"eventSource": "aws:s3"}]})));
+        assert!(!is_stream_event(
+            &json!({"Records": [{"eventSource": "aws:s3"}]})
+        ));
         assert!(is_scheduled_event(
             &json!({"source": "aws.events", "detail-type": "Scheduled Event"})
         ));

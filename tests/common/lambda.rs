@@ -381,6 +381,8 @@ pub(crate) struct MotoStack {
     pub batch_table: String,
     pub request_table: String,
     pub state_machine_arn: String,
+    /// The request table's stream, delivered to `init` as the stack's mapping would.
+    pub stream: super::stream::StreamPoller,
 }
 
 impl MotoStack {
@@ -412,12 +414,14 @@ impl MotoStack {
             .await
             .expect("create the state machine")
             .state_machine_arn;
+        let stream = super::stream::StreamPoller::new(&sdk_config, &request_table).await;
         Self {
             endpoint,
             sdk_config,
             batch_table,
             request_table,
             state_machine_arn,
+            stream,
         }
     }
 
@@ -472,6 +476,34 @@ impl MotoStack {
 
     pub(crate) fn sfn(&self) -> aws_sdk_sfn::Client {
         aws_sdk_sfn::Client::new(&self.sdk_config)
+    }
+
+    /// Delivers the request table's new stream records to `init`, which starts chunks;
+    /// how many records it delivered.
+    pub(crate) async fn deliver_stream(&self, init: &LambdaFunction) -> usize {
+        self.stream.deliver(init).await
+    }
+
+    /// The names of the executions started so far, every page.
+    pub(crate) async fn execution_names(&self) -> Vec<String> {
+        let sfn = self.sfn();
+        let mut names = Vec::new();
+        let mut next_token = None;
+        loop {
+            let listed = sfn
+                .list_executions()
+                .state_machine_arn(&self.state_machine_arn)
+                .max_results(1000)
+                .set_next_token(next_token)
+                .send()
+                .await
+                .expect("ListExecutions");
+            names.extend(listed.executions().iter().map(|e| e.name().to_owned()));
+            next_token = listed.next_token;
+            if next_token.is_none() {
+                return names;
+            }
+        }
     }
 
     /// The executions started so far: name and parsed input, by name.
@@ -576,18 +608,35 @@ pub(crate) async fn play_execution(
     }
 }
 
-/// Plays every execution `init` started, in order of name; returns how each ended.
+/// Plays every execution `init` starts until no more start: delivers the request table's
+/// stream to `init` (which starts chunks within each batch's slots), plays the executions it
+/// started, in order of name, and again, as their recorded chunks free slots. Returns how
+/// each execution ended.
 pub(crate) async fn play_all_executions(
     stack: &MotoStack,
+    init: &LambdaFunction,
     functions: &ChunkFunctions,
 ) -> Vec<Step> {
     let machine = StateMachine::from_json(STATE_MACHINE_DEFINITION, &definition_substitutions())
         .expect("the shipped definition parses");
+    let mut played = std::collections::HashSet::new();
     let mut ends = Vec::new();
-    for (name, input) in stack.executions().await {
-        ends.push(play_execution(&machine, functions, &name, input).await);
+    loop {
+        stack.deliver_stream(init).await;
+        let fresh: Vec<(String, Value)> = stack
+            .executions()
+            .await
+            .into_iter()
+            .filter(|(name, _)| !played.contains(name))
+            .collect();
+        if fresh.is_empty() {
+            return ends;
+        }
+        for (name, input) in fresh {
+            ends.push(play_execution(&machine, functions, &name, input).await);
+            played.insert(name);
+        }
     }
-    ends
 }
 
 /// A JSON fixture of `tests/fixtures/`.

@@ -6,6 +6,7 @@ pub(crate) mod aws_batch;
 pub(crate) mod lambda;
 pub(crate) mod moto;
 pub(crate) mod process;
+pub(crate) mod stream;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -169,6 +169,13 @@ pub(crate) async fn create_tables(
         .attribute_definitions(string_attribute("sk"))
         .key_schema(key("batchId", KeyType::Hash))
         .key_schema(key("sk", KeyType::Range))
+        .stream_specification(
+            aws_sdk_dynamodb::types::StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(aws_sdk_dynamodb::types::StreamViewType::NewImage)
+                .build()
+                .expect("stream specification"),
+        )
         .send()
         .await
         .expect("create request table");
