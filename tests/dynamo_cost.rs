@@ -13,7 +13,7 @@ use std::sync::Arc;
 use batch_manager::domain::{parse_item_ids, BatchId, BatchSize, BatchStatus, NewPart};
 use batch_manager::pipeline::steps::{TaskEvent, UpdateEvent};
 use batch_manager::pipeline::{Steps, Tasks};
-use batch_manager::store::dynamo::StoreMetrics;
+use batch_manager::store::dynamo::{StoreMetrics, STALE_CLAIM};
 use batch_manager::store::{AppendOutcome, BatchStore};
 use common::moto;
 
@@ -55,7 +55,7 @@ async fn the_happy_path_spends_at_most_0_15_write_units_per_item_slots_included(
     loop {
         let before = store.metrics();
         if let Some(claim) = store
-            .claim_starts(&batch_id, DEFAULT_LIMIT, 500)
+            .claim_starts(&batch_id, DEFAULT_LIMIT, 500, STALE_CLAIM)
             .await
             .unwrap()
         {

@@ -14,18 +14,11 @@ use batch_manager::config::AwsSettings;
 use batch_manager::domain::BatchId;
 use batch_manager::engine::stepfunctions::execution_name;
 use batch_manager::grpc::pb;
-use batch_manager::store::dynamo::DynamoTables;
 use common::lambda::MotoStack;
 use serde_json::json;
 
 fn settings(stack: &MotoStack) -> AwsSettings {
-    AwsSettings {
-        tables: DynamoTables {
-            batch_table: stack.batch_table.clone(),
-            request_table: stack.request_table.clone(),
-        },
-        state_machine_arn: stack.state_machine_arn.clone(),
-    }
+    stack.aws_settings()
 }
 
 #[tokio::test]

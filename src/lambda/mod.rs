@@ -57,6 +57,9 @@ pub(crate) const DEFAULT_MAX_CONCURRENCY_VAR: &str = "DEFAULT_MAX_CONCURRENCY";
 /// [`DEFAULT_MAX_CONCURRENCY_VAR`] when unset.
 pub(crate) const DEFAULT_MAX_CONCURRENCY: u32 = 100;
 
+/// Seconds a chunk-start claim may stay unconfirmed before its chunks are started again.
+pub(crate) const START_CLAIM_TIMEOUT_VAR: &str = "START_CLAIM_TIMEOUT_SECONDS";
+
 /// Seconds one attempt's external job may run.
 pub(crate) const TASK_TIMEOUT_VAR: &str = "TASK_TIMEOUT_SECONDS";
 /// Seconds before the first poll of an external job.
@@ -121,6 +124,8 @@ pub(crate) enum RoleSettings {
         state_machine_arn: String,
         /// The limit of a batch that names none.
         default_max_concurrency: u32,
+        /// How long a chunk-start claim may stay unconfirmed.
+        start_claim_timeout: Duration,
     },
     Step(StepRole),
 }
@@ -157,8 +162,30 @@ impl LambdaSettings {
             batch_table: required(BATCH_TABLE_VAR)?,
             request_table: required(REQUEST_TABLE_VAR)?,
         };
+        let seconds =
+            |var: &'static str, default: Duration, range: std::ops::RangeInclusive<u64>| {
+                let Some(raw) = lookup(var) else {
+                    return Ok(default);
+                };
+                match raw.trim().parse::<u64>() {
+                    Ok(value) if range.contains(&value) => Ok(Duration::from_secs(value)),
+                    _ => Err(InitError::InvalidSetting {
+                        name: var.to_owned(),
+                        rule: format!(
+                            "must be a whole number of seconds from {} to {}",
+                            range.start(),
+                            range.end()
+                        ),
+                    }),
+                }
+            };
         let role = match role {
             Role::Init => RoleSettings::Init {
+                start_claim_timeout: seconds(
+                    START_CLAIM_TIMEOUT_VAR,
+                    crate::store::dynamo::STALE_CLAIM,
+                    1..=3600,
+                )?,
                 state_machine_arn: required(STATE_MACHINE_ARN_VAR)?,
                 default_max_concurrency: match lookup(DEFAULT_MAX_CONCURRENCY_VAR) {
                     None => DEFAULT_MAX_CONCURRENCY,
@@ -178,23 +205,6 @@ impl LambdaSettings {
             },
             Role::Step(step) => RoleSettings::Step(step),
         };
-        let seconds =
-            |var: &'static str, default: Duration, range: std::ops::RangeInclusive<u64>| {
-                let Some(raw) = lookup(var) else {
-                    return Ok(default);
-                };
-                match raw.trim().parse::<u64>() {
-                    Ok(value) if range.contains(&value) => Ok(Duration::from_secs(value)),
-                    _ => Err(InitError::InvalidSetting {
-                        name: var.to_owned(),
-                        rule: format!(
-                            "must be a whole number of seconds from {} to {}",
-                            range.start(),
-                            range.end()
-                        ),
-                    }),
-                }
-            };
         let jobs = JobConfig {
             task1_command: None,
             task2_command: None,
@@ -257,12 +267,18 @@ pub(crate) async fn run() -> Result<(), lambda_runtime::Error> {
         RoleSettings::Init {
             state_machine_arn,
             default_max_concurrency,
+            start_claim_timeout,
         } => {
             let orchestrator = StepFunctionsOrchestrator::new(
                 stepfunctions::client(&sdk_config),
                 state_machine_arn,
             );
-            let starter = ChunkStarter::new(dynamo, orchestrator, default_max_concurrency);
+            let starter = ChunkStarter::new(
+                dynamo,
+                orchestrator,
+                default_max_concurrency,
+                start_claim_timeout,
+            );
             let intake = Intake::new(store, Arc::new(StartedByStream)).with_jobs(steps);
             api::serve(intake, starter).await
         }
@@ -338,6 +354,7 @@ mod tests {
             RoleSettings::Init {
                 state_machine_arn: "arn".to_owned(),
                 default_max_concurrency: DEFAULT_MAX_CONCURRENCY,
+                start_claim_timeout: crate::store::dynamo::STALE_CLAIM,
             }
         );
         assert_eq!(init.tables.batch_table, "b");

@@ -19,9 +19,11 @@
 //! A function that dies between claiming slots and starting their chunks leaves the claim
 //! unconfirmed; the schedule ([`ChunkStarter::sweep`], every minute in the stack) fills every
 //! unfinished batch, which starts such a claim's chunks again once it is older than
-//! [`STALE_CLAIM`], so a lost start is repaired within about two minutes.
+//! `START_CLAIM_TIMEOUT_SECONDS` (`store::dynamo::STALE_CLAIM` by default), so a lost start is repaired
+//! within about two minutes.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -29,10 +31,10 @@ use serde_json::{json, Value};
 use crate::domain::BatchId;
 use crate::engine::stepfunctions::StepFunctionsOrchestrator;
 use crate::pipeline::{Orchestrator, OrchestratorError};
-use crate::store::dynamo::{DynamoStore, STALE_CLAIM};
+use crate::store::dynamo::DynamoStore;
 use crate::store::StoreError;
 
-/// Chunks one claim takes at most: their starts end far inside [`STALE_CLAIM`].
+/// Chunks one claim takes at most: their starts end far inside a claim's timeout.
 const CLAIM_MOST: u64 = 500;
 /// Claims one fill makes at most, so that one busy batch cannot hold an invocation for long.
 const CLAIMS_PER_FILL: usize = 40;
@@ -52,6 +54,8 @@ pub(crate) struct ChunkStarter {
     orchestrator: StepFunctionsOrchestrator,
     /// The limit of a batch that names none (`DEFAULT_MAX_CONCURRENCY`).
     default_limit: u32,
+    /// How long a claim may stay unconfirmed before its chunks are started again.
+    stale_after: Duration,
 }
 
 /// What one record asks for.
@@ -152,11 +156,13 @@ impl ChunkStarter {
         store: DynamoStore,
         orchestrator: StepFunctionsOrchestrator,
         default_limit: u32,
+        stale_after: Duration,
     ) -> Self {
         Self {
             store,
             orchestrator,
             default_limit,
+            stale_after,
         }
     }
 
@@ -166,7 +172,7 @@ impl ChunkStarter {
         for _ in 0..CLAIMS_PER_FILL {
             let Some(claim) = self
                 .store
-                .claim_starts(batch_id, self.default_limit, CLAIM_MOST)
+                .claim_starts(batch_id, self.default_limit, CLAIM_MOST, self.stale_after)
                 .await?
             else {
                 break;
@@ -252,7 +258,7 @@ impl ChunkStarter {
             "batches": batches.len(),
             "started": started,
             "failed": failed,
-            "staleClaimSeconds": STALE_CLAIM.as_secs(),
+            "claimTimeoutSeconds": self.stale_after.as_secs(),
         }))
     }
 }

@@ -463,6 +463,17 @@ impl MotoStack {
         function
     }
 
+    /// The stack's settings, as `serve --backend aws` reads them.
+    pub(crate) fn aws_settings(&self) -> batch_manager::config::AwsSettings {
+        batch_manager::config::AwsSettings {
+            tables: batch_manager::store::dynamo::DynamoTables {
+                batch_table: self.batch_table.clone(),
+                request_table: self.request_table.clone(),
+            },
+            state_machine_arn: self.state_machine_arn.clone(),
+        }
+    }
+
     /// The store on this stack's tables.
     pub(crate) fn store(&self) -> batch_manager::store::dynamo::DynamoStore {
         batch_manager::store::dynamo::DynamoStore::new(
@@ -636,6 +647,110 @@ pub(crate) async fn play_all_executions(
             ends.push(play_execution(&machine, functions, &name, input).await);
             played.insert(name);
         }
+    }
+}
+
+/// What [`run_to_end`] saw each round: executions started so far and chunks recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Round {
+    pub started: u64,
+    pub recorded: u64,
+}
+
+impl Round {
+    /// Chunk executions started and not yet recorded. The executions are listed before the
+    /// batch is read, so this never undercounts.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.started.saturating_sub(self.recorded)
+    }
+}
+
+/// Plays a batch's chunk executions concurrently as `init` starts them (the request table's
+/// stream delivered to it every round, as the stack's mapping would) until the batch ends.
+/// Each played execution is stopped in moto, so only unplayed ones are listed as RUNNING.
+/// `each_round` sees every round's counts; returns the batch as it ended.
+pub(crate) async fn run_to_end(
+    stack: &MotoStack,
+    init: &LambdaFunction,
+    functions: Arc<ChunkFunctions>,
+    batch_id: &batch_manager::domain::BatchId,
+    deadline: Duration,
+    mut each_round: impl FnMut(Round),
+) -> batch_manager::domain::Batch {
+    use batch_manager::store::BatchStore;
+    let machine = Arc::new(
+        StateMachine::from_json(STATE_MACHINE_DEFINITION, &definition_substitutions())
+            .expect("the shipped definition parses"),
+    );
+    let store = stack.store();
+    let sfn = stack.sfn();
+    let mut seen = std::collections::HashSet::new();
+    let mut plays = tokio::task::JoinSet::new();
+    let until = Instant::now() + deadline;
+    loop {
+        assert!(Instant::now() < until, "the batch {batch_id} did not end in time");
+        stack.deliver_stream(init).await;
+        let mut next_token = None;
+        loop {
+            let listed = sfn
+                .list_executions()
+                .state_machine_arn(&stack.state_machine_arn)
+                .status_filter(aws_sdk_sfn::types::ExecutionStatus::Running)
+                .max_results(1000)
+                .set_next_token(next_token)
+                .send()
+                .await
+                .expect("ListExecutions");
+            for execution in listed.executions() {
+                let arn = execution.execution_arn().to_owned();
+                if !seen.insert(arn.clone()) {
+                    continue;
+                }
+                let (machine, functions, sfn) =
+                    (Arc::clone(&machine), Arc::clone(&functions), sfn.clone());
+                let name = execution.name().to_owned();
+                plays.spawn(async move {
+                    let described = sfn
+                        .describe_execution()
+                        .execution_arn(&arn)
+                        .send()
+                        .await
+                        .expect("DescribeExecution");
+                    let input: Value =
+                        serde_json::from_str(described.input().expect("input")).expect("JSON");
+                    let end = play_execution(&machine, functions.as_ref(), &name, input).await;
+                    assert!(matches!(end, Step::Succeeded(_)), "{name}: {end:?}");
+                    sfn.stop_execution()
+                        .execution_arn(&arn)
+                        .send()
+                        .await
+                        .expect("StopExecution");
+                });
+            }
+            next_token = listed.next_token;
+            if next_token.is_none() {
+                break;
+            }
+        }
+        let batch = store
+            .get_batch(batch_id)
+            .await
+            .expect("GetBatch")
+            .expect("the batch is stored");
+        each_round(Round {
+            started: seen.len() as u64,
+            recorded: batch.completed_chunks,
+        });
+        if batch.status.is_terminal() && batch.completed_chunks == batch.total_chunks {
+            while let Some(played) = plays.join_next().await {
+                played.expect("an execution played to its end");
+            }
+            return batch;
+        }
+        while let Some(played) = plays.try_join_next() {
+            played.expect("an execution played to its end");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -14,9 +14,9 @@
 //!   under-count and freeing a slot costs no extra write.
 //!
 //! A claim leaves `startingFrom`/`startingTo`/`startingAt` on the batch item until its starts
-//! are confirmed. No other claim is made while one is unconfirmed; one older than
-//! [`STALE_CLAIM`] (its claimer died between claiming and starting) is handed to the next
-//! claimer to start again, which is harmless: starting a chunk twice is a no-op on Standard
+//! are confirmed. No other claim is made while one is unconfirmed; one older than the
+//! claimer's `stale_after` ([`STALE_CLAIM`] by default; its claimer died between claiming and
+//! starting) is handed to the next claimer to start again, which is harmless: starting a chunk twice is a no-op on Standard
 //! workflows (deterministic names) and an idempotent repeat on Express ones.
 
 use std::collections::HashMap;
@@ -49,8 +49,8 @@ const STARTING_AT: &str = "startingAt";
 /// The request-table item whose writes tell the stream a batch's limit changed.
 pub const LIMIT_CHANGED_SK: &str = "limitChanged";
 
-/// How long a claim may stay unconfirmed before its chunks are started again by another
-/// claimer: far longer than starting a claim's chunks takes.
+/// How long a claim may stay unconfirmed, by default, before its chunks are started again by
+/// another claimer: far longer than starting a claim's chunks takes.
 pub const STALE_CLAIM: Duration = Duration::from_secs(60);
 
 /// Chunks claimed for a start: `first..end` of a batch.
@@ -260,13 +260,14 @@ impl DynamoStore {
 
     /// Claims the next chunks of a batch to start, up to its free slots (its limit, or
     /// `default_limit`) and at most `most`; None when none may start now. An earlier claim
-    /// left unconfirmed for longer than [`STALE_CLAIM`] is handed over instead. The caller
+    /// left unconfirmed for longer than `stale_after` is handed over instead. The caller
     /// starts the claimed chunks, then calls [`Self::confirm_starts`].
     pub async fn claim_starts(
         &self,
         batch_id: &BatchId,
         default_limit: u32,
         most: u64,
+        stale_after: Duration,
     ) -> Result<Option<StartClaim>, StoreError> {
         for _ in 0..OPTIMISTIC_ATTEMPTS {
             let Some(counters) = self.load_start_counters(batch_id).await? else {
@@ -274,7 +275,7 @@ impl DynamoStore {
             };
             if let Some((first, end, at)) = counters.starting {
                 let age = Timestamp::now().0.saturating_sub(at.0);
-                if age < STALE_CLAIM.as_micros() as i64 {
+                if age < stale_after.as_micros() as i64 {
                     // Its claimer is starting it now and claims again after.
                     return Ok(None);
                 }

@@ -1,0 +1,295 @@
+//! The AWS path at scale, on moto with the compiled binary's Lambda roles: chunk starts off the
+//! request path (the request table's stream delivered to `init` by a test-side poller, as the
+//! stack's event source mapping would), bounded concurrency per batch, `UpdateBatch` widening a
+//! running batch, replayed stream records changing nothing, and a start lost between its
+//! claim and its start repaired by the schedule.
+//!
+//! Sizes are small enough for every run of the suite; `SCALE_POST_ITEMS` raises the large
+//! POST's (scripts/bench-aws-scale.sh runs it with 100,000 and reports the figures).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use batch_manager::app::{AwsApp, AwsConfig};
+use batch_manager::domain::{BatchId, BatchStatus};
+use batch_manager::grpc::pb;
+use batch_manager::store::BatchStore;
+use common::lambda::{
+    fixture, http_reply, play_all_executions, run_to_end, ChunkFunctions, LambdaFunction,
+    MotoStack, Round,
+};
+use common::stream::StreamPoller;
+use serde_json::{json, Value};
+
+const RUN_DEADLINE: Duration = Duration::from_secs(600);
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
+}
+
+fn api_event(body: &Value) -> Value {
+    let mut event = fixture("apigw-v2-seed.json");
+    event["body"] = Value::String(body.to_string());
+    event["isBase64Encoded"] = json!(false);
+    event
+}
+
+async fn serve(stack: &MotoStack) -> AwsApp {
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    AwsApp::spawn(
+        AwsConfig {
+            grpc_addr: loopback,
+            http_addr: loopback,
+            stack: stack.aws_settings(),
+            connections: batch_manager::config::ConnectionConfig::default(),
+            jobs: batch_manager::app::JobConfig::default(),
+        },
+        &stack.sdk_config,
+    )
+    .await
+    .expect("the server starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_limited_to_five_never_runs_more_and_a_raise_to_twenty_widens_it() {
+    let stack = MotoStack::deploy("scale-limit").await;
+    let (init, functions) = tokio::join!(stack.function("init"), ChunkFunctions::start(&stack));
+    let functions = Arc::new(functions);
+    let app = serve(&stack).await;
+    let mut client = common::connect(app.grpc_addr).await;
+    client
+        .submit_batch(pb::SubmitBatchRequest {
+            max_concurrency: 5,
+            ..common::submit_request("limited-on-aws", common::uuids(150), 1)
+        })
+        .await
+        .expect("SubmitBatch");
+
+    let batch_id = BatchId::parse("limited-on-aws").unwrap();
+    let mut raised_at: Option<u64> = None;
+    let mut rounds: Vec<(bool, Round)> = Vec::new();
+    let raise = tokio::sync::Notify::new();
+    let ended = {
+        let run = run_to_end(
+            &stack,
+            &init,
+            Arc::clone(&functions),
+            &batch_id,
+            RUN_DEADLINE,
+            |round| {
+                rounds.push((raised_at.is_some(), round));
+                if raised_at.is_none() && round.recorded >= 40 {
+                    raised_at = Some(round.recorded);
+                    raise.notify_one();
+                }
+            },
+        );
+        let widen = async {
+            raise.notified().await;
+            let updated = client
+                .clone()
+                .update_batch(pb::UpdateBatchRequest {
+                    batch_id: "limited-on-aws".into(),
+                    max_concurrency: 20,
+                })
+                .await
+                .expect("UpdateBatch")
+                .into_inner()
+                .batch
+                .expect("batch");
+            assert_eq!(updated.max_concurrency, 20);
+        };
+        let (ended, ()) = tokio::join!(run, widen);
+        ended
+    };
+    assert_eq!(ended.status, BatchStatus::Completed, "{ended:?}");
+    assert_eq!(ended.succeeded_items, 150);
+
+    let before: Vec<u64> = rounds
+        .iter()
+        .filter(|(raised, _)| !raised)
+        .map(|(_, round)| round.in_flight())
+        .collect();
+    let after: Vec<u64> = rounds
+        .iter()
+        .filter(|(raised, _)| *raised)
+        .map(|(_, round)| round.in_flight())
+        .collect();
+    let peak_before = before.iter().copied().max().unwrap_or(0);
+    let peak_after = after.iter().copied().max().unwrap_or(0);
+    println!(
+        "in flight, sampled each round: at most {peak_before} of 5 over {} rounds, then at most {peak_after} of 20 over {} rounds",
+        before.len(),
+        after.len()
+    );
+    assert!(
+        (1..=5).contains(&peak_before),
+        "{peak_before} chunks in flight under a limit of 5"
+    );
+    assert!(
+        (6..=20).contains(&peak_after),
+        "{peak_after} chunks in flight after the raise to 20"
+    );
+    app.shutdown().await.expect("a clean shutdown");
+}
+
+#[tokio::test]
+async fn replayed_stream_records_change_nothing() {
+    let stack = MotoStack::deploy("scale-replay").await;
+    let init_env = env(&[("DEFAULT_MAX_CONCURRENCY", "2")]);
+    let (init, functions) = tokio::join!(
+        stack.function_with("init", &init_env),
+        ChunkFunctions::start(&stack)
+    );
+    let body = json!({
+        "batchId": "replayed",
+        "totalItems": 10,
+        "batchSize": 1,
+        "currentBatch": 1,
+        "itemIds": common::uuids(10),
+    });
+    let (status, reply) = http_reply(init.invoke(api_event(&body)).await);
+    assert_eq!(status, 200, "{reply}");
+    stack.deliver_stream(&init).await;
+    assert_eq!(stack.executions().await.len(), 2, "two slots, two starts");
+
+    // Every record so far delivered again, as an at-least-once stream may: no slot is taken
+    // twice, nothing new starts.
+    let batch_id = BatchId::parse("replayed").unwrap();
+    let before = stack.store().get_batch(&batch_id).await.unwrap();
+    let replay = StreamPoller::new(&stack.sdk_config, &stack.request_table).await;
+    assert!(replay.deliver(&init).await > 0);
+    assert_eq!(stack.executions().await.len(), 2);
+    assert_eq!(stack.store().get_batch(&batch_id).await.unwrap(), before);
+
+    let ends = play_all_executions(&stack, &init, &functions).await;
+    assert_eq!(ends.len(), 10);
+    let ended = stack.store().get_batch(&batch_id).await.unwrap().unwrap();
+    assert_eq!(ended.status, BatchStatus::Completed);
+    assert_eq!(ended.succeeded_items, 10);
+
+    // The whole stream again, after the end: still nothing starts or changes.
+    let replay = StreamPoller::new(&stack.sdk_config, &stack.request_table).await;
+    assert!(replay.deliver(&init).await >= 11, "a part and ten recorded chunks");
+    assert_eq!(stack.executions().await.len(), 10);
+    assert_eq!(
+        stack.store().get_batch(&batch_id).await.unwrap(),
+        Some(ended)
+    );
+}
+
+#[tokio::test]
+async fn a_start_lost_between_its_claim_and_its_start_is_repaired_by_the_schedule() {
+    let stack = MotoStack::deploy("scale-lost").await;
+    let init_env = env(&[("START_CLAIM_TIMEOUT_SECONDS", "1")]);
+    let (init, functions) = tokio::join!(
+        stack.function_with("init", &init_env),
+        ChunkFunctions::start(&stack)
+    );
+    let (status, reply) = http_reply(init.invoke(fixture("apigw-v2-seed.json")).await);
+    assert_eq!(status, 200, "{reply}");
+    let batch_id = BatchId::parse("4b4dc5c6-fbd9-493d-98ff-c459c378f45d").unwrap();
+
+    // A function claims the batch's slots and dies before starting anything.
+    let store = stack.store();
+    store.mark_startable(&batch_id, 0, 2).await.unwrap();
+    let claim = store
+        .claim_starts(&batch_id, 100, 500, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .expect("a claim");
+    assert_eq!((claim.first, claim.end), (0, 2));
+
+    // While the claim is fresh, its claimer may still be starting it: the stream leaves it.
+    stack.deliver_stream(&init).await;
+    assert!(stack.executions().await.is_empty());
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let swept = init
+        .invoke(json!({
+            "version": "0",
+            "id": "schedule",
+            "detail-type": "Scheduled Event",
+            "source": "aws.events",
+            "account": "123456789012",
+            "time": "2026-12-05T00:00:00Z",
+            "region": "us-east-1",
+            "resources": [],
+            "detail": {}
+        }))
+        .await
+        .expect("the sweep runs");
+    assert_eq!(swept["started"], json!(2), "{swept}");
+    assert_eq!(stack.executions().await.len(), 2);
+    assert!(
+        init.logs().contains("never confirmed"),
+        "the repair is logged: {}",
+        init.logs()
+    );
+
+    let ends = play_all_executions(&stack, &init, &functions).await;
+    assert_eq!(ends.len(), 2);
+    let ended = store.get_batch(&batch_id).await.unwrap().unwrap();
+    assert_eq!(ended.status, BatchStatus::Completed);
+    assert_eq!(ended.succeeded_items, 10);
+}
+
+/// IDs in the large POST: 10,000 by default, `SCALE_POST_ITEMS` to change it.
+fn post_items() -> usize {
+    std::env::var("SCALE_POST_ITEMS")
+        .ok()
+        .and_then(|raw| raw.parse().ok())
+        .unwrap_or(10_000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_post_returns_once_stored_and_every_chunk_completes() {
+    let items = post_items();
+    let stack = MotoStack::deploy("scale-post").await;
+    let (init, functions): (LambdaFunction, ChunkFunctions) =
+        tokio::join!(stack.function("init"), ChunkFunctions::start(&stack));
+    let body = json!({
+        "batchId": "large-post",
+        "totalItems": items,
+        "batchSize": 10,
+        "currentBatch": 1,
+        "itemIds": common::uuids(items),
+    });
+    let posted = Instant::now();
+    let (status, reply) = http_reply(init.invoke(api_event(&body)).await);
+    let answered = posted.elapsed();
+    assert_eq!(status, 200, "{reply}");
+    assert!(
+        stack.executions().await.is_empty(),
+        "the request stores; the stream starts"
+    );
+
+    let batch_id = BatchId::parse("large-post").unwrap();
+    let started = Instant::now();
+    let mut peak = 0;
+    let ended = run_to_end(
+        &stack,
+        &init,
+        Arc::new(functions),
+        &batch_id,
+        RUN_DEADLINE,
+        |round| peak = peak.max(round.in_flight()),
+    )
+    .await;
+    let chunks = items.div_ceil(10) as u64;
+    println!(
+        "POST of {items} IDs at batch size 10 ({chunks} chunks): answered in {:.2} s; all chunks run in {:.1} s with at most {peak} in flight",
+        answered.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(ended.status, BatchStatus::Completed, "{ended:?}");
+    assert_eq!(ended.succeeded_items, items as u64);
+    assert_eq!(ended.completed_chunks, chunks);
+    assert!(peak <= 100, "the default limit holds: {peak}");
+}
