@@ -66,6 +66,8 @@ async fn a_file_larger_than_one_request_is_submitted_in_parts_and_watched_to_the
             "500",
             "--batch-id",
             "from-cli",
+            "--max-concurrency",
+            "4",
             "--watch",
             "--json",
         ],
@@ -74,6 +76,7 @@ async fn a_file_larger_than_one_request_is_submitted_in_parts_and_watched_to_the
     assert!(ok, "{stderr}");
     let last: Value = serde_json::from_str(stdout.lines().last().expect("a snapshot")).unwrap();
     assert_eq!(last["status"], "COMPLETED_WITH_FAILURES");
+    assert_eq!(last["maxConcurrency"], 4);
     assert_eq!(last["totalItems"], total);
     assert_eq!(last["failedItems"], total / 1000);
     assert_eq!(last["pendingItems"], 0);
@@ -115,6 +118,10 @@ async fn a_file_larger_than_one_request_is_submitted_in_parts_and_watched_to_the
     assert_eq!(failed[0]["itemId"], "legacy-7");
     assert_eq!(failed[0]["error"], "item id is not a UUID");
 
+    let (ok, _, stderr) = cli(&server, &["update", "from-cli", "--max-concurrency", "8"]).await;
+    assert!(!ok, "an ended batch keeps its limit");
+    assert!(stderr.contains("already"), "{stderr}");
+
     let (ok, human, _) = cli(&server, &["items", "from-cli", "--limit", "3"]).await;
     assert!(ok);
     assert_eq!(human.lines().count(), 3);
@@ -134,6 +141,16 @@ async fn client_errors_are_reported_with_their_grpc_code() {
     assert!(!ok);
     assert!(stderr.contains("--status"), "{stderr}");
     let (ok, _, stderr) = cli(&server, &["cancel", "no-such-batch"]).await;
+    assert!(!ok);
+    assert!(stderr.contains("not found"), "{stderr}");
+    let (ok, _, stderr) = cli(&server, &["update", "x", "--max-concurrency", "20000"]).await;
+    assert!(!ok);
+    assert!(stderr.contains("--max-concurrency"), "{stderr}");
+    let (ok, _, stderr) = cli(
+        &server,
+        &["update", "no-such-batch", "--max-concurrency", "3"],
+    )
+    .await;
     assert!(!ok);
     assert!(stderr.contains("not found"), "{stderr}");
 

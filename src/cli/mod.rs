@@ -117,6 +117,7 @@ fn batch_json(batch: &Batch) -> serde_json::Value {
         "totalChunks": batch.total_chunks,
         "completedChunks": batch.completed_chunks,
         "batchSize": batch.batch_size,
+        "maxConcurrency": batch.max_concurrency,
         "createdAt": batch.created_at.to_rfc3339(),
         "updatedAt": batch.updated_at.to_rfc3339(),
         "completedAt": batch.completed_at.map(|t| t.to_rfc3339()),
@@ -138,6 +139,10 @@ fn print_batch(batch: &Batch) {
         "chunks     {} of {} done (batch size {})",
         batch.completed_chunks, batch.total_chunks, batch.batch_size
     );
+    match batch.max_concurrency {
+        Some(limit) => println!("limit      {limit} chunks in flight at once"),
+        None => println!("limit      the server's default"),
+    }
     println!("created    {}", batch.created_at.to_rfc3339());
     if let Some(completed_at) = batch.completed_at {
         println!("completed  {}", completed_at.to_rfc3339());

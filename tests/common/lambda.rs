@@ -688,7 +688,10 @@ pub(crate) async fn run_to_end(
     let mut plays = tokio::task::JoinSet::new();
     let until = Instant::now() + deadline;
     loop {
-        assert!(Instant::now() < until, "the batch {batch_id} did not end in time");
+        assert!(
+            Instant::now() < until,
+            "the batch {batch_id} did not end in time"
+        );
         stack.deliver_stream(init).await;
         let mut next_token = None;
         loop {
