@@ -135,10 +135,7 @@ impl StreamPoller {
                     .shard_iterator;
                 positions.insert(shard_id.clone(), iterator);
             }
-            loop {
-                let Some(iterator) = positions.get(&shard_id).cloned().flatten() else {
-                    break;
-                };
+            while let Some(iterator) = positions.get(&shard_id).cloned().flatten() {
                 let page = self
                     .client
                     .get_records()
