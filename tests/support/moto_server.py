@@ -5,9 +5,18 @@ serialized: concurrent conditional writes, ADD updates and transactions on one i
 interleave, which DynamoDB never allows. Serving one request at a time gives the tests the
 atomicity the real service guarantees.
 
+It also makes moto's TransactWriteItems cost what the transaction touches: moto backs up every
+table a transaction names with a deep copy before it runs (so a cancelled transaction can be
+rolled back), which makes each transaction cost as much as all the data stored so far and a
+large batch's run quadratic. Here only the items the transaction names are saved, and a
+cancelled transaction puts exactly those back; what the transaction does and answers is moto's
+own. (A cancelled transaction's stream records of writes made before the failing check stay in
+the stream; the consumers of the stream treat records as hints and are idempotent.)
+
 usage: python moto_server.py HOST PORT
 """
 
+import copy
 import sys
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
@@ -20,7 +29,68 @@ except ImportError:
     MotoRequestHandler = None
 
 
+def _patch_transactions() -> None:
+    from moto.dynamodb import models as dynamodb_models
+    from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    class _NoTableBackup:
+        """Stands in for the `copy` module inside moto's transaction: no whole-table copies."""
+
+        @staticmethod
+        def deepcopy(value):
+            return value
+
+    original = DynamoDBBackend.transact_write_items
+
+    def key_of(table, op):
+        if "Key" in op:
+            return op["Key"]
+        item = op.get("Item") or {}
+        names = [table.hash_key_attr] + ([table.range_key_attr] if table.range_key_attr else [])
+        if not all(name in item for name in names):
+            return None
+        return {name: item[name] for name in names}
+
+    def transact_write_items(self, transact_items):
+        saved = []
+        for entry in transact_items:
+            if len(entry) != 1:
+                continue
+            _, op = next(iter(entry.items()))
+            table = self.tables.get(op.get("TableName"))
+            key = key_of(table, op) if table is not None else None
+            if key is None:
+                continue
+            hash_value = DynamoType(key[table.hash_key_attr])
+            range_value = (
+                DynamoType(key[table.range_key_attr]) if table.range_key_attr else None
+            )
+            before = table.get_item(hash_value, range_value) if hash_value in table.items else None
+            saved.append((table, hash_value, range_value, copy.deepcopy(before)))
+        dynamodb_models.copy = _NoTableBackup
+        try:
+            return original(self, transact_items)
+        except Exception:
+            for table, hash_value, range_value, before in reversed(saved):
+                if range_value is None:
+                    if before is None:
+                        table.items.pop(hash_value, None)
+                    else:
+                        table.items[hash_value] = before
+                elif before is None:
+                    table.items.get(hash_value, {}).pop(range_value, None)
+                else:
+                    table.items[hash_value][range_value] = before
+            raise
+        finally:
+            dynamodb_models.copy = copy
+
+    DynamoDBBackend.transact_write_items = transact_write_items
+
+
 def main() -> None:
+    _patch_transactions()
     host, port = sys.argv[1], int(sys.argv[2])
     app = DomainDispatcherApplication(create_backend_app)
     run_simple(host, port, app, threaded=False, request_handler=MotoRequestHandler)
