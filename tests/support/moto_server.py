@@ -5,7 +5,10 @@ serialized: concurrent conditional writes, ADD updates and transactions on one i
 interleave, which DynamoDB never allows. Serving one request at a time gives the tests the
 atomicity the real service guarantees.
 
-It also makes moto's TransactWriteItems cost what the transaction touches: moto backs up every
+It also makes moto's costs follow what a request touches, as DynamoDB's do, so that a large
+batch does not make every later request slower. A query on a table's key reads only its
+partition (moto sorts every item of the table on each query). And TransactWriteItems costs what
+the transaction touches: moto backs up every
 table a transaction names with a deep copy before it runs (so a cancelled transaction can be
 rolled back), which makes each transaction cost as much as all the data stored so far and a
 large batch's run quadratic. Here only the items the transaction names are saved, and a
@@ -89,8 +92,29 @@ def _patch_transactions() -> None:
     DynamoDBBackend.transact_write_items = transact_write_items
 
 
+def _patch_partition_queries() -> None:
+    from moto.dynamodb.models.table import Table
+
+    original = Table.query
+
+    def query(self, hash_key, *args, **kwargs):
+        index_name = kwargs.get("index_name", args[6] if len(args) > 6 else None)
+        if index_name is not None or hash_key is None or not self.range_key_attr:
+            return original(self, hash_key, *args, **kwargs)
+        partition = self.items.get(hash_key, {})
+        # An instance attribute shadows the method for this one call.
+        self.all_items = lambda: list(partition.values())
+        try:
+            return original(self, hash_key, *args, **kwargs)
+        finally:
+            del self.all_items
+
+    Table.query = query
+
+
 def main() -> None:
     _patch_transactions()
+    _patch_partition_queries()
     host, port = sys.argv[1], int(sys.argv[2])
     app = DomainDispatcherApplication(create_backend_app)
     run_simple(host, port, app, threaded=False, request_handler=MotoRequestHandler)
