@@ -84,10 +84,11 @@ impl BatchRecord {
 }
 
 impl DynamoStore {
-    pub(super) async fn load_batch(
+    /// The batch item as stored, read strongly consistent.
+    pub(super) async fn read_batch_item(
         &self,
         batch_id: &BatchId,
-    ) -> Result<Option<BatchRecord>, StoreError> {
+    ) -> Result<Option<Item>, StoreError> {
         self.meter.read();
         let output = self
             .client
@@ -98,7 +99,15 @@ impl DynamoStore {
             .send()
             .await
             .map_err(unavailable)?;
-        output.item.as_ref().map(BatchRecord::from_item).transpose()
+        Ok(output.item)
+    }
+
+    pub(super) async fn load_batch(
+        &self,
+        batch_id: &BatchId,
+    ) -> Result<Option<BatchRecord>, StoreError> {
+        let item = self.read_batch_item(batch_id).await?;
+        item.as_ref().map(BatchRecord::from_item).transpose()
     }
 
     /// Batches by ID, in the order given, leaving out any that vanished meanwhile.

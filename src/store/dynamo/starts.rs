@@ -181,21 +181,8 @@ impl DynamoStore {
         &self,
         batch_id: &BatchId,
     ) -> Result<Option<StartCounters>, StoreError> {
-        self.meter.read();
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.tables.batch_table)
-            .set_key(Some(batch_key(batch_id)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        output
-            .item
-            .as_ref()
-            .map(StartCounters::from_item)
-            .transpose()
+        let item = self.read_batch_item(batch_id).await?;
+        item.as_ref().map(StartCounters::from_item).transpose()
     }
 
     /// Makes chunks `first..end` of a batch startable, now that their part is written: once
