@@ -7,7 +7,8 @@ atomicity the real service guarantees.
 
 It also makes moto's costs follow what a request touches, as DynamoDB's do, so that a large
 batch does not make every later request slower. A query on a table's key reads only its
-partition (moto sorts every item of the table on each query). And TransactWriteItems costs what
+partition's items in the key range (moto sorts every item of the table, and weighs each one's
+size, on each query). And TransactWriteItems costs what
 the transaction touches: moto backs up every
 table a transaction names with a deep copy before it runs (so a cancelled transaction can be
 rolled back), which makes each transaction cost as much as all the data stored so far and a
@@ -101,9 +102,18 @@ def _patch_partition_queries() -> None:
         index_name = kwargs.get("index_name", args[6] if len(args) > 6 else None)
         if index_name is not None or hash_key is None or not self.range_key_attr:
             return original(self, hash_key, *args, **kwargs)
-        partition = self.items.get(hash_key, {})
+        partition = list(self.items.get(hash_key, {}).values())
+        range_comparison = args[0] if args else kwargs.get("range_comparison")
+        range_values = args[1] if len(args) > 1 else kwargs.get("range_objs")
+        if range_comparison:
+            # moto weighs every candidate's size before it compares its key: compare first.
+            partition = [
+                item
+                for item in partition
+                if item.range_key.compare(range_comparison, range_values)
+            ]
         # An instance attribute shadows the method for this one call.
-        self.all_items = lambda: list(partition.values())
+        self.all_items = lambda: partition
         try:
             return original(self, hash_key, *args, **kwargs)
         finally:
