@@ -62,6 +62,7 @@ async fn a_server_killed_mid_batch_resumes_and_counts_every_item_once() {
             batch_id: "crash-batch".into(),
             item_ids: ids.clone(),
             batch_size: BATCH_SIZE,
+            ..Default::default()
         })
         .await
         .unwrap();

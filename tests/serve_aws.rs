@@ -39,6 +39,7 @@ async fn submitted_batches_are_stored_in_dynamodb_and_started_in_step_functions(
             stack: settings(&stack),
             connections: batch_manager::config::ConnectionConfig::default(),
             jobs: batch_manager::app::JobConfig::default(),
+            items_buckets: Default::default(),
         },
         &stack.sdk_config,
     )
@@ -51,6 +52,7 @@ async fn submitted_batches_are_stored_in_dynamodb_and_started_in_step_functions(
             batch_id: "served-on-aws".to_owned(),
             item_ids: common::uuids(10),
             batch_size: 4,
+            ..Default::default()
         })
         .await
         .expect("SubmitBatch")

@@ -15,6 +15,7 @@ use crate::domain::{
     CountError, IdError, ItemId, ItemIdsError, ItemRecord, ItemStatus, NewPart, PartError,
     Timestamp,
 };
+use crate::items_uri::{ItemsError, ReferenceRule};
 use crate::pipeline::Accepted;
 use crate::run_request::{self, RunRequest, RunRequestFieldError};
 use crate::store::{BatchQuery, ItemQuery, Page};
@@ -68,6 +69,10 @@ pub enum FieldRule {
     /// A run request's field rule, as the HTTP endpoint words it.
     #[error("{0}")]
     RunRequest(String),
+    #[error(transparent)]
+    Reference(#[from] ReferenceRule),
+    #[error(transparent)]
+    Items(#[from] ItemsError),
 }
 
 impl FieldError {
@@ -262,6 +267,7 @@ impl From<BatchSubmission> for pb::SubmitBatchRequest {
                 .map(ItemId::into_string)
                 .collect(),
             batch_size: submission.batch_size.get(),
+            ..Self::default()
         }
     }
 }
@@ -624,5 +630,8 @@ impl TryFrom<pb::ListBatchItemsResponse> for Page<ItemRecord> {
     }
 }
 
+mod items_uri;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use self::items_uri::Submission;

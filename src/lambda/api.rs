@@ -11,20 +11,29 @@ use lambda_http::request::RequestContext;
 use lambda_http::{service_fn, Body, Request, RequestExt, Response};
 use serde_json::{json, Value};
 
+use crate::items_uri::s3::ObjectReader;
 use crate::pipeline::Intake;
 use crate::{run_request, seed};
 
-/// Serves API Gateway events until the Runtime API stops the process.
-pub(crate) async fn serve(intake: Intake) -> Result<(), lambda_runtime::Error> {
-    let intake = &intake;
+/// Serves API Gateway events until the Runtime API stops the process; `objects` reads the
+/// items of seed bodies by reference.
+pub(crate) async fn serve(
+    intake: Intake,
+    objects: ObjectReader,
+) -> Result<(), lambda_runtime::Error> {
+    let (intake, objects) = (&intake, &objects);
     lambda_http::run(service_fn(move |request: Request| async move {
-        Ok::<_, Infallible>(respond(intake, request).await)
+        Ok::<_, Infallible>(respond(intake, objects, request).await)
     }))
     .await
 }
 
 /// Answers one request.
-pub(crate) async fn respond(intake: &Intake, request: Request) -> Response<Body> {
+pub(crate) async fn respond(
+    intake: &Intake,
+    objects: &ObjectReader,
+    request: Request,
+) -> Response<Body> {
     let path = route_path(&request);
     if path != seed::ROUTE && path != run_request::ROUTE {
         return json_response(
@@ -45,7 +54,7 @@ pub(crate) async fn respond(intake: &Intake, request: Request) -> Response<Body>
     let reply = if path == run_request::ROUTE {
         run_request::handle(intake, request.body().as_ref()).await
     } else {
-        seed::handle(intake, request.body().as_ref()).await
+        seed::handle(intake, objects, request.body().as_ref()).await
     };
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json_response(status, &reply.body)

@@ -8,7 +8,8 @@
 //! A task role whose `TASK1_JOB_QUEUE` and `TASK1_JOB_DEFINITION` (or `TASK2_...`) are set runs
 //! its task as an AWS Batch job (`TASK_TIMEOUT_SECONDS` bounds each attempt, default 3600;
 //! `JOB_POLL_INTERVAL_SECONDS` is the first wait between polls, default 5); `init` takes run
-//! requests when task 2's are set.
+//! requests when task 2's are set, and reads batches by reference (`itemsUri`) from the buckets
+//! `ITEMS_BUCKETS` lists, and no others.
 //!
 //! Settings are read once from the environment ([`LambdaSettings`]); the SDK configuration,
 //! clients, store and steps are built once per process, before the first poll of the Runtime
@@ -27,6 +28,8 @@ use lambda_runtime::Diagnostic;
 
 use crate::app::{build_job_runners, JobConfig};
 use crate::engine::stepfunctions::{self, StepFunctionsOrchestrator};
+use crate::items_uri::s3::BucketPolicy;
+use crate::items_uri::s3::ObjectReader;
 use crate::pipeline::job_steps::DEFAULT_JOB_DEADLINE;
 use crate::pipeline::jobs::FIRST_POLL_INTERVAL;
 use crate::pipeline::{Intake, Steps, Tasks};
@@ -47,6 +50,8 @@ pub(crate) const BATCH_TABLE_VAR: &str = "BATCH_TABLE";
 pub(crate) const REQUEST_TABLE_VAR: &str = "REQUEST_TABLE";
 /// The chunk state machine; only `init` starts executions.
 pub(crate) const STATE_MACHINE_ARN_VAR: &str = "STATE_MACHINE_ARN";
+/// The buckets `init` may read items objects from (comma-separated).
+pub(crate) const ITEMS_BUCKETS_VAR: &str = "ITEMS_BUCKETS";
 
 /// Seconds one attempt's external job may run.
 pub(crate) const TASK_TIMEOUT_VAR: &str = "TASK_TIMEOUT_SECONDS";
@@ -119,6 +124,8 @@ pub(crate) struct LambdaSettings {
     pub tables: DynamoTables,
     /// External jobs: the deadline and first poll interval (the queues are read by the runner).
     pub jobs: JobConfig,
+    /// The buckets `init` may read items objects from (none unless listed).
+    pub items_buckets: BucketPolicy,
 }
 
 impl LambdaSettings {
@@ -173,7 +180,14 @@ impl LambdaSettings {
             deadline: seconds(TASK_TIMEOUT_VAR, DEFAULT_JOB_DEADLINE, 1..=31_536_000)?,
             first_poll_interval: seconds(JOB_POLL_INTERVAL_VAR, FIRST_POLL_INTERVAL, 1..=60)?,
         };
-        Ok(Self { role, tables, jobs })
+        let items_buckets =
+            BucketPolicy::only_listed(&lookup(ITEMS_BUCKETS_VAR).unwrap_or_default());
+        Ok(Self {
+            role,
+            tables,
+            jobs,
+            items_buckets,
+        })
     }
 }
 
@@ -233,7 +247,13 @@ pub(crate) async fn run() -> Result<(), lambda_runtime::Error> {
                 stepfunctions::client(&sdk_config),
                 state_machine_arn,
             );
-            api::serve(Intake::new(store, Arc::new(orchestrator)).with_jobs(steps)).await
+            let objects =
+                ObjectReader::new(aws_sdk_s3::Client::new(&sdk_config), settings.items_buckets);
+            api::serve(
+                Intake::new(store, Arc::new(orchestrator)).with_jobs(steps),
+                objects,
+            )
+            .await
         }
         RoleSettings::Step(role) => steps::serve(role, steps).await,
     }

@@ -66,6 +66,7 @@ async fn spawn_app_running(
             engine: EngineConfig::default(),
             connections,
             jobs,
+            items_buckets: Default::default(),
         },
         tasks,
     )
@@ -137,6 +138,7 @@ pub(crate) fn submit_request(
         batch_id: batch_id.to_owned(),
         item_ids,
         batch_size,
+        ..Default::default()
     }
 }
 

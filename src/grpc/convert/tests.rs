@@ -84,6 +84,7 @@ fn a_submission_without_a_batch_id_gets_a_uuid_and_a_zero_batch_size_the_default
         batch_id: String::new(),
         item_ids: vec!["a".into()],
         batch_size: 0,
+        ..Default::default()
     })
     .unwrap();
     assert!(uuid::Uuid::parse_str(part.batch_id.as_str()).is_ok());
@@ -233,6 +234,7 @@ fn a_bad_submission_names_the_field_and_the_rule() {
         batch_id: batch_id.into(),
         item_ids: item_ids.iter().map(|id| id.to_string()).collect(),
         batch_size,
+        ..Default::default()
     };
     let cases = [
         (submit("b", &[], 1), "item_ids: must hold at least one item ID"),
