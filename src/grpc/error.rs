@@ -152,6 +152,24 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_object_names_items_uri_and_its_line_and_s3_failures_show_only_a_request_id() {
+        let refused = ReadError::line(537, IdError::Empty);
+        let status = Status::from(ApiError::FromUri(FromUriError::Read(refused)));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "items_uri: line 537: must not be empty");
+        let status = Status::from(ApiError::FromUri(FromUriError::Read(ReadError::Changed)));
+        assert_eq!(status.code(), Code::Aborted);
+        assert!(status
+            .message()
+            .starts_with("items_uri: the object changed"));
+        let unreachable = ReadError::Unreachable("dispatch failure: 10.0.0.7:443".into());
+        let status = Status::from(ApiError::FromUri(FromUriError::Read(unreachable)));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(!status.message().contains("10.0.0.7"), "{status:?}");
+        assert!(status.message().contains("request id"), "{status:?}");
+    }
+
+    #[test]
     fn conflicts_and_refusals_keep_their_reason() {
         let status = Status::from(ApiError::Intake(IntakeError::Conflict(
             "batch taken exists with other items".into(),

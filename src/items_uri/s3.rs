@@ -161,7 +161,63 @@ fn refusal(err: SdkError<GetObjectError>, uri: &ItemsUri) -> ReadError {
 
 #[cfg(test)]
 mod tests {
+    use aws_sdk_s3::config::http::HttpResponse;
+    use aws_sdk_s3::error::ErrorMetadata;
+    use aws_sdk_s3::primitives::SdkBody;
+
     use super::*;
+
+    fn answered(status: u16, error: GetObjectError) -> ReadError {
+        let raw = HttpResponse::new(status.try_into().unwrap(), SdkBody::empty());
+        let uri = ItemsUri::parse("s3://ids/today.txt").unwrap();
+        refusal(SdkError::service_error(error, raw), &uri)
+    }
+
+    fn coded(code: &str) -> GetObjectError {
+        GetObjectError::generic(ErrorMetadata::builder().code(code).build())
+    }
+
+    #[test]
+    fn s3_answers_are_refusals_a_changed_object_or_unreachable() {
+        let missing =
+            GetObjectError::NoSuchKey(aws_sdk_s3::types::error::NoSuchKey::builder().build());
+        let cases = [
+            (answered(404, missing), "the object does not exist"),
+            (
+                answered(404, coded("NoSuchBucket")),
+                "bucket \"ids\" does not exist",
+            ),
+            (
+                answered(403, coded("AccessDenied")),
+                "the object does not exist or this server may not read it (access denied)",
+            ),
+            (
+                answered(301, coded("PermanentRedirect")),
+                "the bucket is in another AWS Region than this server's",
+            ),
+            (answered(404, coded("")), "the object does not exist"),
+        ];
+        for (refused, expected) in cases {
+            match refused {
+                ReadError::Refused(err) => assert_eq!(err.to_string(), expected),
+                other => panic!("not a refusal: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            answered(412, coded("PreconditionFailed")),
+            ReadError::Changed
+        ));
+        assert!(matches!(answered(412, coded("")), ReadError::Changed));
+        assert!(matches!(
+            answered(503, coded("SlowDown")),
+            ReadError::Unreachable(_)
+        ));
+        let uri = ItemsUri::parse("s3://ids/today.txt").unwrap();
+        assert!(matches!(
+            refusal(SdkError::timeout_error("no answer"), &uri),
+            ReadError::Unreachable(_)
+        ));
+    }
 
     #[test]
     fn a_listed_policy_allows_exactly_its_names() {

@@ -333,6 +333,25 @@ mod tests {
     }
 
     #[test]
+    fn items_buckets_lists_the_buckets_init_may_read_and_none_when_unset() {
+        let init = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = vec![
+                TABLES[0],
+                TABLES[1],
+                ("_HANDLER", "init"),
+                ("STATE_MACHINE_ARN", "arn"),
+            ];
+            vars.extend_from_slice(extra);
+            settings(&vars).unwrap().items_buckets
+        };
+        assert_eq!(init(&[]), BucketPolicy::only_listed(""));
+        assert_eq!(
+            init(&[("ITEMS_BUCKETS", "ids-a,ids-b")]),
+            BucketPolicy::Only(["ids-a".to_owned(), "ids-b".to_owned()].into())
+        );
+    }
+
+    #[test]
     fn the_override_wins_over_the_handler_property() {
         let parsed = settings(&[
             TABLES[0],
