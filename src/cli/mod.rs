@@ -1,7 +1,7 @@
 //! The command-line clients: `submit` (from a file, or by reference to an S3 object the server
 //! reads), `status`, `watch`, `items`, `cancel`, and `job-items` for AWS Batch jobs. Human
-//! output by default, `--json` for scripts. Inputs are parsed into domain values before anything is sent,
-//! and refusals name what the user typed: the flag, or the items file's line.
+//! output by default, `--json` for scripts. Inputs are parsed into domain values before
+//! anything is sent, and refusals name what the user typed: the flag, or the items file's line.
 
 mod items_file;
 mod job_items;

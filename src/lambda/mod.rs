@@ -28,8 +28,7 @@ use lambda_runtime::Diagnostic;
 
 use crate::app::{build_job_runners, JobConfig};
 use crate::engine::stepfunctions::{self, StepFunctionsOrchestrator};
-use crate::items_uri::s3::BucketPolicy;
-use crate::items_uri::s3::ObjectReader;
+use crate::items_uri::s3::{BucketPolicy, ObjectReader};
 use crate::pipeline::job_steps::DEFAULT_JOB_DEADLINE;
 use crate::pipeline::jobs::FIRST_POLL_INTERVAL;
 use crate::pipeline::{Intake, Steps, Tasks};

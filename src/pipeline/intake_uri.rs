@@ -72,8 +72,11 @@ impl Intake {
             if items.len() == MAX_ITEMS_PER_REQUEST || (at_end && !items.is_empty()) {
                 part_number += 1;
                 stored_items += items.len() as u64;
-                let items = mem::replace(&mut items, Vec::with_capacity(part_capacity));
                 // Only an object other than the one checked can disagree with its count.
+                if stored_items > checked.total_items {
+                    return Err(ReadError::Changed.into());
+                }
+                let items = mem::replace(&mut items, Vec::with_capacity(part_capacity));
                 let part = NewPart::new(
                     request.batch_id.clone(),
                     checked.total_items,
