@@ -86,6 +86,10 @@ pub struct ServeArgs {
     pub(crate) concurrency: u16,
     #[command(flatten)]
     pub(crate) jobs: JobArgs,
+    /// Buckets a batch's `items_uri` may name (comma-separated); any bucket the server's AWS
+    /// credentials can read when empty.
+    #[arg(long, env = "ITEMS_BUCKETS", value_name = "BUCKETS")]
+    pub(crate) items_buckets: Option<String>,
     #[command(flatten)]
     pub(crate) connections: ConnectionArgs,
     #[command(flatten)]
@@ -112,6 +116,17 @@ pub(crate) struct JobArgs {
     #[arg(long, env = "BATCH_MANAGER_JOB_POLL_INTERVAL", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=60))]
     pub(crate) job_poll_interval: u64,
+}
+
+impl ServeArgs {
+    /// The buckets `items_uri` may name: those listed, or any when the list is empty.
+    pub(crate) fn items_buckets(&self) -> crate::items_uri::s3::BucketPolicy {
+        use crate::items_uri::s3::BucketPolicy;
+        match BucketPolicy::only_listed(self.items_buckets.as_deref().unwrap_or_default()) {
+            BucketPolicy::Only(buckets) if buckets.is_empty() => BucketPolicy::Any,
+            listed => listed,
+        }
+    }
 }
 
 impl JobArgs {
@@ -407,10 +422,22 @@ pub(crate) struct ClientArgs {
 
 /// The flags of `submit`.
 #[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("items").required(true).args(["items_file", "items_uri"])))]
 pub struct SubmitArgs {
     /// File with one item ID per line (blank lines are skipped); `-` reads standard input.
     #[arg(long)]
-    pub(crate) items_file: PathBuf,
+    pub(crate) items_file: Option<PathBuf>,
+    /// The items by reference instead: an S3 object (s3://bucket/key) of any size, which the
+    /// server reads with its own AWS credentials.
+    #[arg(long, value_name = "S3_URI")]
+    pub(crate) items_uri: Option<String>,
+    /// The object's format: lines, csv or jsonl; by default from the key's extension (.csv,
+    /// .jsonl or .ndjson, else lines).
+    #[arg(long, requires = "items_uri", value_parser = ["lines", "csv", "jsonl"])]
+    pub(crate) items_format: Option<String>,
+    /// The CSV object's first record is a header, skipped.
+    #[arg(long, requires = "items_uri")]
+    pub(crate) items_header: bool,
     /// Items per chunk (1 to 1000).
     #[arg(long, default_value_t = 100)]
     pub(crate) batch_size: u32,

@@ -7,7 +7,7 @@
 //! Layout, edge to core:
 //! - [`grpc`], [`http`], [`seed`], [`run_request`], [`cli`], [`lambda`]: the edges (gRPC admin
 //!   service and clients, the seed-compatible HTTP endpoints, the four AWS Lambda roles);
-//! - [`domain`]: parsed, trusted values;
+//! - [`domain`]: parsed, trusted values; [`items_uri`]: batches whose items are read from S3;
 //! - [`pipeline`]: intake and the per-chunk steps; [`pipeline::tasks`] is the user's trait;
 //! - [`store`]: persistence (SQLite locally, DynamoDB on AWS);
 //! - [`engine`]: orchestration (the embedded ASL engine locally, Step Functions on AWS);
@@ -22,6 +22,7 @@ pub mod domain;
 pub mod engine;
 pub mod grpc;
 pub(crate) mod http;
+pub mod items_uri;
 pub mod lambda;
 pub mod pipeline;
 pub(crate) mod run_request;

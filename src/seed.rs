@@ -1,6 +1,9 @@
 //! The seed-compatible request, `POST /stateMachineInit` with `{batchId, totalItems, batchSize,
-//! currentBatch, itemIds}`: parsing, and the status and JSON body of every answer. Shared by the
-//! local HTTP endpoint and the `init` Lambda so both answer alike.
+//! currentBatch, itemIds}` (or, by reference, `{batchId, batchSize, itemsUri}`: [`items_uri`]):
+//! parsing, and the status and JSON body of every answer. Shared by the local HTTP endpoint and
+//! the `init` Lambda so both answer alike.
+
+mod items_uri;
 
 use serde_json::{json, Map, Value};
 
@@ -8,7 +11,9 @@ use crate::domain::{
     parse_count, parse_item_ids, with_sources, BatchId, BatchSize, BatchSizeError, CountError,
     IdError, ItemId, ItemIdsError, NewPart, PartError,
 };
-use crate::pipeline::{Intake, IntakeError};
+use crate::items_uri::s3::ObjectReader;
+use crate::items_uri::{ItemsError, ReferenceRule};
+use crate::pipeline::{Accepted, Intake, IntakeError};
 use crate::store::StoreError;
 
 /// The route the old system exposed.
@@ -69,6 +74,14 @@ pub(crate) enum SeedRule {
     Count(#[from] CountError),
     #[error(transparent)]
     Part(#[from] PartError),
+    #[error("must be true or false")]
+    NotABool,
+    #[error("must be \"lines\", \"csv\" or \"jsonl\"")]
+    ItemsFormat,
+    #[error(transparent)]
+    Reference(#[from] ReferenceRule),
+    #[error(transparent)]
+    Items(#[from] ItemsError),
 }
 
 impl SeedError {
@@ -151,17 +164,28 @@ fn item_ids(body: &Map<String, Value>) -> Result<Vec<ItemId>, SeedError> {
 }
 
 /// Parses a seed request body into a batch part.
+#[cfg(test)]
 pub(crate) fn parse(body: &[u8]) -> Result<NewPart, SeedError> {
+    part(&object(body)?)
+}
+
+/// The body's JSON object.
+fn object(body: &[u8]) -> Result<Map<String, Value>, SeedError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|err| SeedError::new("body", SeedRule::NotJson(err)))?;
-    let Value::Object(body) = value else {
-        return Err(SeedError::new("body", SeedRule::NotAnObject));
-    };
-    let batch_id = batch_id(&body)?;
-    let total_items = count(&body, "totalItems")?;
-    let batch_size = batch_size(&body, "batchSize")?;
-    let current_batch = count(&body, "currentBatch")?;
-    let items = item_ids(&body)?;
+    match value {
+        Value::Object(body) => Ok(body),
+        _ => Err(SeedError::new("body", SeedRule::NotAnObject)),
+    }
+}
+
+/// The batch part a body with its items inline sends.
+fn part(body: &Map<String, Value>) -> Result<NewPart, SeedError> {
+    let batch_id = batch_id(body)?;
+    let total_items = count(body, "totalItems")?;
+    let batch_size = batch_size(body, "batchSize")?;
+    let current_batch = count(body, "currentBatch")?;
+    let items = item_ids(body)?;
     NewPart::new(batch_id, total_items, batch_size, current_batch, items).map_err(SeedError::part)
 }
 
@@ -182,20 +206,34 @@ impl Reply {
     }
 }
 
-/// Handles one request body end to end.
-pub(crate) async fn handle(intake: &Intake, body: &[u8]) -> Reply {
-    let part = match parse(body) {
-        Ok(part) => part,
-        Err(err) => return Reply::bad_request(&err),
-    };
-    match intake.submit(&part).await {
-        Ok(accepted) => Reply {
+impl Reply {
+    /// `200` with the batch's ID and total.
+    fn accepted(accepted: &Accepted) -> Self {
+        Self {
             status: 200,
             body: json!({
                 "batchId": accepted.batch.batch_id.as_str(),
                 "totalItems": accepted.batch.total_items,
             }),
-        },
+        }
+    }
+}
+
+/// Handles one request body end to end; `objects` reads the items of a body by reference.
+pub(crate) async fn handle(intake: &Intake, objects: &ObjectReader, body: &[u8]) -> Reply {
+    let body = match object(body) {
+        Ok(body) => body,
+        Err(err) => return Reply::bad_request(&err),
+    };
+    if items_uri::is_by_reference(&body) {
+        return items_uri::handle(intake, objects, &body).await;
+    }
+    let part = match part(&body) {
+        Ok(part) => part,
+        Err(err) => return Reply::bad_request(&err),
+    };
+    match intake.submit(&part).await {
+        Ok(accepted) => Reply::accepted(&accepted),
         Err(IntakeError::Conflict(reason) | IntakeError::Rejected(reason)) => {
             Reply::message(409, reason)
         }

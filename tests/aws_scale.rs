@@ -16,10 +16,12 @@ use std::time::{Duration, Instant};
 use batch_manager::app::{AwsApp, AwsConfig};
 use batch_manager::domain::{BatchId, BatchStatus};
 use batch_manager::grpc::pb;
+use batch_manager::items_uri::s3::BucketPolicy;
 use batch_manager::store::BatchStore;
 use common::lambda::{
     fixture, http_reply, play_all_executions, run_to_end, ChunkFunctions, MotoStack, Round,
 };
+use common::process::{Launch, ServerProcess};
 use common::stream::StreamPoller;
 use serde_json::{json, Value};
 
@@ -55,6 +57,7 @@ async fn serve(stack: &MotoStack) -> AwsApp {
             stack: stack.aws_settings(),
             connections: batch_manager::config::ConnectionConfig::default(),
             jobs: batch_manager::app::JobConfig::default(),
+            items_buckets: BucketPolicy::only_listed(""),
         },
         &stack.sdk_config,
     )
@@ -352,4 +355,162 @@ async fn every_chunk_of_a_posted_batch_completes_within_the_default_limit() {
     assert_eq!(ended.succeeded_items, items as u64);
     assert_eq!(ended.completed_chunks, chunks);
     assert!(peak <= 20, "the default limit holds: {peak}");
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kib / 1024.0
+}
+
+/// An S3 object of `SCALE_OBJECT_LINES` IDs (20,000 by default) at batch size 100: one
+/// `SubmitBatch` by reference to `serve --backend aws` (the binary) is answered once the object
+/// is checked and stored; the stream then starts every chunk through `init` and they run to
+/// exact counts. `init` also takes the same object by reference in a POST; its peak RSS is
+/// read before and after both. The object lives on a moto server of its own: moto answers one
+/// request at a time, and a reader storing parts while the object's download is still open
+/// would otherwise wait on itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_object_submitted_by_one_request_runs_to_exact_counts_with_init_memory_flat() {
+    let lines = scale("SCALE_OBJECT_LINES", 20_000);
+    let stack = MotoStack::deploy("scale-s3").await;
+    let s3_endpoint = common::moto::start_moto_server(&[]).await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&common::moto::sdk_config(&s3_endpoint).await)
+            .force_path_style(true)
+            .build(),
+    );
+    let bucket = format!(
+        "scale-ids-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("create the bucket");
+    let body: String = common::uuids(lines)
+        .iter()
+        .map(|id| format!("{id}\n"))
+        .collect();
+    s3.put_object()
+        .bucket(&bucket)
+        .key("ids.txt")
+        .body(body.into_bytes().into())
+        .send()
+        .await
+        .expect("put the object");
+    let uri = format!("s3://{bucket}/ids.txt");
+
+    let init_env = env(&[
+        ("ITEMS_BUCKETS", bucket.as_str()),
+        ("AWS_ENDPOINT_URL_S3", s3_endpoint.as_str()),
+    ]);
+    let (init, functions) = tokio::join!(
+        stack.function_with("init", &init_env),
+        ChunkFunctions::start(&stack)
+    );
+    let small = json!({"batchId": "small", "totalItems": 10, "batchSize": 100,
+        "currentBatch": 1, "itemIds": common::uuids(10)});
+    let (status, reply) = http_reply(init.invoke(api_event(&small)).await);
+    assert_eq!(status, 200, "{reply}");
+    let rss_at_start = peak_rss_mib(init.pid());
+
+    let directory = tempfile::tempdir().unwrap();
+    let mut serve_env: Vec<(&str, String)> = common::moto::aws_env(&stack.endpoint);
+    serve_env.push(("AWS_ENDPOINT_URL_S3", s3_endpoint.clone()));
+    let server = ServerProcess::start_with(
+        &directory.path().join("unused.db"),
+        Launch {
+            args: &[
+                "--backend",
+                "aws",
+                "--batch-table",
+                &stack.batch_table,
+                "--request-table",
+                &stack.request_table,
+                "--state-machine-arn",
+                &stack.state_machine_arn,
+                "--items-buckets",
+                &bucket,
+            ],
+            env: &serve_env,
+            ..Launch::default()
+        },
+    );
+    let mut client = common::connect(server.grpc_addr).await;
+    let submitted_at = Instant::now();
+    let submitted = client
+        .submit_batch(pb::SubmitBatchRequest {
+            batch_id: "from-s3".into(),
+            items_uri: uri.clone(),
+            batch_size: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("SubmitBatch by reference")
+        .into_inner();
+    let accepted = submitted_at.elapsed();
+    assert_eq!(submitted.total_items, lines as u64);
+    let chunks = lines.div_ceil(100) as u64;
+    assert_eq!(submitted.total_chunks, chunks);
+
+    let posted_at = Instant::now();
+    let by_post = json!({"batchId": "posted-from-s3", "batchSize": 100, "itemsUri": uri});
+    let (status, reply) = http_reply(init.invoke(api_event(&by_post)).await);
+    let posted = posted_at.elapsed();
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["totalItems"], json!(lines));
+    let rss_after_post = peak_rss_mib(init.pid());
+    // Only the first batch runs here; the second was there to weigh init's memory.
+    client
+        .cancel_batch(pb::CancelBatchRequest {
+            batch_id: "posted-from-s3".into(),
+        })
+        .await
+        .expect("CancelBatch");
+
+    let batch_id = BatchId::parse("from-s3").unwrap();
+    let started = Instant::now();
+    let progress_every = if chunks >= 1000 { chunks / 10 } else { 0 };
+    let mut next_report = progress_every;
+    let ended = run_to_end(
+        &stack,
+        &init,
+        Arc::new(functions),
+        &batch_id,
+        run_deadline(),
+        |round| {
+            if progress_every > 0 && round.recorded >= next_report {
+                println!(
+                    "  {} of {chunks} chunks recorded after {:.0} s",
+                    round.recorded,
+                    started.elapsed().as_secs_f64()
+                );
+                next_report = round.recorded + progress_every;
+            }
+        },
+    )
+    .await;
+    let rss_at_end = peak_rss_mib(init.pid());
+    println!(
+        "S3 object of {lines} IDs at batch size 100 ({chunks} chunks): SubmitBatch answered in {:.1} s; \
+         a POST of it to init answered in {:.1} s; all chunks ran on moto in {:.0} s; \
+         init peak RSS {rss_at_start:.1} MiB after a 10-item POST, {rss_after_post:.1} MiB after the object's POST, \
+         {rss_at_end:.1} MiB after starting every chunk",
+        accepted.as_secs_f64(),
+        posted.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(ended.status, BatchStatus::Completed, "{ended:?}");
+    assert_eq!(ended.succeeded_items, lines as u64);
+    assert_eq!(ended.completed_chunks, chunks);
+    assert!(
+        rss_at_end < 128.0 && rss_after_post < 128.0,
+        "init's memory grew: {rss_at_start} -> {rss_after_post} -> {rss_at_end} MiB"
+    );
 }

@@ -199,6 +199,7 @@ async fn serve_on(
             engine: batch_manager::engine::local::EngineConfig::default(),
             connections,
             jobs: batch_manager::app::JobConfig::default(),
+            items_buckets: Default::default(),
         },
         tasks,
     )

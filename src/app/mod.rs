@@ -27,6 +27,7 @@ use crate::config::{AwsSettings, Backend, ConnectionConfig, ServeArgs};
 use crate::engine::local::{EngineConfig, EngineRunner, LocalEngine};
 use crate::grpc::{grpc_router, AdminService};
 use crate::http::{HostPolicy, HttpSettings};
+use crate::items_uri::s3::{BucketPolicy, ObjectReader};
 use crate::pipeline::{Intake, StartedByStream, Steps, Tasks};
 use crate::store::dynamo::DynamoStore;
 use crate::store::sqlite::SqliteStore;
@@ -49,6 +50,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         grpc_max_connections = connections.grpc.max_connections,
         "connection limits"
     );
+    let items_buckets = args.items_buckets();
     match args.backend {
         Backend::Local => {
             let config = LocalConfig {
@@ -61,6 +63,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 },
                 connections,
                 jobs: args.jobs.config(),
+                items_buckets,
             };
             let app = LocalApp::spawn(config, Tasks::default()).await?;
             app.run_until(shutdown_signal()).await
@@ -72,6 +75,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 stack: args.aws.require()?,
                 connections,
                 jobs: args.jobs.config(),
+                items_buckets,
             };
             let sdk_config = crate::config::aws_sdk_config().await;
             let app = AwsApp::spawn(config, &sdk_config).await?;
@@ -95,6 +99,8 @@ pub struct LocalConfig {
     pub connections: ConnectionConfig,
     /// Which tasks run as external jobs.
     pub jobs: JobConfig,
+    /// The buckets a batch's `items_uri` may name; read with the standard AWS configuration.
+    pub items_buckets: BucketPolicy,
 }
 
 /// A running server over a store of type `S`.
@@ -150,10 +156,11 @@ impl LocalApp {
                 .await
                 .context("starting the engine")?;
         let intake = Intake::new(Arc::clone(&shared_store), Arc::new(engine)).with_jobs(steps);
+        let objects = ObjectReader::from_environment(config.items_buckets.clone());
         let server = Server::start(
             (config.grpc_addr, config.http_addr),
             &config.connections,
-            intake,
+            (intake, objects),
             shared_store,
             (Some(runner), job_runners),
         )
@@ -181,6 +188,8 @@ pub struct AwsConfig {
     pub connections: ConnectionConfig,
     /// Which tasks run as external jobs (their jobs are stopped from here on cancel).
     pub jobs: JobConfig,
+    /// The buckets a batch's `items_uri` may name.
+    pub items_buckets: BucketPolicy,
 }
 
 impl AwsApp {
@@ -207,10 +216,14 @@ impl AwsApp {
         // The stack's request-table stream starts the chunks of the parts stored here.
         let intake =
             Intake::new(Arc::clone(&shared_store), Arc::new(StartedByStream)).with_jobs(steps);
+        let objects = ObjectReader::new(
+            aws_sdk_s3::Client::new(sdk_config),
+            config.items_buckets.clone(),
+        );
         let server = Server::start(
             (config.grpc_addr, config.http_addr),
             &config.connections,
-            intake,
+            (intake, objects),
             shared_store,
             (None, job_runners),
         )
@@ -246,7 +259,7 @@ impl Server {
     async fn start(
         addresses: (SocketAddr, SocketAddr),
         connections: &ConnectionConfig,
-        intake: Intake,
+        (intake, objects): (Intake, ObjectReader),
         store: Arc<dyn BatchStore>,
         (engine, jobs): (Option<EngineRunner>, jobs::BuiltRunners),
     ) -> anyhow::Result<Self> {
@@ -261,10 +274,10 @@ impl Server {
         let http_addr = http_listener.local_addr()?;
         let (stop, stopped) = watch::channel(None);
         let (watchers_stop, watchers_stopped) = watch::channel(false);
-        let admin = AdminService::new(intake.clone(), store, watchers_stopped);
+        let admin = AdminService::new((intake.clone(), objects.clone()), store, watchers_stopped);
         let grpc_routes = grpc_router(admin).await?;
         let http_routes = crate::http::router(
-            intake,
+            (intake, objects),
             HttpSettings {
                 body_timeout: connections.http.body_timeout,
                 hosts: HostPolicy::for_address(http_addr, &connections.http.allowed_hosts),

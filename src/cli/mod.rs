@@ -1,7 +1,7 @@
-//! The command-line clients: `submit`, `status`, `watch`, `items`, `cancel`, and `job-items`
-//! for AWS Batch jobs. Human output by
-//! default, `--json` for scripts. Inputs are parsed into domain values before anything is sent,
-//! and refusals name what the user typed: the flag, or the items file's line.
+//! The command-line clients: `submit` (from a file, or by reference to an S3 object the server
+//! reads), `status`, `watch`, `items`, `cancel`, and `job-items` for AWS Batch jobs. Human
+//! output by default, `--json` for scripts. Inputs are parsed into domain values before
+//! anything is sent, and refusals name what the user typed: the flag, or the items file's line.
 
 mod items_file;
 mod job_items;
@@ -23,7 +23,10 @@ use crate::domain::{
     parse_max_concurrency, Batch, BatchId, BatchSize, BatchSizeError, IdError, ItemIdsError,
     ItemRecord, ItemStatus, MaxConcurrencyError, NewPart, PartError, MAX_ITEMS_PER_REQUEST,
 };
-use crate::grpc::client::{AdminClient, BatchSubmission, ClientError, Submitted};
+use crate::grpc::client::{
+    AdminClient, BatchSubmission, ClientError, ReferenceSubmission, Submitted,
+};
+use crate::items_uri::{ItemsFormat, ItemsReference, ItemsUri, ReferenceRule};
 use crate::store::ItemQuery;
 
 /// Items sent per `AppendBatchItems` call when a file is too large for one `SubmitBatch`.
@@ -91,6 +94,8 @@ pub(crate) enum InputRule {
     MaxConcurrency(#[from] MaxConcurrencyError),
     #[error("must be pending, succeeded, failed or cancelled, not {0:?}")]
     ItemStatus(String),
+    #[error(transparent)]
+    Reference(#[from] ReferenceRule),
 }
 
 fn argument(name: &'static str, rule: impl Into<InputRule>) -> InputError {
@@ -182,8 +187,27 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         Some(raw) => parse_max_concurrency(u64::from(raw))
             .map_err(|rule| argument("--max-concurrency", rule))?,
     };
+    if let Some(items) = items_reference(&args)? {
+        let submission = ReferenceSubmission {
+            batch_id,
+            batch_size,
+            items,
+            max_concurrency,
+        };
+        let mut client = AdminClient::connect(&args.client.server).await?;
+        let submitted = with_retries(|| {
+            let mut client = client.clone();
+            let submission = submission.clone();
+            async move { client.submit_by_reference(submission).await }
+        })
+        .await?;
+        return report_and_watch(&mut client, &submitted, &args).await;
+    }
     let source = ItemsSource {
-        path: args.items_file.clone(),
+        path: args
+            .items_file
+            .clone()
+            .context("--items-file or --items-uri is required")?,
     };
     // Small files go in one SubmitBatch; larger ones are checked and counted first, then
     // streamed in parts so the whole file is never in memory.
@@ -219,14 +243,37 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             .await?
         }
     };
-    report_submitted(&submitted, &args);
+    report_and_watch(&mut client, &submitted, &args).await
+}
+
+/// `--items-uri` with its options, parsed; `None` when the items come from a file.
+fn items_reference(args: &SubmitArgs) -> Result<Option<ItemsReference>, InputError> {
+    let Some(raw) = &args.items_uri else {
+        return Ok(None);
+    };
+    let uri = ItemsUri::parse(raw).map_err(|rule| argument("--items-uri", rule))?;
+    let format = args
+        .items_format
+        .as_deref()
+        .and_then(ItemsFormat::from_name);
+    ItemsReference::new(uri, format, args.items_header)
+        .map(Some)
+        .map_err(|rule| argument("--items-header", rule))
+}
+
+async fn report_and_watch(
+    client: &mut AdminClient,
+    submitted: &Submitted,
+    args: &SubmitArgs,
+) -> anyhow::Result<()> {
+    report_submitted(submitted, args);
     if args.watch {
         let watch = Watch {
-            batch_id: submitted.batch_id,
+            batch_id: submitted.batch_id.clone(),
             output: Output::of(&args.client),
             reconnect_timeout: args.reconnect.reconnect_timeout,
         };
-        watch.run(&mut client).await?;
+        watch.run(client).await?;
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ use super::pb;
 use super::pb::batch_manager_client::BatchManagerClient;
 use super::MAX_MESSAGE_BYTES;
 use crate::domain::{Batch, BatchId, BatchSize, BatchStatus, ItemId, ItemRecord, NewPart};
+use crate::items_uri::ItemsReference;
 use crate::store::{ItemQuery, Page};
 
 /// A connected client.
@@ -28,6 +29,19 @@ pub struct BatchSubmission {
     pub batch_size: BatchSize,
     /// The batch's items, in order.
     pub items: Vec<ItemId>,
+    /// Chunk executions in flight at once; `None` for the deployment's default.
+    pub max_concurrency: Option<u32>,
+}
+
+/// A whole batch sent in one `SubmitBatch` call by reference: the server reads its items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferenceSubmission {
+    /// The batch's ID (the idempotency key).
+    pub batch_id: BatchId,
+    /// Items per chunk.
+    pub batch_size: BatchSize,
+    /// Where the items are.
+    pub items: ItemsReference,
     /// Chunk executions in flight at once; `None` for the deployment's default.
     pub max_concurrency: Option<u32>,
 }
@@ -151,6 +165,17 @@ impl AdminClient {
 
     /// Submits a whole batch in one call.
     pub async fn submit(&mut self, submission: BatchSubmission) -> Result<Submitted, ClientError> {
+        let request = pb::SubmitBatchRequest::from(submission);
+        let response = self.inner.submit_batch(request).await?.into_inner();
+        Ok(response.try_into()?)
+    }
+
+    /// Submits a whole batch by reference; the server reads and checks the object before it
+    /// answers.
+    pub async fn submit_by_reference(
+        &mut self,
+        submission: ReferenceSubmission,
+    ) -> Result<Submitted, ClientError> {
         let request = pb::SubmitBatchRequest::from(submission);
         let response = self.inner.submit_batch(request).await?.into_inner();
         Ok(response.try_into()?)

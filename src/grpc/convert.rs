@@ -15,6 +15,7 @@ use crate::domain::{
     BatchStatus, CountError, IdError, ItemId, ItemIdsError, ItemRecord, ItemStatus,
     MaxConcurrencyError, NewPart, PartError, Timestamp,
 };
+use crate::items_uri::{ItemsError, ReferenceRule};
 use crate::pipeline::Accepted;
 use crate::run_request::{self, RunRequest, RunRequestFieldError};
 use crate::store::{BatchQuery, ItemQuery, Page};
@@ -70,6 +71,10 @@ pub enum FieldRule {
     /// A run request's field rule, as the HTTP endpoint words it.
     #[error("{0}")]
     RunRequest(String),
+    #[error(transparent)]
+    Reference(#[from] ReferenceRule),
+    #[error(transparent)]
+    Items(#[from] ItemsError),
 }
 
 impl FieldError {
@@ -269,6 +274,7 @@ impl From<BatchSubmission> for pb::SubmitBatchRequest {
                 .collect(),
             batch_size: submission.batch_size.get(),
             max_concurrency: submission.max_concurrency.unwrap_or(0),
+            ..Self::default()
         }
     }
 }
@@ -651,5 +657,8 @@ impl TryFrom<pb::ListBatchItemsResponse> for Page<ItemRecord> {
     }
 }
 
+mod items_uri;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use self::items_uri::Submission;

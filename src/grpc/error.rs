@@ -5,7 +5,8 @@ use tonic::Status;
 
 use super::convert::FieldError;
 use crate::domain::{with_sources, BatchId, BatchStatus};
-use crate::pipeline::IntakeError;
+use crate::items_uri::ReadError;
+use crate::pipeline::{FromUriError, IntakeError};
 use crate::store::{ListError, StoreError};
 
 /// Why a call of the admin service failed.
@@ -23,6 +24,9 @@ pub(crate) enum ApiError {
     },
     #[error(transparent)]
     Intake(#[from] IntakeError),
+    /// A batch by reference.
+    #[error(transparent)]
+    FromUri(#[from] FromUriError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -53,6 +57,7 @@ impl From<ApiError> for Status {
                 Status::failed_precondition(err.to_string())
             }
             ApiError::Intake(err) => intake(err),
+            ApiError::FromUri(err) => from_uri(err),
             ApiError::Store(err) => store(err),
             ApiError::List(err) => list(err),
             ApiError::Panicked(_) => internal(&err),
@@ -67,6 +72,25 @@ fn intake(err: IntakeError) -> Status {
         IntakeError::Rejected(reason) => Status::failed_precondition(reason),
         IntakeError::Store(err) => store(err),
         IntakeError::Orchestrator(_) => internal(&err),
+    }
+}
+
+fn from_uri(err: FromUriError) -> Status {
+    match err {
+        FromUriError::Read(ReadError::Refused(err)) => {
+            Status::invalid_argument(with_sources(&FieldError::new("items_uri", err)))
+        }
+        FromUriError::Read(err @ ReadError::Changed) => {
+            Status::aborted(format!("items_uri: {err}"))
+        }
+        FromUriError::Read(err @ ReadError::Unreachable(_)) => {
+            let request_id = uuid::Uuid::new_v4();
+            tracing::error!(%request_id, error = %err, "items object unreadable");
+            Status::unavailable(format!(
+                "items_uri: the object could not be read, retry later (request id {request_id})"
+            ))
+        }
+        FromUriError::Intake(err) => intake(err),
     }
 }
 
@@ -125,6 +149,24 @@ mod tests {
         )));
         assert_eq!(status.code(), Code::Unavailable);
         assert!(!status.message().contains("locked"));
+    }
+
+    #[test]
+    fn a_refused_object_names_items_uri_and_its_line_and_s3_failures_show_only_a_request_id() {
+        let refused = ReadError::line(537, IdError::Empty);
+        let status = Status::from(ApiError::FromUri(FromUriError::Read(refused)));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "items_uri: line 537: must not be empty");
+        let status = Status::from(ApiError::FromUri(FromUriError::Read(ReadError::Changed)));
+        assert_eq!(status.code(), Code::Aborted);
+        assert!(status
+            .message()
+            .starts_with("items_uri: the object changed"));
+        let unreachable = ReadError::Unreachable("dispatch failure: 10.0.0.7:443".into());
+        let status = Status::from(ApiError::FromUri(FromUriError::Read(unreachable)));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(!status.message().contains("10.0.0.7"), "{status:?}");
+        assert!(status.message().contains("request id"), "{status:?}");
     }
 
     #[test]

@@ -8,11 +8,14 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::convert::Submission;
 use super::deadline::DeadlineLayer;
 use super::error::ApiError;
 use super::pb;
 use super::pb::batch_manager_server::{BatchManager, BatchManagerServer};
 use crate::domain::{Batch, BatchId, NewPart};
+use crate::items_uri::s3::ObjectReader;
+use crate::items_uri::BatchByReference;
 use crate::pipeline::{Accepted, Intake, RunRequestError};
 use crate::run_request::RunRequest;
 use crate::store::{BatchQuery, BatchStore, CancelOutcome, ItemQuery, ListError};
@@ -28,6 +31,7 @@ const WATCH_MIN_GAP: Duration = Duration::from_millis(100);
 #[derive(Clone)]
 pub(crate) struct AdminService {
     intake: Intake,
+    objects: ObjectReader,
     store: Arc<dyn BatchStore>,
     stopping: watch::Receiver<bool>,
 }
@@ -36,12 +40,13 @@ impl AdminService {
     /// `stopping` turns true when the server shuts down: open watches then end with
     /// UNAVAILABLE, so that their connections can close.
     pub(crate) fn new(
-        intake: Intake,
+        (intake, objects): (Intake, ObjectReader),
         store: Arc<dyn BatchStore>,
         stopping: watch::Receiver<bool>,
     ) -> Self {
         Self {
             intake,
+            objects,
             store,
             stopping,
         }
@@ -52,6 +57,17 @@ impl AdminService {
     async fn accept(&self, part: NewPart) -> Result<Accepted, ApiError> {
         let intake = self.intake.clone();
         let accepting = tokio::spawn(async move { intake.submit(&part).await });
+        match accepting.await {
+            Ok(outcome) => Ok(outcome?),
+            Err(err) => Err(ApiError::Panicked(err)),
+        }
+    }
+
+    /// As [`Self::accept`], for a batch whose items are read from an object.
+    async fn accept_by_reference(&self, request: BatchByReference) -> Result<Accepted, ApiError> {
+        let (intake, objects) = (self.intake.clone(), self.objects.clone());
+        let accepting =
+            tokio::spawn(async move { intake.submit_from_uri(&objects, &request).await });
         match accepting.await {
             Ok(outcome) => Ok(outcome?),
             Err(err) => Err(ApiError::Panicked(err)),
@@ -123,8 +139,11 @@ impl BatchManager for AdminService {
         &self,
         request: Request<pb::SubmitBatchRequest>,
     ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
-        let part = NewPart::try_from(request.into_inner())?;
-        Ok(Response::new(self.accept(part).await?.into()))
+        let accepted = match Submission::try_from(request.into_inner())? {
+            Submission::Inline(part) => self.accept(part).await?,
+            Submission::ByReference(request) => self.accept_by_reference(request).await?,
+        };
+        Ok(Response::new(accepted.into()))
     }
 
     async fn append_batch_items(

@@ -17,6 +17,7 @@ use axum::{middleware, Json, Router};
 use http_body_util::BodyExt;
 use serde_json::json;
 
+use crate::items_uri::s3::ObjectReader;
 use crate::pipeline::Intake;
 use crate::{run_request, seed};
 
@@ -37,6 +38,7 @@ pub(crate) struct HttpSettings {
 #[derive(Clone)]
 struct Endpoint {
     intake: Intake,
+    objects: ObjectReader,
     body_timeout: Duration,
 }
 
@@ -45,10 +47,11 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
     (status, Json(json!({ "message": message.into() }))).into_response()
 }
 
-/// The HTTP router.
-pub(crate) fn router(intake: Intake, settings: HttpSettings) -> Router {
+/// The HTTP router; `objects` reads the items of seed bodies by reference.
+pub(crate) fn router((intake, objects): (Intake, ObjectReader), settings: HttpSettings) -> Router {
     let endpoint = Endpoint {
         intake,
+        objects,
         body_timeout: settings.body_timeout,
     };
     Router::new()
@@ -72,8 +75,9 @@ pub(crate) fn router(intake: Intake, settings: HttpSettings) -> Router {
 }
 
 async fn state_machine_init(State(endpoint): State<Endpoint>, request: Request) -> Response {
+    let objects = endpoint.objects.clone();
     answer(endpoint, request, |intake, body| async move {
-        seed::handle(&intake, &body).await
+        seed::handle(&intake, &objects, &body).await
     })
     .await
 }

@@ -17,19 +17,21 @@ use serde_json::value::RawValue;
 use tower::ServiceExt;
 
 use super::stream::{self, ChunkStarter};
+use crate::items_uri::s3::ObjectReader;
 use crate::pipeline::Intake;
 use crate::{run_request, seed};
 
-/// Serves the role's events until the Runtime API stops the process: API Gateway requests,
-/// and the request table's stream and the repair schedule ([`stream`]).
+/// Serves the role's events until the Runtime API stops the process: API Gateway requests
+/// (`objects` reads the items of seed bodies by reference), and the request table's stream and
+/// the repair schedule ([`stream`]).
 pub(crate) async fn serve(
     intake: Intake,
+    objects: ObjectReader,
     starter: ChunkStarter,
 ) -> Result<(), lambda_runtime::Error> {
-    let intake = &intake;
-    let starter = &starter;
+    let (intake, objects, starter) = (&intake, &objects, &starter);
     let http = lambda_http::Adapter::from(service_fn(move |request: Request| async move {
-        Ok::<_, Infallible>(respond(intake, request).await)
+        Ok::<_, Infallible>(respond(intake, objects, request).await)
     }));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Box<RawValue>>| {
         let http = http.clone();
@@ -52,7 +54,11 @@ pub(crate) async fn serve(
 }
 
 /// Answers one request.
-pub(crate) async fn respond(intake: &Intake, request: Request) -> Response<Body> {
+pub(crate) async fn respond(
+    intake: &Intake,
+    objects: &ObjectReader,
+    request: Request,
+) -> Response<Body> {
     let path = route_path(&request);
     if path != seed::ROUTE && path != run_request::ROUTE {
         return json_response(
@@ -73,7 +79,7 @@ pub(crate) async fn respond(intake: &Intake, request: Request) -> Response<Body>
     let reply = if path == run_request::ROUTE {
         run_request::handle(intake, request.body().as_ref()).await
     } else {
-        seed::handle(intake, request.body().as_ref()).await
+        seed::handle(intake, objects, request.body().as_ref()).await
     };
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json_response(status, &reply.body)

@@ -10,7 +10,8 @@
 //! A task role whose `TASK1_JOB_QUEUE` and `TASK1_JOB_DEFINITION` (or `TASK2_...`) are set runs
 //! its task as an AWS Batch job (`TASK_TIMEOUT_SECONDS` bounds each attempt, default 3600;
 //! `JOB_POLL_INTERVAL_SECONDS` is the first wait between polls, default 5); `init` takes run
-//! requests when task 2's are set.
+//! requests when task 2's are set, and reads batches by reference (`itemsUri`) from the buckets
+//! `ITEMS_BUCKETS` lists, and no others.
 //!
 //! Settings are read once from the environment ([`LambdaSettings`]); the SDK configuration,
 //! clients, store and steps are built once per process, before the first poll of the Runtime
@@ -30,6 +31,7 @@ use lambda_runtime::Diagnostic;
 
 use crate::app::{build_job_runners, JobConfig};
 use crate::engine::stepfunctions::{self, StepFunctionsOrchestrator};
+use crate::items_uri::s3::{BucketPolicy, ObjectReader};
 use crate::pipeline::job_steps::DEFAULT_JOB_DEADLINE;
 use crate::pipeline::jobs::FIRST_POLL_INTERVAL;
 use crate::pipeline::{Intake, StartedByStream, Steps, Tasks};
@@ -51,6 +53,8 @@ pub(crate) const BATCH_TABLE_VAR: &str = "BATCH_TABLE";
 pub(crate) const REQUEST_TABLE_VAR: &str = "REQUEST_TABLE";
 /// The chunk state machine; only `init` starts executions.
 pub(crate) const STATE_MACHINE_ARN_VAR: &str = "STATE_MACHINE_ARN";
+/// The buckets `init` may read items objects from (comma-separated).
+pub(crate) const ITEMS_BUCKETS_VAR: &str = "ITEMS_BUCKETS";
 
 /// Chunk executions in flight at once for a batch that names no limit.
 pub(crate) const DEFAULT_MAX_CONCURRENCY_VAR: &str = "DEFAULT_MAX_CONCURRENCY";
@@ -137,6 +141,8 @@ pub(crate) struct LambdaSettings {
     pub tables: DynamoTables,
     /// External jobs: the deadline and first poll interval (the queues are read by the runner).
     pub jobs: JobConfig,
+    /// The buckets `init` may read items objects from (none unless listed).
+    pub items_buckets: BucketPolicy,
 }
 
 impl LambdaSettings {
@@ -211,7 +217,14 @@ impl LambdaSettings {
             deadline: seconds(TASK_TIMEOUT_VAR, DEFAULT_JOB_DEADLINE, 1..=31_536_000)?,
             first_poll_interval: seconds(JOB_POLL_INTERVAL_VAR, FIRST_POLL_INTERVAL, 1..=60)?,
         };
-        Ok(Self { role, tables, jobs })
+        let items_buckets =
+            BucketPolicy::only_listed(&lookup(ITEMS_BUCKETS_VAR).unwrap_or_default());
+        Ok(Self {
+            role,
+            tables,
+            jobs,
+            items_buckets,
+        })
     }
 }
 
@@ -279,8 +292,10 @@ pub(crate) async fn run() -> Result<(), lambda_runtime::Error> {
                 default_max_concurrency,
                 start_claim_timeout,
             );
+            let objects =
+                ObjectReader::new(aws_sdk_s3::Client::new(&sdk_config), settings.items_buckets);
             let intake = Intake::new(store, Arc::new(StartedByStream)).with_jobs(steps);
-            api::serve(intake, starter).await
+            api::serve(intake, objects, starter).await
         }
         RoleSettings::Step(role) => steps::serve(role, steps).await,
     }
@@ -359,6 +374,25 @@ mod tests {
         );
         assert_eq!(init.tables.batch_table, "b");
         assert_eq!(init.tables.request_table, "r");
+    }
+
+    #[test]
+    fn items_buckets_lists_the_buckets_init_may_read_and_none_when_unset() {
+        let init = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = vec![
+                TABLES[0],
+                TABLES[1],
+                ("_HANDLER", "init"),
+                ("STATE_MACHINE_ARN", "arn"),
+            ];
+            vars.extend_from_slice(extra);
+            settings(&vars).unwrap().items_buckets
+        };
+        assert_eq!(init(&[]), BucketPolicy::only_listed(""));
+        assert_eq!(
+            init(&[("ITEMS_BUCKETS", "ids-a,ids-b")]),
+            BucketPolicy::Only(["ids-a".to_owned(), "ids-b".to_owned()].into())
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub(crate) mod dispatch;
 pub(crate) mod init;
+mod intake_uri;
 pub mod job_steps;
 pub mod jobs;
 mod orchestrator;
@@ -9,6 +10,7 @@ pub mod steps;
 pub mod tasks;
 
 pub(crate) use init::{Accepted, Intake, IntakeError, RunRequestError};
+pub(crate) use intake_uri::FromUriError;
 pub use job_steps::JobRunners;
 pub(crate) use orchestrator::{Orchestrator, OrchestratorError, StartedByStream};
 pub use steps::Steps;

@@ -67,6 +67,7 @@ async fn spawn_app_running(
             engine: EngineConfig::default(),
             connections,
             jobs,
+            items_buckets: Default::default(),
         },
         tasks,
     )

@@ -30,6 +30,8 @@ pub(crate) struct Launch<'a> {
     pub open_file_limit: Option<u64>,
     /// Soft open-file limit only (the hard one unchanged) to start the server under.
     pub soft_open_file_limit: Option<u64>,
+    /// Extra environment variables (e.g. an AWS endpoint).
+    pub env: &'a [(&'a str, String)],
 }
 
 impl ServerProcess {
@@ -69,6 +71,7 @@ impl ServerProcess {
             .arg(db)
             .args(launch.args)
             .env("RUST_LOG", "info")
+            .envs(launch.env.iter().map(|(name, value)| (name, value)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("spawn batch-manager serve");
