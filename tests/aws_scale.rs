@@ -514,3 +514,50 @@ async fn an_s3_object_submitted_by_one_request_runs_to_exact_counts_with_init_me
         "init's memory grew: {rss_at_start} -> {rss_after_post} -> {rss_at_end} MiB"
     );
 }
+
+/// A batch stored before chunk starts were counted (its first part's chunks were started by
+/// the request that stored them) gets its next part's chunks started, and only those.
+#[tokio::test]
+async fn a_batch_from_before_counted_starts_has_its_next_parts_chunks_started() {
+    let stack = MotoStack::deploy("scale-legacy").await;
+    let store = stack.store();
+    let batch_id = BatchId::parse("legacy").unwrap();
+    let part = |number: u64| {
+        batch_manager::domain::NewPart::new(
+            batch_id.clone(),
+            20,
+            batch_manager::domain::BatchSize::parse(5).unwrap(),
+            number,
+            batch_manager::domain::parse_item_ids(common::uuids(10)).unwrap(),
+        )
+        .unwrap()
+    };
+    store.append_part(&part(1)).await.unwrap();
+    // The batch item as an earlier version wrote it: no start counters.
+    aws_sdk_dynamodb::Client::new(&stack.sdk_config)
+        .update_item()
+        .table_name(&stack.batch_table)
+        .key(
+            "batchId",
+            aws_sdk_dynamodb::types::AttributeValue::S("legacy".into()),
+        )
+        .update_expression("REMOVE startableChunks, startedChunks, inFlight")
+        .send()
+        .await
+        .expect("strip the counters");
+    store.append_part(&part(2)).await.unwrap();
+
+    store.mark_startable(&batch_id, 2, 4).await.unwrap();
+    let claim = store
+        .claim_starts(&batch_id, 100, 500, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("the new part's chunks");
+    assert_eq!((claim.first, claim.end), (2, 4));
+    store.confirm_starts(&batch_id, &claim).await.unwrap();
+    assert!(store
+        .claim_starts(&batch_id, 100, 500, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .is_none());
+}

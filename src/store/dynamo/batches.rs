@@ -11,6 +11,7 @@ use super::attributes::{
     CREATED_AT, CREATED_KEY, FAILED_ITEMS, LIST_PARTITION, LIST_PARTITION_VALUE, MAX_CONCURRENCY,
     RECEIVED_ITEMS, STATUS, SUCCEEDED_ITEMS, TOTAL_CHUNKS, TOTAL_ITEMS, UPDATED_AT,
 };
+use super::starts::{IN_FLIGHT, STARTABLE_CHUNKS, STARTED_CHUNKS};
 use super::writes::{conditional, unavailable, write_units};
 use super::{contended, DynamoStore, OPTIMISTIC_ATTEMPTS};
 use crate::domain::{Batch, BatchId, BatchStatus, NewPart, Timestamp};
@@ -71,6 +72,9 @@ impl BatchRecord {
             (UPDATED_AT, n(now.0)),
             (CREATED_KEY, s(created_key(now.0, &part.batch_id))),
             (LIST_PARTITION, s(LIST_PARTITION_VALUE)),
+            (STARTABLE_CHUNKS, n(0)),
+            (STARTED_CHUNKS, n(0)),
+            (IN_FLIGHT, n(0)),
         ];
         let limit = part
             .max_concurrency

@@ -13,6 +13,10 @@
 //!   transaction that counts the chunk (see `chunks`), so concurrent finishes never over- or
 //!   under-count and freeing a slot costs no extra write.
 //!
+//! A batch item is created with the three counters at 0; a batch created before they existed
+//! is counted from its next part on (its earlier chunks were started by the requests that
+//! stored them).
+//!
 //! A claim leaves `startingFrom`/`startingTo`/`startingAt` on the batch item until its starts
 //! are confirmed. No other claim is made while one is unconfirmed; one older than the
 //! claimer's `stale_after` ([`STALE_CLAIM`] by default; its claimer died between claiming and
@@ -198,7 +202,14 @@ impl DynamoStore {
             let Some(counters) = self.load_start_counters(batch_id).await? else {
                 return Ok(());
             };
-            let startable = counters.startable.unwrap_or(0);
+            let Some(startable) = counters.startable else {
+                // A batch created before chunk starts were counted here: the requests that
+                // stored its earlier parts started their chunks. Count from this part on.
+                if self.adopt_uncounted_batch(batch_id, first, end).await? {
+                    return Ok(());
+                }
+                continue;
+            };
             let mut update = self
                 .client
                 .update_item()
@@ -243,6 +254,34 @@ impl DynamoStore {
             }
         }
         Err(contended(format!("the startable chunks of {batch_id}")))
+    }
+
+    /// Starts counting a batch created before its starts were counted: chunks before `first`
+    /// count as started, `first..end` as startable. False when another writer counted it first.
+    async fn adopt_uncounted_batch(
+        &self,
+        batch_id: &BatchId,
+        first: u64,
+        end: u64,
+    ) -> Result<bool, StoreError> {
+        self.meter.write(1);
+        let sent = self
+            .client
+            .update_item()
+            .table_name(&self.tables.batch_table)
+            .set_key(Some(batch_key(batch_id)))
+            .update_expression(format!(
+                "SET {STARTABLE_CHUNKS} = :end, {STARTED_CHUNKS} = :first, {STARTABLE_VERSION} = :one"
+            ))
+            .condition_expression(format!(
+                "attribute_exists({BATCH_ID}) AND attribute_not_exists({STARTABLE_CHUNKS})"
+            ))
+            .expression_attribute_values(":end", n(end))
+            .expression_attribute_values(":first", n(first))
+            .expression_attribute_values(":one", n(1))
+            .send()
+            .await;
+        Ok(conditional(sent, |e| e.is_conditional_check_failed_exception())?.is_some())
     }
 
     /// Claims the next chunks of a batch to start, up to its free slots (its limit, or
