@@ -43,7 +43,8 @@
 //!
 //! One file per concern: `attributes` (names and conversions), `writes` (metered,
 //! conditional and batched writes), `batches` (the batch item, its status and cancel), `parts`
-//! (storing a part), `chunks` (chunk items and their lifecycle), `listing` (the list calls).
+//! (storing a part), `chunks` (chunk items and their lifecycle), `starts` (which chunks may
+//! start, and each batch's slots), `jobs` (external job records), `listing` (the list calls).
 
 mod attributes;
 mod batches;
