@@ -1,5 +1,5 @@
 //! The seed-compatible request, `POST /stateMachineInit` with `{batchId, totalItems, batchSize,
-//! currentBatch, itemIds}` (or, by reference, `{batchId, batchSize, itemsUri}`: [`items_uri`]):
+//! currentBatch, itemIds, maxConcurrency?}` (or, by reference, `{batchId, batchSize, itemsUri}`: [`items_uri`]):
 //! parsing, and the status and JSON body of every answer. Shared by the local HTTP endpoint and
 //! the `init` Lambda so both answer alike.
 
@@ -8,8 +8,9 @@ mod items_uri;
 use serde_json::{json, Map, Value};
 
 use crate::domain::{
-    parse_count, parse_item_ids, with_sources, BatchId, BatchSize, BatchSizeError, CountError,
-    IdError, ItemId, ItemIdsError, NewPart, PartError,
+    parse_count, parse_item_ids, parse_max_concurrency, with_sources, BatchId, BatchSize,
+    BatchSizeError, CountError, IdError, ItemId, ItemIdsError, MaxConcurrencyError, NewPart,
+    PartError,
 };
 use crate::items_uri::s3::ObjectReader;
 use crate::items_uri::{ItemsError, ReferenceRule};
@@ -72,6 +73,8 @@ pub(crate) enum SeedRule {
     BatchSize(#[from] BatchSizeError),
     #[error(transparent)]
     Count(#[from] CountError),
+    #[error(transparent)]
+    MaxConcurrency(#[from] MaxConcurrencyError),
     #[error(transparent)]
     Part(#[from] PartError),
     #[error("must be true or false")]
@@ -138,6 +141,18 @@ fn batch_size(body: &Map<String, Value>, name: &str) -> Result<BatchSize, SeedEr
         .map_err(|rule| SeedError::new(name, rule))
 }
 
+/// `maxConcurrency`, optional: absent, null or 0 leaves the default.
+fn max_concurrency(body: &Map<String, Value>) -> Result<Option<u32>, SeedError> {
+    match body.get("maxConcurrency").filter(|value| !value.is_null()) {
+        None => Ok(None),
+        Some(value) => value
+            .as_u64()
+            .ok_or(MaxConcurrencyError)
+            .and_then(parse_max_concurrency)
+            .map_err(|rule| SeedError::new("maxConcurrency", rule)),
+    }
+}
+
 fn batch_id(body: &Map<String, Value>) -> Result<BatchId, SeedError> {
     match field(body, "batchId")? {
         Value::String(id) => {
@@ -185,8 +200,11 @@ fn part(body: &Map<String, Value>) -> Result<NewPart, SeedError> {
     let total_items = count(body, "totalItems")?;
     let batch_size = batch_size(body, "batchSize")?;
     let current_batch = count(body, "currentBatch")?;
+    let limit = max_concurrency(body)?;
     let items = item_ids(body)?;
-    NewPart::new(batch_id, total_items, batch_size, current_batch, items).map_err(SeedError::part)
+    NewPart::new(batch_id, total_items, batch_size, current_batch, items)
+        .map(|part| part.with_max_concurrency(limit))
+        .map_err(SeedError::part)
 }
 
 impl Reply {
@@ -299,6 +317,14 @@ mod tests {
                 "totalItems",
             ),
             (json!([1, 2]), "body"),
+            (
+                json!({"batchId": "b", "totalItems": 1, "batchSize": 1, "currentBatch": 1, "itemIds": ["a"], "maxConcurrency": 10_001}),
+                "maxConcurrency",
+            ),
+            (
+                json!({"batchId": "b", "totalItems": 1, "batchSize": 1, "currentBatch": 1, "itemIds": ["a"], "maxConcurrency": "5"}),
+                "maxConcurrency",
+            ),
         ];
         for (value, field) in cases {
             let err = parse(&body(value.clone())).unwrap_err();

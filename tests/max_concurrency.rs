@@ -189,3 +189,34 @@ async fn update_batch_refuses_bad_limits_unknown_and_ended_batches_and_writes_no
     }
     assert_eq!(database_fingerprint(&test.db), before);
 }
+
+#[tokio::test]
+async fn the_seed_body_sets_a_limit_and_refuses_a_bad_one() {
+    let mut test = spawn_app().await;
+    let body = |limit: serde_json::Value| {
+        serde_json::json!({
+            "batchId": "posted-limit",
+            "totalItems": 4,
+            "batchSize": 1,
+            "currentBatch": 1,
+            "itemIds": uuids(4),
+            "maxConcurrency": limit,
+        })
+        .to_string()
+    };
+    let url = test.http_url("/stateMachineInit");
+    let (status, reply) = post_json_body(url.clone(), body(serde_json::json!(0.5))).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("maxConcurrency: must be an integer between 1 and 10000"),
+        "{reply}"
+    );
+    let (status, reply) = post_json_body(url, body(serde_json::json!(2))).await;
+    assert_eq!(status, 200, "{reply}");
+    let batch = test.wait_terminal("posted-limit").await;
+    assert_eq!(batch.max_concurrency, 2);
+    assert_eq!(batch.succeeded_items, 4);
+}

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{batch_id, batch_size, field, Reply, SeedError, SeedRule};
+use super::{batch_id, batch_size, field, max_concurrency, Reply, SeedError, SeedRule};
 use crate::items_uri::s3::ObjectReader;
 use crate::items_uri::{
     BatchByReference, ItemsFormat, ItemsReference, ItemsUri, ReadError, ReferenceRule,
@@ -61,7 +61,7 @@ pub(super) fn parse(body: &Map<String, Value>) -> Result<BatchByReference, SeedE
         batch_id,
         batch_size,
         items,
-        max_concurrency: None,
+        max_concurrency: max_concurrency(body)?,
     })
 }
 
