@@ -658,8 +658,8 @@ pub(crate) struct Round {
 }
 
 impl Round {
-    /// Chunk executions started and not yet recorded. The executions are listed before the
-    /// batch is read, so this never undercounts.
+    /// Chunk executions started and not yet recorded. The batch is read before the executions
+    /// are listed, and recorded chunks only grow, so this never undercounts.
     pub(crate) fn in_flight(&self) -> u64 {
         self.started.saturating_sub(self.recorded)
     }
@@ -693,6 +693,11 @@ pub(crate) async fn run_to_end(
             "the batch {batch_id} did not end in time"
         );
         stack.deliver_stream(init).await;
+        let batch = store
+            .get_batch(batch_id)
+            .await
+            .expect("GetBatch")
+            .expect("the batch is stored");
         let mut next_token = None;
         loop {
             let listed = sfn
@@ -735,11 +740,6 @@ pub(crate) async fn run_to_end(
                 break;
             }
         }
-        let batch = store
-            .get_batch(batch_id)
-            .await
-            .expect("GetBatch")
-            .expect("the batch is stored");
         each_round(Round {
             started: seen.len() as u64,
             recorded: batch.completed_chunks,
