@@ -325,28 +325,17 @@ async fn every_chunk_of_a_posted_batch_completes_within_the_default_limit() {
     let batch_id = BatchId::parse("run").unwrap();
     let chunks = items.div_ceil(10) as u64;
     let started = Instant::now();
-    let mut peak = 0;
-    let progress_every = if chunks >= 1000 { chunks / 10 } else { 0 };
-    let mut next_report = progress_every;
+    let mut progress = Progress::new(chunks);
     let ended = run_to_end(
         &stack,
         &init,
         Arc::new(functions),
         &batch_id,
         run_deadline(),
-        |round| {
-            peak = peak.max(round.in_flight());
-            if progress_every > 0 && round.recorded >= next_report {
-                println!(
-                    "  {} of {chunks} chunks recorded after {:.0} s",
-                    round.recorded,
-                    started.elapsed().as_secs_f64()
-                );
-                next_report = round.recorded + progress_every;
-            }
-        },
+        |round| progress.see(round),
     )
     .await;
+    let peak = progress.peak;
     println!(
         "{items} IDs at batch size 10 ({chunks} chunks) ran on moto in {:.1} s, at most {peak} in flight",
         started.elapsed().as_secs_f64()
@@ -355,6 +344,42 @@ async fn every_chunk_of_a_posted_batch_completes_within_the_default_limit() {
     assert_eq!(ended.succeeded_items, items as u64);
     assert_eq!(ended.completed_chunks, chunks);
     assert!(peak <= 20, "the default limit holds: {peak}");
+}
+
+/// A long run's progress: every tenth of its chunks printed as they are recorded (runs of
+/// 1,000 chunks or more), and the most chunks in flight seen.
+struct Progress {
+    chunks: u64,
+    every: u64,
+    next: u64,
+    started: Instant,
+    peak: u64,
+}
+
+impl Progress {
+    fn new(chunks: u64) -> Self {
+        let every = if chunks >= 1000 { chunks / 10 } else { 0 };
+        Self {
+            chunks,
+            every,
+            next: every,
+            started: Instant::now(),
+            peak: 0,
+        }
+    }
+
+    fn see(&mut self, round: Round) {
+        self.peak = self.peak.max(round.in_flight());
+        if self.every > 0 && round.recorded >= self.next {
+            println!(
+                "  {} of {} chunks recorded after {:.0} s",
+                round.recorded,
+                self.chunks,
+                self.started.elapsed().as_secs_f64()
+            );
+            self.next = round.recorded + self.every;
+        }
+    }
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
@@ -476,39 +501,35 @@ async fn an_s3_object_submitted_by_one_request_runs_to_exact_counts_with_init_me
 
     let batch_id = BatchId::parse("from-s3").unwrap();
     let started = Instant::now();
-    let progress_every = if chunks >= 1000 { chunks / 10 } else { 0 };
-    let mut next_report = progress_every;
+    let mut progress = Progress::new(chunks);
     let ended = run_to_end(
         &stack,
         &init,
         Arc::new(functions),
         &batch_id,
         run_deadline(),
-        |round| {
-            if progress_every > 0 && round.recorded >= next_report {
-                println!(
-                    "  {} of {chunks} chunks recorded after {:.0} s",
-                    round.recorded,
-                    started.elapsed().as_secs_f64()
-                );
-                next_report = round.recorded + progress_every;
-            }
-        },
+        |round| progress.see(round),
     )
     .await;
     let rss_at_end = peak_rss_mib(init.pid());
     println!(
         "S3 object of {lines} IDs at batch size 100 ({chunks} chunks): SubmitBatch answered in {:.1} s; \
-         a POST of it to init answered in {:.1} s; all chunks ran on moto in {:.0} s; \
+         a POST of it to init answered in {:.1} s; all chunks ran on moto in {:.0} s, at most {} in flight; \
          init peak RSS {rss_at_start:.1} MiB after a 10-item POST, {rss_after_post:.1} MiB after the object's POST, \
          {rss_at_end:.1} MiB after starting every chunk",
         accepted.as_secs_f64(),
         posted.as_secs_f64(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        progress.peak
     );
     assert_eq!(ended.status, BatchStatus::Completed, "{ended:?}");
     assert_eq!(ended.succeeded_items, lines as u64);
     assert_eq!(ended.completed_chunks, chunks);
+    assert!(
+        progress.peak <= 100,
+        "the default limit holds: {}",
+        progress.peak
+    );
     assert!(
         rss_at_end < 128.0 && rss_after_post < 128.0,
         "init's memory grew: {rss_at_start} -> {rss_after_post} -> {rss_at_end} MiB"

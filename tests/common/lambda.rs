@@ -650,7 +650,8 @@ pub(crate) async fn play_all_executions(
     }
 }
 
-/// What [`run_to_end`] saw each round: executions started so far and chunks recorded.
+/// What [`run_to_end`] saw each round: the batch's executions started so far and its chunks
+/// recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Round {
     pub started: u64,
@@ -668,6 +669,7 @@ impl Round {
 /// Plays a batch's chunk executions concurrently as `init` starts them (the request table's
 /// stream delivered to it every round, as the stack's mapping would) until the batch ends.
 /// Each played execution is stopped in moto, so only unplayed ones are listed as RUNNING.
+/// Executions of other batches on the stack are played too, and not counted.
 /// `each_round` sees every round's counts; returns the batch as it ended.
 pub(crate) async fn run_to_end(
     stack: &MotoStack,
@@ -685,6 +687,11 @@ pub(crate) async fn run_to_end(
     let store = stack.store();
     let sfn = stack.sfn();
     let mut seen = std::collections::HashSet::new();
+    // Execution names end in `-<chunk>`; the rest names the batch.
+    let own_prefix = batch_manager::engine::stepfunctions::execution_name(batch_id, 0)
+        .trim_end_matches('0')
+        .to_owned();
+    let mut started_own = 0u64;
     let mut plays = tokio::task::JoinSet::new();
     let until = Instant::now() + deadline;
     loop {
@@ -717,6 +724,9 @@ pub(crate) async fn run_to_end(
                 let (machine, functions, sfn) =
                     (Arc::clone(&machine), Arc::clone(&functions), sfn.clone());
                 let name = execution.name().to_owned();
+                if name.starts_with(&own_prefix) {
+                    started_own += 1;
+                }
                 plays.spawn(async move {
                     let described = sfn
                         .describe_execution()
@@ -741,7 +751,7 @@ pub(crate) async fn run_to_end(
             }
         }
         each_round(Round {
-            started: seen.len() as u64,
+            started: started_own,
             recorded: batch.completed_chunks,
         });
         if batch.status.is_terminal() && batch.completed_chunks == batch.total_chunks {
