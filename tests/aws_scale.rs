@@ -582,3 +582,33 @@ async fn a_batch_from_before_counted_starts_has_its_next_parts_chunks_started() 
         .unwrap()
         .is_none());
 }
+
+/// A part whose stream records never reached `init` (they ran out of retries) is made
+/// startable and started by the schedule.
+#[tokio::test]
+async fn a_part_whose_stream_records_were_lost_is_started_by_the_schedule() {
+    let stack = MotoStack::deploy("scale-stranded").await;
+    let (init, functions) = tokio::join!(stack.function("init"), ChunkFunctions::start(&stack));
+    let (status, reply) = http_reply(init.invoke(fixture("apigw-v2-seed.json")).await);
+    assert_eq!(status, 200, "{reply}");
+    // The stream's records are dropped: read, and never delivered.
+    assert_eq!(stack.stream.read().await.len(), 1);
+
+    let swept = init
+        .invoke(json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}))
+        .await
+        .expect("the sweep runs");
+    assert_eq!(swept["started"], json!(2), "{swept}");
+    assert!(
+        init.logs().contains("stream records were lost"),
+        "{}",
+        init.logs()
+    );
+
+    let ends = play_all_executions(&stack, &init, &functions).await;
+    assert_eq!(ends.len(), 2);
+    let batch_id = BatchId::parse("4b4dc5c6-fbd9-493d-98ff-c459c378f45d").unwrap();
+    let ended = stack.store().get_batch(&batch_id).await.unwrap().unwrap();
+    assert_eq!(ended.status, BatchStatus::Completed);
+    assert_eq!(ended.succeeded_items, 10);
+}

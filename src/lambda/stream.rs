@@ -236,13 +236,24 @@ impl ChunkStarter {
         Ok(())
     }
 
-    /// Fills every unfinished batch: repairs starts lost between a claim and its starts, and
-    /// any start a failed stream delivery left undone. Returns a summary for the logs.
+    /// Fills every unfinished batch: makes startable the parts whose stream records were lost,
+    /// repairs starts lost between a claim and its starts, and any start a failed stream
+    /// delivery left undone. Returns a summary for the logs.
     pub(crate) async fn sweep(&self) -> Result<Value, StartError> {
         let batches = self.store.unfinished_batches().await?;
         let mut started = 0;
         let mut failed = 0;
         for batch_id in &batches {
+            let repaired = self.store.repair_startable(batch_id).await;
+            match repaired {
+                Ok(0) => {}
+                Ok(parts) => {
+                    tracing::warn!(batch_id = %batch_id, parts, "made startable parts whose stream records were lost")
+                }
+                Err(err) => {
+                    tracing::error!(batch_id = %batch_id, error = %err, "the sweep could not check the batch's parts")
+                }
+            }
             match self.fill(batch_id).await {
                 Ok(count) => started += count,
                 Err(err) => {

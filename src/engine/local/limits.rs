@@ -69,26 +69,33 @@ impl BatchLimits {
 
     /// Whether the window may run `runnable` now. A resumed or woken execution is in flight
     /// already and always may; a fresh start may while its batch has room, and is counted,
-    /// else it is held back (false).
+    /// else it is held back (false). A batch whose slots cannot be read (the store failing)
+    /// is let run: holding its execution back would leave it out of the window until
+    /// something else pages it in.
     pub(super) async fn may_run(
         &mut self,
         journal: &dyn ExecutionJournal,
         runnable: &Runnable,
-    ) -> Result<bool, StoreError> {
+    ) -> bool {
+        let slots = match self.slots(journal, runnable).await {
+            Ok(slots) => slots,
+            Err(err) => {
+                tracing::warn!(error = %err, batch_id = %runnable.key.batch_id, "reading a batch's limit failed; running its execution");
+                return true;
+            }
+        };
         if runnable.cursor.is_some() {
-            self.slots(journal, runnable).await?;
-            return Ok(true);
+            return true;
         }
-        let slots = self.slots(journal, runnable).await?;
         if slots.room() == Some(0) {
             let from = slots
                 .held_from
                 .map_or(runnable.position, |held| held.min(runnable.position));
             slots.held_from = Some(from);
-            return Ok(false);
+            return false;
         }
         slots.running += 1;
-        Ok(true)
+        true
     }
 
     /// Whether `batch_id` holds starts back.

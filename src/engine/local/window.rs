@@ -261,11 +261,7 @@ impl Window {
             if self.in_memory.contains(&runnable.key) {
                 continue;
             }
-            if !self
-                .limits
-                .may_run(self.journal.as_ref(), &runnable)
-                .await?
-            {
+            if !self.limits.may_run(self.journal.as_ref(), &runnable).await {
                 last_held = Some(runnable.position);
                 continue;
             }

@@ -29,8 +29,9 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::attributes::{
-    batch_key, flag, n, optional_number, request_key, Item, BATCH_ID, CANCEL_REQUESTED,
-    MAX_CONCURRENCY, STATUS,
+    batch_key, flag, n, number, optional_number, request_key, request_key_of, Item, RequestKey,
+    BATCH_ID, CANCEL_REQUESTED, CHUNKS_WRITTEN, CHUNK_COUNT, FIRST_CHUNK, MAX_CONCURRENCY,
+    PART_PREFIX, STATUS, TOTAL_CHUNKS,
 };
 use super::writes::{conditional, unavailable};
 use super::{contended, DynamoStore, OPTIMISTIC_ATTEMPTS};
@@ -87,6 +88,7 @@ struct StartCounters {
     started: Option<u64>,
     in_flight: i64,
     starting: Option<(u64, u64, Timestamp)>,
+    total_chunks: u64,
 }
 
 impl StartCounters {
@@ -122,6 +124,7 @@ impl StartCounters {
             started: optional_number(item, STARTED_CHUNKS)?,
             in_flight: optional_number(item, IN_FLIGHT)?.unwrap_or(0),
             starting,
+            total_chunks: optional_number(item, TOTAL_CHUNKS)?.unwrap_or(0),
         })
     }
 }
@@ -254,6 +257,37 @@ impl DynamoStore {
             }
         }
         Err(contended(format!("the startable chunks of {batch_id}")))
+    }
+
+    /// Makes startable every written part of a batch that its stream records did not (they
+    /// ran out of retries): when chunks are stored beyond the startable ones, reads the
+    /// batch's parts and marks each one written. Returns how many parts it marked.
+    pub async fn repair_startable(&self, batch_id: &BatchId) -> Result<u64, StoreError> {
+        let Some(counters) = self.load_start_counters(batch_id).await? else {
+            return Ok(0);
+        };
+        let startable = counters.startable.unwrap_or(0);
+        if startable >= counters.total_chunks || counters.status.is_terminal() {
+            return Ok(0);
+        }
+        let mut written = Vec::new();
+        self.for_each_item_with_prefix(batch_id, PART_PREFIX, |item| {
+            if let Some(RequestKey::Part(_)) = request_key_of(item)? {
+                if flag(item, CHUNKS_WRITTEN) {
+                    let first: u64 = number(item, FIRST_CHUNK)?;
+                    let count: u64 = number(item, CHUNK_COUNT)?;
+                    written.push((first, first + count));
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        let mut marked = 0;
+        for (first, end) in written.into_iter().filter(|(_, end)| *end > startable) {
+            self.mark_startable(batch_id, first, end).await?;
+            marked += 1;
+        }
+        Ok(marked)
     }
 
     /// Starts counting a batch created before its starts were counted: chunks before `first`
@@ -448,6 +482,7 @@ mod tests {
             started: Some(started),
             in_flight,
             starting: None,
+            total_chunks: startable,
         }
     }
 
