@@ -62,27 +62,6 @@ fn runnable(row: &Row<'_>, batch_id: BatchId) -> rusqlite::Result<Runnable> {
     })
 }
 
-/// Open chunks from `from` on, within `range` (a condition on `?1` = `from.batch_seq` and
-/// `?2` = `from.chunk`), that have no journal entry, in order.
-fn unstarted_page(
-    conn: &Connection,
-    from: JournalPosition,
-    count: usize,
-    range: &str,
-) -> Result<Vec<Runnable>, StoreError> {
-    page(
-        conn,
-        &format!(
-            "SELECT b.batch_id, c.batch_seq, c.chunk, NULL, NULL, NULL \
-             FROM chunks c JOIN batches b ON b.seq = c.batch_seq \
-             WHERE {range} AND c.stage IN ('PENDING', 'STARTED') \
-             AND NOT EXISTS (SELECT 1 FROM executions e WHERE e.batch_seq = c.batch_seq AND e.chunk = c.chunk) \
-             ORDER BY c.batch_seq, c.chunk LIMIT ?3"
-        ),
-        params![from.batch_seq, from.chunk, limit(count)],
-    )
-}
-
 #[async_trait]
 impl ExecutionJournal for SqliteStore {
     fn stage(
@@ -180,7 +159,15 @@ impl ExecutionJournal for SqliteStore {
         count: usize,
     ) -> Result<Vec<Runnable>, StoreError> {
         self.read(move |conn| {
-            unstarted_page(conn, from, count, "(c.batch_seq, c.chunk) >= (?1, ?2)")
+            page(
+                conn,
+                "SELECT b.batch_id, c.batch_seq, c.chunk, NULL, NULL, NULL \
+                 FROM chunks c JOIN batches b ON b.seq = c.batch_seq \
+                 WHERE (c.batch_seq, c.chunk) >= (?1, ?2) AND c.stage IN ('PENDING', 'STARTED') \
+                 AND NOT EXISTS (SELECT 1 FROM executions e WHERE e.batch_seq = c.batch_seq AND e.chunk = c.chunk) \
+                 ORDER BY c.batch_seq, c.chunk LIMIT ?3",
+                params![from.batch_seq, from.chunk, limit(count)],
+            )
         })
         .await
     }
@@ -191,7 +178,15 @@ impl ExecutionJournal for SqliteStore {
         count: usize,
     ) -> Result<Vec<Runnable>, StoreError> {
         self.read(move |conn| {
-            unstarted_page(conn, from, count, "c.batch_seq = ?1 AND c.chunk >= ?2")
+            page(
+                conn,
+                "SELECT b.batch_id, c.batch_seq, c.chunk, NULL, NULL, NULL \
+                 FROM chunks c JOIN batches b ON b.seq = c.batch_seq \
+                 WHERE c.batch_seq = ?1 AND c.chunk >= ?2 AND c.stage IN ('PENDING', 'STARTED') \
+                 AND NOT EXISTS (SELECT 1 FROM executions e WHERE e.batch_seq = c.batch_seq AND e.chunk = c.chunk) \
+                 ORDER BY c.chunk LIMIT ?3",
+                params![from.batch_seq, from.chunk, limit(count)],
+            )
         })
         .await
     }
