@@ -324,7 +324,6 @@ async fn every_chunk_of_a_posted_batch_completes_within_the_default_limit() {
 
     let batch_id = BatchId::parse("run").unwrap();
     let chunks = items.div_ceil(10) as u64;
-    let started = Instant::now();
     let mut progress = Progress::new(chunks);
     let ended = run_to_end(
         &stack,
@@ -338,7 +337,7 @@ async fn every_chunk_of_a_posted_batch_completes_within_the_default_limit() {
     let peak = progress.peak;
     println!(
         "{items} IDs at batch size 10 ({chunks} chunks) ran on moto in {:.1} s, at most {peak} in flight",
-        started.elapsed().as_secs_f64()
+        progress.started.elapsed().as_secs_f64()
     );
     assert_eq!(ended.status, BatchStatus::Completed, "{ended:?}");
     assert_eq!(ended.succeeded_items, items as u64);
@@ -500,7 +499,6 @@ async fn an_s3_object_submitted_by_one_request_runs_to_exact_counts_with_init_me
         .expect("CancelBatch");
 
     let batch_id = BatchId::parse("from-s3").unwrap();
-    let started = Instant::now();
     let mut progress = Progress::new(chunks);
     let ended = run_to_end(
         &stack,
@@ -519,7 +517,7 @@ async fn an_s3_object_submitted_by_one_request_runs_to_exact_counts_with_init_me
          {rss_at_end:.1} MiB after starting every chunk",
         accepted.as_secs_f64(),
         posted.as_secs_f64(),
-        started.elapsed().as_secs_f64(),
+        progress.started.elapsed().as_secs_f64(),
         progress.peak
     );
     assert_eq!(ended.status, BatchStatus::Completed, "{ended:?}");

@@ -16,7 +16,7 @@ use lambda_runtime::LambdaEvent;
 use serde_json::value::RawValue;
 use tower::ServiceExt;
 
-use super::stream::{self, ChunkStarter};
+use super::stream::{self, ChunkStarter, EventSource};
 use crate::items_uri::s3::ObjectReader;
 use crate::pipeline::Intake;
 use crate::{run_request, seed};
@@ -37,17 +37,18 @@ pub(crate) async fn serve(
         let http = http.clone();
         async move {
             let (payload, context) = (event.payload, event.context);
-            let peeked: Value = serde_json::from_str(payload.get())?;
-            if stream::is_stream_event(&peeked) {
-                let records: stream::StreamEvent = serde_json::from_value(peeked)?;
-                return Ok::<Value, lambda_runtime::Error>(starter.handle_stream(records).await);
+            match stream::event_source(payload.get()) {
+                EventSource::Stream => {
+                    let records: stream::StreamEvent = serde_json::from_str(payload.get())?;
+                    Ok::<Value, lambda_runtime::Error>(starter.handle_stream(records).await)
+                }
+                EventSource::Schedule => Ok(starter.sweep().await?),
+                EventSource::Api => {
+                    let request: LambdaRequest = serde_json::from_str(payload.get())?;
+                    let response = http.oneshot(LambdaEvent::new(request, context)).await?;
+                    Ok(serde_json::to_value(response)?)
+                }
             }
-            if stream::is_scheduled_event(&peeked) {
-                return Ok(starter.sweep().await?);
-            }
-            let request: LambdaRequest = serde_json::from_str(payload.get())?;
-            let response = http.oneshot(LambdaEvent::new(request, context)).await?;
-            Ok(serde_json::to_value(response)?)
         }
     }))
     .await

@@ -135,20 +135,49 @@ fn classify(change: &StreamChange) -> Option<(BatchId, Change)> {
     (sk == crate::store::dynamo::LIMIT_CHANGED_SK).then_some((batch_id, Change::RoomMayHaveChanged))
 }
 
-/// Whether `event` is a DynamoDB stream batch.
-pub(crate) fn is_stream_event(event: &Value) -> bool {
-    event
-        .get("Records")
-        .and_then(Value::as_array)
-        .and_then(|records| records.first())
-        .and_then(|record| record.get("eventSource"))
-        .and_then(Value::as_str)
-        == Some("aws:dynamodb")
+/// Which of `init`'s event sources an event comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventSource {
+    /// A batch of DynamoDB stream records.
+    Stream,
+    /// The repair schedule (an EventBridge scheduled event).
+    Schedule,
+    /// Anything else: an API Gateway request.
+    Api,
 }
 
-/// Whether `event` is the schedule's (an EventBridge scheduled event).
-pub(crate) fn is_scheduled_event(event: &Value) -> bool {
-    event.get("source").and_then(Value::as_str) == Some("aws.events")
+/// The few top-level fields that tell the sources apart; the rest of the event (an API
+/// Gateway request's body, up to 6 MB) is skipped, not built.
+#[derive(Deserialize)]
+struct SourceFields {
+    #[serde(rename = "Records", default)]
+    records: Vec<RecordSource>,
+    #[serde(default)]
+    source: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RecordSource {
+    #[serde(rename = "eventSource", default)]
+    event_source: String,
+}
+
+/// The source of a raw event (API Gateway when it cannot tell).
+pub(crate) fn event_source(raw: &str) -> EventSource {
+    let Ok(fields) = serde_json::from_str::<SourceFields>(raw) else {
+        return EventSource::Api;
+    };
+    if fields
+        .records
+        .first()
+        .is_some_and(|record| record.event_source == "aws:dynamodb")
+    {
+        EventSource::Stream
+    } else if fields.source.as_deref() == Some("aws.events") {
+        EventSource::Schedule
+    } else {
+        EventSource::Api
+    }
 }
 
 impl ChunkStarter {
@@ -326,15 +355,22 @@ mod tests {
 
     #[test]
     fn events_are_told_apart() {
-        assert!(is_stream_event(
-            &json!({"Records": [{"eventSource": "aws:dynamodb"}]})
-        ));
-        assert!(!is_stream_event(
-            &json!({"Records": [{"eventSource": "aws:s3"}]})
-        ));
-        assert!(is_scheduled_event(
-            &json!({"source": "aws.events", "detail-type": "Scheduled Event"})
-        ));
-        assert!(!is_scheduled_event(&json!({"httpMethod": "POST"})));
+        let source = |event: Value| event_source(&event.to_string());
+        assert_eq!(
+            source(json!({"Records": [{"eventSource": "aws:dynamodb"}]})),
+            EventSource::Stream
+        );
+        assert_eq!(
+            source(json!({"Records": [{"eventSource": "aws:s3"}]})),
+            EventSource::Api
+        );
+        assert_eq!(
+            source(json!({"source": "aws.events", "detail-type": "Scheduled Event"})),
+            EventSource::Schedule
+        );
+        assert_eq!(
+            source(json!({"httpMethod": "POST", "body": "{\"Records\": []}"})),
+            EventSource::Api
+        );
     }
 }

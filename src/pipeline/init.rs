@@ -126,38 +126,26 @@ impl Intake {
     async fn apply_part_limit(
         &self,
         part: &NewPart,
-        outcome: AppendOutcome,
+        mut outcome: AppendOutcome,
     ) -> Result<AppendOutcome, IntakeError> {
         let Some(limit) = part.max_concurrency else {
             return Ok(outcome);
         };
-        let batch = match &outcome {
-            AppendOutcome::Created { batch, .. } | AppendOutcome::AlreadyStored { batch, .. } => {
-                batch
-            }
-            AppendOutcome::Conflict(_) | AppendOutcome::Rejected(_) => return Ok(outcome),
+        let (AppendOutcome::Created { batch, .. } | AppendOutcome::AlreadyStored { batch, .. }) =
+            &mut outcome
+        else {
+            return Ok(outcome);
         };
         if batch.max_concurrency == Some(limit) || batch.status.is_terminal() {
             return Ok(outcome);
         }
-        let updated = self
+        if let Some(updated) = self
             .set_max_concurrency(&part.batch_id, Some(limit))
-            .await?;
-        Ok(match (outcome, updated) {
-            (AppendOutcome::Created { chunks, .. }, Some(batch)) => {
-                AppendOutcome::Created { batch, chunks }
-            }
-            (
-                AppendOutcome::AlreadyStored {
-                    unstarted_chunks, ..
-                },
-                Some(batch),
-            ) => AppendOutcome::AlreadyStored {
-                batch,
-                unstarted_chunks,
-            },
-            (outcome, _) => outcome,
-        })
+            .await?
+        {
+            *batch = updated;
+        }
+        Ok(outcome)
     }
 
     /// Stores the part and starts its chunks. A part stored before is not stored again; its

@@ -121,6 +121,19 @@ impl DynamoStore {
             .item)
     }
 
+    /// Writes a request-table item whatever was there (an item only its writer changes).
+    pub(super) async fn put_request_item(&self, item: Item) -> Result<(), StoreError> {
+        self.meter.write(write_units(&item));
+        self.client
+            .put_item()
+            .table_name(&self.tables.request_table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     /// A chunk's state, or None when the chunk's IDs are not stored.
     async fn load_state(
         &self,

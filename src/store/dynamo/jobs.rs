@@ -8,7 +8,7 @@ use super::attributes::{
     job_sk, n, number, request_key, s, text, Item, JOB_PREFIX, JOB_SETTINGS_SK, RECORD, REVISION,
     SK,
 };
-use super::writes::{conditional, unavailable, write_units};
+use super::writes::{conditional, write_units};
 use super::DynamoStore;
 use crate::domain::BatchId;
 use crate::store::jobs::{next_revision, JobStore, JobWrite, StoredJob};
@@ -85,15 +85,7 @@ impl JobStore for DynamoStore {
     async fn put_job_settings(&self, batch_id: &BatchId, settings: &str) -> Result<(), StoreError> {
         let mut item = request_key(batch_id, JOB_SETTINGS_SK.to_owned());
         item.insert(RECORD.to_owned(), s(settings));
-        self.meter.write(write_units(&item));
-        self.client
-            .put_item()
-            .table_name(&self.tables.request_table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        self.put_request_item(item).await
     }
 
     async fn load_job_settings(&self, batch_id: &BatchId) -> Result<Option<String>, StoreError> {

@@ -33,7 +33,7 @@ use super::attributes::{
     BATCH_ID, CANCEL_REQUESTED, CHUNKS_WRITTEN, CHUNK_COUNT, FIRST_CHUNK, MAX_CONCURRENCY,
     PART_PREFIX, STATUS, TOTAL_CHUNKS,
 };
-use super::writes::{conditional, unavailable};
+use super::writes::conditional;
 use super::{contended, DynamoStore, OPTIMISTIC_ATTEMPTS};
 use crate::domain::{BatchId, BatchStatus, Timestamp};
 use crate::store::StoreError;
@@ -446,15 +446,7 @@ impl DynamoStore {
     pub(super) async fn note_limit_changed(&self, batch_id: &BatchId) -> Result<(), StoreError> {
         let mut item = request_key(batch_id, LIMIT_CHANGED_SK.to_owned());
         item.insert("at".to_owned(), n(Timestamp::now().0));
-        self.meter.write(1);
-        self.client
-            .put_item()
-            .table_name(&self.tables.request_table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        self.put_request_item(item).await
     }
 
     /// The batches that may have chunks waiting for a slot: PENDING and RUNNING ones.
