@@ -35,6 +35,12 @@ pub enum Command {
     Cancel(BatchArgs),
     /// Change a running batch's limit on chunk executions in flight at once.
     Update(UpdateArgs),
+    /// Pause a batch: no chunk starts until it is resumed; running chunks finish.
+    Pause(BatchArgs),
+    /// Resume a paused batch where it stopped.
+    Resume(BatchArgs),
+    /// Re-run the failed items of an ended batch as new attempts.
+    Redrive(RedriveArgs),
     /// Inside an AWS Batch job: print the item IDs the job works on, read from the stack's
     /// tables (for chunks whose IDs do not fit in the job's environment).
     JobItems(JobItemsArgs),
@@ -448,6 +454,13 @@ pub struct SubmitArgs {
     /// when absent.
     #[arg(long)]
     pub(crate) max_concurrency: Option<u32>,
+    /// Stop the batch once more than this percentage (0 to 100) of its items failed: chunks
+    /// not yet started never run, and the batch ends FAILED.
+    #[arg(long, value_name = "PERCENT")]
+    pub(crate) tolerated_failure_percentage: Option<u64>,
+    /// Stop the batch once more than this many of its items failed.
+    #[arg(long, value_name = "ITEMS")]
+    pub(crate) tolerated_failure_count: Option<u64>,
     /// Follow the batch until it ends.
     #[arg(long)]
     pub(crate) watch: bool,
@@ -465,6 +478,22 @@ pub struct UpdateArgs {
     /// default.
     #[arg(long)]
     pub(crate) max_concurrency: u32,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+}
+
+/// The arguments of `redrive`.
+#[derive(Debug, Clone, Args)]
+pub struct RedriveArgs {
+    pub(crate) batch_id: String,
+    /// Also re-run the items that ended CANCELLED.
+    #[arg(long)]
+    pub(crate) include_cancelled: bool,
+    /// Follow the batch until it ends again.
+    #[arg(long)]
+    pub(crate) watch: bool,
+    #[command(flatten)]
+    pub(crate) reconnect: ReconnectArgs,
     #[command(flatten)]
     pub(crate) client: ClientArgs,
 }
@@ -488,7 +517,7 @@ pub(crate) struct ReconnectArgs {
     pub(crate) reconnect_timeout: Duration,
 }
 
-/// The arguments of `status` and `cancel`.
+/// The arguments of `status`, `cancel`, `pause` and `resume`.
 #[derive(Debug, Clone, Args)]
 pub struct BatchArgs {
     pub(crate) batch_id: String,

@@ -122,6 +122,76 @@ pub fn parse_max_concurrency(raw: u64) -> Result<Option<u32>, MaxConcurrencyErro
     }
 }
 
+/// The most times a batch may be redriven.
+pub const MAX_REDRIVES: u32 = 1000;
+
+/// A failure percentage that is not an integer from 0 to 100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("must be an integer between 0 and 100")]
+pub struct PercentageError;
+
+/// How many failed items a batch tolerates before it stops: once its failed items exceed a
+/// share of its total items, or a count, it ends FAILED and its chunks not yet started never
+/// run. Both may be set; exceeding either stops the batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FailureBudget {
+    /// Failed items tolerated, as a percentage (0 to 100) of the batch's total items.
+    pub percentage: Option<u8>,
+    /// Failed items tolerated, as a count.
+    pub count: Option<u64>,
+}
+
+impl FailureBudget {
+    /// Parses a budget from its two optional parts; neither set is no budget.
+    pub fn parse(percentage: Option<u64>, count: Option<u64>) -> Result<Self, PercentageError> {
+        let percentage = percentage
+            .map(|raw| {
+                u8::try_from(raw)
+                    .ok()
+                    .filter(|p| *p <= 100)
+                    .ok_or(PercentageError)
+            })
+            .transpose()?;
+        Ok(Self { percentage, count })
+    }
+
+    /// Whether any limit is set.
+    pub fn is_set(&self) -> bool {
+        self.percentage.is_some() || self.count.is_some()
+    }
+
+    /// Why a batch of `total` items with `failed` failed items has overspent this budget, or
+    /// None while it has not.
+    pub fn exceeded(&self, failed: u64, total: u64) -> Option<String> {
+        if let Some(percentage) = self.percentage {
+            if u128::from(failed) * 100 > u128::from(percentage) * u128::from(total) {
+                return Some(format!(
+                    "failure budget exceeded: {failed} of {total} items failed, {percentage}% tolerated"
+                ));
+            }
+        }
+        if let Some(count) = self.count {
+            if failed > count {
+                return Some(format!(
+                    "failure budget exceeded: {failed} of {total} items failed, {count} tolerated"
+                ));
+            }
+        }
+        None
+    }
+}
+
+impl fmt::Display for FailureBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.percentage, self.count) {
+            (None, None) => f.write_str("none"),
+            (Some(p), None) => write!(f, "{p}%"),
+            (None, Some(c)) => write!(f, "{c} items"),
+            (Some(p), Some(c)) => write!(f, "{p}% or {c} items"),
+        }
+    }
+}
+
 /// An item count or part number that is not an integer from 1 to [`MAX_COUNT`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("must be an integer between 1 and {MAX_COUNT}")]
@@ -366,6 +436,8 @@ pub struct NewPart {
     /// Chunk executions of the batch allowed in flight at once; `None` keeps the batch's
     /// (or, for a new batch, the deployment's default).
     pub max_concurrency: Option<u32>,
+    /// The batch's failure budget; `None` keeps the batch's (none for a new batch).
+    pub failure_budget: Option<FailureBudget>,
 }
 
 impl NewPart {
@@ -389,12 +461,19 @@ impl NewPart {
             part_number,
             items,
             max_concurrency: None,
+            failure_budget: None,
         })
     }
 
     /// This part, setting the batch's limit on chunk executions in flight.
     pub fn with_max_concurrency(mut self, max_concurrency: Option<u32>) -> Self {
         self.max_concurrency = max_concurrency;
+        self
+    }
+
+    /// This part, setting the batch's failure budget (unset budgets are `None`).
+    pub fn with_failure_budget(mut self, budget: FailureBudget) -> Self {
+        self.failure_budget = budget.is_set().then_some(budget);
         self
     }
 
@@ -433,22 +512,25 @@ pub enum BatchStatus {
     Failed,
     /// Cancelled before every item ended.
     Cancelled,
+    /// Paused: no chunk starts until it is resumed; chunks already running finish.
+    Paused,
 }
 
 impl BatchStatus {
     /// Every status, in order.
-    pub const ALL: [BatchStatus; 6] = [
+    pub const ALL: [BatchStatus; 7] = [
         Self::Pending,
         Self::Running,
         Self::Completed,
         Self::CompletedWithFailures,
         Self::Failed,
         Self::Cancelled,
+        Self::Paused,
     ];
 
     /// Whether the batch has ended.
     pub fn is_terminal(self) -> bool {
-        !matches!(self, Self::Pending | Self::Running)
+        !matches!(self, Self::Pending | Self::Running | Self::Paused)
     }
 
     /// The stable name used in storage, JSON and logs.
@@ -460,24 +542,12 @@ impl BatchStatus {
             Self::CompletedWithFailures => "COMPLETED_WITH_FAILURES",
             Self::Failed => "FAILED",
             Self::Cancelled => "CANCELLED",
+            Self::Paused => "PAUSED",
         }
     }
 
     pub(crate) fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|status| status.as_str() == name)
-    }
-
-    /// The terminal status of a batch whose every item is terminal.
-    pub fn settled(cancel_requested: bool, succeeded: u64, failed: u64) -> Self {
-        if cancel_requested {
-            Self::Cancelled
-        } else if failed == 0 {
-            Self::Completed
-        } else if succeeded == 0 {
-            Self::Failed
-        } else {
-            Self::CompletedWithFailures
-        }
     }
 }
 
@@ -594,6 +664,12 @@ pub struct Batch {
     pub completed_at: Option<Timestamp>,
     /// Chunk executions allowed in flight at once; `None` is the deployment's default.
     pub max_concurrency: Option<u32>,
+    /// Failed items tolerated before the batch stops (unset: no budget).
+    pub failure_budget: FailureBudget,
+    /// Why the batch ended FAILED early (its failure budget ran out); `None` otherwise.
+    pub failure_reason: Option<String>,
+    /// How many times the batch was redriven.
+    pub redrive_count: u32,
 }
 
 impl Batch {
@@ -771,16 +847,5 @@ mod tests {
             part(1, 1).unwrap_err().to_string(),
             "must be at least the number of items sent (2)"
         );
-    }
-
-    #[test]
-    fn the_settled_status_follows_the_counts() {
-        assert_eq!(BatchStatus::settled(false, 5, 0), BatchStatus::Completed);
-        assert_eq!(
-            BatchStatus::settled(false, 4, 1),
-            BatchStatus::CompletedWithFailures
-        );
-        assert_eq!(BatchStatus::settled(false, 0, 5), BatchStatus::Failed);
-        assert_eq!(BatchStatus::settled(true, 4, 1), BatchStatus::Cancelled);
     }
 }

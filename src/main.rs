@@ -26,6 +26,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Items(args) => cli::items(args).await,
         Command::Cancel(args) => cli::cancel(args).await,
         Command::Update(args) => cli::update(args).await,
+        Command::Pause(args) => cli::pause(args).await,
+        Command::Resume(args) => cli::resume(args).await,
+        Command::Redrive(args) => cli::redrive(args).await,
         Command::JobItems(args) => cli::job_items(args).await,
         #[cfg(feature = "bench")]
         Command::Bench(args) => batch_manager::bench::run(args).await,

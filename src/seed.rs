@@ -9,8 +9,8 @@ use serde_json::{json, Map, Value};
 
 use crate::domain::{
     parse_count, parse_item_ids, parse_max_concurrency, with_sources, BatchId, BatchSize,
-    BatchSizeError, CountError, IdError, ItemId, ItemIdsError, MaxConcurrencyError, NewPart,
-    PartError,
+    BatchSizeError, CountError, FailureBudget, IdError, ItemId, ItemIdsError, MaxConcurrencyError,
+    NewPart, PartError, PercentageError,
 };
 use crate::items_uri::s3::ObjectReader;
 use crate::items_uri::{ItemsError, ReferenceRule};
@@ -75,6 +75,10 @@ pub(crate) enum SeedRule {
     Count(#[from] CountError),
     #[error(transparent)]
     MaxConcurrency(#[from] MaxConcurrencyError),
+    #[error(transparent)]
+    Percentage(#[from] PercentageError),
+    #[error("must be a non-negative integer")]
+    NotACount,
     #[error(transparent)]
     Part(#[from] PartError),
     #[error("must be true or false")]
@@ -153,6 +157,24 @@ fn max_concurrency(body: &Map<String, Value>) -> Result<Option<u32>, SeedError> 
     }
 }
 
+/// `toleratedFailurePercentage` (0 to 100) and `toleratedFailureCount`, optional: absent or
+/// null leaves the batch without a budget.
+pub(crate) fn failure_budget(body: &Map<String, Value>) -> Result<FailureBudget, SeedError> {
+    let whole = |name: &str| -> Result<Option<u64>, SeedError> {
+        match body.get(name).filter(|value| !value.is_null()) {
+            None => Ok(None),
+            Some(value) => value
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| SeedError::new(name, SeedRule::NotACount)),
+        }
+    };
+    let percentage = whole("toleratedFailurePercentage")?;
+    let count = whole("toleratedFailureCount")?;
+    FailureBudget::parse(percentage, count)
+        .map_err(|rule| SeedError::new("toleratedFailurePercentage", rule))
+}
+
 fn batch_id(body: &Map<String, Value>) -> Result<BatchId, SeedError> {
     match field(body, "batchId")? {
         Value::String(id) => {
@@ -201,9 +223,10 @@ fn part(body: &Map<String, Value>) -> Result<NewPart, SeedError> {
     let batch_size = batch_size(body, "batchSize")?;
     let current_batch = count(body, "currentBatch")?;
     let limit = max_concurrency(body)?;
+    let budget = failure_budget(body)?;
     let items = item_ids(body)?;
     NewPart::new(batch_id, total_items, batch_size, current_batch, items)
-        .map(|part| part.with_max_concurrency(limit))
+        .map(|part| part.with_max_concurrency(limit).with_failure_budget(budget))
         .map_err(SeedError::part)
 }
 

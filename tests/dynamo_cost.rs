@@ -59,7 +59,7 @@ async fn the_happy_path_spends_at_most_0_15_write_units_per_item_slots_included(
             .await
             .unwrap()
         {
-            startable.extend(claim.chunks());
+            startable.extend(store.claimed_chunks(&batch_id, &claim).await.unwrap());
             store.confirm_starts(&batch_id, &claim).await.unwrap();
         }
         starts.add(before, store.metrics());

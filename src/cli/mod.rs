@@ -18,10 +18,13 @@ use serde_json::json;
 
 use self::items_file::ItemsSource;
 use self::watch::Watch;
-use crate::config::{BatchArgs, ClientArgs, ItemsArgs, SubmitArgs, UpdateArgs, WatchArgs};
+use crate::config::{
+    BatchArgs, ClientArgs, ItemsArgs, RedriveArgs, SubmitArgs, UpdateArgs, WatchArgs,
+};
 use crate::domain::{
-    parse_max_concurrency, Batch, BatchId, BatchSize, BatchSizeError, IdError, ItemIdsError,
-    ItemRecord, ItemStatus, MaxConcurrencyError, NewPart, PartError, MAX_ITEMS_PER_REQUEST,
+    parse_max_concurrency, Batch, BatchId, BatchSize, BatchSizeError, FailureBudget, IdError,
+    ItemIdsError, ItemRecord, ItemStatus, MaxConcurrencyError, NewPart, PartError, PercentageError,
+    MAX_ITEMS_PER_REQUEST,
 };
 use crate::grpc::client::{
     AdminClient, BatchSubmission, ClientError, ReferenceSubmission, Submitted,
@@ -92,6 +95,8 @@ pub(crate) enum InputRule {
     Part(#[from] PartError),
     #[error(transparent)]
     MaxConcurrency(#[from] MaxConcurrencyError),
+    #[error(transparent)]
+    Percentage(#[from] PercentageError),
     #[error("must be pending, succeeded, failed or cancelled, not {0:?}")]
     ItemStatus(String),
     #[error(transparent)]
@@ -123,6 +128,10 @@ fn batch_json(batch: &Batch) -> serde_json::Value {
         "completedChunks": batch.completed_chunks,
         "batchSize": batch.batch_size,
         "maxConcurrency": batch.max_concurrency,
+        "toleratedFailurePercentage": batch.failure_budget.percentage,
+        "toleratedFailureCount": batch.failure_budget.count,
+        "failureReason": batch.failure_reason,
+        "redriveCount": batch.redrive_count,
         "createdAt": batch.created_at.to_rfc3339(),
         "updatedAt": batch.updated_at.to_rfc3339(),
         "completedAt": batch.completed_at.map(|t| t.to_rfc3339()),
@@ -147,6 +156,18 @@ fn print_batch(batch: &Batch) {
     match batch.max_concurrency {
         Some(limit) => println!("limit      {limit} chunks in flight at once"),
         None => println!("limit      the server's default"),
+    }
+    if batch.failure_budget.is_set() {
+        println!(
+            "budget     stops past {} failed items",
+            batch.failure_budget
+        );
+    }
+    if let Some(reason) = &batch.failure_reason {
+        println!("stopped    {reason}");
+    }
+    if batch.redrive_count > 0 {
+        println!("redriven   {} times", batch.redrive_count);
     }
     println!("created    {}", batch.created_at.to_rfc3339());
     if let Some(completed_at) = batch.completed_at {
@@ -187,12 +208,18 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         Some(raw) => parse_max_concurrency(u64::from(raw))
             .map_err(|rule| argument("--max-concurrency", rule))?,
     };
+    let failure_budget = FailureBudget::parse(
+        args.tolerated_failure_percentage,
+        args.tolerated_failure_count,
+    )
+    .map_err(|rule| argument("--tolerated-failure-percentage", rule))?;
     if let Some(items) = items_reference(&args)? {
         let submission = ReferenceSubmission {
             batch_id,
             batch_size,
             items,
             max_concurrency,
+            failure_budget,
         };
         let mut client = AdminClient::connect(&args.client.server).await?;
         let submitted = with_retries(|| {
@@ -224,6 +251,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
                 batch_size,
                 total,
                 max_concurrency,
+                failure_budget,
                 output: Output::of(&args.client),
             };
             upload.send(&client, source).await?
@@ -234,6 +262,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
                 batch_size,
                 items: source.read_all()?,
                 max_concurrency,
+                failure_budget,
             };
             with_retries(|| {
                 let mut client = client.clone();
@@ -308,6 +337,7 @@ struct Upload {
     batch_size: BatchSize,
     total: u64,
     max_concurrency: Option<u32>,
+    failure_budget: FailureBudget,
     output: Output,
 }
 
@@ -325,6 +355,7 @@ impl Upload {
         let (sender, mut parts) = tokio::sync::mpsc::channel::<NewPart>(2);
         let (batch_id, batch_size, total) = (self.batch_id.clone(), self.batch_size, self.total);
         let max_concurrency = self.max_concurrency;
+        let failure_budget = self.failure_budget;
         let reader = tokio::task::spawn_blocking(move || {
             let mut part_number = 0;
             source.for_each_group(ITEMS_PER_PART, |group| {
@@ -332,7 +363,8 @@ impl Upload {
                 let items = source.parse(group)?;
                 let part = NewPart::new(batch_id.clone(), total, batch_size, part_number, items)
                     .map_err(|rule| argument("--items-file", rule))?
-                    .with_max_concurrency(max_concurrency);
+                    .with_max_concurrency(max_concurrency)
+                    .with_failure_budget(failure_budget);
                 sender
                     .blocking_send(part)
                     .map_err(|_| anyhow::anyhow!("upload stopped"))
@@ -386,6 +418,54 @@ pub async fn update(args: UpdateArgs) -> anyhow::Result<()> {
     let mut client = AdminClient::connect(&args.client.server).await?;
     let batch = client.update(&batch_id, limit).await?;
     show(&batch, Output::of(&args.client));
+    Ok(())
+}
+
+/// Runs `pause`: pauses a batch.
+pub async fn pause(args: BatchArgs) -> anyhow::Result<()> {
+    let batch_id = batch_id_argument(&args.batch_id)?;
+    let mut client = AdminClient::connect(&args.client.server).await?;
+    let batch = client.pause(&batch_id).await?;
+    show(&batch, Output::of(&args.client));
+    Ok(())
+}
+
+/// Runs `resume`: resumes a paused batch.
+pub async fn resume(args: BatchArgs) -> anyhow::Result<()> {
+    let batch_id = batch_id_argument(&args.batch_id)?;
+    let mut client = AdminClient::connect(&args.client.server).await?;
+    let batch = client.resume(&batch_id).await?;
+    show(&batch, Output::of(&args.client));
+    Ok(())
+}
+
+/// Runs `redrive`: re-runs an ended batch's failed items, then follows it with `--watch`.
+pub async fn redrive(args: RedriveArgs) -> anyhow::Result<()> {
+    let batch_id = batch_id_argument(&args.batch_id)?;
+    let output = Output::of(&args.client);
+    let mut client = AdminClient::connect(&args.client.server).await?;
+    let (batch, redriven) = client.redrive(&batch_id, args.include_cancelled).await?;
+    match output {
+        Output::Json if !args.watch => println!(
+            "{}",
+            json!({ "batch": batch_json(&batch), "redrivenItems": redriven })
+        ),
+        Output::Json => {}
+        Output::Human => {
+            println!(
+                "redriving {redriven} items of batch {batch_id} (redrive {})",
+                batch.redrive_count
+            );
+        }
+    }
+    if args.watch {
+        let watch = Watch {
+            batch_id,
+            output,
+            reconnect_timeout: args.reconnect.reconnect_timeout,
+        };
+        watch.run(&mut client).await?;
+    }
     Ok(())
 }
 

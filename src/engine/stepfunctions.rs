@@ -53,6 +53,8 @@ const NAME_HASH_HEX_DIGITS: usize = 32;
 /// Room for the readable prefix: the name minus the hash, the longest chunk number
 /// (`u64::MAX` has 20 digits) and two separators.
 const NAME_PREFIX_CHARS: usize = NAME_MAX_CHARS - NAME_HASH_HEX_DIGITS - 20 - 2;
+/// Room kept for a redrive's `-r<run>` (runs go up to 1000).
+const RUN_SUFFIX_CHARS: usize = 6;
 
 /// A Step Functions client for chunk starts: the configured retry policy (the SDK backs off
 /// with jitter on throttling), with at least [`START_MAX_ATTEMPTS`] attempts.
@@ -87,12 +89,32 @@ impl StepFunctionsOrchestrator {
         }
     }
 
-    async fn start_chunk(&self, batch_id: &BatchId, chunk: u64) -> Result<(), OrchestratorError> {
+    /// Starts the executions of `chunks` of `batch_id` for a run (0: the batch's first; a
+    /// redrive's number after it), whose names differ from every other run's.
+    pub(crate) async fn start_run_chunks(
+        &self,
+        batch_id: &BatchId,
+        chunks: &[u64],
+        run: u32,
+    ) -> Result<(), OrchestratorError> {
+        futures::stream::iter(chunks.iter().copied().map(Ok))
+            .try_for_each_concurrent(START_CONCURRENCY, |chunk| {
+                self.start_chunk(batch_id, chunk, run)
+            })
+            .await
+    }
+
+    async fn start_chunk(
+        &self,
+        batch_id: &BatchId,
+        chunk: u64,
+        run: u32,
+    ) -> Result<(), OrchestratorError> {
         let started = self
             .client
             .start_execution()
             .state_machine_arn(&self.state_machine_arn)
-            .name(execution_name(batch_id, chunk))
+            .name(run_execution_name(batch_id, chunk, run))
             .input(execution_input(batch_id, chunk))
             .send()
             .await;
@@ -121,9 +143,7 @@ impl Orchestrator for StepFunctionsOrchestrator {
         batch_id: &BatchId,
         chunks: &[u64],
     ) -> Result<(), OrchestratorError> {
-        futures::stream::iter(chunks.iter().copied().map(Ok))
-            .try_for_each_concurrent(START_CONCURRENCY, |chunk| self.start_chunk(batch_id, chunk))
-            .await
+        self.start_run_chunks(batch_id, chunks, 0).await
     }
 }
 
@@ -138,10 +158,23 @@ pub(crate) fn execution_input(batch_id: &BatchId, chunk: u64) -> String {
 /// that batch ids sharing a prefix get distinct names. At most 80 characters of
 /// `[A-Za-z0-9_-]`, the set that also keeps CloudWatch logging of executions working.
 pub fn execution_name(batch_id: &BatchId, chunk: u64) -> String {
+    run_execution_name(batch_id, chunk, 0)
+}
+
+/// The deterministic execution name of a chunk in a run: [`execution_name`] for the batch's
+/// first run; after a redrive, `-r<run>` follows the chunk (the prefix gives it room).
+pub fn run_execution_name(batch_id: &BatchId, chunk: u64, run: u32) -> String {
+    let suffix = match run {
+        0 => String::new(),
+        run => format!("-r{run}"),
+    };
     let prefix: String = batch_id
         .as_str()
         .chars()
-        .take(NAME_PREFIX_CHARS)
+        .take(match run {
+            0 => NAME_PREFIX_CHARS,
+            _ => NAME_PREFIX_CHARS - RUN_SUFFIX_CHARS,
+        })
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
                 c
@@ -152,7 +185,7 @@ pub fn execution_name(batch_id: &BatchId, chunk: u64) -> String {
         .collect();
     let digest = Sha256::digest(batch_id.as_str().as_bytes());
     let hash = hex::encode(&digest[..NAME_HASH_HEX_DIGITS / 2]);
-    format!("{prefix}-{hash}-{chunk}")
+    format!("{prefix}-{hash}-{chunk}{suffix}")
 }
 
 #[cfg(test)]

@@ -10,7 +10,9 @@ use super::convert::FieldError;
 use super::pb;
 use super::pb::batch_manager_client::BatchManagerClient;
 use super::MAX_MESSAGE_BYTES;
-use crate::domain::{Batch, BatchId, BatchSize, BatchStatus, ItemId, ItemRecord, NewPart};
+use crate::domain::{
+    Batch, BatchId, BatchSize, BatchStatus, FailureBudget, ItemId, ItemRecord, NewPart,
+};
 use crate::items_uri::ItemsReference;
 use crate::store::{ItemQuery, Page};
 
@@ -31,6 +33,8 @@ pub struct BatchSubmission {
     pub items: Vec<ItemId>,
     /// Chunk executions in flight at once; `None` for the deployment's default.
     pub max_concurrency: Option<u32>,
+    /// Failed items tolerated before the batch stops (unset: no budget).
+    pub failure_budget: FailureBudget,
 }
 
 /// A whole batch sent in one `SubmitBatch` call by reference: the server reads its items.
@@ -44,6 +48,8 @@ pub struct ReferenceSubmission {
     pub items: ItemsReference,
     /// Chunk executions in flight at once; `None` for the deployment's default.
     pub max_concurrency: Option<u32>,
+    /// Failed items tolerated before the batch stops (unset: no budget).
+    pub failure_budget: FailureBudget,
 }
 
 /// What a submission (`SubmitBatch` or one `AppendBatchItems` part) returned.
@@ -213,6 +219,35 @@ impl AdminClient {
             max_concurrency: max_concurrency.unwrap_or(0),
         };
         let response = self.inner.update_batch(request).await?.into_inner();
+        Ok(response.try_into()?)
+    }
+
+    /// Pauses the batch; returns it as it stands after.
+    pub async fn pause(&mut self, batch_id: &BatchId) -> Result<Batch, ClientError> {
+        let request = pb::PauseBatchRequest::from(batch_id);
+        let response = self.inner.pause_batch(request).await?.into_inner();
+        Ok(response.try_into()?)
+    }
+
+    /// Resumes the batch; returns it as it stands after.
+    pub async fn resume(&mut self, batch_id: &BatchId) -> Result<Batch, ClientError> {
+        let request = pb::ResumeBatchRequest::from(batch_id);
+        let response = self.inner.resume_batch(request).await?.into_inner();
+        Ok(response.try_into()?)
+    }
+
+    /// Redrives the batch's failed items (and cancelled ones with `include_cancelled`);
+    /// returns the batch as it stands after and how many items run again.
+    pub async fn redrive(
+        &mut self,
+        batch_id: &BatchId,
+        include_cancelled: bool,
+    ) -> Result<(Batch, u64), ClientError> {
+        let request = pb::RedriveBatchRequest {
+            batch_id: batch_id.as_str().to_owned(),
+            include_cancelled,
+        };
+        let response = self.inner.redrive_batch(request).await?.into_inner();
         Ok(response.try_into()?)
     }
 

@@ -12,8 +12,8 @@ use super::client::{BatchSubmission, Submitted};
 use super::pb;
 use crate::domain::{
     parse_count, parse_item_ids, parse_max_concurrency, Batch, BatchId, BatchSize, BatchSizeError,
-    BatchStatus, CountError, IdError, ItemId, ItemIdsError, ItemRecord, ItemStatus,
-    MaxConcurrencyError, NewPart, PartError, Timestamp,
+    BatchStatus, CountError, FailureBudget, IdError, ItemId, ItemIdsError, ItemRecord, ItemStatus,
+    MaxConcurrencyError, NewPart, PartError, PercentageError, Timestamp,
 };
 use crate::items_uri::{ItemsError, ReferenceRule};
 use crate::pipeline::Accepted;
@@ -55,6 +55,8 @@ pub enum FieldRule {
     Count(#[from] CountError),
     #[error(transparent)]
     MaxConcurrency(#[from] MaxConcurrencyError),
+    #[error(transparent)]
+    Percentage(#[from] PercentageError),
     #[error(transparent)]
     Part(#[from] PartError),
     #[error("must be between 1 and {max}, or 0 for the default ({default})")]
@@ -126,6 +128,14 @@ fn max_concurrency(raw: u32) -> Result<Option<u32>, FieldError> {
     parse_max_concurrency(u64::from(raw)).map_err(|rule| FieldError::new("max_concurrency", rule))
 }
 
+fn failure_budget(
+    percentage: Option<u32>,
+    count: Option<u64>,
+) -> Result<FailureBudget, FieldError> {
+    FailureBudget::parse(percentage.map(u64::from), count)
+        .map_err(|rule| FieldError::new("tolerated_failure_percentage", rule))
+}
+
 fn count(raw: u64, field: &str) -> Result<u64, FieldError> {
     parse_count(raw).map_err(|rule| FieldError::new(field, rule))
 }
@@ -157,6 +167,7 @@ impl From<BatchStatus> for pb::BatchStatus {
             BatchStatus::CompletedWithFailures => Self::CompletedWithFailures,
             BatchStatus::Failed => Self::Failed,
             BatchStatus::Cancelled => Self::Cancelled,
+            BatchStatus::Paused => Self::Paused,
         }
     }
 }
@@ -187,6 +198,7 @@ fn batch_status_or_any(raw: i32) -> Result<Option<BatchStatus>, FieldRule> {
         pb::BatchStatus::CompletedWithFailures => Some(BatchStatus::CompletedWithFailures),
         pb::BatchStatus::Failed => Some(BatchStatus::Failed),
         pb::BatchStatus::Cancelled => Some(BatchStatus::Cancelled),
+        pb::BatchStatus::Paused => Some(BatchStatus::Paused),
     })
 }
 
@@ -274,6 +286,8 @@ impl From<BatchSubmission> for pb::SubmitBatchRequest {
                 .collect(),
             batch_size: submission.batch_size.get(),
             max_concurrency: submission.max_concurrency.unwrap_or(0),
+            tolerated_failure_percentage: submission.failure_budget.percentage.map(u32::from),
+            tolerated_failure_count: submission.failure_budget.count,
             ..Self::default()
         }
     }
@@ -292,10 +306,14 @@ impl TryFrom<pb::SubmitBatchRequest> for NewPart {
         };
         let batch_size = batch_size(request.batch_size)?;
         let limit = max_concurrency(request.max_concurrency)?;
+        let budget = failure_budget(
+            request.tolerated_failure_percentage,
+            request.tolerated_failure_count,
+        )?;
         let items = parse_item_ids(request.item_ids).map_err(FieldError::item_ids)?;
         let total = items.len() as u64;
         NewPart::new(batch_id, total, batch_size, 1, items)
-            .map(|part| part.with_max_concurrency(limit))
+            .map(|part| part.with_max_concurrency(limit).with_failure_budget(budget))
             .map_err(|err| FieldError::part(err, "item_ids"))
     }
 }
@@ -309,6 +327,10 @@ impl From<NewPart> for pb::AppendBatchItemsRequest {
             part_number: part.part_number,
             item_ids: part.items.into_iter().map(ItemId::into_string).collect(),
             max_concurrency: part.max_concurrency.unwrap_or(0),
+            tolerated_failure_percentage: part
+                .failure_budget
+                .and_then(|budget| budget.percentage.map(u32::from)),
+            tolerated_failure_count: part.failure_budget.and_then(|budget| budget.count),
         }
     }
 }
@@ -322,9 +344,13 @@ impl TryFrom<pb::AppendBatchItemsRequest> for NewPart {
         let part_number = count(request.part_number, "part_number")?;
         let batch_size = batch_size(request.batch_size)?;
         let limit = max_concurrency(request.max_concurrency)?;
+        let budget = failure_budget(
+            request.tolerated_failure_percentage,
+            request.tolerated_failure_count,
+        )?;
         let items = parse_item_ids(request.item_ids).map_err(FieldError::item_ids)?;
         NewPart::new(batch_id, total_items, batch_size, part_number, items)
-            .map(|part| part.with_max_concurrency(limit))
+            .map(|part| part.with_max_concurrency(limit).with_failure_budget(budget))
             .map_err(|err| FieldError::part(err, "total_items"))
     }
 }
@@ -384,8 +410,18 @@ macro_rules! batch_id_request {
 batch_id_request!(
     pb::GetBatchStatusRequest,
     pb::CancelBatchRequest,
-    pb::WatchBatchRequest
+    pb::WatchBatchRequest,
+    pb::PauseBatchRequest,
+    pb::ResumeBatchRequest
 );
+
+impl TryFrom<pb::RedriveBatchRequest> for BatchId {
+    type Error = FieldError;
+
+    fn try_from(request: pb::RedriveBatchRequest) -> Result<Self, FieldError> {
+        batch_id(request.batch_id)
+    }
+}
 
 impl From<BatchQuery> for pb::ListBatchesRequest {
     fn from(query: BatchQuery) -> Self {
@@ -457,6 +493,10 @@ impl From<&Batch> for pb::Batch {
             received_items: batch.received_items,
             batch_size: batch.batch_size,
             max_concurrency: batch.max_concurrency.unwrap_or(0),
+            tolerated_failure_percentage: batch.failure_budget.percentage.map(u32::from),
+            tolerated_failure_count: batch.failure_budget.count,
+            failure_reason: batch.failure_reason.clone().unwrap_or_default(),
+            redrive_count: batch.redrive_count,
         }
     }
 }
@@ -485,6 +525,12 @@ impl TryFrom<pb::Batch> for Batch {
                 .transpose()
                 .map_err(|rule| FieldError::new("completed_at", rule))?,
             max_concurrency: (batch.max_concurrency > 0).then_some(batch.max_concurrency),
+            failure_budget: failure_budget(
+                batch.tolerated_failure_percentage,
+                batch.tolerated_failure_count,
+            )?,
+            failure_reason: (!batch.failure_reason.is_empty()).then_some(batch.failure_reason),
+            redrive_count: batch.redrive_count,
         })
     }
 }
@@ -515,8 +561,23 @@ batch_response!(
     pb::GetBatchStatusResponse,
     pb::CancelBatchResponse,
     pb::UpdateBatchResponse,
+    pb::PauseBatchResponse,
+    pb::ResumeBatchResponse,
     pb::WatchBatchResponse
 );
+
+/// `RedriveBatch`'s answer: the batch and how many items run again.
+impl TryFrom<pb::RedriveBatchResponse> for (Batch, u64) {
+    type Error = FieldError;
+
+    fn try_from(response: pb::RedriveBatchResponse) -> Result<Self, FieldError> {
+        let batch = response
+            .batch
+            .ok_or_else(|| FieldError::new("batch", FieldRule::Missing))?;
+        let batch = Batch::try_from(batch).map_err(|err| err.within("batch"))?;
+        Ok((batch, response.redriven_items))
+    }
+}
 
 impl From<Accepted> for pb::SubmitBatchResponse {
     fn from(accepted: Accepted) -> Self {

@@ -22,6 +22,10 @@ pub(crate) enum ApiError {
         batch_id: BatchId,
         status: BatchStatus,
     },
+    /// The batch cannot take the request as it stands (pause an ended batch, redrive a
+    /// running one): FAILED_PRECONDITION with why.
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Intake(#[from] IntakeError),
     /// A batch by reference.
@@ -53,9 +57,9 @@ impl From<ApiError> for Status {
         match err {
             ApiError::InvalidField(err) => Status::invalid_argument(with_sources(&err)),
             ApiError::NotFound(_) => Status::not_found(err.to_string()),
-            ApiError::AlreadyTerminal { .. } | ApiError::NoExternalJob(_) => {
-                Status::failed_precondition(err.to_string())
-            }
+            ApiError::AlreadyTerminal { .. }
+            | ApiError::NoExternalJob(_)
+            | ApiError::Refused(_) => Status::failed_precondition(err.to_string()),
             ApiError::Intake(err) => intake(err),
             ApiError::FromUri(err) => from_uri(err),
             ApiError::Store(err) => store(err),

@@ -16,9 +16,11 @@ use super::pb::batch_manager_server::{BatchManager, BatchManagerServer};
 use crate::domain::{Batch, BatchId, NewPart};
 use crate::items_uri::s3::ObjectReader;
 use crate::items_uri::BatchByReference;
-use crate::pipeline::{Accepted, Intake, RunRequestError};
+use crate::pipeline::{Accepted, Intake, IntakeError, RunRequestError};
 use crate::run_request::RunRequest;
-use crate::store::{BatchQuery, BatchStore, CancelOutcome, ItemQuery, ListError};
+use crate::store::{
+    BatchQuery, BatchStore, CancelOutcome, ControlOutcome, ItemQuery, ListError, RedriveOutcome,
+};
 
 /// Largest gRPC message the server accepts: 100,000 IDs of up to 256 bytes, with room to spare.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
@@ -243,6 +245,44 @@ impl BatchManager for AdminService {
         Ok(Response::new(batch.into()))
     }
 
+    async fn redrive_batch(
+        &self,
+        request: Request<pb::RedriveBatchRequest>,
+    ) -> Result<Response<pb::RedriveBatchResponse>, Status> {
+        let request = request.into_inner();
+        let include_cancelled = request.include_cancelled;
+        let batch_id = BatchId::try_from(request)?;
+        match self.intake.redrive(&batch_id, include_cancelled).await {
+            Ok(RedriveOutcome::Redriven { batch, items, .. }) => {
+                Ok(Response::new(pb::RedriveBatchResponse {
+                    batch: Some((&batch).into()),
+                    redriven_items: items,
+                }))
+            }
+            Ok(RedriveOutcome::Refused(reason)) => Err(ApiError::Refused(reason).into()),
+            Ok(RedriveOutcome::NotFound) => Err(ApiError::NotFound(batch_id).into()),
+            Err(err) => Err(ApiError::from(err).into()),
+        }
+    }
+
+    async fn pause_batch(
+        &self,
+        request: Request<pb::PauseBatchRequest>,
+    ) -> Result<Response<pb::PauseBatchResponse>, Status> {
+        let batch_id = BatchId::try_from(request.into_inner())?;
+        let outcome = self.intake.pause(&batch_id).await;
+        Ok(Response::new(controlled(batch_id, outcome)?.into()))
+    }
+
+    async fn resume_batch(
+        &self,
+        request: Request<pb::ResumeBatchRequest>,
+    ) -> Result<Response<pb::ResumeBatchResponse>, Status> {
+        let batch_id = BatchId::try_from(request.into_inner())?;
+        let outcome = self.intake.resume(&batch_id).await;
+        Ok(Response::new(controlled(batch_id, outcome)?.into()))
+    }
+
     type WatchBatchStream = WatchStream;
 
     async fn watch_batch(
@@ -262,6 +302,18 @@ impl BatchManager for AdminService {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(receiver),
         )))
+    }
+}
+
+/// The batch a pause or resume left, or why there is none.
+fn controlled(
+    batch_id: BatchId,
+    outcome: Result<ControlOutcome, IntakeError>,
+) -> Result<Batch, ApiError> {
+    match outcome? {
+        ControlOutcome::Applied(batch) => Ok(batch),
+        ControlOutcome::Refused(reason) => Err(ApiError::Refused(reason)),
+        ControlOutcome::NotFound => Err(ApiError::NotFound(batch_id)),
     }
 }
 

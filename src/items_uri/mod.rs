@@ -179,6 +179,8 @@ pub struct BatchByReference {
     pub items: ItemsReference,
     /// Chunk executions in flight at once; `None` for the deployment's default.
     pub max_concurrency: Option<u32>,
+    /// Failed items tolerated before the batch stops (unset: no budget).
+    pub failure_budget: crate::domain::FailureBudget,
 }
 
 /// Why a reference was refused before anything was read: the rule its URI or its options

@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 
 use crate::domain::BatchId;
 use crate::engine::stepfunctions::StepFunctionsOrchestrator;
-use crate::pipeline::{Orchestrator, OrchestratorError};
+use crate::pipeline::OrchestratorError;
 use crate::store::dynamo::DynamoStore;
 use crate::store::StoreError;
 
@@ -214,8 +214,9 @@ impl ChunkStarter {
                     "starting the chunks of a claim its claimer never confirmed"
                 );
             }
+            let chunks = self.store.claimed_chunks(batch_id, &claim).await?;
             self.orchestrator
-                .start_chunks(batch_id, &claim.chunks())
+                .start_run_chunks(batch_id, &chunks, claim.run)
                 .await?;
             self.store.confirm_starts(batch_id, &claim).await?;
             started += claim.end - claim.first;

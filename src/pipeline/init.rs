@@ -8,7 +8,7 @@ use super::steps::StepError;
 use super::{Orchestrator, OrchestratorError, Steps};
 use crate::domain::{Batch, BatchId, BatchSize, ItemId, NewPart};
 use crate::run_request::RunRequest;
-use crate::store::{AppendOutcome, BatchStore, StoreError};
+use crate::store::{AppendOutcome, BatchStore, ControlOutcome, RedriveOutcome, StoreError};
 
 /// A part accepted: the batch as it stands, and whether this call stored the part.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +119,40 @@ impl Intake {
             self.orchestrator.concurrency_changed(batch_id).await;
         }
         Ok(batch)
+    }
+
+    /// Pauses a batch; the orchestrator then holds its starts back.
+    pub(crate) async fn pause(&self, batch_id: &BatchId) -> Result<ControlOutcome, IntakeError> {
+        let outcome = self.store.pause_batch(batch_id).await?;
+        if matches!(outcome, ControlOutcome::Applied(_)) {
+            self.orchestrator.concurrency_changed(batch_id).await;
+        }
+        Ok(outcome)
+    }
+
+    /// Resumes a paused batch; the orchestrator then starts what the pause held back.
+    pub(crate) async fn resume(&self, batch_id: &BatchId) -> Result<ControlOutcome, IntakeError> {
+        let outcome = self.store.resume_batch(batch_id).await?;
+        if matches!(outcome, ControlOutcome::Applied(_)) {
+            self.orchestrator.concurrency_changed(batch_id).await;
+        }
+        Ok(outcome)
+    }
+
+    /// Redrives an ended batch and starts the chunks that run again.
+    pub(crate) async fn redrive(
+        &self,
+        batch_id: &BatchId,
+        include_cancelled: bool,
+    ) -> Result<RedriveOutcome, IntakeError> {
+        let outcome = self
+            .store
+            .redrive_batch(batch_id, include_cancelled)
+            .await?;
+        if let RedriveOutcome::Redriven { chunks, .. } = &outcome {
+            self.orchestrator.start_chunks(batch_id, chunks).await?;
+        }
+        Ok(outcome)
     }
 
     /// A part that names a limit other than its batch's (a later part, or a repeated first

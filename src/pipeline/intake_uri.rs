@@ -85,7 +85,8 @@ impl Intake {
                     items,
                 )
                 .map_err(|_| ReadError::Changed)?
-                .with_max_concurrency(request.max_concurrency);
+                .with_max_concurrency(request.max_concurrency)
+                .with_failure_budget(request.failure_budget);
                 let accepted = self.submit(&part).await?;
                 created |= accepted.created;
                 last = Some(accepted);

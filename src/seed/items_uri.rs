@@ -4,7 +4,9 @@
 
 use serde_json::{Map, Value};
 
-use super::{batch_id, batch_size, field, max_concurrency, Reply, SeedError, SeedRule};
+use super::{
+    batch_id, batch_size, failure_budget, field, max_concurrency, Reply, SeedError, SeedRule,
+};
 use crate::items_uri::s3::ObjectReader;
 use crate::items_uri::{
     BatchByReference, ItemsFormat, ItemsReference, ItemsUri, ReadError, ReferenceRule,
@@ -62,6 +64,7 @@ pub(super) fn parse(body: &Map<String, Value>) -> Result<BatchByReference, SeedE
         batch_size,
         items,
         max_concurrency: max_concurrency(body)?,
+        failure_budget: failure_budget(body)?,
     })
 }
 

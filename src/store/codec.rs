@@ -12,6 +12,12 @@ pub(crate) const SUCCEEDED: u8 = b'S';
 pub(crate) const FAILED: u8 = b'F';
 /// An item of a started chunk whose job a cancel stopped.
 pub(crate) const CANCELLED: u8 = b'C';
+/// An item that succeeded in a run before the chunk's last redrive: counted already, so
+/// recording the chunk again does not count it.
+pub(crate) const SUCCEEDED_BEFORE: u8 = b's';
+/// An item cancelled in a run before the chunk's last redrive, which the redrive left
+/// cancelled: counted already.
+pub(crate) const CANCELLED_BEFORE: u8 = b'c';
 
 /// The largest chunk number a batch can hold (SQLite stores it as a signed 64-bit integer).
 pub(crate) const MAX_CHUNK: u64 = i64::MAX as u64;
@@ -25,7 +31,10 @@ pub(crate) struct ChunkOutcomes {
     pub stage: ChunkStage,
     pub states: Vec<u8>,
     pub errors: BTreeMap<usize, String>,
+    /// Task attempts in the chunk's current run.
     pub attempts: u32,
+    /// Task attempts of the runs before the last redrive: an item's attempts are both.
+    pub attempt_base: u32,
 }
 
 impl ChunkOutcomes {
@@ -36,6 +45,7 @@ impl ChunkOutcomes {
             states: vec![PENDING; items],
             errors: BTreeMap::new(),
             attempts: 0,
+            attempt_base: 0,
         }
     }
 
@@ -57,7 +67,63 @@ impl ChunkOutcomes {
             states: states.into_bytes(),
             errors,
             attempts,
+            attempt_base: 0,
         })
+    }
+
+    /// This chunk with `attempt_base` attempts made before its last redrive.
+    pub(crate) fn with_attempt_base(mut self, attempt_base: u32) -> Self {
+        self.attempt_base = attempt_base;
+        self
+    }
+
+    /// Task attempts in every run of the chunk, as items show them.
+    pub(crate) fn total_attempts(&self) -> u32 {
+        self.attempt_base.saturating_add(self.attempts)
+    }
+
+    /// Readies a recorded or cancelled chunk to run again: its failed items (and cancelled
+    /// ones, with `include_cancelled`) turn pending, the items counted before keep their
+    /// outcome under letters a record does not count again, the chunk turns PENDING, and its
+    /// attempts so far move to the base. What it takes back, or None (the chunk unchanged)
+    /// when it has nothing to re-run.
+    pub(crate) fn redrive(&mut self, include_cancelled: bool) -> Option<RedrivenItems> {
+        if !matches!(self.stage, ChunkStage::Recorded | ChunkStage::Cancelled) {
+            return None;
+        }
+        // A chunk cancelled before it started counted every item it had not counted before
+        // as cancelled, whatever its letters say.
+        let never_started = self.stage == ChunkStage::Cancelled;
+        let mut taken = RedrivenItems::default();
+        let mut states = self.states.clone();
+        for state in &mut states {
+            *state = match *state {
+                SUCCEEDED | SUCCEEDED_BEFORE => SUCCEEDED_BEFORE,
+                FAILED if !never_started => {
+                    taken.failed += 1;
+                    PENDING
+                }
+                _ if include_cancelled => {
+                    taken.cancelled += 1;
+                    PENDING
+                }
+                _ => CANCELLED_BEFORE,
+            };
+        }
+        if taken.failed + taken.cancelled == 0 {
+            return None;
+        }
+        self.states = states;
+        self.errors.clear();
+        self.stage = ChunkStage::Pending;
+        self.attempt_base = self.total_attempts();
+        self.attempts = 0;
+        Some(taken)
+    }
+
+    /// Items no run has counted yet: what cancelling the chunk before it starts counts.
+    pub(crate) fn count_uncounted(&self) -> u64 {
+        self.count(PENDING)
     }
 
     pub(crate) fn states_text(&self) -> &str {
@@ -75,11 +141,16 @@ impl ChunkOutcomes {
 
     /// An item's state as tasks see it.
     pub(crate) fn item_state(&self, position: usize) -> ItemState {
+        let state = self.states.get(position);
         if self.stage == ChunkStage::Cancelled {
-            return ItemState::Cancelled;
+            return match state {
+                Some(&SUCCEEDED_BEFORE) => ItemState::Succeeded,
+                _ => ItemState::Cancelled,
+            };
         }
-        match self.states.get(position) {
-            Some(&SUCCEEDED) => ItemState::Succeeded,
+        match state {
+            Some(&SUCCEEDED | &SUCCEEDED_BEFORE) => ItemState::Succeeded,
+            Some(&CANCELLED_BEFORE) => ItemState::Cancelled,
             Some(&FAILED) => ItemState::Failed(
                 self.errors
                     .get(&position)
@@ -94,8 +165,9 @@ impl ChunkOutcomes {
     /// An item's state as clients see it: outcomes count once their chunk is recorded, until
     /// then the item is pending, as the batch counters say.
     pub(crate) fn visible_state(&self, position: usize) -> ItemState {
-        match self.stage {
-            ChunkStage::Pending | ChunkStage::Started => ItemState::Pending,
+        match (self.stage, self.states.get(position)) {
+            (_, Some(&SUCCEEDED_BEFORE | &CANCELLED_BEFORE)) => self.item_state(position),
+            (ChunkStage::Pending | ChunkStage::Started, _) => ItemState::Pending,
             _ => self.item_state(position),
         }
     }
@@ -142,7 +214,7 @@ impl ChunkOutcomes {
     /// Items that ended other than succeeded (failed or cancelled): what the stored
     /// `failed_count` holds, so that listings by status can pass over chunks without them.
     pub(crate) fn count_not_succeeded(&self) -> u64 {
-        self.count(FAILED) + self.count(CANCELLED)
+        self.count(FAILED) + self.count(CANCELLED) + self.count(CANCELLED_BEFORE)
     }
 
     pub(crate) fn into_chunk(self, batch_id: BatchId, index: u64, item_ids: &str) -> Chunk {
@@ -160,6 +232,13 @@ impl ChunkOutcomes {
             attempts: self.attempts,
         }
     }
+}
+
+/// The items a redrive takes back from one chunk, by the status they leave.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RedrivenItems {
+    pub failed: u64,
+    pub cancelled: u64,
 }
 
 /// Joins a chunk's IDs for storage.
@@ -227,19 +306,18 @@ impl<'a> ItemPager<'a> {
         })
     }
 
-    /// Whether a chunk can hold items the query wants, judged from its stage and counts.
+    /// Whether a chunk can hold items the query wants, judged from its stage and counts. A
+    /// chunk that is not recorded may hold items a run before its last redrive counted as
+    /// succeeded or cancelled, so it is examined for those.
     pub(crate) fn may_match(&self, stage: ChunkStage, item_count: u64, failed_count: u64) -> bool {
         match self.query.status {
             None => true,
             Some(ItemStatus::Succeeded) => {
-                stage == ChunkStage::Recorded && failed_count < item_count
+                stage != ChunkStage::Recorded || failed_count < item_count
             }
             Some(ItemStatus::Failed) => stage == ChunkStage::Recorded && failed_count > 0,
             Some(ItemStatus::Pending) => matches!(stage, ChunkStage::Pending | ChunkStage::Started),
-            Some(ItemStatus::Cancelled) => {
-                stage == ChunkStage::Cancelled
-                    || (stage == ChunkStage::Recorded && failed_count > 0)
-            }
+            Some(ItemStatus::Cancelled) => stage != ChunkStage::Recorded || failed_count > 0,
         }
     }
 
@@ -293,7 +371,7 @@ impl<'a> ItemPager<'a> {
                 item_id: ItemId::from_trusted(id.to_owned()),
                 status,
                 error,
-                attempts: outcomes.attempts,
+                attempts: outcomes.total_attempts(),
                 chunk: index,
             });
         }
@@ -359,6 +437,85 @@ mod tests {
             page_size,
             page_token,
         }
+    }
+
+    #[test]
+    fn a_redrive_re_runs_failed_items_and_keeps_what_was_counted_out_of_the_next_count() {
+        let mut chunk = recorded("SFF");
+        chunk.states[2] = CANCELLED;
+        chunk.attempts = 3;
+        let taken = chunk.redrive(false).expect("a failed item to re-run");
+        assert_eq!(
+            taken,
+            RedrivenItems {
+                failed: 1,
+                cancelled: 0
+            }
+        );
+        assert_eq!(chunk.stage, ChunkStage::Pending);
+        assert_eq!(chunk.states_text(), "sPc");
+        assert!(chunk.errors.is_empty());
+        assert_eq!(
+            (chunk.attempt_base, chunk.attempts, chunk.total_attempts()),
+            (3, 0, 3)
+        );
+        // While it runs again, what earlier runs counted still shows; the rest is pending.
+        let shown: Vec<ItemStatus> = (0..3).map(|p| chunk.visible_state(p).status()).collect();
+        assert_eq!(
+            shown,
+            [
+                ItemStatus::Succeeded,
+                ItemStatus::Pending,
+                ItemStatus::Cancelled
+            ]
+        );
+        chunk.apply(1, &ItemOutcome::Succeeded);
+        chunk.settle(Unfinished::Failed(None));
+        assert_eq!(
+            (
+                chunk.count(SUCCEEDED),
+                chunk.count(FAILED),
+                chunk.count(CANCELLED)
+            ),
+            (1, 0, 0),
+            "recording again counts only this run's outcomes"
+        );
+        let mut again = chunk.clone();
+        assert_eq!(
+            again.redrive(false),
+            None,
+            "nothing failed: nothing to re-run"
+        );
+        assert_eq!(
+            again, chunk,
+            "a chunk with nothing to re-run is left as it was"
+        );
+        let taken = chunk.redrive(true).expect("the cancelled item to re-run");
+        assert_eq!(
+            taken,
+            RedrivenItems {
+                failed: 0,
+                cancelled: 1
+            }
+        );
+        assert_eq!(chunk.states_text(), "ssP");
+    }
+
+    #[test]
+    fn a_chunk_cancelled_before_it_started_re_runs_only_with_its_cancelled_items() {
+        let mut chunk = ChunkOutcomes::new(2);
+        chunk.stage = ChunkStage::Cancelled;
+        assert_eq!(chunk.item_state(0), ItemState::Cancelled);
+        assert_eq!(chunk.clone().redrive(false), None);
+        let taken = chunk.redrive(true).unwrap();
+        assert_eq!(
+            taken,
+            RedrivenItems {
+                failed: 0,
+                cancelled: 2
+            }
+        );
+        assert_eq!(chunk.count_uncounted(), 2);
     }
 
     fn recorded(states: &str) -> ChunkOutcomes {
@@ -585,7 +742,7 @@ mod tests {
             (
                 Some(ItemStatus::Succeeded),
                 [(Pending, 0), (Recorded, 3), (Recorded, 4), (Cancelled, 0)],
-                [false, true, false, false],
+                [true, true, false, true],
             ),
             (
                 Some(ItemStatus::Failed),
@@ -600,7 +757,7 @@ mod tests {
             (
                 Some(ItemStatus::Cancelled),
                 [(Pending, 0), (Started, 0), (Recorded, 0), (Cancelled, 0)],
-                [false, false, false, true],
+                [true, true, false, true],
             ),
         ];
         for (status, chunks, expected) in cases {

@@ -71,6 +71,36 @@ pub enum CancelOutcome {
     NotFound,
 }
 
+/// What pausing or resuming did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlOutcome {
+    /// Done now, or found done already (a repeated request); the batch as it stands after.
+    Applied(Batch),
+    /// The batch cannot take the request as it stands (it has ended), with why.
+    Refused(String),
+    /// No such batch.
+    NotFound,
+}
+
+/// What a redrive did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedriveOutcome {
+    /// The batch runs again: `items` items in `chunks` chunks, to be started.
+    Redriven {
+        /// The batch as it stands after.
+        batch: Batch,
+        /// The chunks that run again.
+        chunks: Vec<u64>,
+        /// The items that run again.
+        items: u64,
+    },
+    /// The batch cannot be redriven (it is running, has nothing to re-run or no redrives
+    /// left), with why.
+    Refused(String),
+    /// No such batch.
+    NotFound,
+}
+
 /// A chunk's lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkStage {
@@ -273,6 +303,23 @@ pub trait BatchStore: JobStore {
         batch_id: &BatchId,
         max_concurrency: Option<u32>,
     ) -> Result<Option<Batch>, StoreError>;
+
+    /// Pauses a batch: its chunks not yet started wait until it is resumed; running ones
+    /// finish. A paused batch stays paused; an ended one is refused.
+    async fn pause_batch(&self, batch_id: &BatchId) -> Result<ControlOutcome, StoreError>;
+
+    /// Resumes a paused batch (a batch that is not paused is left as it is; an ended one is
+    /// refused). The caller then starts the chunks the pause held back.
+    async fn resume_batch(&self, batch_id: &BatchId) -> Result<ControlOutcome, StoreError>;
+
+    /// Re-runs the FAILED items of an ended batch (and its CANCELLED ones, with
+    /// `include_cancelled`) as new attempts: their chunks go back to PENDING with those items
+    /// pending, and the batch runs again. The caller starts the returned chunks.
+    async fn redrive_batch(
+        &self,
+        batch_id: &BatchId,
+        include_cancelled: bool,
+    ) -> Result<RedriveOutcome, StoreError>;
 
     /// Marks a chunk started (so cancelling no longer skips it) and returns it, unless it is
     /// cancelled or recorded. Also moves a PENDING batch to RUNNING.

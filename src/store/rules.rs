@@ -4,7 +4,129 @@
 //! happen once (a conditional write or one transaction).
 
 use super::AppendOutcome;
-use crate::domain::{Batch, BatchStatus, NewPart};
+use crate::domain::{Batch, BatchStatus, NewPart, MAX_REDRIVES};
+
+/// Why a batch stopped starting chunks before all of them ran; its settled status follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// A client cancelled it: it ends CANCELLED.
+    Cancelled,
+    /// Its failed items exceeded its failure budget: it ends FAILED.
+    BudgetExceeded,
+}
+
+impl Stop {
+    /// The stable name used in storage.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Cancelled => "CANCEL",
+            Self::BudgetExceeded => "BUDGET",
+        }
+    }
+
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
+        [Self::Cancelled, Self::BudgetExceeded]
+            .into_iter()
+            .find(|stop| stop.as_str() == name)
+    }
+}
+
+/// The terminal status of a batch whose every item is terminal: CANCELLED or FAILED when it
+/// was stopped, else by its outcomes (COMPLETED only when every item succeeded).
+pub(crate) fn settled_status(batch: &Batch, stop: Option<Stop>) -> BatchStatus {
+    match stop {
+        Some(Stop::Cancelled) => BatchStatus::Cancelled,
+        Some(Stop::BudgetExceeded) => BatchStatus::Failed,
+        None if batch.failed_items + batch.cancelled_items == 0 => BatchStatus::Completed,
+        None if batch.succeeded_items == 0 => BatchStatus::Failed,
+        None => BatchStatus::CompletedWithFailures,
+    }
+}
+
+/// Why a batch that was not stopped must stop now (its failed items exceed its failure
+/// budget), or None.
+pub(crate) fn budget_stop(batch: &Batch, stop: Option<Stop>) -> Option<String> {
+    if stop.is_some() || batch.status.is_terminal() {
+        return None;
+    }
+    batch
+        .failure_budget
+        .exceeded(batch.failed_items, batch.total_items)
+}
+
+/// Why a control request (pause, resume, redrive) cannot apply to a batch as it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal(pub String);
+
+/// The status pausing moves a batch to: None when it is paused already.
+pub(crate) fn pause(batch: &Batch) -> Result<Option<BatchStatus>, Refusal> {
+    match batch.status {
+        status if status.is_terminal() => Err(Refusal(format!(
+            "batch {} has ended ({status}); only a running batch can be paused",
+            batch.batch_id
+        ))),
+        BatchStatus::Paused => Ok(None),
+        _ => Ok(Some(BatchStatus::Paused)),
+    }
+}
+
+/// The status resuming moves a batch to: None when it is not paused.
+pub(crate) fn resume(batch: &Batch) -> Result<Option<BatchStatus>, Refusal> {
+    match batch.status {
+        status if status.is_terminal() => Err(Refusal(format!(
+            "batch {} has ended ({status}); only a paused batch can be resumed",
+            batch.batch_id
+        ))),
+        BatchStatus::Paused if batch.completed_chunks > 0 => Ok(Some(BatchStatus::Running)),
+        BatchStatus::Paused => Ok(Some(BatchStatus::Pending)),
+        _ => Ok(None),
+    }
+}
+
+/// Whether a batch may be redriven: it has ended, and has redrives left.
+pub(crate) fn may_redrive(batch: &Batch) -> Result<(), Refusal> {
+    if !batch.status.is_terminal() {
+        return Err(Refusal(format!(
+            "batch {} is {}; only an ended batch can be redriven",
+            batch.batch_id, batch.status
+        )));
+    }
+    if batch.redrive_count >= MAX_REDRIVES {
+        return Err(Refusal(format!(
+            "batch {} was redriven {MAX_REDRIVES} times, the most allowed",
+            batch.batch_id
+        )));
+    }
+    Ok(())
+}
+
+/// What a redrive takes back from a batch's counters: the items it re-runs, by the status
+/// they leave, and the chunks that run again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RedriveCounts {
+    pub failed_items: u64,
+    pub cancelled_items: u64,
+    pub chunks: u64,
+}
+
+impl RedriveCounts {
+    /// Whether the redrive re-runs anything.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.failed_items + self.cancelled_items == 0
+    }
+
+    /// The batch as the redrive leaves it: running again, its redriven items pending.
+    pub(crate) fn apply_to(self, batch: &mut Batch, now: crate::domain::Timestamp) {
+        batch.failed_items -= self.failed_items;
+        batch.cancelled_items -= self.cancelled_items;
+        batch.completed_chunks -= self.chunks;
+        batch.status = BatchStatus::Running;
+        batch.completed_at = None;
+        batch.failure_reason = None;
+        batch.redrive_count += 1;
+        batch.updated_at = now;
+    }
+}
 
 /// What the rules say about a new part, given what is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,7 +136,11 @@ pub(crate) enum PartVerdict {
     /// The same part (same items) is stored already.
     AlreadyStored,
     /// Refuse it with this outcome.
-    Refuse(AppendOutcome),
+    Refuse(Box<AppendOutcome>),
+}
+
+fn refuse(outcome: AppendOutcome) -> PartVerdict {
+    PartVerdict::Refuse(Box::new(outcome))
 }
 
 /// Judges a part against its batch (as stored, or just created) and the digest of the part
@@ -28,23 +154,29 @@ pub(crate) fn judge_part(
     digest: &str,
 ) -> PartVerdict {
     if batch.total_items != part.total_items {
-        return PartVerdict::Refuse(AppendOutcome::Conflict(format!(
+        return refuse(AppendOutcome::Conflict(format!(
             "batch {} exists with {} items in total, not {}",
             part.batch_id, batch.total_items, part.total_items
         )));
     }
     if batch.batch_size != part.batch_size.get() {
-        return PartVerdict::Refuse(AppendOutcome::Conflict(format!(
+        return refuse(AppendOutcome::Conflict(format!(
             "batch {} exists with batch_size {}, not {}",
             part.batch_id,
             batch.batch_size,
             part.batch_size.get()
         )));
     }
+    if let Some(budget) = part.failure_budget.filter(|b| *b != batch.failure_budget) {
+        return refuse(AppendOutcome::Conflict(format!(
+            "batch {} exists with failure budget {}, not {budget}",
+            part.batch_id, batch.failure_budget
+        )));
+    }
     match stored_digest {
         Some(stored) if stored == digest => return PartVerdict::AlreadyStored,
         Some(_) => {
-            return PartVerdict::Refuse(AppendOutcome::Conflict(format!(
+            return refuse(AppendOutcome::Conflict(format!(
                 "part {} of batch {} was stored with other items",
                 part.part_number, part.batch_id
             )))
@@ -52,14 +184,15 @@ pub(crate) fn judge_part(
         None => {}
     }
     if cancel_requested {
-        return PartVerdict::Refuse(AppendOutcome::Rejected(format!(
-            "batch {} is cancelled",
-            part.batch_id
-        )));
+        let reason = match &batch.failure_reason {
+            Some(reason) => format!("batch {} has stopped: {reason}", part.batch_id),
+            None => format!("batch {} is cancelled", part.batch_id),
+        };
+        return refuse(AppendOutcome::Rejected(reason));
     }
     let item_count = part.items.len() as u64;
     if batch.received_items + item_count > batch.total_items {
-        return PartVerdict::Refuse(AppendOutcome::Rejected(format!(
+        return refuse(AppendOutcome::Rejected(format!(
             "batch {} expects {} items and holds {}; {} more would exceed it",
             part.batch_id, batch.total_items, batch.received_items, item_count
         )));
@@ -114,22 +247,19 @@ pub(crate) enum Progress {
 }
 
 /// The status a batch moves to after `progress`, or None when it stays. A terminal status
-/// never changes; a settled batch turns terminal (CANCELLED if a cancel was requested, else by
-/// its outcomes); a PENDING batch turns RUNNING once a chunk starts or is counted.
+/// never changes; a settled batch turns terminal (see [`settled_status`]); a PENDING batch
+/// turns RUNNING once a chunk starts or is counted (a PAUSED one stays paused).
 pub(crate) fn next_status(
     batch: &Batch,
     cancel_requested: bool,
+    stop: Option<Stop>,
     progress: Progress,
 ) -> Option<BatchStatus> {
     if batch.status.is_terminal() {
         return None;
     }
     if is_settled(batch, cancel_requested) {
-        return Some(BatchStatus::settled(
-            cancel_requested,
-            batch.succeeded_items,
-            batch.failed_items,
-        ));
+        return Some(settled_status(batch, stop));
     }
     let started = matches!(progress, Progress::ChunkStarted | Progress::ChunkRecorded);
     (started && batch.status == BatchStatus::Pending).then_some(BatchStatus::Running)
@@ -221,6 +351,9 @@ mod tests {
             updated_at: Timestamp(0),
             completed_at: None,
             max_concurrency: None,
+            failure_budget: Default::default(),
+            failure_reason: None,
+            redrive_count: 0,
         }
     }
 
@@ -237,7 +370,7 @@ mod tests {
 
     fn refusal(verdict: PartVerdict) -> AppendOutcome {
         match verdict {
-            PartVerdict::Refuse(outcome) => outcome,
+            PartVerdict::Refuse(outcome) => *outcome,
             other => panic!("expected a refusal, got {other:?}"),
         }
     }
@@ -379,20 +512,23 @@ mod tests {
     fn a_pending_batch_runs_once_a_chunk_starts_or_is_counted() {
         let waiting = batch(4, 4, 2, 0);
         assert_eq!(
-            next_status(&waiting, false, Progress::ChunkStarted),
+            next_status(&waiting, false, None, Progress::ChunkStarted),
             Some(BatchStatus::Running)
         );
         assert_eq!(
-            next_status(&batch(4, 4, 2, 1), false, Progress::ChunkRecorded),
+            next_status(&batch(4, 4, 2, 1), false, None, Progress::ChunkRecorded),
             Some(BatchStatus::Running)
         );
         assert_eq!(
-            next_status(&waiting, false, Progress::CountersChanged),
+            next_status(&waiting, false, None, Progress::CountersChanged),
             None
         );
         let mut running = waiting;
         running.status = BatchStatus::Running;
-        assert_eq!(next_status(&running, false, Progress::ChunkStarted), None);
+        assert_eq!(
+            next_status(&running, false, None, Progress::ChunkStarted),
+            None
+        );
     }
 
     #[test]
@@ -402,19 +538,133 @@ mod tests {
         done.succeeded_items = 3;
         done.failed_items = 1;
         assert_eq!(
-            next_status(&done, false, Progress::ChunkRecorded),
+            next_status(&done, false, None, Progress::ChunkRecorded),
             Some(BatchStatus::CompletedWithFailures)
         );
         assert_eq!(
-            next_status(&done, true, Progress::CountersChanged),
+            next_status(
+                &done,
+                true,
+                Some(Stop::Cancelled),
+                Progress::CountersChanged
+            ),
             Some(BatchStatus::Cancelled)
         );
         done.failed_items = 0;
         done.succeeded_items = 4;
         assert_eq!(
-            next_status(&done, false, Progress::CountersChanged),
+            next_status(&done, false, None, Progress::CountersChanged),
             Some(BatchStatus::Completed)
         );
+    }
+
+    #[test]
+    fn the_settled_status_follows_the_stop_then_the_outcomes() {
+        let mut done = batch(5, 5, 3, 3);
+        done.succeeded_items = 5;
+        assert_eq!(settled_status(&done, None), BatchStatus::Completed);
+        done.succeeded_items = 4;
+        done.failed_items = 1;
+        assert_eq!(
+            settled_status(&done, None),
+            BatchStatus::CompletedWithFailures
+        );
+        done.failed_items = 0;
+        done.cancelled_items = 1;
+        assert_eq!(
+            settled_status(&done, None),
+            BatchStatus::CompletedWithFailures,
+            "an item left cancelled by a redrive is not a success"
+        );
+        done.succeeded_items = 0;
+        done.failed_items = 5;
+        done.cancelled_items = 0;
+        assert_eq!(settled_status(&done, None), BatchStatus::Failed);
+        assert_eq!(
+            settled_status(&done, Some(Stop::Cancelled)),
+            BatchStatus::Cancelled
+        );
+        done.succeeded_items = 4;
+        done.failed_items = 1;
+        assert_eq!(
+            settled_status(&done, Some(Stop::BudgetExceeded)),
+            BatchStatus::Failed
+        );
+    }
+
+    #[test]
+    fn a_budget_stops_a_batch_once_its_failures_exceed_it_and_only_once() {
+        let mut running = batch(100, 100, 10, 5);
+        running.status = BatchStatus::Running;
+        running.failure_budget = crate::domain::FailureBudget::parse(Some(10), None).unwrap();
+        running.failed_items = 10;
+        assert_eq!(budget_stop(&running, None), None, "10 of 100 is within 10%");
+        running.failed_items = 12;
+        assert_eq!(
+            budget_stop(&running, None).as_deref(),
+            Some("failure budget exceeded: 12 of 100 items failed, 10% tolerated")
+        );
+        assert_eq!(budget_stop(&running, Some(Stop::BudgetExceeded)), None);
+        assert_eq!(budget_stop(&running, Some(Stop::Cancelled)), None);
+        running.failure_budget = crate::domain::FailureBudget::parse(None, Some(12)).unwrap();
+        assert_eq!(budget_stop(&running, None), None);
+        running.failed_items = 13;
+        assert!(budget_stop(&running, None)
+            .unwrap()
+            .ends_with("12 tolerated"));
+        running.failure_budget = Default::default();
+        assert_eq!(budget_stop(&running, None), None, "no budget, no stop");
+    }
+
+    #[test]
+    fn pause_and_resume_move_only_a_batch_that_has_not_ended() {
+        let mut running = batch(4, 4, 2, 1);
+        running.status = BatchStatus::Running;
+        assert_eq!(pause(&running), Ok(Some(BatchStatus::Paused)));
+        assert_eq!(resume(&running), Ok(None), "not paused: nothing to do");
+        running.status = BatchStatus::Paused;
+        assert_eq!(pause(&running), Ok(None), "paused twice is paused once");
+        assert_eq!(resume(&running), Ok(Some(BatchStatus::Running)));
+        let mut waiting = batch(4, 4, 2, 0);
+        waiting.status = BatchStatus::Paused;
+        assert_eq!(resume(&waiting), Ok(Some(BatchStatus::Pending)));
+        for status in BatchStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+            running.status = status;
+            assert!(pause(&running).is_err());
+            assert!(resume(&running).is_err());
+            assert_eq!(may_redrive(&running), Ok(()));
+        }
+        running.status = BatchStatus::Paused;
+        assert!(may_redrive(&running)
+            .unwrap_err()
+            .0
+            .contains("only an ended batch"));
+        running.status = BatchStatus::Failed;
+        running.redrive_count = MAX_REDRIVES;
+        assert!(may_redrive(&running).unwrap_err().0.contains("1000 times"));
+    }
+
+    #[test]
+    fn a_redrive_takes_back_exactly_what_it_re_runs() {
+        let mut ended = batch(10, 10, 5, 5);
+        ended.status = BatchStatus::Failed;
+        ended.succeeded_items = 4;
+        ended.failed_items = 4;
+        ended.cancelled_items = 2;
+        ended.failure_reason = Some("failure budget exceeded".into());
+        ended.completed_at = Some(Timestamp(5));
+        let counts = RedriveCounts {
+            failed_items: 4,
+            cancelled_items: 2,
+            chunks: 3,
+        };
+        counts.apply_to(&mut ended, Timestamp(9));
+        assert_eq!(ended.pending_items(), 6);
+        assert_eq!(ended.completed_chunks, 2);
+        assert_eq!(ended.status, BatchStatus::Running);
+        assert_eq!(ended.redrive_count, 1);
+        assert_eq!(ended.failure_reason, None);
+        assert_eq!(ended.completed_at, None);
     }
 
     #[test]
@@ -428,7 +678,15 @@ mod tests {
                 Progress::CountersChanged,
             ] {
                 for cancelled in [false, true] {
-                    assert_eq!(next_status(&ended, cancelled, progress), None);
+                    assert_eq!(
+                        next_status(
+                            &ended,
+                            cancelled,
+                            cancelled.then_some(Stop::Cancelled),
+                            progress
+                        ),
+                        None
+                    );
                 }
             }
         }
@@ -472,7 +730,12 @@ mod tests {
         assert_eq!(counted.completed_chunks, 2);
         assert!(is_settled(&counted, requested));
         assert_eq!(
-            next_status(&counted, requested, Progress::CountersChanged),
+            next_status(
+                &counted,
+                requested,
+                Some(Stop::Cancelled),
+                Progress::CountersChanged
+            ),
             Some(BatchStatus::Cancelled)
         );
     }

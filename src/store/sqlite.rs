@@ -25,12 +25,15 @@ use self::writer::{Job, Message, Staged};
 
 use super::codec::{self, ChunkOutcomes, ItemPager};
 use super::id_hashes::{self, PartIndex};
-use super::rules::{self, judge_part, CancelRequest, PartVerdict, Progress};
+use super::rules::{self, judge_part, CancelRequest, PartVerdict, Progress, Stop};
 use super::{
     AppendOutcome, BadPageToken, BatchQuery, BatchStore, CancelOutcome, Chunk, ChunkClaim,
-    ChunkStage, ItemQuery, ListError, Page, RecordOutcome, StoreError, Unfinished,
+    ChunkStage, ControlOutcome, ItemQuery, ListError, Page, RecordOutcome, RedriveOutcome,
+    StoreError, Unfinished,
 };
-use crate::domain::{Batch, BatchId, BatchStatus, ItemOutcome, ItemRecord, NewPart, Timestamp};
+use crate::domain::{
+    Batch, BatchId, BatchStatus, FailureBudget, ItemOutcome, ItemRecord, NewPart, Timestamp,
+};
 
 /// [`Unfinished`] that can move to the writer thread.
 enum OwnedUnfinished {
@@ -85,7 +88,12 @@ CREATE TABLE IF NOT EXISTS batches (
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
     completed_at INTEGER,
-    max_concurrency INTEGER
+    max_concurrency INTEGER,
+    tolerated_failure_percentage INTEGER,
+    tolerated_failure_count INTEGER,
+    failure_reason TEXT,
+    redrive_count INTEGER NOT NULL DEFAULT 0,
+    stopped_by TEXT
 );
 CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status, seq);
 CREATE TABLE IF NOT EXISTS parts (
@@ -113,6 +121,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     errors TEXT,
     failed_count INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
+    attempt_base INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (batch_seq, chunk)
 );
 CREATE TABLE IF NOT EXISTS executions (
@@ -143,14 +152,52 @@ CREATE INDEX IF NOT EXISTS executions_sleeping ON executions (wake_at, batch_seq
 ";
 
 /// Columns added to a table after databases were first written with it: `(table, column,
-/// declaration)`. `CREATE TABLE IF NOT EXISTS` leaves an older table as it was, so each is
-/// added when missing.
-const ADDED_COLUMNS: [(&str, &str, &str); 1] =
-    [("batches", "max_concurrency", "max_concurrency INTEGER")];
+/// declaration, backfill)`. `CREATE TABLE IF NOT EXISTS` leaves an older table as it was, so
+/// each is added when missing, then the backfill (if any) brings older rows in line.
+const ADDED_COLUMNS: [(&str, &str, &str, Option<&str>); 7] = [
+    (
+        "batches",
+        "max_concurrency",
+        "max_concurrency INTEGER",
+        None,
+    ),
+    (
+        "batches",
+        "tolerated_failure_percentage",
+        "tolerated_failure_percentage INTEGER",
+        None,
+    ),
+    (
+        "batches",
+        "tolerated_failure_count",
+        "tolerated_failure_count INTEGER",
+        None,
+    ),
+    ("batches", "failure_reason", "failure_reason TEXT", None),
+    (
+        "batches",
+        "redrive_count",
+        "redrive_count INTEGER NOT NULL DEFAULT 0",
+        None,
+    ),
+    // Before batches could stop for other reasons, a cancel request was the only stop.
+    (
+        "batches",
+        "stopped_by",
+        "stopped_by TEXT",
+        Some("UPDATE batches SET stopped_by = 'CANCEL' WHERE cancel_requested = 1"),
+    ),
+    (
+        "chunks",
+        "attempt_base",
+        "attempt_base INTEGER NOT NULL DEFAULT 0",
+        None,
+    ),
+];
 
 /// Brings a database written by an earlier version up to [`SCHEMA`].
 fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
-    for (table, column, declaration) in ADDED_COLUMNS {
+    for (table, column, declaration, backfill) in ADDED_COLUMNS {
         let present: bool = conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
             params![table, column],
@@ -158,6 +205,9 @@ fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
         )?;
         if !present {
             conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {declaration}"))?;
+            if let Some(backfill) = backfill {
+                conn.execute_batch(backfill)?;
+            }
         }
     }
     Ok(())
@@ -168,7 +218,8 @@ macro_rules! batch_columns {
     () => {
         "seq, batch_id, status, total_items, received_items, succeeded_items, failed_items, \
          cancelled_items, total_chunks, completed_chunks, batch_size, cancel_requested, \
-         created_at, updated_at, completed_at, max_concurrency"
+         created_at, updated_at, completed_at, max_concurrency, tolerated_failure_percentage, \
+         tolerated_failure_count, failure_reason, redrive_count, stopped_by"
     };
 }
 const BATCH_COLUMNS: &str = batch_columns!();
@@ -176,7 +227,10 @@ const BATCH_COLUMNS: &str = batch_columns!();
 /// A batch row: the public snapshot plus what only the store needs.
 struct BatchRow {
     seq: i64,
+    /// No part may follow (the batch was cancelled or stopped; the missing ones are counted).
     cancel_requested: bool,
+    /// Why the batch stopped starting chunks, in its current run.
+    stop: Option<Stop>,
     batch: Batch,
 }
 
@@ -190,9 +244,22 @@ impl BatchRow {
                 format!("unknown batch status {status:?}").into(),
             )
         })?;
+        let stop = row
+            .get::<_, Option<String>>(20)?
+            .map(|name| {
+                Stop::from_name(&name).ok_or_else(|| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        20,
+                        rusqlite::types::Type::Text,
+                        format!("unknown stop {name:?}").into(),
+                    )
+                })
+            })
+            .transpose()?;
         Ok(Self {
             seq: row.get(0)?,
             cancel_requested: row.get(11)?,
+            stop,
             batch: Batch {
                 batch_id: BatchId::parse(row.get::<_, String>(1)?).map_err(|e| {
                     rusqlite::Error::FromSqlConversionFailure(
@@ -214,13 +281,73 @@ impl BatchRow {
                 updated_at: Timestamp(row.get(13)?),
                 completed_at: row.get::<_, Option<i64>>(14)?.map(Timestamp),
                 max_concurrency: row.get(15)?,
+                failure_budget: FailureBudget {
+                    percentage: row.get(16)?,
+                    count: row.get(17)?,
+                },
+                failure_reason: row.get(18)?,
+                redrive_count: row.get(19)?,
             },
         })
     }
 
-    /// Whether every item has a terminal status.
-    fn is_settled(&self) -> bool {
-        rules::is_settled(&self.batch, self.cancel_requested)
+    /// Turns the batch terminal once every item is (or PENDING to RUNNING on `progress`).
+    fn settle(&mut self, progress: Progress, now: Timestamp) {
+        if let Some(status) =
+            rules::next_status(&self.batch, self.cancel_requested, self.stop, progress)
+        {
+            self.batch.status = status;
+            self.batch.completed_at = status.is_terminal().then_some(now);
+        }
+    }
+
+    /// Writes back everything a transition may change.
+    fn save(&self, conn: &Connection) -> Result<(), StoreError> {
+        let batch = &self.batch;
+        conn.prepare_cached(
+            "UPDATE batches SET status = ?2, succeeded_items = ?3, failed_items = ?4, cancelled_items = ?5, \
+             completed_chunks = ?6, updated_at = ?7, completed_at = ?8, cancel_requested = ?9, \
+             stopped_by = ?10, failure_reason = ?11, redrive_count = ?12 WHERE seq = ?1",
+        )?
+        .execute(params![
+            self.seq,
+            batch.status.as_str(),
+            batch.succeeded_items,
+            batch.failed_items,
+            batch.cancelled_items,
+            batch.completed_chunks,
+            batch.updated_at.0,
+            batch.completed_at.map(|t| t.0),
+            self.cancel_requested,
+            self.stop.map(Stop::as_str),
+            batch.failure_reason,
+            batch.redrive_count,
+        ])?;
+        Ok(())
+    }
+
+    /// Stops the batch starting chunks: every chunk no task started is cancelled, and (the
+    /// first time) the items of parts never received are counted cancelled. The first stop
+    /// of a run says how it ends; a later one changes nothing but the chunks.
+    fn stop(&mut self, conn: &Connection, stop: Stop) -> Result<(), StoreError> {
+        let (skipped_chunks, skipped_items): (u64, u64) = conn
+            .prepare_cached(
+                // A redriven chunk's items counted by an earlier run are not P.
+                "SELECT COUNT(*), COALESCE(SUM(length(states) - length(replace(states, 'P', ''))), 0) \
+                 FROM chunks WHERE batch_seq = ?1 AND stage = 'PENDING'",
+            )?
+            .query_row([self.seq], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        conn.prepare_cached(
+            "UPDATE chunks SET stage = 'CANCELLED' WHERE batch_seq = ?1 AND stage = 'PENDING'",
+        )?
+        .execute([self.seq])?;
+        let request = CancelRequest::given(self.cancel_requested);
+        let counts = rules::cancel_request(&self.batch, request)
+            + rules::cancelled_chunks(skipped_chunks, skipped_items);
+        counts.apply_to(&mut self.batch);
+        self.cancel_requested = true;
+        self.stop.get_or_insert(stop);
+        Ok(())
     }
 }
 
@@ -385,15 +512,18 @@ fn append_part(conn: &Connection, part: &NewPart) -> Result<AppendOutcome, Store
         Some(row) => row,
         None => {
             conn.prepare_cached(
-                "INSERT INTO batches (batch_id, status, total_items, received_items, batch_size, created_at, updated_at, max_concurrency) \
-                 VALUES (?1, 'PENDING', ?2, 0, ?3, ?4, ?4, ?5)",
+                "INSERT INTO batches (batch_id, status, total_items, received_items, batch_size, created_at, updated_at, \
+                 max_concurrency, tolerated_failure_percentage, tolerated_failure_count) \
+                 VALUES (?1, 'PENDING', ?2, 0, ?3, ?4, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![
                 part.batch_id.as_str(),
                 part.total_items,
                 part.batch_size.get(),
                 now.0,
-                part.max_concurrency
+                part.max_concurrency,
+                part.failure_budget.and_then(|budget| budget.percentage),
+                part.failure_budget.and_then(|budget| budget.count),
             ])?;
             load_batch_by_seq(conn, conn.last_insert_rowid())?
         }
@@ -415,7 +545,7 @@ fn append_part(conn: &Connection, part: &NewPart) -> Result<AppendOutcome, Store
         part,
         &digest,
     ) {
-        PartVerdict::Refuse(outcome) => return Ok(outcome),
+        PartVerdict::Refuse(outcome) => return Ok(*outcome),
         PartVerdict::AlreadyStored => {
             let (_, first_chunk, chunk_count) = stored_part.unwrap_or_default();
             return Ok(AppendOutcome::AlreadyStored {
@@ -597,40 +727,118 @@ fn cancel_batch(conn: &Connection, batch_id: &str) -> Result<CancelOutcome, Stor
     if batch.batch.status.is_terminal() {
         return Ok(CancelOutcome::AlreadyTerminal(batch.batch));
     }
-    let (skipped_chunks, skipped_items): (u64, u64) = conn
-        .prepare_cached(
-            "SELECT COUNT(*), COALESCE(SUM(item_count), 0) FROM chunks WHERE batch_seq = ?1 AND stage = 'PENDING'",
-        )?
-        .query_row([batch.seq], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    conn.prepare_cached(
-        "UPDATE chunks SET stage = 'CANCELLED' WHERE batch_seq = ?1 AND stage = 'PENDING'",
-    )?
-    .execute([batch.seq])?;
-    let request = CancelRequest::given(batch.cancel_requested);
-    let counts = rules::cancel_request(&batch.batch, request)
-        + rules::cancelled_chunks(skipped_chunks, skipped_items);
-    counts.apply_to(&mut batch.batch);
+    batch.stop(conn, Stop::Cancelled)?;
     let now = Timestamp::now();
-    batch.cancel_requested = true;
     batch.batch.updated_at = now;
-    if let Some(status) = rules::next_status(&batch.batch, true, Progress::CountersChanged) {
-        batch.batch.status = status;
-        batch.batch.completed_at = status.is_terminal().then_some(now);
-    }
-    let counts = &batch.batch;
-    conn.prepare_cached(
-        "UPDATE batches SET cancel_requested = 1, status = ?2, cancelled_items = ?3, completed_chunks = ?4, \
-         updated_at = ?5, completed_at = ?6 WHERE seq = ?1",
-    )?
-    .execute(params![
-        batch.seq,
-        counts.status.as_str(),
-        counts.cancelled_items,
-        counts.completed_chunks,
-        counts.updated_at.0,
-        counts.completed_at.map(|t| t.0),
-    ])?;
+    batch.settle(Progress::CountersChanged, now);
+    batch.save(conn)?;
     Ok(CancelOutcome::Cancelled(batch.batch))
+}
+
+/// Pauses or resumes a batch, as `next` (the rules' pause or resume) says.
+fn control_batch(
+    conn: &Connection,
+    batch_id: &str,
+    next: fn(&Batch) -> Result<Option<BatchStatus>, rules::Refusal>,
+) -> Result<ControlOutcome, StoreError> {
+    let Some(mut batch) = load_batch(conn, batch_id)? else {
+        return Ok(ControlOutcome::NotFound);
+    };
+    match next(&batch.batch) {
+        Err(rules::Refusal(reason)) => Ok(ControlOutcome::Refused(reason)),
+        Ok(None) => Ok(ControlOutcome::Applied(batch.batch)),
+        Ok(Some(status)) => {
+            batch.batch.status = status;
+            batch.batch.updated_at = Timestamp::now();
+            batch.save(conn)?;
+            Ok(ControlOutcome::Applied(batch.batch))
+        }
+    }
+}
+
+/// Readies the failed (and, with `include_cancelled`, cancelled) items of an ended batch to
+/// run again, in one transaction: their chunks turn PENDING with those items pending, lose
+/// their executions and job records (each run is a new attempt), and the batch counters
+/// take them back.
+fn redrive_batch(
+    conn: &Connection,
+    batch_id: &str,
+    include_cancelled: bool,
+) -> Result<RedriveOutcome, StoreError> {
+    let Some(mut batch) = load_batch(conn, batch_id)? else {
+        return Ok(RedriveOutcome::NotFound);
+    };
+    if let Err(rules::Refusal(reason)) = rules::may_redrive(&batch.batch) {
+        return Ok(RedriveOutcome::Refused(reason));
+    }
+    let candidates = conn
+        .prepare_cached(
+            "SELECT chunk, stage, states, errors, attempts, attempt_base FROM chunks \
+             WHERE batch_seq = ?1 AND ((stage = 'RECORDED' AND failed_count > 0) OR (stage = 'CANCELLED' AND ?2)) \
+             ORDER BY chunk",
+        )?
+        .query_map(params![batch.seq, include_cancelled], |r| {
+            Ok((
+                r.get::<_, u64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, u32>(4)?,
+                r.get::<_, u32>(5)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut counts = rules::RedriveCounts::default();
+    let mut chunks = Vec::new();
+    for (chunk, stage, states, errors, attempts, attempt_base) in candidates {
+        let mut outcomes = ChunkOutcomes::decode(&stage, states, errors.as_deref(), attempts)?
+            .with_attempt_base(attempt_base);
+        let Some(taken) = outcomes.redrive(include_cancelled) else {
+            continue;
+        };
+        counts.failed_items += taken.failed;
+        counts.cancelled_items += taken.cancelled;
+        counts.chunks += 1;
+        conn.prepare_cached(
+            "UPDATE chunks SET stage = ?3, states = ?4, errors = ?5, failed_count = ?6, attempts = ?7, \
+             attempt_base = ?8 WHERE batch_seq = ?1 AND chunk = ?2",
+        )?
+        .execute(params![
+            batch.seq,
+            chunk,
+            outcomes.stage.as_str(),
+            outcomes.states_text(),
+            outcomes.errors_json(),
+            outcomes.count_not_succeeded(),
+            outcomes.attempts,
+            outcomes.attempt_base,
+        ])?;
+        for table in ["executions", "chunk_jobs"] {
+            conn.prepare_cached(&format!(
+                "DELETE FROM {table} WHERE batch_seq = ?1 AND chunk = ?2"
+            ))?
+            .execute(params![batch.seq, chunk])?;
+        }
+        chunks.push(chunk);
+    }
+    if counts.is_empty() {
+        let what = if include_cancelled {
+            "failed or cancelled items"
+        } else {
+            "failed items"
+        };
+        return Ok(RedriveOutcome::Refused(format!(
+            "batch {batch_id} has no {what} to redrive"
+        )));
+    }
+    counts.apply_to(&mut batch.batch, Timestamp::now());
+    batch.stop = None;
+    batch.save(conn)?;
+    Ok(RedriveOutcome::Redriven {
+        batch: batch.batch,
+        chunks,
+        items: counts.failed_items + counts.cancelled_items,
+    })
 }
 
 fn list_batches(conn: &Connection, query: &BatchQuery) -> Result<Page<Batch>, ListError> {
@@ -684,7 +892,7 @@ fn list_items(conn: &Connection, query: &ItemQuery) -> Result<Page<ItemRecord>, 
     let total_chunks = batch.batch.total_chunks;
     let mut statement = conn
         .prepare_cached(
-            "SELECT chunk, stage, item_ids, states, errors, attempts, failed_count, item_count \
+            "SELECT chunk, stage, item_ids, states, errors, attempts, failed_count, item_count, attempt_base \
              FROM chunks WHERE batch_seq = ?1 AND chunk >= ?2 ORDER BY chunk LIMIT ?3",
         )
         .map_err(StoreError::from)?;
@@ -701,6 +909,7 @@ fn list_items(conn: &Connection, query: &ItemQuery) -> Result<Page<ItemRecord>, 
                     attempts: r.get(5)?,
                     failed_count: r.get(6)?,
                     item_count: r.get(7)?,
+                    attempt_base: r.get(8)?,
                 })
             })
             .map_err(StoreError::from)?
@@ -720,7 +929,8 @@ fn list_items(conn: &Connection, query: &ItemQuery) -> Result<Page<ItemRecord>, 
                     chunk.states,
                     chunk.errors.as_deref(),
                     chunk.attempts,
-                )?;
+                )?
+                .with_attempt_base(chunk.attempt_base);
                 if let Some(page) = pager.push(chunk.index, &outcomes, &chunk.item_ids) {
                     return Ok(page);
                 }
@@ -745,6 +955,7 @@ struct ListedChunk {
     attempts: u32,
     failed_count: u64,
     item_count: u64,
+    attempt_base: u32,
 }
 
 #[async_trait]
@@ -775,6 +986,28 @@ impl BatchStore for SqliteStore {
     async fn cancel_batch(&self, batch_id: &BatchId) -> Result<CancelOutcome, StoreError> {
         let batch_id = batch_id.clone();
         self.write(move |conn| cancel_batch(conn, batch_id.as_str()))
+            .await
+    }
+
+    async fn pause_batch(&self, batch_id: &BatchId) -> Result<ControlOutcome, StoreError> {
+        let batch_id = batch_id.clone();
+        self.write(move |conn| control_batch(conn, batch_id.as_str(), rules::pause))
+            .await
+    }
+
+    async fn resume_batch(&self, batch_id: &BatchId) -> Result<ControlOutcome, StoreError> {
+        let batch_id = batch_id.clone();
+        self.write(move |conn| control_batch(conn, batch_id.as_str(), rules::resume))
+            .await
+    }
+
+    async fn redrive_batch(
+        &self,
+        batch_id: &BatchId,
+        include_cancelled: bool,
+    ) -> Result<RedriveOutcome, StoreError> {
+        let batch_id = batch_id.clone();
+        self.write(move |conn| redrive_batch(conn, batch_id.as_str(), include_cancelled))
             .await
     }
 

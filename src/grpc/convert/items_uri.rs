@@ -47,6 +47,10 @@ impl TryFrom<pb::SubmitBatchRequest> for Submission {
         };
         let batch_size = batch_size(request.batch_size)?;
         let max_concurrency = super::max_concurrency(request.max_concurrency)?;
+        let failure_budget = super::failure_budget(
+            request.tolerated_failure_percentage,
+            request.tolerated_failure_count,
+        )?;
         let uri = ItemsUri::parse(&request.items_uri)
             .map_err(|rule| FieldError::new("items_uri", rule))?;
         let format = items_format(request.items_format)
@@ -58,6 +62,7 @@ impl TryFrom<pb::SubmitBatchRequest> for Submission {
             batch_size,
             items,
             max_concurrency,
+            failure_budget,
         }))
     }
 }
@@ -95,6 +100,8 @@ impl From<ReferenceSubmission> for pb::SubmitBatchRequest {
             items_format: pb::ItemsFormat::from(submission.items.format) as i32,
             items_header: submission.items.header,
             max_concurrency: submission.max_concurrency.unwrap_or(0),
+            tolerated_failure_percentage: submission.failure_budget.percentage.map(u32::from),
+            tolerated_failure_count: submission.failure_budget.count,
             ..Self::default()
         }
     }
@@ -219,6 +226,7 @@ mod tests {
             )
             .unwrap(),
             max_concurrency: Some(12),
+            failure_budget: Default::default(),
         };
         let Submission::ByReference(batch) =
             Submission::try_from(pb::SubmitBatchRequest::from(submission.clone())).unwrap()

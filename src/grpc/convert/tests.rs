@@ -28,6 +28,9 @@ fn sample_batch(completed_at: Option<Timestamp>) -> Batch {
         updated_at: Timestamp(1_700_000_000_123_456),
         completed_at,
         max_concurrency: Some(4),
+        failure_budget: FailureBudget::parse(Some(10), Some(3)).unwrap(),
+        failure_reason: Some("failure budget exceeded: 2 of 10 items failed".into()),
+        redrive_count: 2,
     }
 }
 
@@ -72,6 +75,7 @@ fn a_whole_batch_round_trips_through_a_submit_request_as_its_first_part() {
         batch_size: BatchSize::parse(2).unwrap(),
         items: ids(&["x", "y", "z"]),
         max_concurrency: Some(7),
+        failure_budget: FailureBudget::parse(Some(0), None).unwrap(),
     };
     let part = NewPart::try_from(pb::SubmitBatchRequest::from(submission.clone())).unwrap();
     assert_eq!(part.batch_id, submission.batch_id);
@@ -79,6 +83,31 @@ fn a_whole_batch_round_trips_through_a_submit_request_as_its_first_part() {
     assert_eq!(part.items, submission.items);
     assert_eq!((part.total_items, part.part_number), (3, 1));
     assert_eq!(part.max_concurrency, Some(7));
+    assert_eq!(part.failure_budget, Some(submission.failure_budget));
+}
+
+#[test]
+fn a_failure_percentage_over_100_is_rejected_naming_the_field() {
+    let err = NewPart::try_from(pb::SubmitBatchRequest {
+        item_ids: vec!["a".into()],
+        tolerated_failure_percentage: Some(101),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert_eq!(
+        with_sources(&err),
+        "tolerated_failure_percentage: must be an integer between 0 and 100"
+    );
+    let err = NewPart::try_from(pb::AppendBatchItemsRequest {
+        batch_id: "b".into(),
+        total_items: 2,
+        part_number: 1,
+        item_ids: vec!["a".into()],
+        tolerated_failure_percentage: Some(250),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(with_sources(&err).starts_with("tolerated_failure_percentage:"));
 }
 
 #[test]

@@ -33,6 +33,19 @@ pub(super) const UPDATED_AT: &str = "updatedAt";
 pub(super) const COMPLETED_AT: &str = "completedAt";
 /// The batch's limit on chunk executions in flight; absent for the deployment's default.
 pub(super) const MAX_CONCURRENCY: &str = "maxConcurrency";
+/// The failure budget's two limits (absent when unset).
+pub(super) const TOLERATED_PERCENTAGE: &str = "toleratedFailurePercentage";
+pub(super) const TOLERATED_COUNT: &str = "toleratedFailureCount";
+/// Why the batch ended FAILED early.
+pub(super) const FAILURE_REASON: &str = "failureReason";
+/// Why the batch stopped starting chunks in its current run (`CANCEL` or `BUDGET`).
+pub(super) const STOPPED_BY: &str = "stoppedBy";
+/// Times the batch was redriven.
+pub(super) const REDRIVE_COUNT: &str = "redriveCount";
+/// Whether the last redrive re-ran cancelled items too.
+pub(super) const REDRIVE_INCLUDES_CANCELLED: &str = "redriveIncludesCancelled";
+/// The start position of the last redrive's first chunk (see `starts`).
+pub(super) const REDRIVE_FIRST_POSITION: &str = "redriveFirstPosition";
 /// Sort key of both listing indexes: creation time, then batch ID.
 pub(super) const CREATED_KEY: &str = "createdKey";
 /// Partition key of `by-created`: the same value on every batch.
@@ -58,6 +71,12 @@ pub(super) const ERRORS: &str = "errors";
 pub(super) const FAILED_COUNT: &str = "failedCount";
 pub(super) const ATTEMPTS: &str = "attempts";
 pub(super) const VERSION: &str = "version";
+/// The redrive whose run a chunk state belongs to (absent: the first run).
+pub(super) const RUN: &str = "run";
+/// Task attempts of a chunk's runs before its last redrive.
+pub(super) const ATTEMPT_BASE: &str = "attemptBase";
+// `redrive#<run>#<page>` items: the chunks a redrive re-runs, in start order.
+pub(super) const CHUNKS: &str = "chunks";
 // `chunk#<n>#ids` items.
 pub(super) const ITEM_IDS: &str = "itemIds";
 
@@ -94,6 +113,11 @@ pub(super) const REVISION: &str = "revision";
 
 pub(super) fn job_sk(chunk: u64) -> String {
     format!("{JOB_PREFIX}{chunk:020}")
+}
+
+/// The sort key of a page of a redrive's chunks.
+pub(super) fn redrive_sk(run: u32, page: u64) -> String {
+    format!("redrive#{run:04}#{page:08}")
 }
 
 pub(super) fn ids_sk(chunk: u64) -> String {

@@ -6,17 +6,19 @@ use aws_sdk_dynamodb::types::ReturnValue;
 use futures::{stream, StreamExt, TryStreamExt};
 
 use super::attributes::{
-    batch_key, corrupt, created_key, flag, flag_value, n, number, optional_number, s, text, Item,
-    BATCH_ID, BATCH_SIZE, CANCELLED_ITEMS, CANCEL_REQUESTED, COMPLETED_AT, COMPLETED_CHUNKS,
-    CREATED_AT, CREATED_KEY, FAILED_ITEMS, LIST_PARTITION, LIST_PARTITION_VALUE, MAX_CONCURRENCY,
-    RECEIVED_ITEMS, STATUS, SUCCEEDED_ITEMS, TOTAL_CHUNKS, TOTAL_ITEMS, UPDATED_AT,
+    batch_key, corrupt, created_key, flag, flag_value, n, number, optional_number, optional_text,
+    s, text, Item, BATCH_ID, BATCH_SIZE, CANCELLED_ITEMS, CANCEL_REQUESTED, COMPLETED_AT,
+    COMPLETED_CHUNKS, CREATED_AT, CREATED_KEY, FAILED_ITEMS, FAILURE_REASON, LIST_PARTITION,
+    LIST_PARTITION_VALUE, MAX_CONCURRENCY, RECEIVED_ITEMS, REDRIVE_COUNT,
+    REDRIVE_INCLUDES_CANCELLED, STATUS, STOPPED_BY, SUCCEEDED_ITEMS, TOLERATED_COUNT,
+    TOLERATED_PERCENTAGE, TOTAL_CHUNKS, TOTAL_ITEMS, UPDATED_AT,
 };
 use super::starts::{IN_FLIGHT, STARTABLE_CHUNKS, STARTED_CHUNKS};
 use super::writes::{conditional, unavailable, write_units};
 use super::{contended, DynamoStore, OPTIMISTIC_ATTEMPTS};
-use crate::domain::{Batch, BatchId, BatchStatus, NewPart, Timestamp};
-use crate::store::rules::{self, CancelRequest, Progress};
-use crate::store::{CancelOutcome, StoreError};
+use crate::domain::{Batch, BatchId, BatchStatus, FailureBudget, NewPart, Timestamp};
+use crate::store::rules::{self, CancelRequest, Progress, Refusal, Stop};
+use crate::store::{CancelOutcome, ControlOutcome, StoreError};
 
 /// Chunk cancellations in flight at once.
 const CANCELS_IN_FLIGHT: usize = 16;
@@ -27,11 +29,30 @@ const BATCH_READS_IN_FLIGHT: usize = 16;
 #[derive(Debug, Clone)]
 pub(super) struct BatchRecord {
     pub(super) batch: Batch,
+    /// No part may follow (the batch was cancelled or stopped; the missing ones are counted).
     pub(super) cancel_requested: bool,
+    /// Why the batch stopped starting chunks, in its current run.
+    pub(super) stop: Option<Stop>,
+    /// Whether the last redrive re-ran cancelled items too.
+    pub(super) redrive_includes_cancelled: bool,
+}
+
+/// Why a batch item's current run stopped. Items written before stops were named hold only
+/// `cancelRequested`, which a cancel alone set.
+pub(super) fn stop_of(item: &Item) -> Result<Option<Stop>, StoreError> {
+    match optional_text(item, STOPPED_BY) {
+        Some(name) => Stop::from_name(name)
+            .map(Some)
+            .ok_or_else(|| corrupt(STOPPED_BY)),
+        None if flag(item, CANCEL_REQUESTED) && !item.contains_key(REDRIVE_COUNT) => {
+            Ok(Some(Stop::Cancelled))
+        }
+        None => Ok(None),
+    }
 }
 
 impl BatchRecord {
-    fn from_item(item: &Item) -> Result<Self, StoreError> {
+    pub(super) fn from_item(item: &Item) -> Result<Self, StoreError> {
         let status = text(item, STATUS)?;
         Ok(Self {
             batch: Batch {
@@ -49,8 +70,16 @@ impl BatchRecord {
                 updated_at: Timestamp(number(item, UPDATED_AT)?),
                 completed_at: optional_number(item, COMPLETED_AT)?.map(Timestamp),
                 max_concurrency: optional_number(item, MAX_CONCURRENCY)?,
+                failure_budget: FailureBudget {
+                    percentage: optional_number(item, TOLERATED_PERCENTAGE)?,
+                    count: optional_number(item, TOLERATED_COUNT)?,
+                },
+                failure_reason: optional_text(item, FAILURE_REASON).map(str::to_owned),
+                redrive_count: optional_number(item, REDRIVE_COUNT)?.unwrap_or(0),
             },
             cancel_requested: flag(item, CANCEL_REQUESTED),
+            stop: stop_of(item)?,
+            redrive_includes_cancelled: flag(item, REDRIVE_INCLUDES_CANCELLED),
         })
     }
 
@@ -76,13 +105,20 @@ impl BatchRecord {
             (STARTED_CHUNKS, n(0)),
             (IN_FLIGHT, n(0)),
         ];
-        let limit = part
-            .max_concurrency
-            .map(|limit| (MAX_CONCURRENCY.to_owned(), n(limit)));
+        let budget = part.failure_budget.unwrap_or_default();
+        let optional = [
+            (MAX_CONCURRENCY, part.max_concurrency.map(n)),
+            (TOLERATED_PERCENTAGE, budget.percentage.map(n)),
+            (TOLERATED_COUNT, budget.count.map(n)),
+        ];
         attributes
             .into_iter()
             .map(|(name, value)| (name.to_owned(), value))
-            .chain(limit)
+            .chain(
+                optional
+                    .into_iter()
+                    .filter_map(|(name, value)| Some((name.to_owned(), value?))),
+            )
             .collect::<HashMap<_, _>>()
     }
 }
@@ -162,17 +198,50 @@ impl DynamoStore {
         batch_id: &BatchId,
         progress: Progress,
     ) -> Result<Batch, StoreError> {
+        Ok(self.settle_record(batch_id, progress).await?.batch)
+    }
+
+    /// [`Self::settle`], then stops the batch if its failures have exceeded its budget (the
+    /// caller counted a chunk, or found one counted by a caller that stopped short of this).
+    pub(super) async fn settle_counted(&self, batch_id: &BatchId) -> Result<Batch, StoreError> {
+        let record = self
+            .settle_record(batch_id, Progress::ChunkRecorded)
+            .await?;
+        match rules::budget_stop(&record.batch, record.stop) {
+            Some(reason) => match self
+                .stop_batch(batch_id, Stop::BudgetExceeded, Some(reason))
+                .await?
+            {
+                CancelOutcome::Cancelled(batch) | CancelOutcome::AlreadyTerminal(batch) => {
+                    Ok(batch)
+                }
+                CancelOutcome::NotFound => Ok(record.batch),
+            },
+            None => Ok(record.batch),
+        }
+    }
+
+    async fn settle_record(
+        &self,
+        batch_id: &BatchId,
+        progress: Progress,
+    ) -> Result<BatchRecord, StoreError> {
         for _ in 0..OPTIMISTIC_ATTEMPTS {
-            let record = self
+            let mut record = self
                 .load_batch(batch_id)
                 .await?
                 .ok_or_else(|| StoreError::Unavailable(format!("batch {batch_id} vanished")))?;
-            let Some(next) = rules::next_status(&record.batch, record.cancel_requested, progress)
-            else {
-                return Ok(record.batch);
+            let Some(next) = rules::next_status(
+                &record.batch,
+                record.cancel_requested,
+                record.stop,
+                progress,
+            ) else {
+                return Ok(record);
             };
             if let Some(moved) = self.move_status(&record.batch, next).await? {
-                return Ok(moved);
+                record.batch = moved;
+                return Ok(record);
             }
         }
         Err(contended(format!("batch {batch_id}")))
@@ -219,15 +288,29 @@ impl DynamoStore {
             .transpose()
     }
 
-    /// Cancels a batch: marks it cancelled (counting the items never received, once), then
-    /// cancels every chunk no task started, each once, and settles it.
+    /// Cancels a batch (see [`Self::stop_batch`]).
     pub(super) async fn cancel(&self, batch_id: &BatchId) -> Result<CancelOutcome, StoreError> {
-        if let Some(ended) = self.request_cancel(batch_id).await? {
+        self.stop_batch(batch_id, Stop::Cancelled, None).await
+    }
+
+    /// Stops a batch: marks it stopped (counting the items never received, once; the first
+    /// stop of a run says how the run ends), then cancels every chunk no task started, each
+    /// once, and settles it.
+    pub(super) async fn stop_batch(
+        &self,
+        batch_id: &BatchId,
+        stop: Stop,
+        reason: Option<String>,
+    ) -> Result<CancelOutcome, StoreError> {
+        if let Some(ended) = self.request_stop(batch_id, stop, reason.as_deref()).await? {
             return Ok(ended);
         }
-        let pending = self.pending_chunks(batch_id).await?;
+        let Some(record) = self.load_batch(batch_id).await? else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        let pending = self.pending_chunks(&record).await?;
         stream::iter(pending)
-            .map(|(chunk, items)| self.cancel_chunk(batch_id, chunk, items))
+            .map(|(chunk, state)| self.cancel_chunk_state(batch_id, chunk, state))
             .buffer_unordered(CANCELS_IN_FLIGHT)
             .try_collect::<Vec<bool>>()
             .await?;
@@ -236,11 +319,13 @@ impl DynamoStore {
         ))
     }
 
-    /// Marks a batch cancelled unless it is already; the answer when there is nothing more to
+    /// Marks a batch stopped unless it is already; the answer when there is nothing more to
     /// do (not found, or terminal).
-    async fn request_cancel(
+    async fn request_stop(
         &self,
         batch_id: &BatchId,
+        stop: Stop,
+        reason: Option<&str>,
     ) -> Result<Option<CancelOutcome>, StoreError> {
         for _ in 0..OPTIMISTIC_ATTEMPTS {
             let Some(record) = self.load_batch(batch_id).await? else {
@@ -249,36 +334,93 @@ impl DynamoStore {
             if record.batch.status.is_terminal() {
                 return Ok(Some(CancelOutcome::AlreadyTerminal(record.batch)));
             }
-            if record.cancel_requested {
+            if record.stop.is_some() {
                 return Ok(None);
             }
-            // Items of parts never received are cancelled with the request; the condition keeps
-            // a part arriving meanwhile from slipping past it, and makes the request count once.
+            // Items of parts never received are cancelled with the first request; the
+            // condition keeps a part arriving meanwhile from slipping past it, and makes the
+            // request count once.
             let never_received =
-                rules::cancel_request(&record.batch, CancelRequest::First).cancelled_items;
-            self.meter.write(1);
-            let requested = self
+                rules::cancel_request(&record.batch, CancelRequest::given(record.cancel_requested))
+                    .cancelled_items;
+            let reason_update = match reason {
+                Some(_) => format!(", {FAILURE_REASON} = :reason"),
+                None => String::new(),
+            };
+            let mut update = self
                 .client
                 .update_item()
                 .table_name(&self.tables.batch_table)
                 .set_key(Some(batch_key(batch_id)))
                 .update_expression(format!(
-                    "SET {CANCEL_REQUESTED} = :yes, {UPDATED_AT} = :now \
+                    "SET {CANCEL_REQUESTED} = :yes, {STOPPED_BY} = :stop, {UPDATED_AT} = :now{reason_update} \
                      ADD {CANCELLED_ITEMS} :never_received"
                 ))
                 .condition_expression(format!(
-                    "{RECEIVED_ITEMS} = :received AND {CANCEL_REQUESTED} = :no"
+                    "{RECEIVED_ITEMS} = :received AND {CANCEL_REQUESTED} = :requested \
+                     AND attribute_not_exists({STOPPED_BY})"
                 ))
                 .expression_attribute_values(":yes", flag_value(true))
-                .expression_attribute_values(":no", flag_value(false))
+                .expression_attribute_values(":requested", flag_value(record.cancel_requested))
+                .expression_attribute_values(":stop", s(stop.as_str()))
                 .expression_attribute_values(":now", n(Timestamp::now().0))
                 .expression_attribute_values(":never_received", n(never_received))
-                .expression_attribute_values(":received", n(record.batch.received_items))
-                .send()
-                .await;
-            if conditional(requested, |e| e.is_conditional_check_failed_exception())?.is_some() {
+                .expression_attribute_values(":received", n(record.batch.received_items));
+            if let Some(reason) = reason {
+                update = update.expression_attribute_values(":reason", s(reason));
+            }
+            self.meter.write(1);
+            if conditional(update.send().await, |e| {
+                e.is_conditional_check_failed_exception()
+            })?
+            .is_some()
+            {
                 return Ok(None);
             }
+        }
+        Err(contended(format!("batch {batch_id}")))
+    }
+
+    /// Pauses or resumes a batch, as `next` (the rules' pause or resume) says; a resumed batch
+    /// is noted on the request table's stream, so that its starts go ahead at once.
+    pub(super) async fn control(
+        &self,
+        batch_id: &BatchId,
+        next: fn(&Batch) -> Result<Option<BatchStatus>, Refusal>,
+    ) -> Result<ControlOutcome, StoreError> {
+        for _ in 0..OPTIMISTIC_ATTEMPTS {
+            let Some(record) = self.load_batch(batch_id).await? else {
+                return Ok(ControlOutcome::NotFound);
+            };
+            let status = match next(&record.batch) {
+                Err(Refusal(reason)) => return Ok(ControlOutcome::Refused(reason)),
+                Ok(None) => return Ok(ControlOutcome::Applied(record.batch)),
+                Ok(Some(status)) => status,
+            };
+            self.meter.write(1);
+            let sent = self
+                .client
+                .update_item()
+                .table_name(&self.tables.batch_table)
+                .set_key(Some(batch_key(batch_id)))
+                .update_expression(format!("SET #status = :next, {UPDATED_AT} = :now"))
+                .condition_expression("#status = :current")
+                .expression_attribute_names("#status", STATUS)
+                .expression_attribute_values(":current", s(record.batch.status.as_str()))
+                .expression_attribute_values(":next", s(status.as_str()))
+                .expression_attribute_values(":now", n(Timestamp::now().0))
+                .return_values(ReturnValue::AllNew)
+                .send()
+                .await;
+            let Some(output) = conditional(sent, |e| e.is_conditional_check_failed_exception())?
+            else {
+                continue;
+            };
+            let batch = BatchRecord::from_item(&output.attributes.unwrap_or_default())?.batch;
+            if status != BatchStatus::Paused {
+                self.note_limit_changed(batch_id).await?;
+            }
+            return Ok(ControlOutcome::Applied(batch));
         }
         Err(contended(format!("batch {batch_id}")))
     }

@@ -10,14 +10,16 @@
 
 use std::ops::ControlFlow;
 
-use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem, Update};
 
 use super::attributes::{
-    batch_key, chunk_sk, flag_value, ids_sk, n, number, optional_text, part_sk, request_key,
-    request_key_of, s, text, Item, RequestKey, AFTER_CHUNKS, ATTEMPTS, BATCH_ID, CANCELLED_ITEMS,
-    CHUNKS_WRITTEN, COMPLETED_CHUNKS, ERRORS, FAILED_COUNT, FAILED_ITEMS, ITEM_COUNT, ITEM_IDS, SK,
-    STAGE, STATES, SUCCEEDED_ITEMS, UPDATED_AT, VERSION,
+    batch_key, chunk_sk, flag_value, ids_sk, job_sk, n, number, optional_number, optional_text,
+    part_sk, request_key, request_key_of, s, text, Item, RequestKey, AFTER_CHUNKS, ATTEMPTS,
+    ATTEMPT_BASE, BATCH_ID, CANCELLED_ITEMS, CHUNKS_WRITTEN, COMPLETED_CHUNKS, ERRORS,
+    FAILED_COUNT, FAILED_ITEMS, ITEM_COUNT, ITEM_IDS, RUN, SK, STAGE, STATES, SUCCEEDED_ITEMS,
+    UPDATED_AT, VERSION,
 };
+use super::batches::BatchRecord;
 use super::starts::IN_FLIGHT;
 use super::writes::{conditional, unavailable, write_units};
 use super::{contended, DynamoStore, OPTIMISTIC_ATTEMPTS};
@@ -33,6 +35,8 @@ pub(super) struct ChunkStateRecord {
     pub(super) item_count: u64,
     /// The stored version; 0 when no state item is stored yet.
     version: u64,
+    /// The redrive whose run this state belongs to (0: the batch's first run).
+    run: u32,
 }
 
 impl ChunkStateRecord {
@@ -43,10 +47,29 @@ impl ChunkStateRecord {
                 text(item, STATES)?.to_owned(),
                 optional_text(item, ERRORS),
                 number(item, ATTEMPTS)?,
-            )?,
+            )?
+            .with_attempt_base(optional_number(item, ATTEMPT_BASE)?.unwrap_or(0)),
             item_count: number(item, ITEM_COUNT)?,
             version: number(item, VERSION)?,
+            run: optional_number(item, RUN)?.unwrap_or(0),
         })
+    }
+
+    /// The chunk as its batch's last redrive left it. A redrive changes no chunk item: a
+    /// chunk of an earlier run that the redrive re-runs is PENDING with those items pending
+    /// from the moment the batch item says so, and is written that way by its next
+    /// transition (its claim, or a cancel).
+    pub(super) fn in_current_run(mut self, batch: &BatchRecord) -> Self {
+        let run = batch.batch.redrive_count;
+        if self.run < run
+            && self
+                .outcomes
+                .redrive(batch.redrive_includes_cancelled)
+                .is_some()
+        {
+            self.run = run;
+        }
+        self
     }
 
     /// The state of a chunk of `ids` (joined) that has no state item.
@@ -56,6 +79,7 @@ impl ChunkStateRecord {
             outcomes: ChunkOutcomes::new(item_count),
             item_count: item_count as u64,
             version: 0,
+            run: 0,
         }
     }
 
@@ -83,6 +107,12 @@ impl ChunkStateRecord {
         ]);
         if let Some(errors) = self.outcomes.errors_json() {
             item.insert(ERRORS.to_owned(), s(errors));
+        }
+        if self.run > 0 {
+            item.insert(RUN.to_owned(), n(self.run));
+        }
+        if self.outcomes.attempt_base > 0 {
+            item.insert(ATTEMPT_BASE.to_owned(), n(self.outcomes.attempt_base));
         }
         item
     }
@@ -210,14 +240,15 @@ impl DynamoStore {
         Ok(())
     }
 
-    /// Chunks of `from..until` (every chunk from `from` when None) still PENDING, with their
-    /// item counts.
+    /// Chunks of `from..until` (every chunk from `from` when None) still PENDING, as of
+    /// `batch` (see [`ChunkStateRecord::in_current_run`]), with their states.
     pub(super) async fn pending_chunks_in(
         &self,
-        batch_id: &BatchId,
+        batch: &BatchRecord,
         from: u64,
         until: Option<u64>,
-    ) -> Result<Vec<(u64, u64)>, StoreError> {
+    ) -> Result<Vec<(u64, ChunkStateRecord)>, StoreError> {
+        let batch_id = &batch.batch.batch_id;
         let mut pending = Vec::new();
         let mut stored = None;
         self.for_each_chunk_item(batch_id, from, until, |key, item| {
@@ -227,9 +258,10 @@ impl DynamoStore {
                 }
                 RequestKey::ChunkIds(index) => {
                     let ids = text(item, ITEM_IDS)?;
-                    let state = ChunkStateRecord::of_chunk(index, stored.take(), ids);
+                    let state =
+                        ChunkStateRecord::of_chunk(index, stored.take(), ids).in_current_run(batch);
                     if state.outcomes.stage == ChunkStage::Pending {
-                        pending.push((index, state.item_count));
+                        pending.push((index, state));
                     }
                 }
                 RequestKey::Part(_) | RequestKey::PartHashes(_) => {}
@@ -240,12 +272,12 @@ impl DynamoStore {
         Ok(pending)
     }
 
-    /// Every chunk of a batch still PENDING, with its item count.
+    /// Every chunk of a batch still PENDING, as of `batch`, with its state.
     pub(super) async fn pending_chunks(
         &self,
-        batch_id: &BatchId,
-    ) -> Result<Vec<(u64, u64)>, StoreError> {
-        self.pending_chunks_in(batch_id, 0, None).await
+        batch: &BatchRecord,
+    ) -> Result<Vec<(u64, ChunkStateRecord)>, StoreError> {
+        self.pending_chunks_in(batch, 0, None).await
     }
 
     /// Feeds the chunk items (each chunk's state item, if stored, then its ID item) of chunks
@@ -344,11 +376,14 @@ impl DynamoStore {
             let Some((mut state, ids)) = self.load_state_and_ids(batch_id, chunk).await? else {
                 return Ok(ChunkClaim::NotFound);
             };
+            let reset = state.run < batch.batch.redrive_count;
+            state = state.in_current_run(&batch);
             match state.outcomes.stage {
                 ChunkStage::Recorded | ChunkStage::Cancelled => return Ok(ChunkClaim::Inactive),
-                ChunkStage::Pending if batch.cancel_requested => {
-                    // A part stored while the batch was being cancelled: cancel its chunk here.
-                    if self.cancel_chunk(batch_id, chunk, state.item_count).await? {
+                ChunkStage::Pending if batch.stop.is_some() => {
+                    // A part stored while the batch was being stopped, or a chunk a stopped
+                    // redrive would have re-run: cancel it here.
+                    if self.cancel_chunk_state(batch_id, chunk, state).await? {
                         self.settle(batch_id, Progress::CountersChanged).await?;
                         return Ok(ChunkClaim::Inactive);
                     }
@@ -356,7 +391,12 @@ impl DynamoStore {
                 }
                 ChunkStage::Pending => {
                     state.outcomes.stage = ChunkStage::Started;
-                    if !self.put_state(batch_id, chunk, &mut state).await? {
+                    let started = if reset && state.run > 0 {
+                        self.start_redriven(batch_id, chunk, &mut state).await?
+                    } else {
+                        self.put_state(batch_id, chunk, &mut state).await?
+                    };
+                    if !started {
                         continue;
                     }
                     if batch.batch.status == BatchStatus::Pending {
@@ -425,8 +465,10 @@ impl DynamoStore {
                 return Ok(RecordOutcome::NotFound);
             };
             if !state.outcomes.stage.is_open() {
+                // Settled and checked against the budget again: the caller that counted the
+                // chunk may have stopped before either.
                 return Ok(RecordOutcome::AlreadyRecorded(
-                    self.settle(batch_id, Progress::CountersChanged).await?,
+                    self.settle_counted(batch_id).await?,
                 ));
             }
             state.outcomes.settle(unfinished);
@@ -466,7 +508,7 @@ impl DynamoStore {
             ];
             if self.transact(writes, units + 1).await? {
                 return Ok(RecordOutcome::Recorded(
-                    self.settle(batch_id, Progress::ChunkRecorded).await?,
+                    self.settle_counted(batch_id).await?,
                 ));
             }
         }
@@ -519,6 +561,73 @@ impl DynamoStore {
             TransactWriteItem::builder().update(batch_update).build(),
         ];
         self.transact(writes, 2).await
+    }
+
+    /// Cancels a chunk that is PENDING as read (`state`, as of its batch), counting the items
+    /// no run counted yet, in one transaction; false when the chunk moved on meanwhile.
+    pub(super) async fn cancel_chunk_state(
+        &self,
+        batch_id: &BatchId,
+        chunk: u64,
+        mut state: ChunkStateRecord,
+    ) -> Result<bool, StoreError> {
+        let uncounted = state.outcomes.count_uncounted();
+        if state.version == 0 {
+            return self.cancel_chunk(batch_id, chunk, uncounted).await;
+        }
+        state.outcomes.stage = ChunkStage::Cancelled;
+        let (item, unchanged, seen) = state.next_item(batch_id, chunk);
+        let units = write_units(&item);
+        let put_state = Put::builder()
+            .table_name(&self.tables.request_table)
+            .set_item(Some(item))
+            .condition_expression(unchanged)
+            .expression_attribute_values(":seen", n(seen))
+            .build()?;
+        let counts = rules::cancelled_chunks(1, uncounted);
+        let batch_update = Update::builder()
+            .table_name(&self.tables.batch_table)
+            .set_key(Some(batch_key(batch_id)))
+            .update_expression(format!(
+                "ADD {CANCELLED_ITEMS} :items, {COMPLETED_CHUNKS} :chunks SET {UPDATED_AT} = :now"
+            ))
+            .expression_attribute_values(":items", n(counts.cancelled_items))
+            .expression_attribute_values(":chunks", n(counts.completed_chunks))
+            .expression_attribute_values(":now", n(Timestamp::now().0))
+            .build()?;
+        let writes = vec![
+            TransactWriteItem::builder().put(put_state).build(),
+            TransactWriteItem::builder().update(batch_update).build(),
+        ];
+        self.transact(writes, units + 1).await
+    }
+
+    /// Starts a chunk that a redrive re-runs: writes its reset state (if the stored one is
+    /// still the one read) and drops the job record of its earlier run, whose jobs are done,
+    /// in one transaction; false when another writer got there first.
+    async fn start_redriven(
+        &self,
+        batch_id: &BatchId,
+        chunk: u64,
+        state: &mut ChunkStateRecord,
+    ) -> Result<bool, StoreError> {
+        let (item, unchanged, seen) = state.next_item(batch_id, chunk);
+        let units = write_units(&item);
+        let put_state = Put::builder()
+            .table_name(&self.tables.request_table)
+            .set_item(Some(item))
+            .condition_expression(unchanged)
+            .expression_attribute_values(":seen", n(seen))
+            .build()?;
+        let drop_job = Delete::builder()
+            .table_name(&self.tables.request_table)
+            .set_key(Some(request_key(batch_id, job_sk(chunk))))
+            .build()?;
+        let writes = vec![
+            TransactWriteItem::builder().put(put_state).build(),
+            TransactWriteItem::builder().delete(drop_job).build(),
+        ];
+        self.transact(writes, units + 1).await
     }
 
     /// Replaces a chunk's state item (or stores its first) if the stored state is still the

@@ -144,7 +144,8 @@ impl DynamoStore {
                 }
             };
             let ids = text(item, ITEM_IDS)?;
-            let state = ChunkStateRecord::of_chunk(index, stored.take(), ids);
+            let state =
+                ChunkStateRecord::of_chunk(index, stored.take(), ids).in_current_run(&batch);
             let failed = state.outcomes.count_not_succeeded();
             if pager.may_match(state.outcomes.stage, state.item_count, failed) {
                 page = pager.push(index, &state.outcomes, ids);

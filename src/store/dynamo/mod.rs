@@ -52,6 +52,7 @@ mod chunks;
 mod jobs;
 mod listing;
 mod parts;
+mod redrives;
 mod starts;
 mod writes;
 
@@ -63,9 +64,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 
+use super::rules;
 use super::{
-    AppendOutcome, BatchQuery, BatchStore, CancelOutcome, Chunk, ChunkClaim, ItemQuery, ListError,
-    Page, RecordOutcome, StoreError, Unfinished,
+    AppendOutcome, BatchQuery, BatchStore, CancelOutcome, Chunk, ChunkClaim, ControlOutcome,
+    ItemQuery, ListError, Page, RecordOutcome, RedriveOutcome, StoreError, Unfinished,
 };
 use crate::domain::{Batch, BatchId, ItemOutcome, ItemRecord, NewPart};
 use writes::Meter;
@@ -161,6 +163,22 @@ impl BatchStore for DynamoStore {
 
     async fn cancel_batch(&self, batch_id: &BatchId) -> Result<CancelOutcome, StoreError> {
         self.cancel(batch_id).await
+    }
+
+    async fn pause_batch(&self, batch_id: &BatchId) -> Result<ControlOutcome, StoreError> {
+        self.control(batch_id, rules::pause).await
+    }
+
+    async fn resume_batch(&self, batch_id: &BatchId) -> Result<ControlOutcome, StoreError> {
+        self.control(batch_id, rules::resume).await
+    }
+
+    async fn redrive_batch(
+        &self,
+        batch_id: &BatchId,
+        include_cancelled: bool,
+    ) -> Result<RedriveOutcome, StoreError> {
+        self.redrive(batch_id, include_cancelled).await
     }
 
     async fn set_max_concurrency(

@@ -29,13 +29,15 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::attributes::{
-    batch_key, flag, n, number, optional_number, request_key, request_key_of, Item, RequestKey,
-    BATCH_ID, CANCEL_REQUESTED, CHUNKS_WRITTEN, CHUNK_COUNT, FIRST_CHUNK, MAX_CONCURRENCY,
-    PART_PREFIX, STATUS, TOTAL_CHUNKS,
+    batch_key, flag, n, number, optional_number, redrive_sk, request_key, request_key_of, s, text,
+    Item, RequestKey, BATCH_ID, CHUNKS, CHUNKS_WRITTEN, CHUNK_COUNT, FIRST_CHUNK, MAX_CONCURRENCY,
+    PART_PREFIX, REDRIVE_COUNT, REDRIVE_FIRST_POSITION, STATUS, STOPPED_BY, TOTAL_CHUNKS,
 };
+use super::batches::stop_of;
 use super::writes::conditional;
 use super::{contended, DynamoStore, OPTIMISTIC_ATTEMPTS};
 use crate::domain::{BatchId, BatchStatus, Timestamp};
+use crate::store::rules::Stop;
 use crate::store::StoreError;
 
 /// Chunks `0..startableChunks` are written and may start.
@@ -48,9 +50,9 @@ const STARTABLE_AHEAD_PREFIX: &str = "startableAhead";
 pub(super) const STARTED_CHUNKS: &str = "startedChunks";
 /// Chunks claimed and not yet recorded.
 pub(super) const IN_FLIGHT: &str = "inFlight";
-const STARTING_FROM: &str = "startingFrom";
-const STARTING_TO: &str = "startingTo";
-const STARTING_AT: &str = "startingAt";
+pub(super) const STARTING_FROM: &str = "startingFrom";
+pub(super) const STARTING_TO: &str = "startingTo";
+pub(super) const STARTING_AT: &str = "startingAt";
 /// The request-table item whose writes tell the stream a batch's limit changed.
 pub const LIMIT_CHANGED_SK: &str = "limitChanged";
 
@@ -58,29 +60,33 @@ pub const LIMIT_CHANGED_SK: &str = "limitChanged";
 /// another claimer: far longer than starting a claim's chunks takes.
 pub const STALE_CLAIM: Duration = Duration::from_secs(60);
 
-/// Chunks claimed for a start: `first..end` of a batch.
+/// Chunks a redrive re-runs, per `redrive#<run>#<page>` item.
+pub(super) const REDRIVE_PAGE_CHUNKS: u64 = 20_000;
+
+/// Start positions claimed: `first..end` of a batch. Positions below the batch's chunk count
+/// are its chunks, started by their parts; each redrive then appends the chunks it re-runs,
+/// in order, from its first position (see [`DynamoStore::claimed_chunks`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StartClaim {
-    /// The first chunk to start.
+    /// The first position to start.
     pub first: u64,
-    /// One past the last chunk to start.
+    /// One past the last position to start.
     pub end: u64,
     /// An earlier claimer's unconfirmed claim, handed over to start again.
     pub taken_over: bool,
-}
-
-impl StartClaim {
-    /// The chunks to start.
-    pub fn chunks(&self) -> Vec<u64> {
-        (self.first..self.end).collect()
-    }
+    /// The run the positions belong to: 0 for the parts' chunks, else the redrive's number.
+    pub run: u32,
+    /// The run's first position.
+    run_first: u64,
 }
 
 /// The batch item's start counters, as read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct StartCounters {
+pub(super) struct StartCounters {
     status: BatchStatus,
-    cancel_requested: bool,
+    stop: Option<Stop>,
+    redrive_count: u32,
+    redrive_first_position: u64,
     max_concurrency: Option<u32>,
     startable: Option<u64>,
     version: Option<u64>,
@@ -89,6 +95,25 @@ struct StartCounters {
     in_flight: i64,
     starting: Option<(u64, u64, Timestamp)>,
     total_chunks: u64,
+}
+
+impl StartCounters {
+    /// Where the next redrive's positions begin: past every position used so far.
+    pub(super) fn next_run_first(&self) -> u64 {
+        self.startable
+            .unwrap_or(0)
+            .max(self.started.unwrap_or(0))
+            .max(self.total_chunks)
+    }
+
+    /// The run positions `first..` belong to, and that run's first position.
+    fn run_of(&self, first: u64) -> (u32, u64) {
+        if self.redrive_count > 0 && first >= self.redrive_first_position {
+            (self.redrive_count, self.redrive_first_position)
+        } else {
+            (0, 0)
+        }
+    }
 }
 
 impl StartCounters {
@@ -116,7 +141,9 @@ impl StartCounters {
         Ok(Self {
             status: BatchStatus::from_name(status)
                 .ok_or_else(|| super::attributes::corrupt(STATUS))?,
-            cancel_requested: flag(item, CANCEL_REQUESTED),
+            stop: stop_of(item)?,
+            redrive_count: optional_number(item, REDRIVE_COUNT)?.unwrap_or(0),
+            redrive_first_position: optional_number(item, REDRIVE_FIRST_POSITION)?.unwrap_or(0),
             max_concurrency: optional_number(item, MAX_CONCURRENCY)?,
             startable: optional_number(item, STARTABLE_CHUNKS)?,
             version: optional_number(item, STARTABLE_VERSION)?,
@@ -163,7 +190,10 @@ fn frontier_move(startable: u64, ahead: &HashMap<u64, u64>, first: u64, end: u64
 
 /// How many chunks a claim may take now: free slots, chunks ready, at most `most`.
 fn claimable(counters: &StartCounters, default_limit: u32, most: u64) -> u64 {
-    if counters.cancel_requested || counters.status.is_terminal() {
+    if counters.stop.is_some()
+        || counters.status.is_terminal()
+        || counters.status == BatchStatus::Paused
+    {
         return 0;
     }
     let limit = i64::from(counters.max_concurrency.unwrap_or(default_limit));
@@ -184,7 +214,7 @@ fn unchanged(name: &str, placeholder: &str, read: Option<u64>) -> String {
 }
 
 impl DynamoStore {
-    async fn load_start_counters(
+    pub(super) async fn load_start_counters(
         &self,
         batch_id: &BatchId,
     ) -> Result<Option<StartCounters>, StoreError> {
@@ -339,10 +369,13 @@ impl DynamoStore {
                     // Its claimer is starting it now and claims again after.
                     return Ok(None);
                 }
+                let (run, run_first) = counters.run_of(first);
                 return Ok(Some(StartClaim {
                     first,
                     end,
                     taken_over: true,
+                    run,
+                    run_first,
                 }));
             }
             let count = claimable(&counters, default_limit, most);
@@ -362,7 +395,8 @@ impl DynamoStore {
                      {STARTING_TO} = :end, {STARTING_AT} = :now ADD {IN_FLIGHT} :count"
                 ))
                 .condition_expression(format!(
-                    "{} AND attribute_not_exists({STARTING_FROM}) AND {CANCEL_REQUESTED} = :no \
+                    "{} AND attribute_not_exists({STARTING_FROM}) AND attribute_not_exists({STOPPED_BY}) \
+                     AND #status <> :paused \
                      AND (attribute_not_exists({IN_FLIGHT}) OR {IN_FLIGHT} <= :room) AND {}",
                     unchanged(STARTED_CHUNKS, ":first", counters.started),
                     unchanged(
@@ -375,7 +409,8 @@ impl DynamoStore {
                 .expression_attribute_values(":first", n(first))
                 .expression_attribute_values(":now", n(Timestamp::now().0))
                 .expression_attribute_values(":count", n(count))
-                .expression_attribute_values(":no", AttributeValue::Bool(false))
+                .expression_attribute_names("#status", STATUS)
+                .expression_attribute_values(":paused", s(BatchStatus::Paused.as_str()))
                 .expression_attribute_values(":room", n(i64::from(limit) - count as i64));
             if counters.max_concurrency.is_some() {
                 update = update.expression_attribute_values(":limit", n(limit));
@@ -383,14 +418,59 @@ impl DynamoStore {
             self.meter.write(1);
             let sent = update.send().await;
             if conditional(sent, |e| e.is_conditional_check_failed_exception())?.is_some() {
+                let (run, run_first) = counters.run_of(first);
                 return Ok(Some(StartClaim {
                     first,
                     end,
                     taken_over: false,
+                    run,
+                    run_first,
                 }));
             }
         }
         Err(contended(format!("the slots of {batch_id}")))
+    }
+
+    /// The chunks a claim's positions stand for: the positions themselves for the parts'
+    /// chunks; for a redrive's, its chunks at those offsets, from its `redrive#` items.
+    pub async fn claimed_chunks(
+        &self,
+        batch_id: &BatchId,
+        claim: &StartClaim,
+    ) -> Result<Vec<u64>, StoreError> {
+        if claim.run == 0 {
+            return Ok((claim.first..claim.end).collect());
+        }
+        let from = claim.first - claim.run_first;
+        let until = claim.end - claim.run_first;
+        let mut chunks = Vec::new();
+        for page in from / REDRIVE_PAGE_CHUNKS..=(until - 1) / REDRIVE_PAGE_CHUNKS {
+            let item = self
+                .get_request_item(batch_id, redrive_sk(claim.run, page))
+                .await?
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "redrive {} of {batch_id} has no page {page}",
+                        claim.run
+                    ))
+                })?;
+            let page_first = page * REDRIVE_PAGE_CHUNKS;
+            let listed = text(&item, CHUNKS)?
+                .split(',')
+                .map(|chunk| {
+                    chunk
+                        .parse::<u64>()
+                        .map_err(|_| super::attributes::corrupt(CHUNKS))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            for (offset, chunk) in listed.into_iter().enumerate() {
+                let position = page_first + offset as u64;
+                if (from..until).contains(&position) {
+                    chunks.push(chunk);
+                }
+            }
+        }
+        Ok(chunks)
     }
 
     /// Confirms a claim's chunks started, so that nobody starts them again.
@@ -466,7 +546,9 @@ mod tests {
     fn counters(startable: u64, started: u64, in_flight: i64, limit: Option<u32>) -> StartCounters {
         StartCounters {
             status: BatchStatus::Running,
-            cancel_requested: false,
+            stop: None,
+            redrive_count: 0,
+            redrive_first_position: 0,
             max_concurrency: limit,
             startable: Some(startable),
             version: Some(1),
@@ -488,7 +570,7 @@ mod tests {
         // A batch counted from before slots were kept can run below zero: more room, not less.
         assert_eq!(claimable(&counters(10, 0, -2, Some(3)), 100, 500), 5);
         let mut cancelled = counters(10, 0, 0, Some(5));
-        cancelled.cancel_requested = true;
+        cancelled.stop = Some(Stop::Cancelled);
         assert_eq!(claimable(&cancelled, 100, 500), 0);
     }
 

@@ -6,6 +6,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::{load_batch, BatchRow};
 use crate::domain::{BatchId, BatchStatus, ItemOutcome, Timestamp};
 use crate::store::codec::{self, ChunkOutcomes};
+use crate::store::rules::{self, Progress, Stop};
 use crate::store::{Chunk, ChunkClaim, ChunkStage, RecordOutcome, StoreError, Unfinished};
 
 /// A chunk row with the seq of its batch.
@@ -188,8 +189,8 @@ pub(super) fn save_outcomes_and_record(
     Ok(RecordOutcome::Recorded(batch.batch))
 }
 
-/// Adds a recorded chunk's outcomes to its batch's counters, settling the batch on its last
-/// chunk.
+/// Adds a recorded chunk's outcomes to its batch's counters, stopping the batch when its
+/// failures exceed its budget, and settling it on its last chunk.
 fn count_chunk(
     conn: &Connection,
     batch: &mut BatchRow,
@@ -202,31 +203,10 @@ fn count_chunk(
     counts.cancelled_items += outcomes.count(codec::CANCELLED);
     counts.completed_chunks += 1;
     counts.updated_at = now;
-    if !counts.status.is_terminal() {
-        counts.status = BatchStatus::Running;
+    if let Some(reason) = rules::budget_stop(&batch.batch, batch.stop) {
+        batch.stop(conn, Stop::BudgetExceeded)?;
+        batch.batch.failure_reason = Some(reason);
     }
-    if batch.is_settled() && !batch.batch.status.is_terminal() {
-        batch.batch.status = BatchStatus::settled(
-            batch.cancel_requested,
-            batch.batch.succeeded_items,
-            batch.batch.failed_items,
-        );
-        batch.batch.completed_at = Some(now);
-    }
-    let counts = &batch.batch;
-    conn.prepare_cached(
-        "UPDATE batches SET status = ?2, succeeded_items = ?3, failed_items = ?4, completed_chunks = ?5, \
-         updated_at = ?6, completed_at = ?7, cancelled_items = ?8 WHERE seq = ?1",
-    )?
-    .execute(params![
-        batch.seq,
-        counts.status.as_str(),
-        counts.succeeded_items,
-        counts.failed_items,
-        counts.completed_chunks,
-        counts.updated_at.0,
-        counts.completed_at.map(|t| t.0),
-        counts.cancelled_items,
-    ])?;
-    Ok(())
+    batch.settle(Progress::ChunkRecorded, now);
+    batch.save(conn)
 }

@@ -193,9 +193,15 @@ impl ExecutionJournal for SqliteStore {
 
     async fn batch_slots(&self, batch_seq: i64) -> Result<BatchSlots, StoreError> {
         self.read(move |conn| {
+            // A paused batch has no room: its fresh starts wait until it is resumed.
             let limit: Option<u32> = conn
-                .prepare_cached("SELECT max_concurrency FROM batches WHERE seq = ?1")?
-                .query_row([batch_seq], |row| row.get(0))
+                .prepare_cached(
+                    "SELECT max_concurrency, status = 'PAUSED' FROM batches WHERE seq = ?1",
+                )?
+                .query_row([batch_seq], |row| {
+                    let paused: bool = row.get(1)?;
+                    Ok(if paused { Some(0) } else { row.get(0)? })
+                })
                 .optional()?
                 .flatten();
             let running: u64 = conn
