@@ -164,7 +164,10 @@ pub(crate) async fn wait_terminal(
 pub(crate) fn is_terminal(status: pb::BatchStatus) -> bool {
     !matches!(
         status,
-        pb::BatchStatus::Pending | pb::BatchStatus::Running | pb::BatchStatus::Unspecified
+        pb::BatchStatus::Pending
+            | pb::BatchStatus::Running
+            | pb::BatchStatus::Paused
+            | pb::BatchStatus::Unspecified
     )
 }
 
