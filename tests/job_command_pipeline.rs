@@ -635,3 +635,57 @@ async fn a_run_request_to_a_server_without_a_task_command_is_a_conflict() {
     assert!(message.contains("--task2-command"), "{message}");
     assert_eq!(database_fingerprint(&work.db()), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_runs_the_command_again_for_the_failed_items_only_under_new_job_names() {
+    let work = Work::new();
+    let server = work.serve(&[]);
+    let mut client = connect(server.grpc_addr).await;
+    let mut ids = uuids(3);
+    ids.insert(1, "bad-again".to_owned());
+    client
+        .submit_batch(submit_request("redriven-jobs", ids.clone(), 4))
+        .await
+        .unwrap();
+    let first = wait_terminal(&mut client, "redriven-jobs").await;
+    assert_eq!(first.status(), pb::BatchStatus::CompletedWithFailures);
+    let first_runs = work.runs("task2").len();
+    assert_eq!(first_runs, 1);
+
+    let redriven = client
+        .redrive_batch(pb::RedriveBatchRequest {
+            batch_id: "redriven-jobs".into(),
+            include_cancelled: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(redriven.redriven_items, 1);
+    let ended = wait_terminal(&mut client, "redriven-jobs").await;
+    assert_eq!(ended.status(), pb::BatchStatus::CompletedWithFailures);
+    assert_eq!((ended.succeeded_items, ended.failed_items), (3, 1));
+    assert_eq!(ended.redrive_count, 1);
+
+    let runs = work.runs("task2");
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let again = &runs[1];
+    assert_eq!(
+        again.items,
+        ["bad-again"],
+        "only the failed item runs again"
+    );
+    let batch_id = BatchId::parse("redriven-jobs").unwrap();
+    assert_ne!(
+        again.var("BATCH_MANAGER_JOB_NAME"),
+        Some(&*job_name(&batch_id, 0, 0, TaskName::Task2)),
+        "a redrive's job is named apart from the first run's"
+    );
+    let failed = outcomes(&mut client, "redriven-jobs")
+        .await
+        .into_iter()
+        .find(|(item, ..)| item == "bad-again")
+        .unwrap();
+    assert_eq!(failed.1, pb::ItemStatus::Failed);
+    assert_eq!(failed.2, "bad item bad-again");
+    assert_eq!(failed.3, 2, "one attempt per run");
+}

@@ -343,10 +343,12 @@ impl Steps {
                 _ => 0,
             };
             let settings = load_settings(store, batch_id).await?;
+            // A redriven chunk's jobs count on from its earlier runs', so that no job is
+            // named like one of theirs (a job is found again by its name).
             let spec = JobSpec {
                 batch_id: batch_id.clone(),
                 chunk: chunk.index,
-                attempt,
+                attempt: attempt + chunk.earlier_attempts,
                 task,
                 items: items.clone(),
                 labels: settings.labels(),

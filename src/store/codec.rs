@@ -230,6 +230,7 @@ impl ChunkOutcomes {
                 .collect(),
             states,
             attempts: self.attempts,
+            earlier_attempts: self.attempt_base,
         }
     }
 }

@@ -189,8 +189,10 @@ pub struct Chunk {
     pub items: Vec<ItemId>,
     /// One per item, in the same order.
     pub states: Vec<ItemState>,
-    /// The most task attempts any task made on this chunk.
+    /// The most task attempts any task made on this chunk in its current run.
     pub attempts: u32,
+    /// Task attempts of the chunk's runs before its last redrive (0 until one).
+    pub earlier_attempts: u32,
 }
 
 /// What a task sees when it asks to start a chunk.

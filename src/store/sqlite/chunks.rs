@@ -71,7 +71,7 @@ struct FullChunk {
 impl FullChunk {
     fn read(conn: &Connection, batch_id: &str, chunk: u64) -> Result<Option<Self>, StoreError> {
         conn.prepare_cached(
-            "SELECT b.seq, b.status, c.stage, c.item_ids, c.states, c.errors, c.attempts \
+            "SELECT b.seq, b.status, c.stage, c.item_ids, c.states, c.errors, c.attempts, c.attempt_base \
              FROM batches b JOIN chunks c ON c.batch_seq = b.seq WHERE b.batch_id = ?1 AND c.chunk = ?2",
         )?
         .query_row(params![batch_id, chunk], |row| {
@@ -82,16 +82,17 @@ impl FullChunk {
                 row.get::<_, String>(3)?,
                 row.get::<_, String>(4)?,
                 row.get::<_, Option<String>>(5)?,
-                row.get::<_, u32>(6)?,
+                (row.get::<_, u32>(6)?, row.get::<_, u32>(7)?),
             ))
         })
         .optional()?
         .map(
-            |(batch_seq, batch_status, stage, item_ids, states, errors, attempts)| {
+            |(batch_seq, batch_status, stage, item_ids, states, errors, (attempts, base))| {
                 Ok(Self {
                     batch_seq,
                     batch_status,
-                    outcomes: ChunkOutcomes::decode(&stage, states, errors.as_deref(), attempts)?,
+                    outcomes: ChunkOutcomes::decode(&stage, states, errors.as_deref(), attempts)?
+                        .with_attempt_base(base),
                     item_ids,
                 })
             },
