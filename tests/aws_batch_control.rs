@@ -6,61 +6,43 @@
 mod common;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use batch_manager::app::{AwsApp, AwsConfig};
 use batch_manager::domain::{BatchId, BatchStatus};
 use batch_manager::grpc::pb;
-use batch_manager::items_uri::s3::BucketPolicy;
+use batch_manager::grpc::pb::batch_manager_client::BatchManagerClient;
 use batch_manager::store::BatchStore;
 use common::lambda::{run_to_end, ChunkFunctions, MotoStack};
+use tonic::transport::Channel;
 
 const RUN_DEADLINE: Duration = Duration::from_secs(300);
 
-async fn serve(stack: &MotoStack) -> AwsApp {
-    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
-    AwsApp::spawn(
-        AwsConfig {
-            grpc_addr: loopback,
-            http_addr: loopback,
-            stack: stack.aws_settings(),
-            connections: batch_manager::config::ConnectionConfig::default(),
-            jobs: batch_manager::app::JobConfig::default(),
-            items_buckets: BucketPolicy::only_listed(""),
-        },
-        &stack.sdk_config,
-    )
-    .await
-    .expect("the server starts")
-}
-
-/// Half UUIDs, half not (the default task 1 fails those), interleaved.
-fn half_bad(count: usize) -> Vec<String> {
-    (0..count)
-        .map(|n| {
-            if n % 2 == 0 {
-                uuid::Uuid::new_v4().to_string()
-            } else {
-                format!("bad-{n}")
-            }
-        })
-        .collect()
+/// A stack on moto, its `init` and chunk functions, and a client of the admin service on it.
+async fn deploy(
+    prefix: &str,
+) -> (
+    MotoStack,
+    common::lambda::LambdaFunction,
+    Arc<ChunkFunctions>,
+    batch_manager::app::AwsApp,
+    BatchManagerClient<Channel>,
+) {
+    let stack = MotoStack::deploy(prefix).await;
+    let (init, functions) = tokio::join!(stack.function("init"), ChunkFunctions::start(&stack));
+    let app = stack.serve().await;
+    let client = common::connect(app.grpc_addr).await;
+    (stack, init, Arc::new(functions), app, client)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_budget_stops_a_batch_on_aws_and_a_redrive_runs_its_failed_chunks_as_new_executions() {
-    let stack = MotoStack::deploy("control-budget").await;
-    let (init, functions) = tokio::join!(stack.function("init"), ChunkFunctions::start(&stack));
-    let functions = Arc::new(functions);
-    let app = serve(&stack).await;
-    let mut client = common::connect(app.grpc_addr).await;
+    let (stack, init, functions, _app, mut client) = deploy("control-budget").await;
     client
         .submit_batch(pb::SubmitBatchRequest {
             max_concurrency: 1,
             tolerated_failure_percentage: Some(10),
-            ..common::submit_request("budget-on-aws", half_bad(100), 4)
+            ..common::submit_request("budget-on-aws", common::half_bad(100), 4)
         })
         .await
         .expect("SubmitBatch");
@@ -145,11 +127,7 @@ async fn a_budget_stops_a_batch_on_aws_and_a_redrive_runs_its_failed_chunks_as_n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_batch_on_aws_starts_nothing_until_it_is_resumed() {
-    let stack = MotoStack::deploy("control-pause").await;
-    let (init, functions) = tokio::join!(stack.function("init"), ChunkFunctions::start(&stack));
-    let functions = Arc::new(functions);
-    let app = serve(&stack).await;
-    let mut client = common::connect(app.grpc_addr).await;
+    let (stack, init, functions, _app, mut client) = deploy("control-pause").await;
     client
         .submit_batch(pb::SubmitBatchRequest {
             max_concurrency: 2,

@@ -9,14 +9,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use batch_manager::app::{AwsApp, AwsConfig};
 use batch_manager::domain::{BatchId, BatchStatus};
 use batch_manager::grpc::pb;
-use batch_manager::items_uri::s3::BucketPolicy;
 use batch_manager::store::BatchStore;
 use common::lambda::{
     fixture, http_reply, play_all_executions, run_to_end, ChunkFunctions, MotoStack, Round,
@@ -48,29 +45,12 @@ fn api_event(body: &Value) -> Value {
     event
 }
 
-async fn serve(stack: &MotoStack) -> AwsApp {
-    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
-    AwsApp::spawn(
-        AwsConfig {
-            grpc_addr: loopback,
-            http_addr: loopback,
-            stack: stack.aws_settings(),
-            connections: batch_manager::config::ConnectionConfig::default(),
-            jobs: batch_manager::app::JobConfig::default(),
-            items_buckets: BucketPolicy::only_listed(""),
-        },
-        &stack.sdk_config,
-    )
-    .await
-    .expect("the server starts")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_limited_to_five_never_runs_more_and_a_raise_to_twenty_widens_it() {
     let stack = MotoStack::deploy("scale-limit").await;
     let (init, functions) = tokio::join!(stack.function("init"), ChunkFunctions::start(&stack));
     let functions = Arc::new(functions);
-    let app = serve(&stack).await;
+    let app = stack.serve().await;
     let mut client = common::connect(app.grpc_addr).await;
     client
         .submit_batch(pb::SubmitBatchRequest {

@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use async_trait::async_trait;
 use batch_manager::domain::ItemOutcome;
 use batch_manager::grpc::pb;
 use batch_manager::pipeline::{ChunkTask, TaskError, TaskInput, Tasks};
+use common::process::cli;
 use common::*;
 use tonic::Code;
 
@@ -50,19 +50,6 @@ impl ChunkTask for Slow {
         tokio::time::sleep(self.0).await;
         Ok(vec![ItemOutcome::Succeeded; input.items.len()])
     }
-}
-
-/// Half the IDs are UUIDs, half are not (the default task 1 fails those), interleaved.
-fn half_bad(count: usize) -> Vec<String> {
-    (0..count)
-        .map(|n| {
-            if n % 2 == 0 {
-                uuid::Uuid::new_v4().to_string()
-            } else {
-                format!("not-a-uuid-{n}")
-            }
-        })
-        .collect()
 }
 
 /// How many of the batch's chunks are started or done, and how many are started and not
@@ -388,30 +375,6 @@ async fn settled_fingerprint_of(db: &Path, batch_id: &str) -> String {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     settled_fingerprint(db).await
-}
-
-fn run_cli(server: &str, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_batch-manager"))
-        .args(args)
-        .env("BATCH_MANAGER_SERVER", server)
-        .output()
-        .expect("run batch-manager");
-    (
-        output.status.success(),
-        String::from_utf8(output.stdout).expect("UTF-8"),
-        String::from_utf8(output.stderr).expect("UTF-8"),
-    )
-}
-
-async fn cli(server: &str, args: &[&str]) -> (bool, String, String) {
-    let server = server.to_owned();
-    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_cli(&server, &args)
-    })
-    .await
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

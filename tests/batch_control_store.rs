@@ -2,6 +2,7 @@
 //! server): the failure budget, pause and resume, and redrive, each exact under replay and
 //! concurrent requests.
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -522,29 +523,6 @@ async fn cancelling_a_redriven_batch_cancels_the_chunks_it_would_re_run(
         (3, 0, 1)
     );
     assert_listing_matches_counters(&*store, "recancel").await;
-}
-
-macro_rules! both_backends {
-    ($($behaviour:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $behaviour() {
-                    let (store, _directory) = super::sqlite_store().await;
-                    super::$behaviour(store).await;
-                }
-            )*
-        }
-        mod dynamodb {
-            $(
-                #[tokio::test]
-                async fn $behaviour() {
-                    let (store, _guard) = super::dynamo_store().await;
-                    super::$behaviour(store).await;
-                }
-            )*
-        }
-    };
 }
 
 both_backends!(

@@ -13,7 +13,7 @@ use batch_manager::grpc::pb::batch_manager_client::BatchManagerClient;
 use batch_manager::store::BatchStore;
 use common::lambda::{fixture, http_reply, MotoStack};
 use common::moto;
-use common::process::{Launch, ServerProcess};
+use common::process::{cli, Launch, ServerProcess};
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -544,25 +544,6 @@ async fn the_init_function_reads_listed_buckets_only_and_stores_the_batch() {
         .is_none());
 }
 
-/// Runs the CLI against `server`: whether it succeeded, its stdout and its stderr.
-async fn cli(server: String, args: &[&str]) -> (bool, String, String) {
-    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_batch-manager"))
-            .args(&args)
-            .env("BATCH_MANAGER_SERVER", server)
-            .output()
-            .expect("run batch-manager");
-        (
-            output.status.success(),
-            String::from_utf8(output.stdout).expect("UTF-8"),
-            String::from_utf8(output.stderr).expect("UTF-8"),
-        )
-    })
-    .await
-    .expect("the CLI ran")
-}
-
 #[tokio::test]
 async fn the_cli_submits_by_reference_and_checks_its_flags_before_sending() {
     let bucket = Bucket::create("cli").await;
@@ -574,7 +555,7 @@ async fn the_cli_submits_by_reference_and_checks_its_flags_before_sending() {
     let server = format!("http://{}", served.server.grpc_addr);
 
     let (ok, stdout, stderr) = cli(
-        server.clone(),
+        &server,
         &[
             "submit",
             "--items-uri",
@@ -612,7 +593,7 @@ async fn the_cli_submits_by_reference_and_checks_its_flags_before_sending() {
         ),
         (vec!["submit", "--items-format", "csv"], "required"),
     ] {
-        let (ok, _, stderr) = cli(server.clone(), &args).await;
+        let (ok, _, stderr) = cli(&server, &args).await;
         assert!(!ok, "{args:?}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }

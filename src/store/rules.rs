@@ -4,7 +4,7 @@
 //! happen once (a conditional write or one transaction).
 
 use super::AppendOutcome;
-use crate::domain::{Batch, BatchStatus, NewPart, MAX_REDRIVES};
+use crate::domain::{Batch, BatchId, BatchStatus, NewPart, MAX_REDRIVES};
 
 /// Why a batch stopped starting chunks before all of them ran; its settled status follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +98,16 @@ pub(crate) fn may_redrive(batch: &Batch) -> Result<(), Refusal> {
         )));
     }
     Ok(())
+}
+
+/// Why a redrive of `batch_id` has nothing to re-run.
+pub(crate) fn nothing_to_redrive(batch_id: &BatchId, include_cancelled: bool) -> Refusal {
+    let what = if include_cancelled {
+        "failed or cancelled items"
+    } else {
+        "failed items"
+    };
+    Refusal(format!("batch {batch_id} has no {what} to redrive"))
 }
 
 /// What a redrive takes back from a batch's counters: the items it re-runs, by the status

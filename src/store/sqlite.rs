@@ -822,14 +822,9 @@ fn redrive_batch(
         chunks.push(chunk);
     }
     if counts.is_empty() {
-        let what = if include_cancelled {
-            "failed or cancelled items"
-        } else {
-            "failed items"
-        };
-        return Ok(RedriveOutcome::Refused(format!(
-            "batch {batch_id} has no {what} to redrive"
-        )));
+        let rules::Refusal(reason) =
+            rules::nothing_to_redrive(&batch.batch.batch_id, include_cancelled);
+        return Ok(RedriveOutcome::Refused(reason));
     }
     counts.apply_to(&mut batch.batch, Timestamp::now());
     batch.stop = None;

@@ -475,6 +475,25 @@ impl MotoStack {
     }
 
     /// The store on this stack's tables.
+    /// The admin service on this stack (`serve --backend aws`), on loopback ports, reading
+    /// items objects from no bucket.
+    pub(crate) async fn serve(&self) -> batch_manager::app::AwsApp {
+        let loopback: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+        batch_manager::app::AwsApp::spawn(
+            batch_manager::app::AwsConfig {
+                grpc_addr: loopback,
+                http_addr: loopback,
+                stack: self.aws_settings(),
+                connections: batch_manager::config::ConnectionConfig::default(),
+                jobs: batch_manager::app::JobConfig::default(),
+                items_buckets: batch_manager::items_uri::s3::BucketPolicy::only_listed(""),
+            },
+            &self.sdk_config,
+        )
+        .await
+        .expect("the server starts")
+    }
+
     pub(crate) fn store(&self) -> batch_manager::store::dynamo::DynamoStore {
         batch_manager::store::dynamo::DynamoStore::new(
             aws_sdk_dynamodb::Client::new(&self.sdk_config),

@@ -2,6 +2,33 @@
 //! gRPC client, and ways to wait for a batch and to fingerprint the database.
 #![allow(dead_code)]
 
+/// One `#[tokio::test]` per behaviour and backend: `sqlite::<name>` and `dynamodb::<name>`,
+/// each calling `<name>(store)` with the store the test file's `sqlite_store()` or
+/// `dynamo_store()` opens (a guard returned beside it lives as long as the test).
+#[allow(unused_macros)]
+macro_rules! both_backends {
+    ($($behaviour:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $behaviour() {
+                    let (store, _guard) = super::sqlite_store().await;
+                    super::$behaviour(store).await;
+                }
+            )*
+        }
+        mod dynamodb {
+            $(
+                #[tokio::test]
+                async fn $behaviour() {
+                    let (store, _guard) = super::dynamo_store().await;
+                    super::$behaviour(store).await;
+                }
+            )*
+        }
+    };
+}
+
 pub(crate) mod aws_batch;
 pub(crate) mod lambda;
 pub(crate) mod moto;
@@ -208,6 +235,19 @@ pub(crate) fn seed_item_ids() -> Vec<String> {
         .expect("itemIds")
         .iter()
         .map(|id| id.as_str().expect("string").to_owned())
+        .collect()
+}
+
+/// Half UUIDs, half not (the built-in task 1 fails those), interleaved.
+pub(crate) fn half_bad(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|n| {
+            if n % 2 == 0 {
+                uuid::Uuid::new_v4().to_string()
+            } else {
+                format!("bad-{n}")
+            }
+        })
         .collect()
 }
 

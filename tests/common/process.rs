@@ -169,3 +169,29 @@ pub(crate) fn is_running(pid: i32) -> bool {
         .and_then(|(_, rest)| rest.split_whitespace().next());
     !matches!(state, Some("Z" | "X") | None)
 }
+
+/// Runs the CLI against `server`: whether it succeeded, its stdout and its stderr.
+pub(crate) fn run_cli(server: &str, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_batch-manager"))
+        .args(args)
+        .env("BATCH_MANAGER_SERVER", server)
+        .output()
+        .expect("run batch-manager");
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).expect("UTF-8"),
+        String::from_utf8(output.stderr).expect("UTF-8"),
+    )
+}
+
+/// [`run_cli`] on a blocking thread.
+pub(crate) async fn cli(server: &str, args: &[&str]) -> (bool, String, String) {
+    let server = server.to_owned();
+    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_cli(&server, &args)
+    })
+    .await
+    .expect("the CLI ran")
+}

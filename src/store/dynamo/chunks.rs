@@ -472,14 +472,7 @@ impl DynamoStore {
                 ));
             }
             state.outcomes.settle(unfinished);
-            let (item, unchanged, seen) = state.next_item(batch_id, chunk);
-            let units = write_units(&item);
-            let put_state = Put::builder()
-                .table_name(&self.tables.request_table)
-                .set_item(Some(item))
-                .condition_expression(unchanged)
-                .expression_attribute_values(":seen", n(seen))
-                .build()?;
+            let (put_state, units) = self.state_put(batch_id, chunk, &mut state)?;
             let count = Update::builder()
                 .table_name(&self.tables.batch_table)
                 .set_key(Some(batch_key(batch_id)))
@@ -503,7 +496,7 @@ impl DynamoStore {
                 .expression_attribute_values(":now", n(Timestamp::now().0))
                 .build()?;
             let writes = vec![
-                TransactWriteItem::builder().put(put_state).build(),
+                put_state,
                 TransactWriteItem::builder().update(count).build(),
             ];
             if self.transact(writes, units + 1).await? {
@@ -546,19 +539,10 @@ impl DynamoStore {
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":one", n(1))
             .build()?;
-        let batch_update = Update::builder()
-            .table_name(&self.tables.batch_table)
-            .set_key(Some(batch_key(batch_id)))
-            .update_expression(format!(
-                "ADD {CANCELLED_ITEMS} :items, {COMPLETED_CHUNKS} :chunks SET {UPDATED_AT} = :now"
-            ))
-            .expression_attribute_values(":items", n(counts.cancelled_items))
-            .expression_attribute_values(":chunks", n(counts.completed_chunks))
-            .expression_attribute_values(":now", n(Timestamp::now().0))
-            .build()?;
+        let batch_update = self.cancelled_count(batch_id, counts)?;
         let writes = vec![
             TransactWriteItem::builder().update(chunk_update).build(),
-            TransactWriteItem::builder().update(batch_update).build(),
+            batch_update,
         ];
         self.transact(writes, 2).await
     }
@@ -576,29 +560,10 @@ impl DynamoStore {
             return self.cancel_chunk(batch_id, chunk, uncounted).await;
         }
         state.outcomes.stage = ChunkStage::Cancelled;
-        let (item, unchanged, seen) = state.next_item(batch_id, chunk);
-        let units = write_units(&item);
-        let put_state = Put::builder()
-            .table_name(&self.tables.request_table)
-            .set_item(Some(item))
-            .condition_expression(unchanged)
-            .expression_attribute_values(":seen", n(seen))
-            .build()?;
+        let (put_state, units) = self.state_put(batch_id, chunk, &mut state)?;
         let counts = rules::cancelled_chunks(1, uncounted);
-        let batch_update = Update::builder()
-            .table_name(&self.tables.batch_table)
-            .set_key(Some(batch_key(batch_id)))
-            .update_expression(format!(
-                "ADD {CANCELLED_ITEMS} :items, {COMPLETED_CHUNKS} :chunks SET {UPDATED_AT} = :now"
-            ))
-            .expression_attribute_values(":items", n(counts.cancelled_items))
-            .expression_attribute_values(":chunks", n(counts.completed_chunks))
-            .expression_attribute_values(":now", n(Timestamp::now().0))
-            .build()?;
-        let writes = vec![
-            TransactWriteItem::builder().put(put_state).build(),
-            TransactWriteItem::builder().update(batch_update).build(),
-        ];
+        let batch_update = self.cancelled_count(batch_id, counts)?;
+        let writes = vec![put_state, batch_update];
         self.transact(writes, units + 1).await
     }
 
@@ -611,23 +576,54 @@ impl DynamoStore {
         chunk: u64,
         state: &mut ChunkStateRecord,
     ) -> Result<bool, StoreError> {
-        let (item, unchanged, seen) = state.next_item(batch_id, chunk);
-        let units = write_units(&item);
-        let put_state = Put::builder()
-            .table_name(&self.tables.request_table)
-            .set_item(Some(item))
-            .condition_expression(unchanged)
-            .expression_attribute_values(":seen", n(seen))
-            .build()?;
+        let (put_state, units) = self.state_put(batch_id, chunk, state)?;
         let drop_job = Delete::builder()
             .table_name(&self.tables.request_table)
             .set_key(Some(request_key(batch_id, job_sk(chunk))))
             .build()?;
         let writes = vec![
-            TransactWriteItem::builder().put(put_state).build(),
+            put_state,
             TransactWriteItem::builder().delete(drop_job).build(),
         ];
         self.transact(writes, units + 1).await
+    }
+
+    /// The transaction write that stores `state`'s next version of a chunk's state item, on
+    /// the condition that the stored state is still the one read; with its write units.
+    fn state_put(
+        &self,
+        batch_id: &BatchId,
+        chunk: u64,
+        state: &mut ChunkStateRecord,
+    ) -> Result<(TransactWriteItem, u64), StoreError> {
+        let (item, unchanged, seen) = state.next_item(batch_id, chunk);
+        let units = write_units(&item);
+        let put = Put::builder()
+            .table_name(&self.tables.request_table)
+            .set_item(Some(item))
+            .condition_expression(unchanged)
+            .expression_attribute_values(":seen", n(seen))
+            .build()?;
+        Ok((TransactWriteItem::builder().put(put).build(), units))
+    }
+
+    /// The transaction write that counts a cancelled chunk into its batch.
+    fn cancelled_count(
+        &self,
+        batch_id: &BatchId,
+        counts: rules::CancelCounts,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let update = Update::builder()
+            .table_name(&self.tables.batch_table)
+            .set_key(Some(batch_key(batch_id)))
+            .update_expression(format!(
+                "ADD {CANCELLED_ITEMS} :items, {COMPLETED_CHUNKS} :chunks SET {UPDATED_AT} = :now"
+            ))
+            .expression_attribute_values(":items", n(counts.cancelled_items))
+            .expression_attribute_values(":chunks", n(counts.completed_chunks))
+            .expression_attribute_values(":now", n(Timestamp::now().0))
+            .build()?;
+        Ok(TransactWriteItem::builder().update(update).build())
     }
 
     /// Replaces a chunk's state item (or stores its first) if the stored state is still the

@@ -54,14 +54,8 @@ impl DynamoStore {
             }
             let plan = self.plan_redrive(&record, include_cancelled).await?;
             if plan.counts.is_empty() {
-                let what = if include_cancelled {
-                    "failed or cancelled items"
-                } else {
-                    "failed items"
-                };
-                return Ok(RedriveOutcome::Refused(format!(
-                    "batch {batch_id} has no {what} to redrive"
-                )));
+                let Refusal(reason) = rules::nothing_to_redrive(batch_id, include_cancelled);
+                return Ok(RedriveOutcome::Refused(reason));
             }
             let run = record.batch.redrive_count + 1;
             self.write_redrive_pages(batch_id, run, &plan.chunks)
