@@ -6,6 +6,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use batch_manager::domain::{
     parse_item_ids, Batch, BatchId, BatchSize, BatchStatus, FailureBudget, ItemOutcome, ItemStatus,
@@ -584,5 +585,61 @@ async fn dynamodb_starts_hold_while_paused_and_follow_a_redrive() {
     assert_eq!(
         store.claimed_chunks(&batch_id, &claim).await.unwrap(),
         vec![1, 3]
+    );
+}
+
+/// A stop whose stopper died after marking the batch stopped, before cancelling its
+/// unstarted chunks, is finished by the schedule's sweep: the batch ends as the stop said.
+#[tokio::test]
+async fn dynamodb_a_stop_left_undone_is_finished_by_the_sweep() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use batch_manager::store::dynamo::{DynamoStore, DynamoTables};
+
+    let endpoint = moto::moto_endpoint().await;
+    let client = aws_sdk_dynamodb::Client::new(&moto::sdk_config(&endpoint).await);
+    let (batch_table, request_table) = moto::table_names("undone-stop");
+    moto::create_tables(&client, &batch_table, &request_table).await;
+    let store = DynamoStore::new(
+        client.clone(),
+        DynamoTables {
+            batch_table: batch_table.clone(),
+            request_table,
+        },
+    );
+    stored(&store, &whole_batch("undone", 6, 2)).await;
+    run_chunk(&store, "undone", 0, |_| false).await;
+    record(&store, "undone", 0).await;
+    // What the stopper wrote before it died: the batch stopped a while ago, no chunk cancelled.
+    let long_ago = batch_manager::domain::Timestamp::now().0 - 120_000_000;
+    client
+        .update_item()
+        .table_name(&batch_table)
+        .key("batchId", AttributeValue::S("undone".into()))
+        .update_expression("SET cancelRequested = :yes, stoppedBy = :cancel, stoppedAt = :then")
+        .expression_attribute_values(":yes", AttributeValue::Bool(true))
+        .expression_attribute_values(":cancel", AttributeValue::S("CANCEL".into()))
+        .expression_attribute_values(":then", AttributeValue::N(long_ago.to_string()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(batch(&store, "undone").await.status, BatchStatus::Running);
+    assert!(
+        !store
+            .finish_stop(&id("undone"), Duration::from_secs(600))
+            .await
+            .unwrap(),
+        "a recent stop is left to its stopper"
+    );
+    assert!(store.finish_stop(&id("undone"), STALE_CLAIM).await.unwrap());
+    let ended = batch(&store, "undone").await;
+    assert_eq!(ended.status, BatchStatus::Cancelled);
+    assert_eq!(
+        (ended.succeeded_items, ended.cancelled_items),
+        (2, 4),
+        "{ended:?}"
+    );
+    assert!(
+        !store.finish_stop(&id("undone"), STALE_CLAIM).await.unwrap(),
+        "an ended batch needs nothing"
     );
 }

@@ -284,6 +284,15 @@ impl ChunkStarter {
                     tracing::error!(batch_id = %batch_id, error = %err, "the sweep could not check the batch's parts")
                 }
             }
+            match self.store.finish_stop(batch_id, self.stale_after).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    tracing::warn!(batch_id = %batch_id, "finished a stop its requester left undone")
+                }
+                Err(err) => {
+                    tracing::error!(batch_id = %batch_id, error = %err, "the sweep could not finish a stop")
+                }
+            }
             match self.fill(batch_id).await {
                 Ok(count) => started += count,
                 Err(err) => {

@@ -40,6 +40,10 @@ pub(super) const TOLERATED_COUNT: &str = "toleratedFailureCount";
 pub(super) const FAILURE_REASON: &str = "failureReason";
 /// Why the batch stopped starting chunks in its current run (`CANCEL` or `BUDGET`).
 pub(super) const STOPPED_BY: &str = "stoppedBy";
+/// When the current run's stop was requested.
+pub(super) const STOPPED_AT: &str = "stoppedAt";
+/// Set once a stop has cancelled every chunk no task started.
+pub(super) const STOP_SWEPT: &str = "stopSwept";
 /// Times the batch was redriven.
 pub(super) const REDRIVE_COUNT: &str = "redriveCount";
 /// Whether the last redrive re-ran cancelled items too.

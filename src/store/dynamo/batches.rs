@@ -10,8 +10,8 @@ use super::attributes::{
     s, text, Item, BATCH_ID, BATCH_SIZE, CANCELLED_ITEMS, CANCEL_REQUESTED, COMPLETED_AT,
     COMPLETED_CHUNKS, CREATED_AT, CREATED_KEY, FAILED_ITEMS, FAILURE_REASON, LIST_PARTITION,
     LIST_PARTITION_VALUE, MAX_CONCURRENCY, RECEIVED_ITEMS, REDRIVE_COUNT,
-    REDRIVE_INCLUDES_CANCELLED, STATUS, STOPPED_BY, SUCCEEDED_ITEMS, TOLERATED_COUNT,
-    TOLERATED_PERCENTAGE, TOTAL_CHUNKS, TOTAL_ITEMS, UPDATED_AT,
+    REDRIVE_INCLUDES_CANCELLED, STATUS, STOPPED_AT, STOPPED_BY, STOP_SWEPT, SUCCEEDED_ITEMS,
+    TOLERATED_COUNT, TOLERATED_PERCENTAGE, TOTAL_CHUNKS, TOTAL_ITEMS, UPDATED_AT,
 };
 use super::starts::{IN_FLIGHT, STARTABLE_CHUNKS, STARTED_CHUNKS};
 use super::writes::{conditional, unavailable, write_units};
@@ -35,6 +35,10 @@ pub(super) struct BatchRecord {
     pub(super) stop: Option<Stop>,
     /// Whether the last redrive re-ran cancelled items too.
     pub(super) redrive_includes_cancelled: bool,
+    /// When the current run's stop was requested, and whether it has cancelled every chunk
+    /// no task started.
+    stopped_at: Option<Timestamp>,
+    stop_swept: bool,
 }
 
 /// Why a batch item's current run stopped. Items written before stops were named hold only
@@ -80,6 +84,8 @@ impl BatchRecord {
             cancel_requested: flag(item, CANCEL_REQUESTED),
             stop: stop_of(item)?,
             redrive_includes_cancelled: flag(item, REDRIVE_INCLUDES_CANCELLED),
+            stopped_at: optional_number(item, STOPPED_AT)?.map(Timestamp),
+            stop_swept: flag(item, STOP_SWEPT),
         })
     }
 
@@ -314,9 +320,46 @@ impl DynamoStore {
             .buffer_unordered(CANCELS_IN_FLIGHT)
             .try_collect::<Vec<bool>>()
             .await?;
+        if !record.stop_swept {
+            self.meter.write(1);
+            let sent = self
+                .client
+                .update_item()
+                .table_name(&self.tables.batch_table)
+                .set_key(Some(batch_key(batch_id)))
+                .update_expression(format!("SET {STOP_SWEPT} = :yes"))
+                .condition_expression(format!("attribute_exists({STOPPED_BY})"))
+                .expression_attribute_values(":yes", flag_value(true))
+                .send()
+                .await;
+            // A failed condition: a redrive cleared the stop meanwhile, nothing to mark.
+            conditional(sent, |e| e.is_conditional_check_failed_exception())?;
+        }
         Ok(CancelOutcome::Cancelled(
             self.settle(batch_id, Progress::CountersChanged).await?,
         ))
+    }
+
+    /// Finishes a stop whose stopper died before it cancelled every chunk no task started
+    /// (a stop older than `after` that is not marked swept); whether it did.
+    pub async fn finish_stop(
+        &self,
+        batch_id: &BatchId,
+        after: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let Some(record) = self.load_batch(batch_id).await? else {
+            return Ok(false);
+        };
+        let (Some(stop), Some(stopped_at)) = (record.stop, record.stopped_at) else {
+            return Ok(false);
+        };
+        let age = Timestamp::now().0.saturating_sub(stopped_at.0);
+        if record.stop_swept || record.batch.status.is_terminal() || age < after.as_micros() as i64
+        {
+            return Ok(false);
+        }
+        self.stop_batch(batch_id, stop, None).await?;
+        Ok(true)
     }
 
     /// Marks a batch stopped unless it is already; the answer when there is nothing more to
@@ -353,7 +396,8 @@ impl DynamoStore {
                 .table_name(&self.tables.batch_table)
                 .set_key(Some(batch_key(batch_id)))
                 .update_expression(format!(
-                    "SET {CANCEL_REQUESTED} = :yes, {STOPPED_BY} = :stop, {UPDATED_AT} = :now{reason_update} \
+                    "SET {CANCEL_REQUESTED} = :yes, {STOPPED_BY} = :stop, {STOPPED_AT} = :now, \
+                     {UPDATED_AT} = :now{reason_update} \
                      ADD {CANCELLED_ITEMS} :never_received"
                 ))
                 .condition_expression(format!(

@@ -18,7 +18,8 @@ use aws_sdk_dynamodb::types::ReturnValue;
 use super::attributes::{
     batch_key, flag_value, n, redrive_sk, request_key, s, text, RequestKey, CANCELLED_ITEMS,
     CHUNKS, COMPLETED_AT, COMPLETED_CHUNKS, FAILED_ITEMS, FAILURE_REASON, ITEM_IDS, REDRIVE_COUNT,
-    REDRIVE_FIRST_POSITION, REDRIVE_INCLUDES_CANCELLED, STATUS, STOPPED_BY, UPDATED_AT,
+    REDRIVE_FIRST_POSITION, REDRIVE_INCLUDES_CANCELLED, STATUS, STOPPED_AT, STOPPED_BY, STOP_SWEPT,
+    UPDATED_AT,
 };
 use super::batches::BatchRecord;
 use super::chunks::ChunkStateRecord;
@@ -153,7 +154,7 @@ impl DynamoStore {
                  {REDRIVE_INCLUDES_CANCELLED} = :include, {REDRIVE_FIRST_POSITION} = :first, \
                  {STARTED_CHUNKS} = :first, {STARTABLE_CHUNKS} = :startable, {IN_FLIGHT} = :zero, \
                  {UPDATED_AT} = :now \
-                 REMOVE {COMPLETED_AT}, {STOPPED_BY}, {FAILURE_REASON}, {STARTING_FROM}, \
+                 REMOVE {COMPLETED_AT}, {STOPPED_BY}, {STOPPED_AT}, {STOP_SWEPT}, {FAILURE_REASON}, {STARTING_FROM}, \
                  {STARTING_TO}, {STARTING_AT} \
                  ADD {FAILED_ITEMS} :failed, {CANCELLED_ITEMS} :cancelled, {COMPLETED_CHUNKS} :chunks"
             ))
