@@ -529,10 +529,11 @@ impl DynamoStore {
         self.put_request_item(item).await
     }
 
-    /// The batches that may have chunks waiting for a slot: PENDING and RUNNING ones.
+    /// The batches that have not ended: PENDING and RUNNING ones, which may have chunks
+    /// waiting for a slot, and PAUSED ones, whose stop may be left to finish.
     pub async fn unfinished_batches(&self) -> Result<Vec<BatchId>, StoreError> {
         let mut batches = Vec::new();
-        for status in [BatchStatus::Pending, BatchStatus::Running] {
+        for status in [BatchStatus::Pending, BatchStatus::Running, BatchStatus::Paused] {
             batches.extend(self.batch_ids_with_status(status).await?);
         }
         Ok(batches)
