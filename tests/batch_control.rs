@@ -325,6 +325,20 @@ async fn bad_control_requests_are_refused_and_write_nothing() {
         })
         .await
         .unwrap();
+    let running = test
+        .client
+        .redrive_batch(pb::RedriveBatchRequest {
+            batch_id: "held".into(),
+            include_cancelled: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(running.code(), Code::FailedPrecondition);
+    assert!(
+        running.message().contains("is RUNNING") || running.message().contains("is PENDING"),
+        "{running:?}"
+    );
+    assert_eq!(test.status("held").await.redrive_count, 0);
     test.client
         .pause_batch(pb::PauseBatchRequest {
             batch_id: "held".into(),

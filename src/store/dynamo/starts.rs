@@ -533,7 +533,11 @@ impl DynamoStore {
     /// waiting for a slot, and PAUSED ones, whose stop may be left to finish.
     pub async fn unfinished_batches(&self) -> Result<Vec<BatchId>, StoreError> {
         let mut batches = Vec::new();
-        for status in [BatchStatus::Pending, BatchStatus::Running, BatchStatus::Paused] {
+        for status in [
+            BatchStatus::Pending,
+            BatchStatus::Running,
+            BatchStatus::Paused,
+        ] {
             batches.extend(self.batch_ids_with_status(status).await?);
         }
         Ok(batches)
