@@ -1,9 +1,15 @@
 //! The domain: batch and item identifiers, batch parts, statuses and outcomes.
 //! Values are parsed once at the edge and trusted everywhere after; nothing here does I/O.
 
+mod callback;
+
 use std::fmt;
 
 use sha2::{Digest, Sha256};
+
+pub use self::callback::{
+    Callback, CallbackStatus, CallbackUrl, CallbackUrlError, MAX_CALLBACK_URL_BYTES,
+};
 
 /// Longest batch or item ID, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
@@ -366,6 +372,8 @@ pub struct NewPart {
     /// Chunk executions of the batch allowed in flight at once; `None` keeps the batch's
     /// (or, for a new batch, the deployment's default).
     pub max_concurrency: Option<u32>,
+    /// Where the batch's final status is POSTed; `None` keeps the batch's.
+    pub callback_url: Option<CallbackUrl>,
 }
 
 impl NewPart {
@@ -389,12 +397,19 @@ impl NewPart {
             part_number,
             items,
             max_concurrency: None,
+            callback_url: None,
         })
     }
 
     /// This part, setting the batch's limit on chunk executions in flight.
     pub fn with_max_concurrency(mut self, max_concurrency: Option<u32>) -> Self {
         self.max_concurrency = max_concurrency;
+        self
+    }
+
+    /// This part, setting the batch's callback URL.
+    pub fn with_callback_url(mut self, callback_url: Option<CallbackUrl>) -> Self {
+        self.callback_url = callback_url;
         self
     }
 
@@ -594,6 +609,8 @@ pub struct Batch {
     pub completed_at: Option<Timestamp>,
     /// Chunk executions allowed in flight at once; `None` is the deployment's default.
     pub max_concurrency: Option<u32>,
+    /// The completion callback and its delivery.
+    pub callback: Callback,
 }
 
 impl Batch {

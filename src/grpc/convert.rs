@@ -12,8 +12,9 @@ use super::client::{BatchSubmission, Submitted};
 use super::pb;
 use crate::domain::{
     parse_count, parse_item_ids, parse_max_concurrency, Batch, BatchId, BatchSize, BatchSizeError,
-    BatchStatus, CountError, IdError, ItemId, ItemIdsError, ItemRecord, ItemStatus,
-    MaxConcurrencyError, NewPart, PartError, Timestamp,
+    BatchStatus, Callback, CallbackStatus, CallbackUrl, CallbackUrlError, CountError, IdError,
+    ItemId, ItemIdsError, ItemRecord, ItemStatus, MaxConcurrencyError, NewPart, PartError,
+    Timestamp,
 };
 use crate::items_uri::{ItemsError, ReferenceRule};
 use crate::pipeline::Accepted;
@@ -57,6 +58,8 @@ pub enum FieldRule {
     MaxConcurrency(#[from] MaxConcurrencyError),
     #[error(transparent)]
     Part(#[from] PartError),
+    #[error(transparent)]
+    CallbackUrl(#[from] CallbackUrlError),
     #[error("must be between 1 and {max}, or 0 for the default ({default})")]
     PageSize { max: u32, default: u32 },
     /// `what` names the enum with its article: "a BatchStatus".
@@ -124,6 +127,16 @@ fn batch_size(raw: u32) -> Result<BatchSize, FieldError> {
 
 fn max_concurrency(raw: u32) -> Result<Option<u32>, FieldError> {
     parse_max_concurrency(u64::from(raw)).map_err(|rule| FieldError::new("max_concurrency", rule))
+}
+
+/// The contract's "empty means none" for a callback URL.
+fn callback_url(raw: String) -> Result<Option<CallbackUrl>, FieldError> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    CallbackUrl::parse(raw)
+        .map(Some)
+        .map_err(|rule| FieldError::new("callback_url", rule))
 }
 
 fn count(raw: u64, field: &str) -> Result<u64, FieldError> {
@@ -292,10 +305,11 @@ impl TryFrom<pb::SubmitBatchRequest> for NewPart {
         };
         let batch_size = batch_size(request.batch_size)?;
         let limit = max_concurrency(request.max_concurrency)?;
+        let callback = callback_url(request.callback_url)?;
         let items = parse_item_ids(request.item_ids).map_err(FieldError::item_ids)?;
         let total = items.len() as u64;
         NewPart::new(batch_id, total, batch_size, 1, items)
-            .map(|part| part.with_max_concurrency(limit))
+            .map(|part| part.with_max_concurrency(limit).with_callback_url(callback))
             .map_err(|err| FieldError::part(err, "item_ids"))
     }
 }
@@ -309,6 +323,10 @@ impl From<NewPart> for pb::AppendBatchItemsRequest {
             part_number: part.part_number,
             item_ids: part.items.into_iter().map(ItemId::into_string).collect(),
             max_concurrency: part.max_concurrency.unwrap_or(0),
+            callback_url: part
+                .callback_url
+                .map(|url| url.as_str().to_owned())
+                .unwrap_or_default(),
         }
     }
 }
@@ -322,9 +340,10 @@ impl TryFrom<pb::AppendBatchItemsRequest> for NewPart {
         let part_number = count(request.part_number, "part_number")?;
         let batch_size = batch_size(request.batch_size)?;
         let limit = max_concurrency(request.max_concurrency)?;
+        let callback = callback_url(request.callback_url)?;
         let items = parse_item_ids(request.item_ids).map_err(FieldError::item_ids)?;
         NewPart::new(batch_id, total_items, batch_size, part_number, items)
-            .map(|part| part.with_max_concurrency(limit))
+            .map(|part| part.with_max_concurrency(limit).with_callback_url(callback))
             .map_err(|err| FieldError::part(err, "total_items"))
     }
 }
@@ -457,8 +476,52 @@ impl From<&Batch> for pb::Batch {
             received_items: batch.received_items,
             batch_size: batch.batch_size,
             max_concurrency: batch.max_concurrency.unwrap_or(0),
+            callback_url: batch
+                .callback
+                .url
+                .as_ref()
+                .map(|url| url.as_str().to_owned())
+                .unwrap_or_default(),
+            callback_status: pb::CallbackStatus::from(batch.callback.status) as i32,
+            callback_attempts: batch.callback.attempts,
+            callback_last_error: batch.callback.last_error.clone().unwrap_or_default(),
         }
     }
+}
+
+impl From<CallbackStatus> for pb::CallbackStatus {
+    fn from(status: CallbackStatus) -> Self {
+        match status {
+            CallbackStatus::None => Self::None,
+            CallbackStatus::Pending => Self::Pending,
+            CallbackStatus::Delivered => Self::Delivered,
+            CallbackStatus::Failed => Self::Failed,
+        }
+    }
+}
+
+/// A batch's callback as a response carries it; an unknown status reads as NONE, since
+/// older servers send none at all.
+fn callback(batch: &pb::Batch) -> Result<Callback, FieldError> {
+    let status = match pb::CallbackStatus::try_from(batch.callback_status) {
+        Ok(pb::CallbackStatus::Pending) => CallbackStatus::Pending,
+        Ok(pb::CallbackStatus::Delivered) => CallbackStatus::Delivered,
+        Ok(pb::CallbackStatus::Failed) => CallbackStatus::Failed,
+        Ok(pb::CallbackStatus::None | pb::CallbackStatus::Unspecified) | Err(_) => {
+            CallbackStatus::None
+        }
+    };
+    let url = match batch.callback_url.as_str() {
+        "" => None,
+        raw => Some(CallbackUrl::parse(raw).map_err(|rule| FieldError::new("callback_url", rule))?),
+    };
+    Ok(Callback {
+        url,
+        status,
+        attempts: batch.callback_attempts,
+        last_error: (!batch.callback_last_error.is_empty())
+            .then(|| batch.callback_last_error.clone()),
+    })
 }
 
 /// `pending_items` is not read: the domain derives it from the other counters.
@@ -466,6 +529,7 @@ impl TryFrom<pb::Batch> for Batch {
     type Error = FieldError;
 
     fn try_from(batch: pb::Batch) -> Result<Self, FieldError> {
+        let callback = callback(&batch)?;
         Ok(Self {
             batch_id: batch_id(batch.batch_id)?,
             status: batch_status(batch.status)?,
@@ -485,6 +549,7 @@ impl TryFrom<pb::Batch> for Batch {
                 .transpose()
                 .map_err(|rule| FieldError::new("completed_at", rule))?,
             max_concurrency: (batch.max_concurrency > 0).then_some(batch.max_concurrency),
+            callback,
         })
     }
 }

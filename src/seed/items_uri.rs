@@ -4,7 +4,9 @@
 
 use serde_json::{Map, Value};
 
-use super::{batch_id, batch_size, field, max_concurrency, Reply, SeedError, SeedRule};
+use super::{
+    batch_id, batch_size, callback_url, field, max_concurrency, Reply, SeedError, SeedRule,
+};
 use crate::items_uri::s3::ObjectReader;
 use crate::items_uri::{
     BatchByReference, ItemsFormat, ItemsReference, ItemsUri, ReadError, ReferenceRule,
@@ -62,6 +64,7 @@ pub(super) fn parse(body: &Map<String, Value>) -> Result<BatchByReference, SeedE
         batch_size,
         items,
         max_concurrency: max_concurrency(body)?,
+        callback_url: callback_url(body)?,
     })
 }
 
@@ -96,6 +99,7 @@ pub(super) async fn handle(
         Err(FromUriError::Intake(
             IntakeError::Conflict(reason) | IntakeError::Rejected(reason),
         )) => Reply::message(409, reason),
+        Err(FromUriError::Intake(IntakeError::CallbacksDisabled)) => Reply::callbacks_disabled(),
         Err(FromUriError::Intake(err)) => Reply::failure(&err),
     }
 }

@@ -7,6 +7,8 @@ use super::AppendOutcome;
 use crate::domain::{Batch, BatchStatus, NewPart};
 
 /// What the rules say about a new part, given what is stored.
+// One per part stored, never kept: boxing the refusal would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PartVerdict {
     /// Store it.
@@ -221,6 +223,7 @@ mod tests {
             updated_at: Timestamp(0),
             completed_at: None,
             max_concurrency: None,
+            callback: Default::default(),
         }
     }
 

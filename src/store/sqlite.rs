@@ -11,6 +11,7 @@ mod chunks;
 pub(crate) mod floor;
 mod jobs;
 mod journal;
+mod outbox;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -30,7 +31,10 @@ use super::{
     AppendOutcome, BadPageToken, BatchQuery, BatchStore, CancelOutcome, Chunk, ChunkClaim,
     ChunkStage, ItemQuery, ListError, Page, RecordOutcome, StoreError, Unfinished,
 };
-use crate::domain::{Batch, BatchId, BatchStatus, ItemOutcome, ItemRecord, NewPart, Timestamp};
+use crate::domain::{
+    Batch, BatchId, BatchStatus, Callback, CallbackStatus, CallbackUrl, ItemOutcome, ItemRecord,
+    NewPart, Timestamp,
+};
 
 /// [`Unfinished`] that can move to the writer thread.
 enum OwnedUnfinished {
@@ -85,7 +89,11 @@ CREATE TABLE IF NOT EXISTS batches (
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
     completed_at INTEGER,
-    max_concurrency INTEGER
+    max_concurrency INTEGER,
+    callback_url TEXT,
+    callback_status TEXT NOT NULL DEFAULT 'NONE',
+    callback_attempts INTEGER NOT NULL DEFAULT 0,
+    callback_last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status, seq);
 CREATE TABLE IF NOT EXISTS parts (
@@ -145,8 +153,21 @@ CREATE INDEX IF NOT EXISTS executions_sleeping ON executions (wake_at, batch_seq
 /// Columns added to a table after databases were first written with it: `(table, column,
 /// declaration)`. `CREATE TABLE IF NOT EXISTS` leaves an older table as it was, so each is
 /// added when missing.
-const ADDED_COLUMNS: [(&str, &str, &str); 1] =
-    [("batches", "max_concurrency", "max_concurrency INTEGER")];
+const ADDED_COLUMNS: [(&str, &str, &str); 5] = [
+    ("batches", "max_concurrency", "max_concurrency INTEGER"),
+    ("batches", "callback_url", "callback_url TEXT"),
+    (
+        "batches",
+        "callback_status",
+        "callback_status TEXT NOT NULL DEFAULT 'NONE'",
+    ),
+    (
+        "batches",
+        "callback_attempts",
+        "callback_attempts INTEGER NOT NULL DEFAULT 0",
+    ),
+    ("batches", "callback_last_error", "callback_last_error TEXT"),
+];
 
 /// Brings a database written by an earlier version up to [`SCHEMA`].
 fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
@@ -168,7 +189,8 @@ macro_rules! batch_columns {
     () => {
         "seq, batch_id, status, total_items, received_items, succeeded_items, failed_items, \
          cancelled_items, total_chunks, completed_chunks, batch_size, cancel_requested, \
-         created_at, updated_at, completed_at, max_concurrency"
+         created_at, updated_at, completed_at, max_concurrency, callback_url, callback_status, \
+         callback_attempts, callback_last_error"
     };
 }
 const BATCH_COLUMNS: &str = batch_columns!();
@@ -214,6 +236,23 @@ impl BatchRow {
                 updated_at: Timestamp(row.get(13)?),
                 completed_at: row.get::<_, Option<i64>>(14)?.map(Timestamp),
                 max_concurrency: row.get(15)?,
+                callback: Callback {
+                    url: row
+                        .get::<_, Option<String>>(16)?
+                        .map(CallbackUrl::from_trusted),
+                    status: {
+                        let name: String = row.get(17)?;
+                        CallbackStatus::from_name(&name).ok_or_else(|| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                17,
+                                rusqlite::types::Type::Text,
+                                format!("unknown callback status {name:?}").into(),
+                            )
+                        })?
+                    },
+                    attempts: row.get(18)?,
+                    last_error: row.get(19)?,
+                },
             },
         })
     }
@@ -285,6 +324,7 @@ impl SqliteStore {
             .map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
         add_missing_columns(&conn).map_err(unavailable)?;
+        conn.execute_batch(outbox::SCHEMA).map_err(unavailable)?;
 
         let (changed, changes) = watch::channel(0u64);
         let staged = Arc::new(Staged::default());
@@ -385,15 +425,16 @@ fn append_part(conn: &Connection, part: &NewPart) -> Result<AppendOutcome, Store
         Some(row) => row,
         None => {
             conn.prepare_cached(
-                "INSERT INTO batches (batch_id, status, total_items, received_items, batch_size, created_at, updated_at, max_concurrency) \
-                 VALUES (?1, 'PENDING', ?2, 0, ?3, ?4, ?4, ?5)",
+                "INSERT INTO batches (batch_id, status, total_items, received_items, batch_size, created_at, updated_at, max_concurrency, callback_url) \
+                 VALUES (?1, 'PENDING', ?2, 0, ?3, ?4, ?4, ?5, ?6)",
             )?
             .execute(params![
                 part.batch_id.as_str(),
                 part.total_items,
                 part.batch_size.get(),
                 now.0,
-                part.max_concurrency
+                part.max_concurrency,
+                part.callback_url.as_ref().map(CallbackUrl::as_str)
             ])?;
             load_batch_by_seq(conn, conn.last_insert_rowid())?
         }
@@ -630,6 +671,12 @@ fn cancel_batch(conn: &Connection, batch_id: &str) -> Result<CancelOutcome, Stor
         counts.updated_at.0,
         counts.completed_at.map(|t| t.0),
     ])?;
+    if batch.batch.status.is_terminal() {
+        // The outbox trigger set the callback's state.
+        return Ok(CancelOutcome::Cancelled(
+            load_batch_by_seq(conn, batch.seq)?.batch,
+        ));
+    }
     Ok(CancelOutcome::Cancelled(batch.batch))
 }
 
@@ -787,6 +834,20 @@ impl BatchStore for SqliteStore {
         self.write(move |conn| {
             conn.prepare_cached("UPDATE batches SET max_concurrency = ?2 WHERE batch_id = ?1")?
                 .execute(params![batch_id.as_str(), max_concurrency])?;
+            Ok(load_batch(conn, batch_id.as_str())?.map(|row| row.batch))
+        })
+        .await
+    }
+
+    async fn set_callback_url(
+        &self,
+        batch_id: &BatchId,
+        url: &CallbackUrl,
+    ) -> Result<Option<Batch>, StoreError> {
+        let (batch_id, url) = (batch_id.clone(), url.clone());
+        self.write(move |conn| {
+            conn.prepare_cached("UPDATE batches SET callback_url = ?2 WHERE batch_id = ?1")?
+                .execute(params![batch_id.as_str(), url.as_str()])?;
             Ok(load_batch(conn, batch_id.as_str())?.map(|row| row.batch))
         })
         .await

@@ -47,6 +47,7 @@ impl TryFrom<pb::SubmitBatchRequest> for Submission {
         };
         let batch_size = batch_size(request.batch_size)?;
         let max_concurrency = super::max_concurrency(request.max_concurrency)?;
+        let callback_url = super::callback_url(request.callback_url)?;
         let uri = ItemsUri::parse(&request.items_uri)
             .map_err(|rule| FieldError::new("items_uri", rule))?;
         let format = items_format(request.items_format)
@@ -58,6 +59,7 @@ impl TryFrom<pb::SubmitBatchRequest> for Submission {
             batch_size,
             items,
             max_concurrency,
+            callback_url,
         }))
     }
 }

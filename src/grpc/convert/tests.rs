@@ -28,6 +28,12 @@ fn sample_batch(completed_at: Option<Timestamp>) -> Batch {
         updated_at: Timestamp(1_700_000_000_123_456),
         completed_at,
         max_concurrency: Some(4),
+        callback: Callback {
+            url: Some(CallbackUrl::parse("https://example.com/hook").unwrap()),
+            status: CallbackStatus::Pending,
+            attempts: 3,
+            last_error: Some("HTTP 503".to_owned()),
+        },
     }
 }
 

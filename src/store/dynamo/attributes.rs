@@ -33,6 +33,12 @@ pub(super) const UPDATED_AT: &str = "updatedAt";
 pub(super) const COMPLETED_AT: &str = "completedAt";
 /// The batch's limit on chunk executions in flight; absent for the deployment's default.
 pub(super) const MAX_CONCURRENCY: &str = "maxConcurrency";
+/// The batch's callback URL; absent when it has none.
+pub(super) const CALLBACK_URL: &str = "callbackUrl";
+/// The delivery of the batch's last terminal transition: status, attempts, last error.
+pub(super) const CALLBACK_STATUS: &str = "callbackStatus";
+pub(super) const CALLBACK_ATTEMPTS: &str = "callbackAttempts";
+pub(super) const CALLBACK_LAST_ERROR: &str = "callbackLastError";
 /// Sort key of both listing indexes: creation time, then batch ID.
 pub(super) const CREATED_KEY: &str = "createdKey";
 /// Partition key of `by-created`: the same value on every batch.

@@ -11,10 +11,15 @@ use super::attributes::{
     CREATED_AT, CREATED_KEY, FAILED_ITEMS, LIST_PARTITION, LIST_PARTITION_VALUE, MAX_CONCURRENCY,
     RECEIVED_ITEMS, STATUS, SUCCEEDED_ITEMS, TOTAL_CHUNKS, TOTAL_ITEMS, UPDATED_AT,
 };
+use super::attributes::{
+    optional_text, CALLBACK_ATTEMPTS, CALLBACK_LAST_ERROR, CALLBACK_STATUS, CALLBACK_URL,
+};
 use super::starts::{IN_FLIGHT, STARTABLE_CHUNKS, STARTED_CHUNKS};
 use super::writes::{conditional, unavailable, write_units};
 use super::{contended, DynamoStore, OPTIMISTIC_ATTEMPTS};
-use crate::domain::{Batch, BatchId, BatchStatus, NewPart, Timestamp};
+use crate::domain::{
+    Batch, BatchId, BatchStatus, Callback, CallbackStatus, CallbackUrl, NewPart, Timestamp,
+};
 use crate::store::rules::{self, CancelRequest, Progress};
 use crate::store::{CancelOutcome, StoreError};
 
@@ -49,6 +54,17 @@ impl BatchRecord {
                 updated_at: Timestamp(number(item, UPDATED_AT)?),
                 completed_at: optional_number(item, COMPLETED_AT)?.map(Timestamp),
                 max_concurrency: optional_number(item, MAX_CONCURRENCY)?,
+                callback: Callback {
+                    url: optional_text(item, CALLBACK_URL)
+                        .map(|url| CallbackUrl::from_trusted(url.to_owned())),
+                    status: match optional_text(item, CALLBACK_STATUS) {
+                        None => CallbackStatus::None,
+                        Some(name) => CallbackStatus::from_name(name)
+                            .ok_or_else(|| corrupt(CALLBACK_STATUS))?,
+                    },
+                    attempts: optional_number(item, CALLBACK_ATTEMPTS)?.unwrap_or(0),
+                    last_error: optional_text(item, CALLBACK_LAST_ERROR).map(str::to_owned),
+                },
             },
             cancel_requested: flag(item, CANCEL_REQUESTED),
         })
@@ -79,10 +95,15 @@ impl BatchRecord {
         let limit = part
             .max_concurrency
             .map(|limit| (MAX_CONCURRENCY.to_owned(), n(limit)));
+        let callback = part
+            .callback_url
+            .as_ref()
+            .map(|url| (CALLBACK_URL.to_owned(), s(url.as_str())));
         attributes
             .into_iter()
             .map(|(name, value)| (name.to_owned(), value))
             .chain(limit)
+            .chain(callback)
             .collect::<HashMap<_, _>>()
     }
 }
@@ -153,6 +174,26 @@ impl DynamoStore {
                 .await?
                 .ok_or_else(|| StoreError::Unavailable("batch vanished while created".into())),
         }
+    }
+
+    /// Sets a batch's callback URL; false when there is no such batch.
+    pub(super) async fn write_callback_url(
+        &self,
+        batch_id: &BatchId,
+        url: &CallbackUrl,
+    ) -> Result<bool, StoreError> {
+        self.meter.write(1);
+        let sent = self
+            .client
+            .update_item()
+            .table_name(&self.tables.batch_table)
+            .set_key(Some(batch_key(batch_id)))
+            .condition_expression(format!("attribute_exists({BATCH_ID})"))
+            .update_expression(format!("SET {CALLBACK_URL} = :url"))
+            .expression_attribute_values(":url", s(url.as_str()))
+            .send()
+            .await;
+        Ok(conditional(sent, |e| e.is_conditional_check_failed_exception())?.is_some())
     }
 
     /// Moves a batch to the status `progress` leads to (only one caller wins); returns the

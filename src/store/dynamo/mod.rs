@@ -51,6 +51,7 @@ mod batches;
 mod chunks;
 mod jobs;
 mod listing;
+mod outbox;
 mod parts;
 mod starts;
 mod writes;
@@ -67,7 +68,7 @@ use super::{
     AppendOutcome, BatchQuery, BatchStore, CancelOutcome, Chunk, ChunkClaim, ItemQuery, ListError,
     Page, RecordOutcome, StoreError, Unfinished,
 };
-use crate::domain::{Batch, BatchId, ItemOutcome, ItemRecord, NewPart};
+use crate::domain::{Batch, BatchId, CallbackUrl, ItemOutcome, ItemRecord, NewPart};
 use writes::Meter;
 
 /// Attempts of an optimistic read-modify-write before reporting contention.
@@ -175,6 +176,17 @@ impl BatchStore for DynamoStore {
             return Ok(None);
         }
         self.note_limit_changed(batch_id).await?;
+        self.get_batch(batch_id).await
+    }
+
+    async fn set_callback_url(
+        &self,
+        batch_id: &BatchId,
+        url: &CallbackUrl,
+    ) -> Result<Option<Batch>, StoreError> {
+        if !self.write_callback_url(batch_id, url).await? {
+            return Ok(None);
+        }
         self.get_batch(batch_id).await
     }
 

@@ -3,7 +3,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{load_batch, BatchRow};
+use super::{load_batch, load_batch_by_seq, BatchRow};
 use crate::domain::{BatchId, BatchStatus, ItemOutcome, Timestamp};
 use crate::store::codec::{self, ChunkOutcomes};
 use crate::store::{Chunk, ChunkClaim, ChunkStage, RecordOutcome, StoreError, Unfinished};
@@ -205,7 +205,8 @@ fn count_chunk(
     if !counts.status.is_terminal() {
         counts.status = BatchStatus::Running;
     }
-    if batch.is_settled() && !batch.batch.status.is_terminal() {
+    let settles = batch.is_settled() && !batch.batch.status.is_terminal();
+    if settles {
         batch.batch.status = BatchStatus::settled(
             batch.cancel_requested,
             batch.batch.succeeded_items,
@@ -228,5 +229,9 @@ fn count_chunk(
         counts.completed_at.map(|t| t.0),
         counts.cancelled_items,
     ])?;
+    if settles {
+        // The outbox trigger set the callback's state.
+        *batch = load_batch_by_seq(conn, batch.seq)?;
+    }
     Ok(())
 }
