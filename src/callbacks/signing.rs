@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::store::DeliveryKey;
 
 /// The secret callbacks are signed with. Never shown: its `Debug` says only that it is set.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SigningSecret(Vec<u8>);
 
 /// Why a secret was refused.

@@ -28,11 +28,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::callbacks::Deliverer;
 use crate::domain::BatchId;
 use crate::engine::stepfunctions::StepFunctionsOrchestrator;
 use crate::pipeline::{Orchestrator, OrchestratorError};
 use crate::store::dynamo::DynamoStore;
-use crate::store::StoreError;
+use crate::store::{DeliveryKey, StoreError};
 
 /// Chunks one claim takes at most: their starts end far inside a claim's timeout.
 const CLAIM_MOST: u64 = 500;
@@ -56,6 +57,8 @@ pub(crate) struct ChunkStarter {
     default_limit: u32,
     /// How long a claim may stay unconfirmed before its chunks are started again.
     stale_after: Duration,
+    /// Delivers completion callbacks from the outbox records the stream brings.
+    deliverer: Option<Deliverer>,
 }
 
 /// What one record asks for.
@@ -65,6 +68,8 @@ enum Change {
     PartWritten { first: u64, end: u64 },
     /// A chunk was recorded (its slot freed), or the batch's limit changed.
     RoomMayHaveChanged,
+    /// An outbox record was written: deliver it.
+    Deliver(DeliveryKey),
 }
 
 /// A stream record, as far as this module reads it.
@@ -132,6 +137,14 @@ fn classify(change: &StreamChange) -> Option<(BatchId, Change)> {
         return (is_numbered(rest) && string_attribute(image, "stage") == Some("RECORDED"))
             .then_some((batch_id, Change::RoomMayHaveChanged));
     }
+    if sk.starts_with(crate::store::dynamo::OUTBOX_PREFIX) {
+        // Only the record's insert: later writes are the delivery's own.
+        if number_attribute(image, "attempts") != Some(0) {
+            return None;
+        }
+        let key = crate::store::dynamo::delivery_key(batch_id.clone(), sk)?;
+        return Some((batch_id, Change::Deliver(key)));
+    }
     (sk == crate::store::dynamo::LIMIT_CHANGED_SK).then_some((batch_id, Change::RoomMayHaveChanged))
 }
 
@@ -192,7 +205,14 @@ impl ChunkStarter {
             orchestrator,
             default_limit,
             stale_after,
+            deliverer: None,
         }
+    }
+
+    /// This starter, also delivering completion callbacks.
+    pub(crate) fn with_deliverer(mut self, deliverer: Deliverer) -> Self {
+        self.deliverer = Some(deliverer);
+        self
     }
 
     /// Starts the batch's chunks while it has free slots; how many it started.
@@ -253,10 +273,23 @@ impl ChunkStarter {
     }
 
     async fn apply(&self, batch_id: &BatchId, changes: &[Change]) -> Result<(), StartError> {
+        let mut room = false;
         for change in changes {
-            if let Change::PartWritten { first, end } = change {
-                self.store.mark_startable(batch_id, *first, *end).await?;
+            match change {
+                Change::PartWritten { first, end } => {
+                    self.store.mark_startable(batch_id, *first, *end).await?;
+                    room = true;
+                }
+                Change::RoomMayHaveChanged => room = true,
+                Change::Deliver(key) => {
+                    if let Some(deliverer) = &self.deliverer {
+                        deliverer.attempt_key(key).await?;
+                    }
+                }
             }
+        }
+        if !room {
+            return Ok(());
         }
         let started = self.fill(batch_id).await?;
         if started > 0 {
@@ -294,7 +327,18 @@ impl ChunkStarter {
         if started > 0 {
             tracing::warn!(started, "the sweep started chunks the stream had not");
         }
+        let callbacks_due = match &self.deliverer {
+            Some(deliverer) => match deliverer.deliver_due().await {
+                Ok(due) => due,
+                Err(err) => {
+                    tracing::error!(error = %err, "the sweep could not deliver due callbacks");
+                    0
+                }
+            },
+            None => 0,
+        };
         Ok(json!({
+            "callbacksDue": callbacks_due,
             "batches": batches.len(),
             "started": started,
             "failed": failed,

@@ -113,7 +113,6 @@ pub(crate) struct BatchSnapshot {
     callback_url: Option<String>,
 }
 
-#[allow(dead_code)]
 impl BatchSnapshot {
     pub(crate) fn of(batch: &Batch) -> Self {
         Self {

@@ -89,6 +89,27 @@ pub(super) fn chunk_sk(chunk: u64) -> String {
     format!("chunk#{chunk:020}")
 }
 
+// `outbox#<completedAt>` items: one per terminal transition to deliver.
+/// The batch as the transition left it (the outbox snapshot's JSON).
+pub(super) const SNAPSHOT: &str = "snapshot";
+pub(super) const DELIVERY_STATUS: &str = "deliveryStatus";
+pub(super) const LAST_ERROR: &str = "lastError";
+pub(super) const EVENT_SENT: &str = "eventSent";
+/// When the record is next due; with [`DUE_PARTITION`], only on pending records, so the
+/// `by-due` index (keys only) lists exactly the records still to deliver.
+pub(super) const DUE_AT: &str = "dueAt";
+pub(super) const DUE_PARTITION: &str = "duePartition";
+pub(super) const DUE_PARTITION_VALUE: &str = "due";
+/// Keys-only index of the request table on (`duePartition`, `dueAt`).
+pub(super) const BY_DUE_INDEX: &str = "by-due";
+
+/// The sort-key prefix of outbox records.
+pub const OUTBOX_PREFIX: &str = "outbox#";
+
+pub(super) fn outbox_sk(completed_at: i64) -> String {
+    format!("{OUTBOX_PREFIX}{completed_at:020}")
+}
+
 /// The sort-key prefix of chunks' job records.
 pub(super) const JOB_PREFIX: &str = "job#";
 /// The sort key of a batch's job settings.

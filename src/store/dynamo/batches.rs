@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::ReturnValue;
+use aws_sdk_dynamodb::types::{ReturnValue, TransactWriteItem, Update};
 use futures::{stream, StreamExt, TryStreamExt};
 
 use super::attributes::{
@@ -226,6 +226,9 @@ impl DynamoStore {
         read: &Batch,
         next: BatchStatus,
     ) -> Result<Option<Batch>, StoreError> {
+        if next.is_terminal() && self.wants_outbox(read) {
+            return self.finish_with_outbox(read, next).await;
+        }
         let now = Timestamp::now();
         let completed = if next.is_terminal() {
             format!(", {COMPLETED_AT} = :now")
@@ -258,6 +261,63 @@ impl DynamoStore {
                 Ok(BatchRecord::from_item(&item)?.batch)
             })
             .transpose()
+    }
+
+    /// [`Self::move_status`] to a terminal status, and the transition's outbox record, in one
+    /// transaction. The condition also holds the callback URL read, which the record carries.
+    async fn finish_with_outbox(
+        &self,
+        read: &Batch,
+        next: BatchStatus,
+    ) -> Result<Option<Batch>, StoreError> {
+        let now = Timestamp::now();
+        let mut after = read.clone();
+        after.status = next;
+        after.updated_at = now;
+        after.completed_at = Some(now);
+        let (put_outbox, outbox_units) = self.outbox_put(&after)?;
+        let (url_condition, callback_update) = match &read.callback.url {
+            Some(_) => (
+                format!("{CALLBACK_URL} = :url"),
+                format!(
+                    ", {CALLBACK_STATUS} = :pending, {CALLBACK_ATTEMPTS} = :zero REMOVE {CALLBACK_LAST_ERROR}"
+                ),
+            ),
+            None => (format!("attribute_not_exists({CALLBACK_URL})"), String::new()),
+        };
+        let mut update = Update::builder()
+            .table_name(&self.tables.batch_table)
+            .set_key(Some(batch_key(&read.batch_id)))
+            .update_expression(format!(
+                "SET #status = :next, {UPDATED_AT} = :now, {COMPLETED_AT} = :now{callback_update}"
+            ))
+            .condition_expression(format!(
+                "#status = :current AND {COMPLETED_CHUNKS} = :completed AND {url_condition}"
+            ))
+            .expression_attribute_names("#status", STATUS)
+            .expression_attribute_values(":current", s(read.status.as_str()))
+            .expression_attribute_values(":next", s(next.as_str()))
+            .expression_attribute_values(":completed", n(read.completed_chunks))
+            .expression_attribute_values(":now", n(now.0));
+        if let Some(url) = &read.callback.url {
+            update = update
+                .expression_attribute_values(":url", s(url.as_str()))
+                .expression_attribute_values(":pending", s(CallbackStatus::Pending.as_str()))
+                .expression_attribute_values(":zero", n(0));
+        }
+        let writes = vec![
+            TransactWriteItem::builder().update(update.build()?).build(),
+            put_outbox,
+        ];
+        if !self.transact(writes, 1 + outbox_units).await? {
+            return Ok(None);
+        }
+        if read.callback.url.is_some() {
+            after.callback.status = CallbackStatus::Pending;
+            after.callback.attempts = 0;
+            after.callback.last_error = None;
+        }
+        Ok(Some(after))
     }
 
     /// Cancels a batch: marks it cancelled (counting the items never received, once), then

@@ -44,7 +44,15 @@
 //! One file per concern: `attributes` (names and conversions), `writes` (metered,
 //! conditional and batched writes), `batches` (the batch item, its status and cancel), `parts`
 //! (storing a part), `chunks` (chunk items and their lifecycle), `starts` (which chunks may
-//! start, and each batch's slots), `jobs` (external job records), `listing` (the list calls).
+//! start, and each batch's slots), `jobs` (external job records), `listing` (the list calls),
+//! `outbox` (completion callbacks to deliver).
+//!
+//! Completion callbacks: the conditional write that turns a batch terminal becomes a
+//! transaction that also puts `outbox#<completedAt>` in the request table when the batch has a
+//! callback URL (or completion events are on); a replay fails the status condition and puts
+//! nothing. The item's insert reaches `init` through the stream, which delivers it; pending
+//! items carry `duePartition`/`dueAt`, so the schedule finds due ones through the sparse
+//! `by-due` index without a scan.
 
 mod attributes;
 mod batches;
@@ -56,6 +64,8 @@ mod parts;
 mod starts;
 mod writes;
 
+pub use attributes::OUTBOX_PREFIX;
+pub use outbox::delivery_key;
 pub use starts::{StartClaim, LIMIT_CHANGED_SK, STALE_CLAIM};
 
 use std::sync::Arc;
@@ -107,6 +117,9 @@ pub struct DynamoStore {
     client: aws_sdk_dynamodb::Client,
     tables: Arc<DynamoTables>,
     meter: Arc<Meter>,
+    /// Whether every batch's terminal transition gets an outbox record (completion events
+    /// are on), not only those of batches with a callback URL.
+    completion_events: bool,
 }
 
 impl DynamoStore {
@@ -128,7 +141,15 @@ impl DynamoStore {
             client: aws_sdk_dynamodb::Client::from_conf(config),
             tables: Arc::new(tables),
             meter: Arc::new(Meter::default()),
+            completion_events: false,
         }
+    }
+
+    /// This store, writing an outbox record for every batch's terminal transition, for its
+    /// completion event.
+    pub fn with_completion_events(mut self, on: bool) -> Self {
+        self.completion_events = on;
+        self
     }
 
     /// What this store has sent so far.
