@@ -597,3 +597,200 @@ async fn a_replayed_update_writes_no_second_outbox_record() {
     assert!(matches!(cancelled, CancelOutcome::AlreadyTerminal(_)));
     assert_eq!(store.due_deliveries(far, 10).await.unwrap(), due);
 }
+
+/// An SQS queue in moto, over SQS's JSON protocol (no SQS client is compiled in).
+struct MotoQueue {
+    endpoint: String,
+    url: String,
+    arn: String,
+}
+
+impl MotoQueue {
+    async fn call(endpoint: &str, action: &str, body: Value) -> Value {
+        let response = reqwest::Client::new()
+            .post(endpoint)
+            .header("content-type", "application/x-amz-json-1.0")
+            .header("x-amz-target", format!("AmazonSQS.{action}"))
+            .header(
+                "authorization",
+                "AWS4-HMAC-SHA256 Credential=testing/20240101/us-east-1/sqs/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("SQS request");
+        assert!(response.status().is_success(), "SQS {action}: {response:?}");
+        response.json().await.expect("SQS JSON answer")
+    }
+
+    async fn create(endpoint: &str, name: &str) -> Self {
+        let created = Self::call(endpoint, "CreateQueue", json!({"QueueName": name})).await;
+        let url = created["QueueUrl"].as_str().expect("QueueUrl").to_owned();
+        let attributes = Self::call(
+            endpoint,
+            "GetQueueAttributes",
+            json!({"QueueUrl": url, "AttributeNames": ["QueueArn"]}),
+        )
+        .await;
+        let arn = attributes["Attributes"]["QueueArn"]
+            .as_str()
+            .expect("QueueArn")
+            .to_owned();
+        Self {
+            endpoint: endpoint.to_owned(),
+            url,
+            arn,
+        }
+    }
+
+    /// Every message waiting, received once.
+    async fn drain(&self) -> Vec<Value> {
+        let mut messages = Vec::new();
+        loop {
+            let page = Self::call(
+                &self.endpoint,
+                "ReceiveMessage",
+                json!({"QueueUrl": self.url, "MaxNumberOfMessages": 10, "VisibilityTimeout": 3600}),
+            )
+            .await;
+            let received = page["Messages"].as_array().cloned().unwrap_or_default();
+            if received.is_empty() {
+                return messages;
+            }
+            for message in received {
+                messages.push(
+                    serde_json::from_str(message["Body"].as_str().expect("Body"))
+                        .expect("an event"),
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_aws_the_terminal_transition_is_posted_and_put_as_an_event_once() {
+    use batch_manager::domain::{BatchId, CallbackStatus};
+    use batch_manager::store::BatchStore;
+    use common::lambda::{fixture, http_reply, run_to_end, ChunkFunctions, MotoStack};
+
+    let receiver = Receiver::start(Vec::new()).await;
+    let stack = MotoStack::deploy("callbacks").await;
+    let queue = MotoQueue::create(&stack.endpoint, "batch-finished-events").await;
+    let events = aws_sdk_eventbridge::Client::new(&stack.sdk_config);
+    events
+        .put_rule()
+        .name("batch-finished-aws-hook")
+        .event_pattern(
+            json!({"source": ["batch-manager"], "detail-type": ["Batch Finished"],
+                   "detail": {"batchId": ["aws-hook"]}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("PutRule");
+    events
+        .put_targets()
+        .rule("batch-finished-aws-hook")
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("queue")
+                .arn(&queue.arn)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("PutTargets");
+
+    let on = |extra: &[(&str, &str)]| -> Vec<(String, String)> {
+        extra
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect()
+    };
+    let init_env = on(&[("CALLBACK_SECRET", SECRET), ("COMPLETION_EVENTS", "true")]);
+    let chunk_env = on(&[("COMPLETION_EVENTS", "true")]);
+    let (init, functions) = tokio::join!(
+        stack.function_with("init", &init_env),
+        ChunkFunctions::start_with(&stack, &chunk_env)
+    );
+    let mut event = fixture("apigw-v2-seed.json");
+    event["body"] = Value::String(
+        json!({"batchId": "aws-hook", "totalItems": 4, "batchSize": 2, "currentBatch": 1,
+               "itemIds": uuids(4), "callbackUrl": receiver.url()})
+        .to_string(),
+    );
+    event["isBase64Encoded"] = json!(false);
+    let (status, reply) = http_reply(init.invoke(event).await);
+    assert_eq!(status, 200, "{reply}");
+
+    let batch_id = BatchId::parse("aws-hook").unwrap();
+    let ended = run_to_end(
+        &stack,
+        &init,
+        Arc::new(functions),
+        &batch_id,
+        BATCH_DEADLINE,
+        |_| {},
+    )
+    .await;
+    assert_eq!(ended.status, batch_manager::domain::BatchStatus::Completed);
+
+    let store = stack.store();
+    let deadline = Instant::now() + DELIVERY_DEADLINE;
+    let delivered = loop {
+        stack.deliver_stream(&init).await;
+        let batch = store.get_batch(&batch_id).await.unwrap().unwrap();
+        if batch.callback.status == CallbackStatus::Delivered {
+            break batch;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never delivered: {batch:?}\n{}",
+            init.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(delivered.callback.attempts, 1);
+    let received = receiver.wait_for("aws-hook", 1).await;
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert!(received[0].signature_is_valid());
+    assert_eq!(received[0].json()["status"], "COMPLETED");
+    assert!(!init.logs().contains(SECRET), "the secret was logged");
+
+    // The outbox record's insert, delivered again (as a retried stream batch would), and a
+    // sweep of the schedule: neither sends anything more.
+    let key = batch_manager::store::DeliveryKey {
+        batch_id: batch_id.clone(),
+        completed_at: delivered.completed_at.unwrap(),
+    };
+    let sk = format!("outbox#{:020}", key.completed_at.0);
+    let replayed = json!({"Records": [{
+        "eventID": "1", "eventName": "INSERT", "eventSource": "aws:dynamodb",
+        "awsRegion": "us-east-1",
+        "dynamodb": {"SequenceNumber": "1", "StreamViewType": "NEW_IMAGE",
+                     "Keys": {"batchId": {"S": "aws-hook"}, "sk": {"S": sk}},
+                     "NewImage": {"attempts": {"N": "0"}}}}]});
+    let answer = init
+        .invoke(replayed)
+        .await
+        .expect("init handles the replay");
+    assert_eq!(answer["batchItemFailures"], json!([]));
+    let sweep = init
+        .invoke(json!({"source": "aws.events", "detail-type": "Scheduled Event"}))
+        .await
+        .expect("init sweeps");
+    assert_eq!(sweep["callbacksDue"], 0, "{sweep}");
+    assert_eq!(receiver.received_for("aws-hook").len(), 1);
+
+    let messages = queue.drain().await;
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let event = &messages[0];
+    assert_eq!(event["source"], "batch-manager");
+    assert_eq!(event["detail-type"], "Batch Finished");
+    assert_eq!(
+        event["detail"]["deliveryId"],
+        received[0].delivery_id.as_str()
+    );
+    assert_eq!(event["detail"]["status"], "COMPLETED");
+}
