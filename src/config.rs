@@ -169,6 +169,10 @@ pub(crate) struct CallbackArgs {
     /// How often due callbacks are looked for.
     #[arg(long, hide = true, default_value = "1s", value_parser = humantime::parse_duration)]
     pub(crate) callback_poll: Duration,
+    /// With --backend aws on a stack that puts completion events (its CompletionNotification
+    /// is eventbridge or both): every batch this server ends (a cancel) gets one.
+    #[arg(long, env = "COMPLETION_EVENTS", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    pub(crate) completion_events: bool,
 }
 
 impl CallbackArgs {
@@ -199,6 +203,7 @@ impl CallbackArgs {
                 max_age: self.callback_max_age,
             },
             poll: self.callback_poll,
+            completion_events: self.completion_events,
         })
     }
 }

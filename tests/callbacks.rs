@@ -160,6 +160,7 @@ fn fast_settings() -> CallbackSettings {
             max_age: Duration::from_secs(3600),
         },
         poll: Duration::from_millis(50),
+        completion_events: false,
     }
 }
 

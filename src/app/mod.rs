@@ -227,7 +227,8 @@ impl AwsApp {
         let store = DynamoStore::new(
             aws_sdk_dynamodb::Client::new(sdk_config),
             config.stack.tables.clone(),
-        );
+        )
+        .with_completion_events(callbacks.completion_events);
         let shared_store: Arc<dyn BatchStore> = Arc::new(store.clone());
         // No engine runs here, so the commands never run; AWS Batch runners stop jobs on cancel.
         let job_config = JobConfig {

@@ -30,10 +30,9 @@ pub use self::signing::{delivery_id, SecretTooShort, SigningSecret, MIN_SECRET_B
 use crate::domain::Timestamp;
 use crate::store::{AttemptResult, Delivery, DeliveryKey, OutboxStore, StoreError};
 
-/// Records read per sweep of due deliveries.
-const SWEEP_BATCH: usize = 100;
-/// Attempts in flight at once in one sweep that waits for them.
-const ATTEMPTS_IN_FLIGHT: usize = 16;
+/// Records read per sweep of due deliveries, all attempted at once: a sweep that waits for
+/// its attempts (the Lambda schedule) takes at most one attempt's time.
+const SWEEP_BATCH: usize = 64;
 
 /// How callbacks are delivered.
 #[derive(Debug, Clone)]
@@ -46,6 +45,9 @@ pub struct CallbackSettings {
     pub retry: RetrySchedule,
     /// How often `serve` looks for due deliveries.
     pub poll: Duration,
+    /// Whether every batch's end gets an outbox record, for its completion event (a server
+    /// on a stack whose `CompletionNotification` includes EventBridge).
+    pub completion_events: bool,
 }
 
 impl Default for CallbackSettings {
@@ -55,6 +57,7 @@ impl Default for CallbackSettings {
             timeout: Duration::from_secs(10),
             retry: RetrySchedule::default(),
             poll: Duration::from_secs(1),
+            completion_events: false,
         }
     }
 }
@@ -217,7 +220,7 @@ impl Deliverer {
         let count = due.len();
         let failures = futures::stream::iter(due)
             .map(|delivery| async move { self.attempt(&delivery).await })
-            .buffer_unordered(ATTEMPTS_IN_FLIGHT)
+            .buffer_unordered(SWEEP_BATCH)
             .filter_map(|outcome| async move { outcome.err() })
             .collect::<Vec<_>>()
             .await;

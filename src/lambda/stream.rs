@@ -247,6 +247,7 @@ impl ChunkStarter {
     /// whose handling failed (`batchItemFailures`), for Lambda to retry from.
     pub(crate) async fn handle_stream(&self, event: StreamEvent) -> Value {
         let mut batches: Vec<(BatchId, String, Vec<Change>)> = Vec::new();
+        let mut deliveries = Vec::new();
         for record in event.records {
             if record.event_source != "aws:dynamodb" {
                 continue;
@@ -257,12 +258,16 @@ impl ChunkStarter {
             let Some((batch_id, what)) = classify(&change) else {
                 continue;
             };
+            if let Change::Deliver(key) = what {
+                deliveries.push((key, change.sequence_number));
+                continue;
+            }
             match batches.iter_mut().find(|(id, ..)| *id == batch_id) {
                 Some((_, _, changes)) => changes.push(what),
                 None => batches.push((batch_id, change.sequence_number, vec![what])),
             }
         }
-        let mut failures = Vec::new();
+        let mut failures = self.deliver(deliveries).await;
         for (batch_id, first_sequence, changes) in batches {
             if let Err(err) = self.apply(&batch_id, &changes).await {
                 tracing::error!(batch_id = %batch_id, error = %err, "starting chunks failed; the stream retries");
@@ -272,24 +277,33 @@ impl ChunkStarter {
         json!({ "batchItemFailures": failures })
     }
 
-    async fn apply(&self, batch_id: &BatchId, changes: &[Change]) -> Result<(), StartError> {
-        let mut room = false;
-        for change in changes {
-            match change {
-                Change::PartWritten { first, end } => {
-                    self.store.mark_startable(batch_id, *first, *end).await?;
-                    room = true;
-                }
-                Change::RoomMayHaveChanged => room = true,
-                Change::Deliver(key) => {
-                    if let Some(deliverer) = &self.deliverer {
-                        deliverer.attempt_key(key).await?;
-                    }
+    /// Attempts the outbox records the stream brought, all at once, so that slow receivers
+    /// add up to one attempt's time, not one per record; the failures to report.
+    async fn deliver(&self, deliveries: Vec<(DeliveryKey, String)>) -> Vec<Value> {
+        let Some(deliverer) = &self.deliverer else {
+            return Vec::new();
+        };
+        let attempts = deliveries.into_iter().map(|(key, sequence)| async move {
+            match deliverer.attempt_key(&key).await {
+                Ok(()) => None,
+                Err(err) => {
+                    tracing::error!(batch_id = %key.batch_id, error = %err, "a completion callback could not be recorded; the stream retries");
+                    Some(json!({ "itemIdentifier": sequence }))
                 }
             }
-        }
-        if !room {
-            return Ok(());
+        });
+        futures::future::join_all(attempts)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    async fn apply(&self, batch_id: &BatchId, changes: &[Change]) -> Result<(), StartError> {
+        for change in changes {
+            if let Change::PartWritten { first, end } = change {
+                self.store.mark_startable(batch_id, *first, *end).await?;
+            }
         }
         let started = self.fill(batch_id).await?;
         if started > 0 {
