@@ -795,3 +795,80 @@ async fn on_aws_the_terminal_transition_is_posted_and_put_as_an_event_once() {
     );
     assert_eq!(event["detail"]["status"], "COMPLETED");
 }
+
+#[tokio::test]
+async fn on_dynamodb_one_outbox_item_per_transition_claimed_once_and_mirrored_on_the_batch() {
+    use batch_manager::domain::{
+        BatchId, BatchSize, CallbackStatus, CallbackUrl, ItemId, NewPart, Timestamp,
+    };
+    use batch_manager::store::{
+        AttemptResult, BatchStore, CancelOutcome, OutboxStore, RecordOutcome, Unfinished,
+    };
+
+    let store = common::moto::dynamo_store("outbox").await;
+    let batch_id = BatchId::parse("dynamo-replayed").unwrap();
+    let items = vec![ItemId::parse("a").unwrap(), ItemId::parse("b").unwrap()];
+    let part = NewPart::new(batch_id.clone(), 2, BatchSize::parse(2).unwrap(), 1, items)
+        .unwrap()
+        .with_callback_url(Some(
+            CallbackUrl::parse("https://example.com/hook").unwrap(),
+        ));
+    store.append_part(&part).await.unwrap();
+    store.claim_chunk(&batch_id, 0).await.unwrap();
+    let far = Timestamp(i64::MAX / 2);
+    assert!(store.due_deliveries(far, 10).await.unwrap().is_empty());
+
+    let RecordOutcome::Recorded(batch) = store
+        .record_chunk(&batch_id, 0, Unfinished::Failed(None))
+        .await
+        .unwrap()
+    else {
+        panic!("the chunk was not recorded");
+    };
+    assert_eq!(batch.callback.status, CallbackStatus::Pending);
+    let due = store.due_deliveries(far, 10).await.unwrap();
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert_eq!(due[0].key.completed_at, batch.completed_at.unwrap());
+    assert_eq!(due[0].batch.failed_items, 2);
+    assert_eq!(due[0].attempts, 0);
+
+    let replayed = store
+        .record_chunk(&batch_id, 0, Unfinished::Failed(None))
+        .await
+        .unwrap();
+    assert!(matches!(replayed, RecordOutcome::AlreadyRecorded(_)));
+    let cancelled = store.cancel_batch(&batch_id).await.unwrap();
+    assert!(matches!(cancelled, CancelOutcome::AlreadyTerminal(_)));
+    assert_eq!(store.due_deliveries(far, 10).await.unwrap(), due);
+
+    let now = Timestamp::now();
+    let lease = Timestamp(now.0 + 60_000_000);
+    assert!(store.claim_delivery(&due[0], now, lease).await.unwrap());
+    assert!(!store.claim_delivery(&due[0], now, lease).await.unwrap());
+    let retry = AttemptResult::Retry {
+        due_at: Timestamp(now.0 + 1),
+        error: "HTTP 503".to_owned(),
+    };
+    store.finish_attempt(&due[0].key, 1, &retry).await.unwrap();
+    let shown = store.get_batch(&batch_id).await.unwrap().unwrap();
+    assert_eq!(shown.callback.status, CallbackStatus::Pending);
+    assert_eq!(shown.callback.attempts, 1);
+    assert_eq!(shown.callback.last_error.as_deref(), Some("HTTP 503"));
+
+    let again = store.load_delivery(&due[0].key).await.unwrap().unwrap();
+    assert_eq!(again.attempts, 1);
+    assert!(store
+        .claim_delivery(&again, Timestamp::now(), lease)
+        .await
+        .unwrap());
+    store
+        .finish_attempt(&due[0].key, 2, &AttemptResult::Delivered)
+        .await
+        .unwrap();
+    // A late result of the first attempt changes nothing.
+    store.finish_attempt(&due[0].key, 1, &retry).await.unwrap();
+    let shown = store.get_batch(&batch_id).await.unwrap().unwrap();
+    assert_eq!(shown.callback.status, CallbackStatus::Delivered);
+    assert_eq!(shown.callback.attempts, 2);
+    assert!(store.due_deliveries(far, 10).await.unwrap().is_empty());
+}
