@@ -471,6 +471,38 @@ mod tests {
     }
 
     #[test]
+    fn the_callback_secret_and_completion_events_are_read_and_checked() {
+        let init = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = vec![
+                TABLES[0],
+                TABLES[1],
+                ("_HANDLER", "init"),
+                ("STATE_MACHINE_ARN", "arn"),
+            ];
+            vars.extend_from_slice(extra);
+            settings(&vars)
+        };
+        let unset = init(&[]).unwrap();
+        assert_eq!(unset.callback_secret, None);
+        assert!(!unset.completion_events);
+        let set = init(&[
+            ("CALLBACK_SECRET", "0123456789abcdef"),
+            ("COMPLETION_EVENTS", "true"),
+        ])
+        .unwrap();
+        assert!(set.callback_secret.is_some());
+        assert!(set.completion_events);
+        let short = init(&[("CALLBACK_SECRET", "short-secret")]).unwrap_err();
+        assert_eq!(short.error_type(), "BatchManager.InvalidSetting");
+        assert!(short
+            .to_string()
+            .starts_with("environment variable CALLBACK_SECRET: "));
+        assert!(!short.to_string().contains("short-secret"));
+        let events = init(&[("COMPLETION_EVENTS", "yes")]).unwrap_err();
+        assert!(events.to_string().contains("COMPLETION_EVENTS"), "{events}");
+    }
+
+    #[test]
     fn a_missing_setting_is_named() {
         let err = settings(&[("_HANDLER", "task1"), TABLES[1]]).unwrap_err();
         assert_eq!(err, InitError::MissingSetting("BATCH_TABLE"));
