@@ -34,6 +34,8 @@ enum Answer {
     Status(u16),
     /// Never answers (until the sender goes away).
     Stall,
+    /// Answers 200 once the test opens the receiver's gate.
+    Gated,
 }
 
 /// One request a receiver got.
@@ -57,11 +59,11 @@ impl Received {
     }
 }
 
-#[derive(Default)]
 struct ReceiverState {
     received: Vec<Received>,
     /// Answers for the next requests, in order; 200 once they run out.
     script: Vec<Answer>,
+    gate: Arc<tokio::sync::Semaphore>,
 }
 
 /// A tiny HTTP server on loopback that records what it is sent.
@@ -83,7 +85,7 @@ async fn hook(
             .unwrap_or_default()
             .to_owned()
     };
-    let answer = {
+    let (answer, gate) = {
         let mut state = state.lock().unwrap();
         state.received.push(Received {
             delivery_id: header(DELIVERY_HEADER),
@@ -91,15 +93,20 @@ async fn hook(
             content_type: header("content-type"),
             body: body.to_vec(),
         });
-        if state.script.is_empty() {
+        let answer = if state.script.is_empty() {
             Answer::Status(200)
         } else {
             state.script.remove(0)
-        }
+        };
+        (answer, Arc::clone(&state.gate))
     };
     match answer {
         Answer::Status(code) => StatusCode::from_u16(code).unwrap(),
         Answer::Stall => std::future::pending().await,
+        Answer::Gated => {
+            let _open = gate.acquire().await.unwrap();
+            StatusCode::OK
+        }
     }
 }
 
@@ -108,6 +115,7 @@ impl Receiver {
         let state = Arc::new(Mutex::new(ReceiverState {
             received: Vec::new(),
             script,
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -116,6 +124,10 @@ impl Receiver {
             .with_state(Arc::clone(&state));
         tokio::spawn(async move { axum::serve(listener, router).await });
         Self { addr, state }
+    }
+
+    fn open_gate(&self) {
+        self.state.lock().unwrap().gate.add_permits(1000);
     }
 
     fn url(&self) -> String {
@@ -418,15 +430,21 @@ async fn a_cancelled_batch_is_posted_once_when_its_running_chunk_ends() {
 
 #[tokio::test]
 async fn a_receiver_answering_503_is_retried_with_the_same_delivery_id_until_it_takes_it() {
-    let receiver = Receiver::start(vec![Answer::Status(503); 3]).await;
+    let mut script = vec![Answer::Status(503); 3];
+    script.push(Answer::Gated);
+    let receiver = Receiver::start(script).await;
     let mut test = spawn_with_callbacks(Tasks::default(), fast_settings()).await;
     test.client
         .submit_batch(submit_with_callback("retried", 2, &receiver.url()))
         .await
         .unwrap();
-    receiver.wait_for("retried", 1).await;
+    // The fourth attempt is held open: until it is answered the callback is pending.
+    receiver.wait_for("retried", 4).await;
     let pending = test.status("retried").await;
     assert_eq!(pending.callback_status(), pb::CallbackStatus::Pending);
+    assert_eq!(pending.callback_attempts, 4);
+    assert_eq!(pending.callback_last_error, "HTTP 503");
+    receiver.open_gate();
 
     let delivered = wait_callback(&mut test, "retried", pb::CallbackStatus::Delivered).await;
     assert_eq!(delivered.callback_attempts, 4);
