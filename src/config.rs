@@ -99,6 +99,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub(crate) connections: ConnectionArgs,
     #[command(flatten)]
+    pub(crate) callbacks: CallbackArgs,
+    #[command(flatten)]
     pub(crate) aws: AwsArgs,
 }
 
@@ -122,6 +124,94 @@ pub(crate) struct JobArgs {
     #[arg(long, env = "BATCH_MANAGER_JOB_POLL_INTERVAL", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=60))]
     pub(crate) job_poll_interval: u64,
+}
+
+/// Text that holds a secret: read like any flag, never shown (`Debug` hides it).
+#[derive(Clone)]
+pub(crate) struct SecretText(String);
+
+impl std::str::FromStr for SecretText {
+    type Err = std::convert::Infallible;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        Ok(Self(raw.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretText(hidden)")
+    }
+}
+
+/// Completion callbacks: the signing secret, and (hidden, for tests) the delivery timings.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct CallbackArgs {
+    /// File holding the secret completion callbacks are signed with (HMAC-SHA256), at least
+    /// 16 bytes; without a secret, batches naming a callback URL are refused.
+    #[arg(long, env = "BATCH_MANAGER_CALLBACK_SECRET_FILE", value_name = "PATH")]
+    pub(crate) callback_secret_file: Option<PathBuf>,
+    /// The secret itself, from the environment only (BATCH_MANAGER_CALLBACK_SECRET).
+    #[arg(
+        long,
+        env = "BATCH_MANAGER_CALLBACK_SECRET",
+        hide = true,
+        hide_env_values = true,
+        conflicts_with = "callback_secret_file"
+    )]
+    pub(crate) callback_secret: Option<SecretText>,
+    /// How long one delivery attempt may take.
+    #[arg(long, hide = true, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) callback_timeout: Duration,
+    /// The delay after a failed attempt; it doubles per attempt up to --callback-retry-max.
+    #[arg(long, hide = true, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) callback_retry_first: Duration,
+    /// The longest delay between attempts.
+    #[arg(long, hide = true, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub(crate) callback_retry_max: Duration,
+    /// How long after a batch ends its callback is still attempted.
+    #[arg(long, hide = true, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub(crate) callback_max_age: Duration,
+    /// How often due callbacks are looked for.
+    #[arg(long, hide = true, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub(crate) callback_poll: Duration,
+    /// With --backend aws on a stack that puts completion events (its CompletionNotification
+    /// is eventbridge or both): every batch this server ends (a cancel) gets one.
+    #[arg(long, env = "COMPLETION_EVENTS", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    pub(crate) completion_events: bool,
+}
+
+impl CallbackArgs {
+    /// The typed settings; fails naming the flag when the secret cannot be read or is short.
+    pub(crate) fn settings(&self) -> anyhow::Result<crate::callbacks::CallbackSettings> {
+        use crate::callbacks::{CallbackSettings, RetrySchedule, SigningSecret};
+        let secret = match (&self.callback_secret_file, &self.callback_secret) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path).map_err(|err| {
+                    anyhow::anyhow!("--callback-secret-file {}: {err}", path.display())
+                })?;
+                Some(SigningSecret::parse(&text).map_err(|rule| {
+                    anyhow::anyhow!("--callback-secret-file {}: {rule}", path.display())
+                })?)
+            }
+            (None, Some(SecretText(text))) => Some(
+                SigningSecret::parse(text)
+                    .map_err(|rule| anyhow::anyhow!("BATCH_MANAGER_CALLBACK_SECRET: {rule}"))?,
+            ),
+            (None, None) => None,
+        };
+        Ok(CallbackSettings {
+            secret,
+            timeout: self.callback_timeout,
+            retry: RetrySchedule {
+                first_delay: self.callback_retry_first,
+                max_delay: self.callback_retry_max,
+                max_age: self.callback_max_age,
+            },
+            poll: self.callback_poll,
+            completion_events: self.completion_events,
+        })
+    }
 }
 
 impl ServeArgs {

@@ -1,9 +1,15 @@
 //! The domain: batch and item identifiers, batch parts, statuses and outcomes.
 //! Values are parsed once at the edge and trusted everywhere after; nothing here does I/O.
 
+mod callback;
+
 use std::fmt;
 
 use sha2::{Digest, Sha256};
+
+pub use self::callback::{
+    Callback, CallbackStatus, CallbackUrl, CallbackUrlError, MAX_CALLBACK_URL_BYTES,
+};
 
 /// Longest batch or item ID, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
@@ -438,6 +444,8 @@ pub struct NewPart {
     pub max_concurrency: Option<u32>,
     /// The batch's failure budget; `None` keeps the batch's (none for a new batch).
     pub failure_budget: Option<FailureBudget>,
+    /// Where the batch's final status is POSTed; `None` keeps the batch's.
+    pub callback_url: Option<CallbackUrl>,
 }
 
 impl NewPart {
@@ -462,6 +470,7 @@ impl NewPart {
             items,
             max_concurrency: None,
             failure_budget: None,
+            callback_url: None,
         })
     }
 
@@ -474,6 +483,12 @@ impl NewPart {
     /// This part, setting the batch's failure budget (unset budgets are `None`).
     pub fn with_failure_budget(mut self, budget: FailureBudget) -> Self {
         self.failure_budget = budget.is_set().then_some(budget);
+        self
+    }
+
+    /// This part, setting the batch's callback URL.
+    pub fn with_callback_url(mut self, callback_url: Option<CallbackUrl>) -> Self {
+        self.callback_url = callback_url;
         self
     }
 
@@ -670,6 +685,8 @@ pub struct Batch {
     pub failure_reason: Option<String>,
     /// How many times the batch was redriven.
     pub redrive_count: u32,
+    /// The completion callback and its delivery.
+    pub callback: Callback,
 }
 
 impl Batch {

@@ -11,11 +11,13 @@
 //! - [`pipeline`]: intake and the per-chunk steps; [`pipeline::tasks`] is the user's trait;
 //! - [`store`]: persistence (SQLite locally, DynamoDB on AWS);
 //! - [`engine`]: orchestration (the embedded ASL engine locally, Step Functions on AWS);
+//! - [`callbacks`]: completion callbacks (signed HTTP POSTs, EventBridge events);
 //! - [`app`], [`config`], [`bench`]: wiring, settings, the benchmark.
 
 pub mod app;
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod callbacks;
 pub mod cli;
 pub mod config;
 pub mod domain;

@@ -1,5 +1,5 @@
 //! The seed-compatible request, `POST /stateMachineInit` with `{batchId, totalItems, batchSize,
-//! currentBatch, itemIds, maxConcurrency?}` (or, by reference, `{batchId, batchSize, itemsUri}`: [`items_uri`]):
+//! currentBatch, itemIds, maxConcurrency?, callbackUrl?}` (or, by reference, `{batchId, batchSize, itemsUri}`: [`items_uri`]):
 //! parsing, and the status and JSON body of every answer. Shared by the local HTTP endpoint and
 //! the `init` Lambda so both answer alike.
 
@@ -9,12 +9,12 @@ use serde_json::{json, Map, Value};
 
 use crate::domain::{
     parse_count, parse_item_ids, parse_max_concurrency, with_sources, BatchId, BatchSize,
-    BatchSizeError, CountError, FailureBudget, IdError, ItemId, ItemIdsError, MaxConcurrencyError,
-    NewPart, PartError, PercentageError,
+    BatchSizeError, CallbackUrl, CallbackUrlError, CountError, FailureBudget, IdError, ItemId,
+    ItemIdsError, MaxConcurrencyError, NewPart, PartError, PercentageError,
 };
 use crate::items_uri::s3::ObjectReader;
 use crate::items_uri::{ItemsError, ReferenceRule};
-use crate::pipeline::{Accepted, Intake, IntakeError};
+use crate::pipeline::{Accepted, Intake, IntakeError, CALLBACKS_DISABLED};
 use crate::store::StoreError;
 
 /// The route the old system exposed.
@@ -81,6 +81,10 @@ pub(crate) enum SeedRule {
     NotACount,
     #[error(transparent)]
     Part(#[from] PartError),
+    #[error(transparent)]
+    CallbackUrl(#[from] CallbackUrlError),
+    #[error("{CALLBACKS_DISABLED}")]
+    CallbacksDisabled,
     #[error("must be true or false")]
     NotABool,
     #[error("must be \"lines\", \"csv\" or \"jsonl\"")]
@@ -175,6 +179,18 @@ pub(crate) fn failure_budget(body: &Map<String, Value>) -> Result<FailureBudget,
         .map_err(|rule| SeedError::new("toleratedFailurePercentage", rule))
 }
 
+/// `callbackUrl`, optional: absent, null or empty means none.
+fn callback_url(body: &Map<String, Value>) -> Result<Option<CallbackUrl>, SeedError> {
+    match body.get("callbackUrl").filter(|value| !value.is_null()) {
+        None => Ok(None),
+        Some(Value::String(raw)) if raw.is_empty() => Ok(None),
+        Some(Value::String(raw)) => CallbackUrl::parse(raw.clone())
+            .map(Some)
+            .map_err(|rule| SeedError::new("callbackUrl", rule)),
+        Some(_) => Err(SeedError::new("callbackUrl", SeedRule::NotAString)),
+    }
+}
+
 fn batch_id(body: &Map<String, Value>) -> Result<BatchId, SeedError> {
     match field(body, "batchId")? {
         Value::String(id) => {
@@ -224,9 +240,14 @@ fn part(body: &Map<String, Value>) -> Result<NewPart, SeedError> {
     let current_batch = count(body, "currentBatch")?;
     let limit = max_concurrency(body)?;
     let budget = failure_budget(body)?;
+    let callback = callback_url(body)?;
     let items = item_ids(body)?;
     NewPart::new(batch_id, total_items, batch_size, current_batch, items)
-        .map(|part| part.with_max_concurrency(limit).with_failure_budget(budget))
+        .map(|part| {
+            part.with_max_concurrency(limit)
+                .with_failure_budget(budget)
+                .with_callback_url(callback)
+        })
         .map_err(SeedError::part)
 }
 
@@ -278,7 +299,15 @@ pub(crate) async fn handle(intake: &Intake, objects: &ObjectReader, body: &[u8])
         Err(IntakeError::Conflict(reason) | IntakeError::Rejected(reason)) => {
             Reply::message(409, reason)
         }
+        Err(IntakeError::CallbacksDisabled) => Reply::callbacks_disabled(),
         Err(err) => Reply::failure(&err),
+    }
+}
+
+impl Reply {
+    /// `400`: a callback URL, and the server has no secret to sign callbacks with.
+    fn callbacks_disabled() -> Self {
+        Self::bad_request(&SeedError::new("callbackUrl", SeedRule::CallbacksDisabled))
     }
 }
 

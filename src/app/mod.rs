@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 
 use self::connection::{Protocol, Timeouts};
 use self::listener::{Http2Settings, ListenerConfig};
+use crate::callbacks::{CallbackSettings, Deliverer};
 use crate::config::{AwsSettings, Backend, ConnectionConfig, ServeArgs};
 use crate::engine::local::{EngineConfig, EngineRunner, LocalEngine};
 use crate::grpc::{grpc_router, AdminService};
@@ -51,6 +52,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "connection limits"
     );
     let items_buckets = args.items_buckets();
+    let callbacks = args.callbacks.settings()?;
     match args.backend {
         Backend::Local => {
             let config = LocalConfig {
@@ -65,7 +67,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 jobs: args.jobs.config(),
                 items_buckets,
             };
-            let app = LocalApp::spawn(config, Tasks::default()).await?;
+            let app = LocalApp::spawn_with(config, Tasks::default(), callbacks).await?;
             app.run_until(shutdown_signal()).await
         }
         Backend::Aws => {
@@ -78,7 +80,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 items_buckets,
             };
             let sdk_config = crate::config::aws_sdk_config().await;
-            let app = AwsApp::spawn(config, &sdk_config).await?;
+            let app = AwsApp::spawn_with(config, &sdk_config, callbacks).await?;
             app.run_until(shutdown_signal()).await
         }
     }
@@ -145,6 +147,15 @@ impl<S> App<S> {
 impl LocalApp {
     /// Binds both listeners and starts everything; returns once the server accepts requests.
     pub async fn spawn(config: LocalConfig, tasks: Tasks) -> anyhow::Result<Self> {
+        Self::spawn_with(config, tasks, CallbackSettings::default()).await
+    }
+
+    /// As [`Self::spawn`], delivering completion callbacks as `callbacks` says.
+    pub async fn spawn_with(
+        config: LocalConfig,
+        tasks: Tasks,
+        callbacks: CallbackSettings,
+    ) -> anyhow::Result<Self> {
         let store = SqliteStore::open(&config.db)
             .with_context(|| format!("opening database {}", config.db.display()))?;
         let shared_store: Arc<dyn BatchStore> = Arc::new(store.clone());
@@ -155,9 +166,12 @@ impl LocalApp {
             LocalEngine::start(config.engine, Arc::new(store.clone()), steps.clone())
                 .await
                 .context("starting the engine")?;
-        let intake = Intake::new(Arc::clone(&shared_store), Arc::new(engine)).with_jobs(steps);
+        let intake = Intake::new(Arc::clone(&shared_store), Arc::new(engine))
+            .with_jobs(steps)
+            .with_callbacks(callbacks.secret.is_some());
         let objects = ObjectReader::from_environment(config.items_buckets.clone());
-        let server = Server::start(
+        let deliverer = Deliverer::new(Arc::new(store.clone()), callbacks);
+        let mut server = Server::start(
             (config.grpc_addr, config.http_addr),
             &config.connections,
             (intake, objects),
@@ -165,6 +179,7 @@ impl LocalApp {
             (Some(runner), job_runners),
         )
         .await?;
+        server.deliver_callbacks(deliverer);
         tracing::info!(
             grpc_addr = %server.grpc_addr,
             http_addr = %server.http_addr,
@@ -199,10 +214,21 @@ impl AwsApp {
         config: AwsConfig,
         sdk_config: &aws_config::SdkConfig,
     ) -> anyhow::Result<Self> {
+        Self::spawn_with(config, sdk_config, CallbackSettings::default()).await
+    }
+
+    /// As [`Self::spawn`]; `callbacks.secret` says whether batches may name a callback URL
+    /// (the stack's `init` function delivers them).
+    pub async fn spawn_with(
+        config: AwsConfig,
+        sdk_config: &aws_config::SdkConfig,
+        callbacks: CallbackSettings,
+    ) -> anyhow::Result<Self> {
         let store = DynamoStore::new(
             aws_sdk_dynamodb::Client::new(sdk_config),
             config.stack.tables.clone(),
-        );
+        )
+        .with_completion_events(callbacks.completion_events);
         let shared_store: Arc<dyn BatchStore> = Arc::new(store.clone());
         // No engine runs here, so the commands never run; AWS Batch runners stop jobs on cancel.
         let job_config = JobConfig {
@@ -214,8 +240,9 @@ impl AwsApp {
         let steps = Steps::new(Arc::clone(&shared_store), Tasks::default())
             .with_jobs(job_runners.runners.clone());
         // The stack's request-table stream starts the chunks of the parts stored here.
-        let intake =
-            Intake::new(Arc::clone(&shared_store), Arc::new(StartedByStream)).with_jobs(steps);
+        let intake = Intake::new(Arc::clone(&shared_store), Arc::new(StartedByStream))
+            .with_jobs(steps)
+            .with_callbacks(callbacks.secret.is_some());
         let objects = ObjectReader::new(
             aws_sdk_s3::Client::new(sdk_config),
             config.items_buckets.clone(),
@@ -251,6 +278,7 @@ struct Server {
     engine: Option<EngineRunner>,
     jobs: jobs::BuiltRunners,
     shutdown_grace: Duration,
+    callbacks: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -305,7 +333,14 @@ impl Server {
             engine,
             jobs,
             shutdown_grace: connections.shutdown_grace,
+            callbacks: None,
         })
+    }
+
+    /// Delivers completion callbacks from the store's outbox until shutdown.
+    fn deliver_callbacks(&mut self, deliverer: Deliverer) {
+        let stopping = self.watchers_stop.subscribe();
+        self.callbacks = Some(tokio::spawn(deliverer.run(stopping)));
     }
 
     /// Stops accepting, ends open watches, lets requests and engine steps under way finish
@@ -328,7 +363,12 @@ impl Server {
                 }
             }
         };
-        let (grpc, http, ()) = tokio::join!(self.grpc, self.http, engine);
+        let callbacks = async {
+            if let Some(callbacks) = self.callbacks {
+                let _ = callbacks.await;
+            }
+        };
+        let (grpc, http, (), ()) = tokio::join!(self.grpc, self.http, engine, callbacks);
         // Commands still running are stopped; after a restart their attempts run again.
         self.jobs.shutdown().await;
         grpc.context("gRPC listener panicked")?;

@@ -12,8 +12,9 @@ use super::client::{BatchSubmission, Submitted};
 use super::pb;
 use crate::domain::{
     parse_count, parse_item_ids, parse_max_concurrency, Batch, BatchId, BatchSize, BatchSizeError,
-    BatchStatus, CountError, FailureBudget, IdError, ItemId, ItemIdsError, ItemRecord, ItemStatus,
-    MaxConcurrencyError, NewPart, PartError, PercentageError, Timestamp,
+    BatchStatus, Callback, CallbackStatus, CallbackUrl, CallbackUrlError, CountError,
+    FailureBudget, IdError, ItemId, ItemIdsError, ItemRecord, ItemStatus, MaxConcurrencyError,
+    NewPart, PartError, PercentageError, Timestamp,
 };
 use crate::items_uri::{ItemsError, ReferenceRule};
 use crate::pipeline::Accepted;
@@ -59,6 +60,8 @@ pub enum FieldRule {
     Percentage(#[from] PercentageError),
     #[error(transparent)]
     Part(#[from] PartError),
+    #[error(transparent)]
+    CallbackUrl(#[from] CallbackUrlError),
     #[error("must be between 1 and {max}, or 0 for the default ({default})")]
     PageSize { max: u32, default: u32 },
     /// `what` names the enum with its article: "a BatchStatus".
@@ -134,6 +137,16 @@ fn failure_budget(
 ) -> Result<FailureBudget, FieldError> {
     FailureBudget::parse(percentage.map(u64::from), count)
         .map_err(|rule| FieldError::new("tolerated_failure_percentage", rule))
+}
+
+/// The contract's "empty means none" for a callback URL.
+fn callback_url(raw: String) -> Result<Option<CallbackUrl>, FieldError> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    CallbackUrl::parse(raw)
+        .map(Some)
+        .map_err(|rule| FieldError::new("callback_url", rule))
 }
 
 fn count(raw: u64, field: &str) -> Result<u64, FieldError> {
@@ -310,10 +323,15 @@ impl TryFrom<pb::SubmitBatchRequest> for NewPart {
             request.tolerated_failure_percentage,
             request.tolerated_failure_count,
         )?;
+        let callback = callback_url(request.callback_url)?;
         let items = parse_item_ids(request.item_ids).map_err(FieldError::item_ids)?;
         let total = items.len() as u64;
         NewPart::new(batch_id, total, batch_size, 1, items)
-            .map(|part| part.with_max_concurrency(limit).with_failure_budget(budget))
+            .map(|part| {
+                part.with_max_concurrency(limit)
+                    .with_failure_budget(budget)
+                    .with_callback_url(callback)
+            })
             .map_err(|err| FieldError::part(err, "item_ids"))
     }
 }
@@ -331,6 +349,10 @@ impl From<NewPart> for pb::AppendBatchItemsRequest {
                 .failure_budget
                 .and_then(|budget| budget.percentage.map(u32::from)),
             tolerated_failure_count: part.failure_budget.and_then(|budget| budget.count),
+            callback_url: part
+                .callback_url
+                .map(|url| url.as_str().to_owned())
+                .unwrap_or_default(),
         }
     }
 }
@@ -348,9 +370,14 @@ impl TryFrom<pb::AppendBatchItemsRequest> for NewPart {
             request.tolerated_failure_percentage,
             request.tolerated_failure_count,
         )?;
+        let callback = callback_url(request.callback_url)?;
         let items = parse_item_ids(request.item_ids).map_err(FieldError::item_ids)?;
         NewPart::new(batch_id, total_items, batch_size, part_number, items)
-            .map(|part| part.with_max_concurrency(limit).with_failure_budget(budget))
+            .map(|part| {
+                part.with_max_concurrency(limit)
+                    .with_failure_budget(budget)
+                    .with_callback_url(callback)
+            })
             .map_err(|err| FieldError::part(err, "total_items"))
     }
 }
@@ -497,8 +524,52 @@ impl From<&Batch> for pb::Batch {
             tolerated_failure_count: batch.failure_budget.count,
             failure_reason: batch.failure_reason.clone().unwrap_or_default(),
             redrive_count: batch.redrive_count,
+            callback_url: batch
+                .callback
+                .url
+                .as_ref()
+                .map(|url| url.as_str().to_owned())
+                .unwrap_or_default(),
+            callback_status: pb::CallbackStatus::from(batch.callback.status) as i32,
+            callback_attempts: batch.callback.attempts,
+            callback_last_error: batch.callback.last_error.clone().unwrap_or_default(),
         }
     }
+}
+
+impl From<CallbackStatus> for pb::CallbackStatus {
+    fn from(status: CallbackStatus) -> Self {
+        match status {
+            CallbackStatus::None => Self::None,
+            CallbackStatus::Pending => Self::Pending,
+            CallbackStatus::Delivered => Self::Delivered,
+            CallbackStatus::Failed => Self::Failed,
+        }
+    }
+}
+
+/// A batch's callback as a response carries it; an unknown status reads as NONE, since
+/// older servers send none at all.
+fn callback(batch: &pb::Batch) -> Result<Callback, FieldError> {
+    let status = match pb::CallbackStatus::try_from(batch.callback_status) {
+        Ok(pb::CallbackStatus::Pending) => CallbackStatus::Pending,
+        Ok(pb::CallbackStatus::Delivered) => CallbackStatus::Delivered,
+        Ok(pb::CallbackStatus::Failed) => CallbackStatus::Failed,
+        Ok(pb::CallbackStatus::None | pb::CallbackStatus::Unspecified) | Err(_) => {
+            CallbackStatus::None
+        }
+    };
+    let url = match batch.callback_url.as_str() {
+        "" => None,
+        raw => Some(CallbackUrl::parse(raw).map_err(|rule| FieldError::new("callback_url", rule))?),
+    };
+    Ok(Callback {
+        url,
+        status,
+        attempts: batch.callback_attempts,
+        last_error: (!batch.callback_last_error.is_empty())
+            .then(|| batch.callback_last_error.clone()),
+    })
 }
 
 /// `pending_items` is not read: the domain derives it from the other counters.
@@ -506,6 +577,7 @@ impl TryFrom<pb::Batch> for Batch {
     type Error = FieldError;
 
     fn try_from(batch: pb::Batch) -> Result<Self, FieldError> {
+        let callback = callback(&batch)?;
         Ok(Self {
             batch_id: batch_id(batch.batch_id)?,
             status: batch_status(batch.status)?,
@@ -531,6 +603,7 @@ impl TryFrom<pb::Batch> for Batch {
             )?,
             failure_reason: (!batch.failure_reason.is_empty()).then_some(batch.failure_reason),
             redrive_count: batch.redrive_count,
+            callback,
         })
     }
 }

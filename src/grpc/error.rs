@@ -6,7 +6,7 @@ use tonic::Status;
 use super::convert::FieldError;
 use crate::domain::{with_sources, BatchId, BatchStatus};
 use crate::items_uri::ReadError;
-use crate::pipeline::{FromUriError, IntakeError};
+use crate::pipeline::{FromUriError, IntakeError, CALLBACKS_DISABLED};
 use crate::store::{ListError, StoreError};
 
 /// Why a call of the admin service failed.
@@ -74,6 +74,9 @@ fn intake(err: IntakeError) -> Status {
     match err {
         IntakeError::Conflict(reason) => Status::already_exists(reason),
         IntakeError::Rejected(reason) => Status::failed_precondition(reason),
+        IntakeError::CallbacksDisabled => {
+            Status::failed_precondition(format!("callback_url: {CALLBACKS_DISABLED}"))
+        }
         IntakeError::Store(err) => store(err),
         IntakeError::Orchestrator(_) => internal(&err),
     }

@@ -12,7 +12,7 @@ pub mod s3;
 
 use std::fmt;
 
-use crate::domain::{BatchId, BatchSize, IdError, MAX_COUNT};
+use crate::domain::{BatchId, BatchSize, CallbackUrl, IdError, MAX_COUNT};
 
 /// Longest line (CSV record) of a CSV or JSON Lines object, in bytes. A line of the lines format
 /// is one ID, so it is held to the ID's limit instead.
@@ -181,6 +181,8 @@ pub struct BatchByReference {
     pub max_concurrency: Option<u32>,
     /// Failed items tolerated before the batch stops (unset: no budget).
     pub failure_budget: crate::domain::FailureBudget,
+    /// Where the batch's final status is POSTed; `None`: no callback.
+    pub callback_url: Option<CallbackUrl>,
 }
 
 /// Why a reference was refused before anything was read: the rule its URI or its options

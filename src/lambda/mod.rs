@@ -13,6 +13,11 @@
 //! requests when task 2's are set, and reads batches by reference (`itemsUri`) from the buckets
 //! `ITEMS_BUCKETS` lists, and no others.
 //!
+//! Completion callbacks: `CALLBACK_SECRET` (init only) signs them, and without it `init`
+//! refuses batches naming a callback URL; `COMPLETION_EVENTS=true` (every role that can end a
+//! batch) gives every batch's terminal transition an outbox record, which `init` also puts as
+//! a `Batch Finished` event on the default EventBridge bus.
+//!
 //! Settings are read once from the environment ([`LambdaSettings`]); the SDK configuration,
 //! clients, store and steps are built once per process, before the first poll of the Runtime
 //! API, and borrowed by every invocation. Nothing at init touches the network: the SDK
@@ -30,6 +35,7 @@ use std::time::Duration;
 use lambda_runtime::Diagnostic;
 
 use crate::app::{build_job_runners, JobConfig};
+use crate::callbacks::{CallbackSettings, Deliverer, EventSink, SigningSecret};
 use crate::engine::stepfunctions::{self, StepFunctionsOrchestrator};
 use crate::items_uri::s3::{BucketPolicy, ObjectReader};
 use crate::pipeline::job_steps::DEFAULT_JOB_DEADLINE;
@@ -63,6 +69,11 @@ pub(crate) const DEFAULT_MAX_CONCURRENCY: u32 = 100;
 
 /// Seconds a chunk-start claim may stay unconfirmed before its chunks are started again.
 pub(crate) const START_CLAIM_TIMEOUT_VAR: &str = "START_CLAIM_TIMEOUT_SECONDS";
+
+/// The secret completion callbacks are signed with (`init`).
+pub(crate) const CALLBACK_SECRET_VAR: &str = "CALLBACK_SECRET";
+/// `true`: every batch's end is put as an EventBridge event.
+pub(crate) const COMPLETION_EVENTS_VAR: &str = "COMPLETION_EVENTS";
 
 /// Seconds one attempt's external job may run.
 pub(crate) const TASK_TIMEOUT_VAR: &str = "TASK_TIMEOUT_SECONDS";
@@ -143,6 +154,10 @@ pub(crate) struct LambdaSettings {
     pub jobs: JobConfig,
     /// The buckets `init` may read items objects from (none unless listed).
     pub items_buckets: BucketPolicy,
+    /// What completion callbacks are signed with; `None`: callbacks are refused.
+    pub callback_secret: Option<SigningSecret>,
+    /// Whether every batch's end is put as a completion event.
+    pub completion_events: bool,
 }
 
 impl LambdaSettings {
@@ -219,11 +234,31 @@ impl LambdaSettings {
         };
         let items_buckets =
             BucketPolicy::only_listed(&lookup(ITEMS_BUCKETS_VAR).unwrap_or_default());
+        let callback_secret = lookup(CALLBACK_SECRET_VAR)
+            .map(|raw| {
+                SigningSecret::parse(&raw).map_err(|rule| InitError::InvalidSetting {
+                    name: CALLBACK_SECRET_VAR.to_owned(),
+                    rule: rule.to_string(),
+                })
+            })
+            .transpose()?;
+        let completion_events = match lookup(COMPLETION_EVENTS_VAR).as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => {
+                return Err(InitError::InvalidSetting {
+                    name: COMPLETION_EVENTS_VAR.to_owned(),
+                    rule: "must be true or false".to_owned(),
+                })
+            }
+        };
         Ok(Self {
             role,
             tables,
             jobs,
             items_buckets,
+            callback_secret,
+            completion_events,
         })
     }
 }
@@ -262,7 +297,8 @@ pub(crate) async fn run() -> Result<(), lambda_runtime::Error> {
         }
     };
     let sdk_config = crate::config::aws_sdk_config().await;
-    let dynamo = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk_config), settings.tables);
+    let dynamo = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk_config), settings.tables)
+        .with_completion_events(settings.completion_events);
     let store: Arc<dyn BatchStore> = Arc::new(dynamo.clone());
     let runners = match build_job_runners(&settings.jobs, 1, Some(&sdk_config)).await {
         Ok(built) => built.runners,
@@ -286,15 +322,29 @@ pub(crate) async fn run() -> Result<(), lambda_runtime::Error> {
                 stepfunctions::client(&sdk_config),
                 state_machine_arn,
             );
+            let callbacks = CallbackSettings {
+                secret: settings.callback_secret,
+                ..CallbackSettings::default()
+            };
+            let signing = callbacks.secret.is_some();
+            let mut deliverer = Deliverer::new(Arc::new(dynamo.clone()), callbacks);
+            if settings.completion_events {
+                deliverer = deliverer.with_events(EventSink::new(
+                    aws_sdk_eventbridge::Client::new(&sdk_config),
+                ));
+            }
             let starter = ChunkStarter::new(
                 dynamo,
                 orchestrator,
                 default_max_concurrency,
                 start_claim_timeout,
-            );
+            )
+            .with_deliverer(deliverer);
             let objects =
                 ObjectReader::new(aws_sdk_s3::Client::new(&sdk_config), settings.items_buckets);
-            let intake = Intake::new(store, Arc::new(StartedByStream)).with_jobs(steps);
+            let intake = Intake::new(store, Arc::new(StartedByStream))
+                .with_jobs(steps)
+                .with_callbacks(signing);
             api::serve(intake, objects, starter).await
         }
         RoleSettings::Step(role) => steps::serve(role, steps).await,
@@ -418,6 +468,38 @@ mod tests {
             assert_eq!(err.error_type(), "BatchManager.UnknownRole");
             assert!(err.to_string().contains(ROLE_NAMES), "{err}");
         }
+    }
+
+    #[test]
+    fn the_callback_secret_and_completion_events_are_read_and_checked() {
+        let init = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = vec![
+                TABLES[0],
+                TABLES[1],
+                ("_HANDLER", "init"),
+                ("STATE_MACHINE_ARN", "arn"),
+            ];
+            vars.extend_from_slice(extra);
+            settings(&vars)
+        };
+        let unset = init(&[]).unwrap();
+        assert_eq!(unset.callback_secret, None);
+        assert!(!unset.completion_events);
+        let set = init(&[
+            ("CALLBACK_SECRET", "0123456789abcdef"),
+            ("COMPLETION_EVENTS", "true"),
+        ])
+        .unwrap();
+        assert!(set.callback_secret.is_some());
+        assert!(set.completion_events);
+        let short = init(&[("CALLBACK_SECRET", "short-secret")]).unwrap_err();
+        assert_eq!(short.error_type(), "BatchManager.InvalidSetting");
+        assert!(short
+            .to_string()
+            .starts_with("environment variable CALLBACK_SECRET: "));
+        assert!(!short.to_string().contains("short-secret"));
+        let events = init(&[("COMPLETION_EVENTS", "yes")]).unwrap_err();
+        assert!(events.to_string().contains("COMPLETION_EVENTS"), "{events}");
     }
 
     #[test]

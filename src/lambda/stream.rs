@@ -28,11 +28,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::callbacks::Deliverer;
 use crate::domain::BatchId;
 use crate::engine::stepfunctions::StepFunctionsOrchestrator;
 use crate::pipeline::OrchestratorError;
 use crate::store::dynamo::DynamoStore;
-use crate::store::StoreError;
+use crate::store::{DeliveryKey, StoreError};
 
 /// Chunks one claim takes at most: their starts end far inside a claim's timeout.
 const CLAIM_MOST: u64 = 500;
@@ -56,6 +57,8 @@ pub(crate) struct ChunkStarter {
     default_limit: u32,
     /// How long a claim may stay unconfirmed before its chunks are started again.
     stale_after: Duration,
+    /// Delivers completion callbacks from the outbox records the stream brings.
+    deliverer: Option<Deliverer>,
 }
 
 /// What one record asks for.
@@ -65,6 +68,8 @@ enum Change {
     PartWritten { first: u64, end: u64 },
     /// A chunk was recorded (its slot freed), or the batch's limit changed.
     RoomMayHaveChanged,
+    /// An outbox record was written: deliver it.
+    Deliver(DeliveryKey),
 }
 
 /// A stream record, as far as this module reads it.
@@ -132,6 +137,14 @@ fn classify(change: &StreamChange) -> Option<(BatchId, Change)> {
         return (is_numbered(rest) && string_attribute(image, "stage") == Some("RECORDED"))
             .then_some((batch_id, Change::RoomMayHaveChanged));
     }
+    if sk.starts_with(crate::store::dynamo::OUTBOX_PREFIX) {
+        // Only the record's insert: later writes are the delivery's own.
+        if number_attribute(image, "attempts") != Some(0) {
+            return None;
+        }
+        let key = crate::store::dynamo::delivery_key(batch_id.clone(), sk)?;
+        return Some((batch_id, Change::Deliver(key)));
+    }
     (sk == crate::store::dynamo::LIMIT_CHANGED_SK).then_some((batch_id, Change::RoomMayHaveChanged))
 }
 
@@ -192,7 +205,14 @@ impl ChunkStarter {
             orchestrator,
             default_limit,
             stale_after,
+            deliverer: None,
         }
+    }
+
+    /// This starter, also delivering completion callbacks.
+    pub(crate) fn with_deliverer(mut self, deliverer: Deliverer) -> Self {
+        self.deliverer = Some(deliverer);
+        self
     }
 
     /// Starts the batch's chunks while it has free slots; how many it started.
@@ -228,6 +248,7 @@ impl ChunkStarter {
     /// whose handling failed (`batchItemFailures`), for Lambda to retry from.
     pub(crate) async fn handle_stream(&self, event: StreamEvent) -> Value {
         let mut batches: Vec<(BatchId, String, Vec<Change>)> = Vec::new();
+        let mut deliveries = Vec::new();
         for record in event.records {
             if record.event_source != "aws:dynamodb" {
                 continue;
@@ -238,12 +259,16 @@ impl ChunkStarter {
             let Some((batch_id, what)) = classify(&change) else {
                 continue;
             };
+            if let Change::Deliver(key) = what {
+                deliveries.push((key, change.sequence_number));
+                continue;
+            }
             match batches.iter_mut().find(|(id, ..)| *id == batch_id) {
                 Some((_, _, changes)) => changes.push(what),
                 None => batches.push((batch_id, change.sequence_number, vec![what])),
             }
         }
-        let mut failures = Vec::new();
+        let mut failures = self.deliver(deliveries).await;
         for (batch_id, first_sequence, changes) in batches {
             if let Err(err) = self.apply(&batch_id, &changes).await {
                 tracing::error!(batch_id = %batch_id, error = %err, "starting chunks failed; the stream retries");
@@ -251,6 +276,28 @@ impl ChunkStarter {
             }
         }
         json!({ "batchItemFailures": failures })
+    }
+
+    /// Attempts the outbox records the stream brought, all at once, so that slow receivers
+    /// add up to one attempt's time, not one per record; the failures to report.
+    async fn deliver(&self, deliveries: Vec<(DeliveryKey, String)>) -> Vec<Value> {
+        let Some(deliverer) = &self.deliverer else {
+            return Vec::new();
+        };
+        let attempts = deliveries.into_iter().map(|(key, sequence)| async move {
+            match deliverer.attempt_key(&key).await {
+                Ok(()) => None,
+                Err(err) => {
+                    tracing::error!(batch_id = %key.batch_id, error = %err, "a completion callback could not be recorded; the stream retries");
+                    Some(json!({ "itemIdentifier": sequence }))
+                }
+            }
+        });
+        futures::future::join_all(attempts)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     async fn apply(&self, batch_id: &BatchId, changes: &[Change]) -> Result<(), StartError> {
@@ -304,7 +351,18 @@ impl ChunkStarter {
         if started > 0 {
             tracing::warn!(started, "the sweep started chunks the stream had not");
         }
+        let callbacks_due = match &self.deliverer {
+            Some(deliverer) => match deliverer.deliver_due().await {
+                Ok(due) => due,
+                Err(err) => {
+                    tracing::error!(error = %err, "the sweep could not deliver due callbacks");
+                    0
+                }
+            },
+            None => 0,
+        };
         Ok(json!({
+            "callbacksDue": callbacks_due,
             "batches": batches.len(),
             "started": started,
             "failed": failed,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::job_steps::JobSettings;
 use super::steps::StepError;
 use super::{Orchestrator, OrchestratorError, Steps};
-use crate::domain::{Batch, BatchId, BatchSize, ItemId, NewPart};
+use crate::domain::{Batch, BatchId, BatchSize, CallbackUrl, ItemId, NewPart};
 use crate::run_request::RunRequest;
 use crate::store::{AppendOutcome, BatchStore, ControlOutcome, RedriveOutcome, StoreError};
 
@@ -26,11 +26,17 @@ pub(crate) enum IntakeError {
     /// The batch cannot take the part.
     #[error("{0}")]
     Rejected(String),
+    /// The part names a callback URL, and no signing secret is configured.
+    #[error("{CALLBACKS_DISABLED}")]
+    CallbacksDisabled,
     #[error("store failure")]
     Store(#[from] StoreError),
     #[error("orchestrator failure")]
     Orchestrator(#[from] OrchestratorError),
 }
+
+/// Why a part naming a callback URL is refused when no signing secret is configured.
+pub(crate) const CALLBACKS_DISABLED: &str = "callbacks need a signing secret, and none is configured (serve --callback-secret-file or BATCH_MANAGER_CALLBACK_SECRET; the stack's CallbackSecret)";
 
 /// Why a run request was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +55,8 @@ pub(crate) struct Intake {
     orchestrator: Arc<dyn Orchestrator>,
     /// The steps whose external jobs run here or are stopped from here (cancel).
     jobs: Option<Steps>,
+    /// Whether callbacks can be signed, so parts may name a callback URL.
+    callbacks: bool,
 }
 
 impl Intake {
@@ -57,6 +65,24 @@ impl Intake {
             store,
             orchestrator,
             jobs: None,
+            callbacks: false,
+        }
+    }
+
+    /// This intake, taking parts that name a callback URL when `signing` (a secret is set).
+    pub(crate) fn with_callbacks(mut self, signing: bool) -> Self {
+        self.callbacks = signing;
+        self
+    }
+
+    /// Refuses a callback URL when callbacks cannot be signed.
+    pub(crate) fn check_callback(
+        &self,
+        callback_url: Option<&CallbackUrl>,
+    ) -> Result<(), IntakeError> {
+        match callback_url {
+            Some(_) if !self.callbacks => Err(IntakeError::CallbacksDisabled),
+            _ => Ok(()),
         }
     }
 
@@ -182,12 +208,37 @@ impl Intake {
         Ok(outcome)
     }
 
+    /// A part that names a callback URL other than its batch's sets it.
+    async fn apply_part_callback(
+        &self,
+        part: &NewPart,
+        mut outcome: AppendOutcome,
+    ) -> Result<AppendOutcome, IntakeError> {
+        let Some(url) = &part.callback_url else {
+            return Ok(outcome);
+        };
+        let (AppendOutcome::Created { batch, .. } | AppendOutcome::AlreadyStored { batch, .. }) =
+            &mut outcome
+        else {
+            return Ok(outcome);
+        };
+        if batch.callback.url.as_ref() == Some(url) {
+            return Ok(outcome);
+        }
+        if let Some(updated) = self.store.set_callback_url(&part.batch_id, url).await? {
+            *batch = updated;
+        }
+        Ok(outcome)
+    }
+
     /// Stores the part and starts its chunks. A part stored before is not stored again; its
     /// chunks that never started are started again (starting is idempotent), so a client
     /// retrying after a failure here loses nothing.
     pub(crate) async fn submit(&self, part: &NewPart) -> Result<Accepted, IntakeError> {
+        self.check_callback(part.callback_url.as_ref())?;
         let outcome = self.store.append_part(part).await?;
         let outcome = self.apply_part_limit(part, outcome).await?;
+        let outcome = self.apply_part_callback(part, outcome).await?;
         match outcome {
             AppendOutcome::Created { batch, chunks } => {
                 self.orchestrator

@@ -52,6 +52,7 @@ impl Intake {
         objects: &ObjectReader,
         request: &BatchByReference,
     ) -> Result<Accepted, FromUriError> {
+        self.check_callback(request.callback_url.as_ref())?;
         let checked = check(objects, &request.items).await?;
         let object = objects
             .open(&request.items.uri, checked.etag.as_deref())
@@ -86,7 +87,8 @@ impl Intake {
                 )
                 .map_err(|_| ReadError::Changed)?
                 .with_max_concurrency(request.max_concurrency)
-                .with_failure_budget(request.failure_budget);
+                .with_failure_budget(request.failure_budget)
+                .with_callback_url(request.callback_url.clone());
                 let accepted = self.submit(&part).await?;
                 created |= accepted.created;
                 last = Some(accepted);

@@ -9,7 +9,7 @@ mod orchestrator;
 pub mod steps;
 pub mod tasks;
 
-pub(crate) use init::{Accepted, Intake, IntakeError, RunRequestError};
+pub(crate) use init::{Accepted, Intake, IntakeError, RunRequestError, CALLBACKS_DISABLED};
 pub(crate) use intake_uri::FromUriError;
 pub use job_steps::JobRunners;
 pub(crate) use orchestrator::{Orchestrator, OrchestratorError, StartedByStream};

@@ -5,7 +5,8 @@
 use serde_json::{Map, Value};
 
 use super::{
-    batch_id, batch_size, failure_budget, field, max_concurrency, Reply, SeedError, SeedRule,
+    batch_id, batch_size, callback_url, failure_budget, field, max_concurrency, Reply, SeedError,
+    SeedRule,
 };
 use crate::items_uri::s3::ObjectReader;
 use crate::items_uri::{
@@ -65,6 +66,7 @@ pub(super) fn parse(body: &Map<String, Value>) -> Result<BatchByReference, SeedE
         items,
         max_concurrency: max_concurrency(body)?,
         failure_budget: failure_budget(body)?,
+        callback_url: callback_url(body)?,
     })
 }
 
@@ -99,6 +101,7 @@ pub(super) async fn handle(
         Err(FromUriError::Intake(
             IntakeError::Conflict(reason) | IntakeError::Rejected(reason),
         )) => Reply::message(409, reason),
+        Err(FromUriError::Intake(IntakeError::CallbacksDisabled)) => Reply::callbacks_disabled(),
         Err(FromUriError::Intake(err)) => Reply::failure(&err),
     }
 }

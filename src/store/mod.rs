@@ -12,6 +12,7 @@ pub mod dynamo;
 mod id_hashes;
 pub mod jobs;
 pub(crate) mod journal;
+pub mod outbox;
 mod rules;
 pub mod sqlite;
 
@@ -20,9 +21,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use self::jobs::{JobStore, JobWrite, StoredJob};
+pub use self::outbox::{AttemptResult, Delivery, DeliveryKey, OutboxStore};
 
 use crate::domain::{
-    Batch, BatchId, BatchStatus, ItemId, ItemOutcome, ItemRecord, ItemStatus, NewPart,
+    Batch, BatchId, BatchStatus, CallbackUrl, ItemId, ItemOutcome, ItemRecord, ItemStatus, NewPart,
 };
 
 /// A storage failure. Details are for the logs, never for clients.
@@ -72,6 +74,8 @@ pub enum CancelOutcome {
 }
 
 /// What pausing or resuming did.
+// Returned once per request and never kept: boxing the batch would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlOutcome {
     /// Done now, or found done already (a repeated request); the batch as it stands after.
@@ -83,6 +87,8 @@ pub enum ControlOutcome {
 }
 
 /// What a redrive did.
+// Returned once per request and never kept: boxing the batch would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedriveOutcome {
     /// The batch runs again: `items` items in `chunks` chunks, to be started.
@@ -281,7 +287,7 @@ pub enum ListError {
 /// Persistent state of batches and chunks. Every method is atomic and safe to call again
 /// with the same arguments (Lambda and Express workflows deliver at least once).
 #[async_trait]
-pub trait BatchStore: JobStore {
+pub trait BatchStore: JobStore + OutboxStore {
     /// Stores a part (creating its batch on the first part) and its chunks.
     async fn append_part(&self, part: &NewPart) -> Result<AppendOutcome, StoreError>;
 
@@ -322,6 +328,14 @@ pub trait BatchStore: JobStore {
         batch_id: &BatchId,
         include_cancelled: bool,
     ) -> Result<RedriveOutcome, StoreError>;
+    /// Sets where the batch's final status is POSTed when it ends; the batch as it stands
+    /// after, or None when there is no such batch. A transition already made keeps the URL
+    /// it was made with.
+    async fn set_callback_url(
+        &self,
+        batch_id: &BatchId,
+        url: &CallbackUrl,
+    ) -> Result<Option<Batch>, StoreError>;
 
     /// Marks a chunk started (so cancelling no longer skips it) and returns it, unless it is
     /// cancelled or recorded. Also moves a PENDING batch to RUNNING.

@@ -364,6 +364,7 @@ mod tests {
             failure_budget: Default::default(),
             failure_reason: None,
             redrive_count: 0,
+            callback: Default::default(),
         }
     }
 

@@ -11,6 +11,7 @@ mod chunks;
 pub(crate) mod floor;
 mod jobs;
 mod journal;
+mod outbox;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -32,7 +33,8 @@ use super::{
     StoreError, Unfinished,
 };
 use crate::domain::{
-    Batch, BatchId, BatchStatus, FailureBudget, ItemOutcome, ItemRecord, NewPart, Timestamp,
+    Batch, BatchId, BatchStatus, Callback, CallbackStatus, CallbackUrl, FailureBudget, ItemOutcome,
+    ItemRecord, NewPart, Timestamp,
 };
 
 /// [`Unfinished`] that can move to the writer thread.
@@ -93,7 +95,11 @@ CREATE TABLE IF NOT EXISTS batches (
     tolerated_failure_count INTEGER,
     failure_reason TEXT,
     redrive_count INTEGER NOT NULL DEFAULT 0,
-    stopped_by TEXT
+    stopped_by TEXT,
+    callback_url TEXT,
+    callback_status TEXT NOT NULL DEFAULT 'NONE',
+    callback_attempts INTEGER NOT NULL DEFAULT 0,
+    callback_last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status, seq);
 CREATE TABLE IF NOT EXISTS parts (
@@ -154,7 +160,7 @@ CREATE INDEX IF NOT EXISTS executions_sleeping ON executions (wake_at, batch_seq
 /// Columns added to a table after databases were first written with it: `(table, column,
 /// declaration, backfill)`. `CREATE TABLE IF NOT EXISTS` leaves an older table as it was, so
 /// each is added when missing, then the backfill (if any) brings older rows in line.
-const ADDED_COLUMNS: [(&str, &str, &str, Option<&str>); 7] = [
+const ADDED_COLUMNS: [(&str, &str, &str, Option<&str>); 11] = [
     (
         "batches",
         "max_concurrency",
@@ -193,6 +199,25 @@ const ADDED_COLUMNS: [(&str, &str, &str, Option<&str>); 7] = [
         "attempt_base INTEGER NOT NULL DEFAULT 0",
         None,
     ),
+    ("batches", "callback_url", "callback_url TEXT", None),
+    (
+        "batches",
+        "callback_status",
+        "callback_status TEXT NOT NULL DEFAULT 'NONE'",
+        None,
+    ),
+    (
+        "batches",
+        "callback_attempts",
+        "callback_attempts INTEGER NOT NULL DEFAULT 0",
+        None,
+    ),
+    (
+        "batches",
+        "callback_last_error",
+        "callback_last_error TEXT",
+        None,
+    ),
 ];
 
 /// Brings a database written by an earlier version up to [`SCHEMA`].
@@ -219,7 +244,8 @@ macro_rules! batch_columns {
         "seq, batch_id, status, total_items, received_items, succeeded_items, failed_items, \
          cancelled_items, total_chunks, completed_chunks, batch_size, cancel_requested, \
          created_at, updated_at, completed_at, max_concurrency, tolerated_failure_percentage, \
-         tolerated_failure_count, failure_reason, redrive_count, stopped_by"
+         tolerated_failure_count, failure_reason, redrive_count, stopped_by, callback_url, \
+         callback_status, callback_attempts, callback_last_error"
     };
 }
 const BATCH_COLUMNS: &str = batch_columns!();
@@ -287,17 +313,37 @@ impl BatchRow {
                 },
                 failure_reason: row.get(18)?,
                 redrive_count: row.get(19)?,
+                callback: Callback {
+                    url: row
+                        .get::<_, Option<String>>(21)?
+                        .map(CallbackUrl::from_trusted),
+                    status: {
+                        let name: String = row.get(22)?;
+                        CallbackStatus::from_name(&name).ok_or_else(|| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                22,
+                                rusqlite::types::Type::Text,
+                                format!("unknown callback status {name:?}").into(),
+                            )
+                        })?
+                    },
+                    attempts: row.get(23)?,
+                    last_error: row.get(24)?,
+                },
             },
         })
     }
 
-    /// Turns the batch terminal once every item is (or PENDING to RUNNING on `progress`).
-    fn settle(&mut self, progress: Progress, now: Timestamp) {
-        if let Some(status) =
-            rules::next_status(&self.batch, self.cancel_requested, self.stop, progress)
-        {
-            self.batch.status = status;
-            self.batch.completed_at = status.is_terminal().then_some(now);
+    /// Turns the batch terminal once every item is (or PENDING to RUNNING on `progress`);
+    /// whether it turned terminal now.
+    fn settle(&mut self, progress: Progress, now: Timestamp) -> bool {
+        match rules::next_status(&self.batch, self.cancel_requested, self.stop, progress) {
+            Some(status) => {
+                self.batch.status = status;
+                self.batch.completed_at = status.is_terminal().then_some(now);
+                status.is_terminal()
+            }
+            None => false,
         }
     }
 
@@ -412,6 +458,7 @@ impl SqliteStore {
             .map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
         add_missing_columns(&conn).map_err(unavailable)?;
+        conn.execute_batch(outbox::SCHEMA).map_err(unavailable)?;
 
         let (changed, changes) = watch::channel(0u64);
         let staged = Arc::new(Staged::default());
@@ -513,8 +560,8 @@ fn append_part(conn: &Connection, part: &NewPart) -> Result<AppendOutcome, Store
         None => {
             conn.prepare_cached(
                 "INSERT INTO batches (batch_id, status, total_items, received_items, batch_size, created_at, updated_at, \
-                 max_concurrency, tolerated_failure_percentage, tolerated_failure_count) \
-                 VALUES (?1, 'PENDING', ?2, 0, ?3, ?4, ?4, ?5, ?6, ?7)",
+                 max_concurrency, tolerated_failure_percentage, tolerated_failure_count, callback_url) \
+                 VALUES (?1, 'PENDING', ?2, 0, ?3, ?4, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute(params![
                 part.batch_id.as_str(),
@@ -524,6 +571,7 @@ fn append_part(conn: &Connection, part: &NewPart) -> Result<AppendOutcome, Store
                 part.max_concurrency,
                 part.failure_budget.and_then(|budget| budget.percentage),
                 part.failure_budget.and_then(|budget| budget.count),
+                part.callback_url.as_ref().map(CallbackUrl::as_str),
             ])?;
             load_batch_by_seq(conn, conn.last_insert_rowid())?
         }
@@ -730,7 +778,13 @@ fn cancel_batch(conn: &Connection, batch_id: &str) -> Result<CancelOutcome, Stor
     batch.stop(conn, Stop::Cancelled)?;
     let now = Timestamp::now();
     batch.batch.updated_at = now;
-    batch.settle(Progress::CountersChanged, now);
+    if batch.settle(Progress::CountersChanged, now) {
+        // The outbox trigger set the callback's state.
+        batch.save(conn)?;
+        return Ok(CancelOutcome::Cancelled(
+            load_batch_by_seq(conn, batch.seq)?.batch,
+        ));
+    }
     batch.save(conn)?;
     Ok(CancelOutcome::Cancelled(batch.batch))
 }
@@ -1015,6 +1069,20 @@ impl BatchStore for SqliteStore {
         self.write(move |conn| {
             conn.prepare_cached("UPDATE batches SET max_concurrency = ?2 WHERE batch_id = ?1")?
                 .execute(params![batch_id.as_str(), max_concurrency])?;
+            Ok(load_batch(conn, batch_id.as_str())?.map(|row| row.batch))
+        })
+        .await
+    }
+
+    async fn set_callback_url(
+        &self,
+        batch_id: &BatchId,
+        url: &CallbackUrl,
+    ) -> Result<Option<Batch>, StoreError> {
+        let (batch_id, url) = (batch_id.clone(), url.clone());
+        self.write(move |conn| {
+            conn.prepare_cached("UPDATE batches SET callback_url = ?2 WHERE batch_id = ?1")?
+                .execute(params![batch_id.as_str(), url.as_str()])?;
             Ok(load_batch(conn, batch_id.as_str())?.map(|row| row.batch))
         })
         .await

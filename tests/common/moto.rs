@@ -167,8 +167,17 @@ pub(crate) async fn create_tables(
         .billing_mode(BillingMode::PayPerRequest)
         .attribute_definitions(string_attribute("batchId"))
         .attribute_definitions(string_attribute("sk"))
+        .attribute_definitions(string_attribute("duePartition"))
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("dueAt")
+                .attribute_type(ScalarAttributeType::N)
+                .build()
+                .expect("attribute"),
+        )
         .key_schema(key("batchId", KeyType::Hash))
         .key_schema(key("sk", KeyType::Range))
+        .global_secondary_indexes(keys_only_index("by-due", "duePartition", "dueAt"))
         .stream_specification(
             aws_sdk_dynamodb::types::StreamSpecification::builder()
                 .stream_enabled(true)

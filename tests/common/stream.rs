@@ -76,12 +76,17 @@ fn lambda_record(record: &Record) -> Value {
     })
 }
 
-/// The stack's `FilterCriteria`: parts written, chunks recorded, limits changed.
+/// The stack's `FilterCriteria`: parts written, chunks recorded, limits changed, outbox
+/// records written.
 fn kept_by_filter(record: &Value) -> bool {
     let change = &record["dynamodb"];
     change["NewImage"]["chunksWritten"]["BOOL"] == json!(true)
         || change["NewImage"]["stage"]["S"] == json!("RECORDED")
         || change["Keys"]["sk"]["S"] == json!("limitChanged")
+        || (change["Keys"]["sk"]["S"]
+            .as_str()
+            .is_some_and(|sk| sk.starts_with("outbox#"))
+            && change["NewImage"]["attempts"]["N"] == json!("0"))
 }
 
 impl StreamPoller {

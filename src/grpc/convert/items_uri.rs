@@ -51,6 +51,7 @@ impl TryFrom<pb::SubmitBatchRequest> for Submission {
             request.tolerated_failure_percentage,
             request.tolerated_failure_count,
         )?;
+        let callback_url = super::callback_url(request.callback_url)?;
         let uri = ItemsUri::parse(&request.items_uri)
             .map_err(|rule| FieldError::new("items_uri", rule))?;
         let format = items_format(request.items_format)
@@ -63,6 +64,7 @@ impl TryFrom<pb::SubmitBatchRequest> for Submission {
             items,
             max_concurrency,
             failure_budget,
+            callback_url,
         }))
     }
 }

@@ -31,6 +31,12 @@ fn sample_batch(completed_at: Option<Timestamp>) -> Batch {
         failure_budget: FailureBudget::parse(Some(10), Some(3)).unwrap(),
         failure_reason: Some("failure budget exceeded: 2 of 10 items failed".into()),
         redrive_count: 2,
+        callback: Callback {
+            url: Some(CallbackUrl::parse("https://example.com/hook").unwrap()),
+            status: CallbackStatus::Pending,
+            attempts: 3,
+            last_error: Some("HTTP 503".to_owned()),
+        },
     }
 }
 

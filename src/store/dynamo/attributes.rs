@@ -50,6 +50,12 @@ pub(super) const REDRIVE_COUNT: &str = "redriveCount";
 pub(super) const REDRIVE_INCLUDES_CANCELLED: &str = "redriveIncludesCancelled";
 /// The start position of the last redrive's first chunk (see `starts`).
 pub(super) const REDRIVE_FIRST_POSITION: &str = "redriveFirstPosition";
+/// The batch's callback URL; absent when it has none.
+pub(super) const CALLBACK_URL: &str = "callbackUrl";
+/// The delivery of the batch's last terminal transition: status, attempts, last error.
+pub(super) const CALLBACK_STATUS: &str = "callbackStatus";
+pub(super) const CALLBACK_ATTEMPTS: &str = "callbackAttempts";
+pub(super) const CALLBACK_LAST_ERROR: &str = "callbackLastError";
 /// Sort key of both listing indexes: creation time, then batch ID.
 pub(super) const CREATED_KEY: &str = "createdKey";
 /// Partition key of `by-created`: the same value on every batch.
@@ -104,6 +110,27 @@ pub(super) fn hashes_sk(part: u64, segment: usize) -> String {
 
 pub(super) fn chunk_sk(chunk: u64) -> String {
     format!("chunk#{chunk:020}")
+}
+
+// `outbox#<completedAt>` items: one per terminal transition to deliver.
+/// The batch as the transition left it (the outbox snapshot's JSON).
+pub(super) const SNAPSHOT: &str = "snapshot";
+pub(super) const DELIVERY_STATUS: &str = "deliveryStatus";
+pub(super) const LAST_ERROR: &str = "lastError";
+pub(super) const EVENT_SENT: &str = "eventSent";
+/// When the record is next due; with [`DUE_PARTITION`], only on pending records, so the
+/// `by-due` index (keys only) lists exactly the records still to deliver.
+pub(super) const DUE_AT: &str = "dueAt";
+pub(super) const DUE_PARTITION: &str = "duePartition";
+pub(super) const DUE_PARTITION_VALUE: &str = "due";
+/// Keys-only index of the request table on (`duePartition`, `dueAt`).
+pub(super) const BY_DUE_INDEX: &str = "by-due";
+
+/// The sort-key prefix of outbox records.
+pub const OUTBOX_PREFIX: &str = "outbox#";
+
+pub(super) fn outbox_sk(completed_at: i64) -> String {
+    format!("{OUTBOX_PREFIX}{completed_at:020}")
 }
 
 /// The sort-key prefix of chunks' job records.

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::ReturnValue;
+use aws_sdk_dynamodb::types::{ReturnValue, TransactWriteItem, Update};
 use futures::{stream, StreamExt, TryStreamExt};
 
 use super::attributes::{
@@ -13,10 +13,14 @@ use super::attributes::{
     REDRIVE_INCLUDES_CANCELLED, STATUS, STOPPED_AT, STOPPED_BY, STOP_SWEPT, SUCCEEDED_ITEMS,
     TOLERATED_COUNT, TOLERATED_PERCENTAGE, TOTAL_CHUNKS, TOTAL_ITEMS, UPDATED_AT,
 };
+use super::attributes::{CALLBACK_ATTEMPTS, CALLBACK_LAST_ERROR, CALLBACK_STATUS, CALLBACK_URL};
 use super::starts::{IN_FLIGHT, STARTABLE_CHUNKS, STARTED_CHUNKS};
 use super::writes::{conditional, unavailable, write_units};
 use super::{contended, DynamoStore, OPTIMISTIC_ATTEMPTS};
-use crate::domain::{Batch, BatchId, BatchStatus, FailureBudget, NewPart, Timestamp};
+use crate::domain::{
+    Batch, BatchId, BatchStatus, Callback, CallbackStatus, CallbackUrl, FailureBudget, NewPart,
+    Timestamp,
+};
 use crate::store::rules::{self, CancelRequest, Progress, Refusal, Stop};
 use crate::store::{CancelOutcome, ControlOutcome, StoreError};
 
@@ -80,6 +84,17 @@ impl BatchRecord {
                 },
                 failure_reason: optional_text(item, FAILURE_REASON).map(str::to_owned),
                 redrive_count: optional_number(item, REDRIVE_COUNT)?.unwrap_or(0),
+                callback: Callback {
+                    url: optional_text(item, CALLBACK_URL)
+                        .map(|url| CallbackUrl::from_trusted(url.to_owned())),
+                    status: match optional_text(item, CALLBACK_STATUS) {
+                        None => CallbackStatus::None,
+                        Some(name) => CallbackStatus::from_name(name)
+                            .ok_or_else(|| corrupt(CALLBACK_STATUS))?,
+                    },
+                    attempts: optional_number(item, CALLBACK_ATTEMPTS)?.unwrap_or(0),
+                    last_error: optional_text(item, CALLBACK_LAST_ERROR).map(str::to_owned),
+                },
             },
             cancel_requested: flag(item, CANCEL_REQUESTED),
             stop: stop_of(item)?,
@@ -116,6 +131,10 @@ impl BatchRecord {
             (MAX_CONCURRENCY, part.max_concurrency.map(n)),
             (TOLERATED_PERCENTAGE, budget.percentage.map(n)),
             (TOLERATED_COUNT, budget.count.map(n)),
+            (
+                CALLBACK_URL,
+                part.callback_url.as_ref().map(|url| s(url.as_str())),
+            ),
         ];
         attributes
             .into_iter()
@@ -197,6 +216,26 @@ impl DynamoStore {
         }
     }
 
+    /// Sets a batch's callback URL; false when there is no such batch.
+    pub(super) async fn write_callback_url(
+        &self,
+        batch_id: &BatchId,
+        url: &CallbackUrl,
+    ) -> Result<bool, StoreError> {
+        self.meter.write(1);
+        let sent = self
+            .client
+            .update_item()
+            .table_name(&self.tables.batch_table)
+            .set_key(Some(batch_key(batch_id)))
+            .condition_expression(format!("attribute_exists({BATCH_ID})"))
+            .update_expression(format!("SET {CALLBACK_URL} = :url"))
+            .expression_attribute_values(":url", s(url.as_str()))
+            .send()
+            .await;
+        Ok(conditional(sent, |e| e.is_conditional_check_failed_exception())?.is_some())
+    }
+
     /// Moves a batch to the status `progress` leads to (only one caller wins); returns the
     /// batch as it stands.
     pub(super) async fn settle(
@@ -260,6 +299,9 @@ impl DynamoStore {
         read: &Batch,
         next: BatchStatus,
     ) -> Result<Option<Batch>, StoreError> {
+        if next.is_terminal() && self.wants_outbox(read) {
+            return self.finish_with_outbox(read, next).await;
+        }
         let now = Timestamp::now();
         let completed = if next.is_terminal() {
             format!(", {COMPLETED_AT} = :now")
@@ -292,6 +334,63 @@ impl DynamoStore {
                 Ok(BatchRecord::from_item(&item)?.batch)
             })
             .transpose()
+    }
+
+    /// [`Self::move_status`] to a terminal status, and the transition's outbox record, in one
+    /// transaction. The condition also holds the callback URL read, which the record carries.
+    async fn finish_with_outbox(
+        &self,
+        read: &Batch,
+        next: BatchStatus,
+    ) -> Result<Option<Batch>, StoreError> {
+        let now = Timestamp::now();
+        let mut after = read.clone();
+        after.status = next;
+        after.updated_at = now;
+        after.completed_at = Some(now);
+        let (put_outbox, outbox_units) = self.outbox_put(&after)?;
+        let (url_condition, callback_update) = match &read.callback.url {
+            Some(_) => (
+                format!("{CALLBACK_URL} = :url"),
+                format!(
+                    ", {CALLBACK_STATUS} = :pending, {CALLBACK_ATTEMPTS} = :zero REMOVE {CALLBACK_LAST_ERROR}"
+                ),
+            ),
+            None => (format!("attribute_not_exists({CALLBACK_URL})"), String::new()),
+        };
+        let mut update = Update::builder()
+            .table_name(&self.tables.batch_table)
+            .set_key(Some(batch_key(&read.batch_id)))
+            .update_expression(format!(
+                "SET #status = :next, {UPDATED_AT} = :now, {COMPLETED_AT} = :now{callback_update}"
+            ))
+            .condition_expression(format!(
+                "#status = :current AND {COMPLETED_CHUNKS} = :completed AND {url_condition}"
+            ))
+            .expression_attribute_names("#status", STATUS)
+            .expression_attribute_values(":current", s(read.status.as_str()))
+            .expression_attribute_values(":next", s(next.as_str()))
+            .expression_attribute_values(":completed", n(read.completed_chunks))
+            .expression_attribute_values(":now", n(now.0));
+        if let Some(url) = &read.callback.url {
+            update = update
+                .expression_attribute_values(":url", s(url.as_str()))
+                .expression_attribute_values(":pending", s(CallbackStatus::Pending.as_str()))
+                .expression_attribute_values(":zero", n(0));
+        }
+        let writes = vec![
+            TransactWriteItem::builder().update(update.build()?).build(),
+            put_outbox,
+        ];
+        if !self.transact(writes, 1 + outbox_units).await? {
+            return Ok(None);
+        }
+        if read.callback.url.is_some() {
+            after.callback.status = CallbackStatus::Pending;
+            after.callback.attempts = 0;
+            after.callback.last_error = None;
+        }
+        Ok(Some(after))
     }
 
     /// Cancels a batch (see [`Self::stop_batch`]).

@@ -44,18 +44,29 @@
 //! One file per concern: `attributes` (names and conversions), `writes` (metered,
 //! conditional and batched writes), `batches` (the batch item, its status and cancel), `parts`
 //! (storing a part), `chunks` (chunk items and their lifecycle), `starts` (which chunks may
-//! start, and each batch's slots), `jobs` (external job records), `listing` (the list calls).
+//! start, and each batch's slots), `jobs` (external job records), `listing` (the list calls),
+//! `outbox` (completion callbacks to deliver).
+//!
+//! Completion callbacks: the conditional write that turns a batch terminal becomes a
+//! transaction that also puts `outbox#<completedAt>` in the request table when the batch has a
+//! callback URL (or completion events are on); a replay fails the status condition and puts
+//! nothing. The item's insert reaches `init` through the stream, which delivers it; pending
+//! items carry `duePartition`/`dueAt`, so the schedule finds due ones through the sparse
+//! `by-due` index without a scan.
 
 mod attributes;
 mod batches;
 mod chunks;
 mod jobs;
 mod listing;
+mod outbox;
 mod parts;
 mod redrives;
 mod starts;
 mod writes;
 
+pub use attributes::OUTBOX_PREFIX;
+pub use outbox::delivery_key;
 pub use starts::{StartClaim, LIMIT_CHANGED_SK, STALE_CLAIM};
 
 use std::sync::Arc;
@@ -69,7 +80,7 @@ use super::{
     AppendOutcome, BatchQuery, BatchStore, CancelOutcome, Chunk, ChunkClaim, ControlOutcome,
     ItemQuery, ListError, Page, RecordOutcome, RedriveOutcome, StoreError, Unfinished,
 };
-use crate::domain::{Batch, BatchId, ItemOutcome, ItemRecord, NewPart};
+use crate::domain::{Batch, BatchId, CallbackUrl, ItemOutcome, ItemRecord, NewPart};
 use writes::Meter;
 
 /// Attempts of an optimistic read-modify-write before reporting contention.
@@ -108,6 +119,9 @@ pub struct DynamoStore {
     client: aws_sdk_dynamodb::Client,
     tables: Arc<DynamoTables>,
     meter: Arc<Meter>,
+    /// Whether every batch's terminal transition gets an outbox record (completion events
+    /// are on), not only those of batches with a callback URL.
+    completion_events: bool,
 }
 
 impl DynamoStore {
@@ -129,7 +143,15 @@ impl DynamoStore {
             client: aws_sdk_dynamodb::Client::from_conf(config),
             tables: Arc::new(tables),
             meter: Arc::new(Meter::default()),
+            completion_events: false,
         }
+    }
+
+    /// This store, writing an outbox record for every batch's terminal transition, for its
+    /// completion event.
+    pub fn with_completion_events(mut self, on: bool) -> Self {
+        self.completion_events = on;
+        self
     }
 
     /// What this store has sent so far.
@@ -193,6 +215,17 @@ impl BatchStore for DynamoStore {
             return Ok(None);
         }
         self.note_limit_changed(batch_id).await?;
+        self.get_batch(batch_id).await
+    }
+
+    async fn set_callback_url(
+        &self,
+        batch_id: &BatchId,
+        url: &CallbackUrl,
+    ) -> Result<Option<Batch>, StoreError> {
+        if !self.write_callback_url(batch_id, url).await? {
+            return Ok(None);
+        }
         self.get_batch(batch_id).await
     }
 

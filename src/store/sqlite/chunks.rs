@@ -3,7 +3,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{load_batch, BatchRow};
+use super::{load_batch, load_batch_by_seq, BatchRow};
 use crate::domain::{BatchId, BatchStatus, ItemOutcome, Timestamp};
 use crate::store::codec::{self, ChunkOutcomes};
 use crate::store::rules::{self, Progress, Stop};
@@ -208,6 +208,11 @@ fn count_chunk(
         batch.stop(conn, Stop::BudgetExceeded)?;
         batch.batch.failure_reason = Some(reason);
     }
-    batch.settle(Progress::ChunkRecorded, now);
-    batch.save(conn)
+    let ended = batch.settle(Progress::ChunkRecorded, now);
+    batch.save(conn)?;
+    if ended {
+        // The outbox trigger set the callback's state.
+        *batch = load_batch_by_seq(conn, batch.seq)?;
+    }
+    Ok(())
 }
