@@ -11,9 +11,9 @@ use prost_types::Timestamp as PbTimestamp;
 use super::client::{BatchSubmission, Submitted};
 use super::pb;
 use crate::domain::{
-    parse_count, parse_item_ids, parse_max_concurrency, Batch, BatchId, BatchSize, BatchSizeError,
-    BatchStatus, CountError, IdError, ItemId, ItemIdsError, ItemRecord, ItemStatus,
-    MaxConcurrencyError, NewPart, PartError, Timestamp,
+    parse_count, parse_item_ids, parse_max_concurrency, Batch, BatchId, BatchProgress, BatchSize,
+    BatchSizeError, BatchStatus, CountError, ErrorCount, IdError, ItemId, ItemIdsError, ItemRecord,
+    ItemStatus, MaxConcurrencyError, NewPart, PartError, Timestamp,
 };
 use crate::items_uri::{ItemsError, ReferenceRule};
 use crate::pipeline::Accepted;
@@ -437,6 +437,30 @@ impl TryFrom<pb::ListBatchItemsRequest> for ItemQuery {
     }
 }
 
+impl From<ItemQuery> for pb::ExportBatchItemsRequest {
+    fn from(query: ItemQuery) -> Self {
+        Self {
+            batch_id: query.batch_id.as_str().to_owned(),
+            status: query.status.map_or(pb::ItemStatus::Unspecified, Into::into) as i32,
+        }
+    }
+}
+
+/// An export reads the batch as listings do, a largest page at a time from the start.
+impl TryFrom<pb::ExportBatchItemsRequest> for ItemQuery {
+    type Error = FieldError;
+
+    fn try_from(request: pb::ExportBatchItemsRequest) -> Result<Self, FieldError> {
+        Ok(Self {
+            batch_id: batch_id(request.batch_id)?,
+            status: item_status_or_any(request.status)
+                .map_err(|rule| FieldError::new("status", rule))?,
+            page_size: MAX_ITEM_PAGE,
+            page_token: None,
+        })
+    }
+}
+
 // ---- responses: domain to wire on the server, and wire to domain in the client ----
 
 impl From<&Batch> for pb::Batch {
@@ -457,6 +481,17 @@ impl From<&Batch> for pb::Batch {
             received_items: batch.received_items,
             batch_size: batch.batch_size,
             max_concurrency: batch.max_concurrency.unwrap_or(0),
+            items_per_second: batch.progress.items_per_second,
+            eta_seconds: batch.progress.eta_seconds,
+            top_errors: batch
+                .progress
+                .top_errors
+                .iter()
+                .map(|error| pb::ErrorCount {
+                    message: error.message.clone(),
+                    count: error.count,
+                })
+                .collect(),
         }
     }
 }
@@ -485,6 +520,18 @@ impl TryFrom<pb::Batch> for Batch {
                 .transpose()
                 .map_err(|rule| FieldError::new("completed_at", rule))?,
             max_concurrency: (batch.max_concurrency > 0).then_some(batch.max_concurrency),
+            progress: BatchProgress {
+                items_per_second: batch.items_per_second,
+                eta_seconds: batch.eta_seconds,
+                top_errors: batch
+                    .top_errors
+                    .into_iter()
+                    .map(|error| ErrorCount {
+                        message: error.message,
+                        count: error.count,
+                    })
+                    .collect(),
+            },
         })
     }
 }
@@ -654,6 +701,29 @@ impl TryFrom<pb::ListBatchItemsResponse> for Page<ItemRecord> {
             entries,
             next_page_token: page_token(response.next_page_token),
         })
+    }
+}
+
+impl From<Vec<ItemRecord>> for pb::ExportBatchItemsResponse {
+    fn from(items: Vec<ItemRecord>) -> Self {
+        Self {
+            items: items.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::ExportBatchItemsResponse> for Vec<ItemRecord> {
+    type Error = FieldError;
+
+    fn try_from(response: pb::ExportBatchItemsResponse) -> Result<Self, FieldError> {
+        response
+            .items
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| {
+                ItemRecord::try_from(item).map_err(|err| err.within(&format!("items[{index}]")))
+            })
+            .collect()
     }
 }
 

@@ -5,6 +5,7 @@ pub mod client;
 mod convert;
 mod deadline;
 mod error;
+mod export;
 mod service;
 
 /// Generated protobuf and tonic code; never used outside `grpc` (but by tests, as a raw client).

@@ -12,6 +12,7 @@ pub mod dynamo;
 mod id_hashes;
 pub mod jobs;
 pub(crate) mod journal;
+mod progress;
 mod rules;
 pub mod sqlite;
 

@@ -13,8 +13,8 @@ pub(crate) enum PartVerdict {
     Store,
     /// The same part (same items) is stored already.
     AlreadyStored,
-    /// Refuse it with this outcome.
-    Refuse(AppendOutcome),
+    /// Refuse it with this outcome (boxed: an outcome can carry a whole batch).
+    Refuse(Box<AppendOutcome>),
 }
 
 /// Judges a part against its batch (as stored, or just created) and the digest of the part
@@ -28,41 +28,41 @@ pub(crate) fn judge_part(
     digest: &str,
 ) -> PartVerdict {
     if batch.total_items != part.total_items {
-        return PartVerdict::Refuse(AppendOutcome::Conflict(format!(
+        return PartVerdict::Refuse(Box::new(AppendOutcome::Conflict(format!(
             "batch {} exists with {} items in total, not {}",
             part.batch_id, batch.total_items, part.total_items
-        )));
+        ))));
     }
     if batch.batch_size != part.batch_size.get() {
-        return PartVerdict::Refuse(AppendOutcome::Conflict(format!(
+        return PartVerdict::Refuse(Box::new(AppendOutcome::Conflict(format!(
             "batch {} exists with batch_size {}, not {}",
             part.batch_id,
             batch.batch_size,
             part.batch_size.get()
-        )));
+        ))));
     }
     match stored_digest {
         Some(stored) if stored == digest => return PartVerdict::AlreadyStored,
         Some(_) => {
-            return PartVerdict::Refuse(AppendOutcome::Conflict(format!(
+            return PartVerdict::Refuse(Box::new(AppendOutcome::Conflict(format!(
                 "part {} of batch {} was stored with other items",
                 part.part_number, part.batch_id
-            )))
+            ))))
         }
         None => {}
     }
     if cancel_requested {
-        return PartVerdict::Refuse(AppendOutcome::Rejected(format!(
+        return PartVerdict::Refuse(Box::new(AppendOutcome::Rejected(format!(
             "batch {} is cancelled",
             part.batch_id
-        )));
+        ))));
     }
     let item_count = part.items.len() as u64;
     if batch.received_items + item_count > batch.total_items {
-        return PartVerdict::Refuse(AppendOutcome::Rejected(format!(
+        return PartVerdict::Refuse(Box::new(AppendOutcome::Rejected(format!(
             "batch {} expects {} items and holds {}; {} more would exceed it",
             part.batch_id, batch.total_items, batch.received_items, item_count
-        )));
+        ))));
     }
     PartVerdict::Store
 }
@@ -221,6 +221,7 @@ mod tests {
             updated_at: Timestamp(0),
             completed_at: None,
             max_concurrency: None,
+            progress: Default::default(),
         }
     }
 
@@ -237,7 +238,7 @@ mod tests {
 
     fn refusal(verdict: PartVerdict) -> AppendOutcome {
         match verdict {
-            PartVerdict::Refuse(outcome) => outcome,
+            PartVerdict::Refuse(outcome) => *outcome,
             other => panic!("expected a refusal, got {other:?}"),
         }
     }

@@ -7,6 +7,7 @@
 //! A chunk is one row holding its item IDs and outcomes together, encoded by [`codec`].
 
 mod chunks;
+mod error_counts;
 #[cfg(feature = "bench")]
 pub(crate) mod floor;
 mod jobs;
@@ -25,6 +26,7 @@ use self::writer::{Job, Message, Staged};
 
 use super::codec::{self, ChunkOutcomes, ItemPager};
 use super::id_hashes::{self, PartIndex};
+use super::progress::{self, RateWindow};
 use super::rules::{self, judge_part, CancelRequest, PartVerdict, Progress};
 use super::{
     AppendOutcome, BadPageToken, BatchQuery, BatchStore, CancelOutcome, Chunk, ChunkClaim,
@@ -85,7 +87,12 @@ CREATE TABLE IF NOT EXISTS batches (
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
     completed_at INTEGER,
-    max_concurrency INTEGER
+    max_concurrency INTEGER,
+    window_started_at INTEGER,
+    window_terminal INTEGER NOT NULL DEFAULT 0,
+    previous_rate REAL NOT NULL DEFAULT 0,
+    last_recorded_at INTEGER,
+    other_errors INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status, seq);
 CREATE TABLE IF NOT EXISTS parts (
@@ -115,6 +122,12 @@ CREATE TABLE IF NOT EXISTS chunks (
     attempts INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (batch_seq, chunk)
 );
+CREATE TABLE IF NOT EXISTS batch_errors (
+    batch_seq INTEGER NOT NULL,
+    message TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (batch_seq, message)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS executions (
     batch_seq INTEGER NOT NULL,
     chunk INTEGER NOT NULL,
@@ -145,8 +158,26 @@ CREATE INDEX IF NOT EXISTS executions_sleeping ON executions (wake_at, batch_seq
 /// Columns added to a table after databases were first written with it: `(table, column,
 /// declaration)`. `CREATE TABLE IF NOT EXISTS` leaves an older table as it was, so each is
 /// added when missing.
-const ADDED_COLUMNS: [(&str, &str, &str); 1] =
-    [("batches", "max_concurrency", "max_concurrency INTEGER")];
+const ADDED_COLUMNS: [(&str, &str, &str); 6] = [
+    ("batches", "max_concurrency", "max_concurrency INTEGER"),
+    ("batches", "window_started_at", "window_started_at INTEGER"),
+    (
+        "batches",
+        "window_terminal",
+        "window_terminal INTEGER NOT NULL DEFAULT 0",
+    ),
+    (
+        "batches",
+        "previous_rate",
+        "previous_rate REAL NOT NULL DEFAULT 0",
+    ),
+    ("batches", "last_recorded_at", "last_recorded_at INTEGER"),
+    (
+        "batches",
+        "other_errors",
+        "other_errors INTEGER NOT NULL DEFAULT 0",
+    ),
+];
 
 /// Brings a database written by an earlier version up to [`SCHEMA`].
 fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
@@ -168,7 +199,8 @@ macro_rules! batch_columns {
     () => {
         "seq, batch_id, status, total_items, received_items, succeeded_items, failed_items, \
          cancelled_items, total_chunks, completed_chunks, batch_size, cancel_requested, \
-         created_at, updated_at, completed_at, max_concurrency"
+         created_at, updated_at, completed_at, max_concurrency, window_started_at, \
+         window_terminal, previous_rate, last_recorded_at, other_errors"
     };
 }
 const BATCH_COLUMNS: &str = batch_columns!();
@@ -178,6 +210,9 @@ struct BatchRow {
     seq: i64,
     cancel_requested: bool,
     batch: Batch,
+    window: RateWindow,
+    /// Failures counted under the other-errors bucket.
+    other_errors: u64,
 }
 
 impl BatchRow {
@@ -190,31 +225,43 @@ impl BatchRow {
                 format!("unknown batch status {status:?}").into(),
             )
         })?;
+        let created_at = Timestamp(row.get(12)?);
+        let window = RateWindow {
+            started_at: Timestamp(row.get::<_, Option<i64>>(16)?.unwrap_or(created_at.0)),
+            terminal_at_start: row.get(17)?,
+            previous_rate: row.get(18)?,
+            last_recorded_at: row.get::<_, Option<i64>>(19)?.map(Timestamp),
+        };
+        let mut batch = Batch {
+            batch_id: BatchId::parse(row.get::<_, String>(1)?).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    1,
+                    rusqlite::types::Type::Text,
+                    e.to_string().into(),
+                )
+            })?,
+            status,
+            total_items: row.get(3)?,
+            received_items: row.get(4)?,
+            succeeded_items: row.get(5)?,
+            failed_items: row.get(6)?,
+            cancelled_items: row.get(7)?,
+            total_chunks: row.get(8)?,
+            completed_chunks: row.get(9)?,
+            batch_size: row.get(10)?,
+            created_at,
+            updated_at: Timestamp(row.get(13)?),
+            completed_at: row.get::<_, Option<i64>>(14)?.map(Timestamp),
+            max_concurrency: row.get(15)?,
+            progress: Default::default(),
+        };
+        batch.progress = progress::progress_of(&batch, &window, Timestamp::now());
         Ok(Self {
             seq: row.get(0)?,
             cancel_requested: row.get(11)?,
-            batch: Batch {
-                batch_id: BatchId::parse(row.get::<_, String>(1)?).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        1,
-                        rusqlite::types::Type::Text,
-                        e.to_string().into(),
-                    )
-                })?,
-                status,
-                total_items: row.get(3)?,
-                received_items: row.get(4)?,
-                succeeded_items: row.get(5)?,
-                failed_items: row.get(6)?,
-                cancelled_items: row.get(7)?,
-                total_chunks: row.get(8)?,
-                completed_chunks: row.get(9)?,
-                batch_size: row.get(10)?,
-                created_at: Timestamp(row.get(12)?),
-                updated_at: Timestamp(row.get(13)?),
-                completed_at: row.get::<_, Option<i64>>(14)?.map(Timestamp),
-                max_concurrency: row.get(15)?,
-            },
+            batch,
+            window,
+            other_errors: row.get(20)?,
         })
     }
 
@@ -415,7 +462,7 @@ fn append_part(conn: &Connection, part: &NewPart) -> Result<AppendOutcome, Store
         part,
         &digest,
     ) {
-        PartVerdict::Refuse(outcome) => return Ok(outcome),
+        PartVerdict::Refuse(outcome) => return Ok(*outcome),
         PartVerdict::AlreadyStored => {
             let (_, first_chunk, chunk_count) = stored_part.unwrap_or_default();
             return Ok(AppendOutcome::AlreadyStored {
@@ -755,7 +802,11 @@ impl BatchStore for SqliteStore {
     }
 
     async fn get_batch(&self, batch_id: &BatchId) -> Result<Option<Batch>, StoreError> {
-        self.read_row(|conn| Ok(load_batch(conn, batch_id.as_str())?.map(|row| row.batch)))
+        self.read_row(|conn| {
+            load_batch(conn, batch_id.as_str())?
+                .map(|row| error_counts::with_top_errors(conn, row))
+                .transpose()
+        })
     }
 
     async fn list_batches(&self, query: &BatchQuery) -> Result<Page<Batch>, ListError> {

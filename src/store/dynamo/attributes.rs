@@ -33,6 +33,12 @@ pub(super) const UPDATED_AT: &str = "updatedAt";
 pub(super) const COMPLETED_AT: &str = "completedAt";
 /// The batch's limit on chunk executions in flight; absent for the deployment's default.
 pub(super) const MAX_CONCURRENCY: &str = "maxConcurrency";
+/// The batch's rate window (see `store::progress`): when it began, the batch's terminal items
+/// then, the previous window's items per second, and when its newest chunk was counted.
+pub(super) const WINDOW_STARTED_AT: &str = "windowStartedAt";
+pub(super) const WINDOW_TERMINAL: &str = "windowTerminal";
+pub(super) const PREVIOUS_RATE: &str = "previousRate";
+pub(super) const LAST_RECORDED_AT: &str = "lastRecordedAt";
 /// Sort key of both listing indexes: creation time, then batch ID.
 pub(super) const CREATED_KEY: &str = "createdKey";
 /// Partition key of `by-created`: the same value on every batch.
@@ -60,6 +66,15 @@ pub(super) const ATTEMPTS: &str = "attempts";
 pub(super) const VERSION: &str = "version";
 // `chunk#<n>#ids` items.
 pub(super) const ITEM_IDS: &str = "itemIds";
+
+// The `errorCounts` item: a batch's failure counts, one attribute per message kept.
+pub(super) const ERROR_COUNTS_SK: &str = "errorCounts";
+/// The prefix of a kept message's count attribute: `e#<message>`.
+pub(super) const ERROR_PREFIX: &str = "e#";
+/// How many messages the item keeps.
+pub(super) const DISTINCT_ERRORS: &str = "distinctErrors";
+/// Failures whose message is not kept.
+pub(super) const OTHER_ERRORS: &str = "otherErrors";
 
 /// The sort-key prefix of parts and their hashes.
 pub(super) const PART_PREFIX: &str = "part#";

@@ -8,13 +8,15 @@ use futures::{stream, StreamExt, TryStreamExt};
 use super::attributes::{
     batch_key, corrupt, created_key, flag, flag_value, n, number, optional_number, s, text, Item,
     BATCH_ID, BATCH_SIZE, CANCELLED_ITEMS, CANCEL_REQUESTED, COMPLETED_AT, COMPLETED_CHUNKS,
-    CREATED_AT, CREATED_KEY, FAILED_ITEMS, LIST_PARTITION, LIST_PARTITION_VALUE, MAX_CONCURRENCY,
-    RECEIVED_ITEMS, STATUS, SUCCEEDED_ITEMS, TOTAL_CHUNKS, TOTAL_ITEMS, UPDATED_AT,
+    CREATED_AT, CREATED_KEY, FAILED_ITEMS, LAST_RECORDED_AT, LIST_PARTITION, LIST_PARTITION_VALUE,
+    MAX_CONCURRENCY, PREVIOUS_RATE, RECEIVED_ITEMS, STATUS, SUCCEEDED_ITEMS, TOTAL_CHUNKS,
+    TOTAL_ITEMS, UPDATED_AT, WINDOW_STARTED_AT, WINDOW_TERMINAL,
 };
 use super::starts::{IN_FLIGHT, STARTABLE_CHUNKS, STARTED_CHUNKS};
 use super::writes::{conditional, unavailable, write_units};
 use super::{contended, DynamoStore, OPTIMISTIC_ATTEMPTS};
 use crate::domain::{Batch, BatchId, BatchStatus, NewPart, Timestamp};
+use crate::store::progress::{self, RateWindow};
 use crate::store::rules::{self, CancelRequest, Progress};
 use crate::store::{CancelOutcome, StoreError};
 
@@ -28,29 +30,46 @@ const BATCH_READS_IN_FLIGHT: usize = 16;
 pub(super) struct BatchRecord {
     pub(super) batch: Batch,
     pub(super) cancel_requested: bool,
+    /// Where the batch's rate is measured from.
+    pub(super) window: RateWindow,
+    /// Whether the window is stored (batches from before it have none).
+    window_stored: bool,
 }
 
 impl BatchRecord {
     fn from_item(item: &Item) -> Result<Self, StoreError> {
         let status = text(item, STATUS)?;
+        let created_at = Timestamp(number(item, CREATED_AT)?);
+        let started_at = optional_number(item, WINDOW_STARTED_AT)?;
+        let window = RateWindow {
+            started_at: Timestamp(started_at.unwrap_or(created_at.0)),
+            terminal_at_start: optional_number(item, WINDOW_TERMINAL)?.unwrap_or(0),
+            previous_rate: optional_number(item, PREVIOUS_RATE)?.unwrap_or(0.0),
+            last_recorded_at: optional_number(item, LAST_RECORDED_AT)?.map(Timestamp),
+        };
+        let mut batch = Batch {
+            batch_id: BatchId::parse(text(item, BATCH_ID)?).map_err(|_| corrupt(BATCH_ID))?,
+            status: BatchStatus::from_name(status).ok_or_else(|| corrupt(STATUS))?,
+            total_items: number(item, TOTAL_ITEMS)?,
+            received_items: number(item, RECEIVED_ITEMS)?,
+            succeeded_items: number(item, SUCCEEDED_ITEMS)?,
+            failed_items: number(item, FAILED_ITEMS)?,
+            cancelled_items: number(item, CANCELLED_ITEMS)?,
+            total_chunks: number(item, TOTAL_CHUNKS)?,
+            completed_chunks: number(item, COMPLETED_CHUNKS)?,
+            batch_size: number(item, BATCH_SIZE)?,
+            created_at,
+            updated_at: Timestamp(number(item, UPDATED_AT)?),
+            completed_at: optional_number(item, COMPLETED_AT)?.map(Timestamp),
+            max_concurrency: optional_number(item, MAX_CONCURRENCY)?,
+            progress: Default::default(),
+        };
+        batch.progress = progress::progress_of(&batch, &window, Timestamp::now());
         Ok(Self {
-            batch: Batch {
-                batch_id: BatchId::parse(text(item, BATCH_ID)?).map_err(|_| corrupt(BATCH_ID))?,
-                status: BatchStatus::from_name(status).ok_or_else(|| corrupt(STATUS))?,
-                total_items: number(item, TOTAL_ITEMS)?,
-                received_items: number(item, RECEIVED_ITEMS)?,
-                succeeded_items: number(item, SUCCEEDED_ITEMS)?,
-                failed_items: number(item, FAILED_ITEMS)?,
-                cancelled_items: number(item, CANCELLED_ITEMS)?,
-                total_chunks: number(item, TOTAL_CHUNKS)?,
-                completed_chunks: number(item, COMPLETED_CHUNKS)?,
-                batch_size: number(item, BATCH_SIZE)?,
-                created_at: Timestamp(number(item, CREATED_AT)?),
-                updated_at: Timestamp(number(item, UPDATED_AT)?),
-                completed_at: optional_number(item, COMPLETED_AT)?.map(Timestamp),
-                max_concurrency: optional_number(item, MAX_CONCURRENCY)?,
-            },
+            batch,
             cancel_requested: flag(item, CANCEL_REQUESTED),
+            window,
+            window_stored: started_at.is_some(),
         })
     }
 
@@ -70,6 +89,9 @@ impl BatchRecord {
             (CANCEL_REQUESTED, flag_value(false)),
             (CREATED_AT, n(now.0)),
             (UPDATED_AT, n(now.0)),
+            (WINDOW_STARTED_AT, n(now.0)),
+            (WINDOW_TERMINAL, n(0)),
+            (PREVIOUS_RATE, n(0)),
             (CREATED_KEY, s(created_key(now.0, &part.batch_id))),
             (LIST_PARTITION, s(LIST_PARTITION_VALUE)),
             (STARTABLE_CHUNKS, n(0)),
@@ -162,6 +184,15 @@ impl DynamoStore {
         batch_id: &BatchId,
         progress: Progress,
     ) -> Result<Batch, StoreError> {
+        Ok(self.settle_record(batch_id, progress).await?.batch)
+    }
+
+    /// [`Self::settle`], answering the batch item as read or written.
+    pub(super) async fn settle_record(
+        &self,
+        batch_id: &BatchId,
+        progress: Progress,
+    ) -> Result<BatchRecord, StoreError> {
         for _ in 0..OPTIMISTIC_ATTEMPTS {
             let record = self
                 .load_batch(batch_id)
@@ -169,7 +200,7 @@ impl DynamoStore {
                 .ok_or_else(|| StoreError::Unavailable(format!("batch {batch_id} vanished")))?;
             let Some(next) = rules::next_status(&record.batch, record.cancel_requested, progress)
             else {
-                return Ok(record.batch);
+                return Ok(record);
             };
             if let Some(moved) = self.move_status(&record.batch, next).await? {
                 return Ok(moved);
@@ -184,7 +215,7 @@ impl DynamoStore {
         &self,
         read: &Batch,
         next: BatchStatus,
-    ) -> Result<Option<Batch>, StoreError> {
+    ) -> Result<Option<BatchRecord>, StoreError> {
         let now = Timestamp::now();
         let completed = if next.is_terminal() {
             format!(", {COMPLETED_AT} = :now")
@@ -214,9 +245,48 @@ impl DynamoStore {
         conditional(sent, |e| e.is_conditional_check_failed_exception())?
             .map(|output| {
                 let item = output.attributes.unwrap_or_default();
-                Ok(BatchRecord::from_item(&item)?.batch)
+                BatchRecord::from_item(&item)
             })
             .transpose()
+    }
+
+    /// Starts the batch's next rate window when its chunk just counted at `now` ends the one
+    /// under way: at most once a minute per batch, and outside the transaction that counted the
+    /// chunk, so that counting costs no more. Best effort: when another writer rolled the
+    /// window first, or the write fails, the window stays as that writer left it.
+    pub(super) async fn roll_rate_window(&self, record: &BatchRecord, now: Timestamp) {
+        if !record.window.is_due(now) {
+            return;
+        }
+        let batch = &record.batch;
+        let terminal = batch.succeeded_items + batch.failed_items + batch.cancelled_items;
+        let next = record.window.rolled(terminal, now);
+        let condition = if record.window_stored {
+            format!("{WINDOW_STARTED_AT} = :seen")
+        } else {
+            format!("attribute_not_exists({WINDOW_STARTED_AT})")
+        };
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.tables.batch_table)
+            .set_key(Some(batch_key(&batch.batch_id)))
+            .update_expression(format!(
+                "SET {WINDOW_STARTED_AT} = :start, {WINDOW_TERMINAL} = :terminal, \
+                 {PREVIOUS_RATE} = :rate"
+            ))
+            .condition_expression(condition)
+            .expression_attribute_values(":start", n(next.started_at.0))
+            .expression_attribute_values(":terminal", n(next.terminal_at_start))
+            .expression_attribute_values(":rate", n(next.previous_rate));
+        if record.window_stored {
+            update = update.expression_attribute_values(":seen", n(record.window.started_at.0));
+        }
+        self.meter.write(1);
+        let sent = update.send().await;
+        if let Err(err) = conditional(sent, |e| e.is_conditional_check_failed_exception()) {
+            tracing::warn!(batch_id = %batch.batch_id, error = %err, "could not start the batch's next rate window");
+        }
     }
 
     /// Cancels a batch: marks it cancelled (counting the items never received, once), then

@@ -15,8 +15,8 @@ use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
 use super::attributes::{
     batch_key, chunk_sk, flag_value, ids_sk, n, number, optional_text, part_sk, request_key,
     request_key_of, s, text, Item, RequestKey, AFTER_CHUNKS, ATTEMPTS, BATCH_ID, CANCELLED_ITEMS,
-    CHUNKS_WRITTEN, COMPLETED_CHUNKS, ERRORS, FAILED_COUNT, FAILED_ITEMS, ITEM_COUNT, ITEM_IDS, SK,
-    STAGE, STATES, SUCCEEDED_ITEMS, UPDATED_AT, VERSION,
+    CHUNKS_WRITTEN, COMPLETED_CHUNKS, ERRORS, FAILED_COUNT, FAILED_ITEMS, ITEM_COUNT, ITEM_IDS,
+    LAST_RECORDED_AT, SK, STAGE, STATES, SUCCEEDED_ITEMS, UPDATED_AT, VERSION,
 };
 use super::starts::IN_FLIGHT;
 use super::writes::{conditional, unavailable, write_units};
@@ -430,6 +430,7 @@ impl DynamoStore {
                 ));
             }
             state.outcomes.settle(unfinished);
+            let now = Timestamp::now();
             let (item, unchanged, seen) = state.next_item(batch_id, chunk);
             let units = write_units(&item);
             let put_state = Put::builder()
@@ -444,7 +445,7 @@ impl DynamoStore {
                 .update_expression(format!(
                     "ADD {SUCCEEDED_ITEMS} :succeeded, {FAILED_ITEMS} :failed, \
                      {CANCELLED_ITEMS} :cancelled, {COMPLETED_CHUNKS} :one, {IN_FLIGHT} :freed \
-                     SET {UPDATED_AT} = :now"
+                     SET {UPDATED_AT} = :now, {LAST_RECORDED_AT} = :now"
                 ))
                 // The chunk's slot frees with its count, in the same write (see `starts`).
                 .expression_attribute_values(":freed", n(-1))
@@ -458,16 +459,25 @@ impl DynamoStore {
                     n(state.outcomes.count(codec::CANCELLED)),
                 )
                 .expression_attribute_values(":one", n(1))
-                .expression_attribute_values(":now", n(Timestamp::now().0))
+                .expression_attribute_values(":now", n(now.0))
                 .build()?;
-            let writes = vec![
+            let mut writes = vec![
                 TransactWriteItem::builder().put(put_state).build(),
                 TransactWriteItem::builder().update(count).build(),
             ];
-            if self.transact(writes, units + 1).await? {
-                return Ok(RecordOutcome::Recorded(
-                    self.settle(batch_id, Progress::ChunkRecorded).await?,
-                ));
+            let mut units = units + 1;
+            if let Some((errors, error_units)) =
+                self.error_counts_update(batch_id, &state.outcomes).await?
+            {
+                writes.push(TransactWriteItem::builder().update(errors).build());
+                units += error_units;
+            }
+            if self.transact(writes, units).await? {
+                let record = self
+                    .settle_record(batch_id, Progress::ChunkRecorded)
+                    .await?;
+                self.roll_rate_window(&record, now).await;
+                return Ok(RecordOutcome::Recorded(record.batch));
             }
         }
         Err(contended(format!("chunk {chunk} of {batch_id}")))

@@ -48,7 +48,7 @@ impl DynamoStore {
             let stored_digest = stored.as_ref().map(|item| text(item, DIGEST)).transpose()?;
             let batch = &record.batch;
             match judge_part(batch, record.cancel_requested, stored_digest, part, &digest) {
-                PartVerdict::Refuse(outcome) => return Ok(outcome),
+                PartVerdict::Refuse(outcome) => return Ok(*outcome),
                 PartVerdict::AlreadyStored => {
                     return self
                         .stored_again(part, record, &stored.unwrap_or_default())

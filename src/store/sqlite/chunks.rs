@@ -3,9 +3,10 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{load_batch, BatchRow};
+use super::{error_counts, load_batch, BatchRow};
 use crate::domain::{BatchId, BatchStatus, ItemOutcome, Timestamp};
 use crate::store::codec::{self, ChunkOutcomes};
+use crate::store::progress::{self, RateWindow};
 use crate::store::{Chunk, ChunkClaim, ChunkStage, RecordOutcome, StoreError, Unfinished};
 
 /// A chunk row with the seq of its batch.
@@ -188,8 +189,8 @@ pub(super) fn save_outcomes_and_record(
     Ok(RecordOutcome::Recorded(batch.batch))
 }
 
-/// Adds a recorded chunk's outcomes to its batch's counters, settling the batch on its last
-/// chunk.
+/// Adds a recorded chunk's outcomes to its batch's counters, its rate window and its failure
+/// counts, settling the batch on its last chunk.
 fn count_chunk(
     conn: &Connection,
     batch: &mut BatchRow,
@@ -213,10 +214,22 @@ fn count_chunk(
         );
         batch.batch.completed_at = Some(now);
     }
-    let counts = &batch.batch;
+    let terminal =
+        batch.batch.succeeded_items + batch.batch.failed_items + batch.batch.cancelled_items;
+    batch.window = if batch.window.is_due(now) {
+        batch.window.rolled(terminal, now)
+    } else {
+        RateWindow {
+            last_recorded_at: Some(now),
+            ..batch.window
+        }
+    };
+    batch.batch.progress = progress::progress_of(&batch.batch, &batch.window, now);
+    let (counts, window) = (&batch.batch, &batch.window);
     conn.prepare_cached(
         "UPDATE batches SET status = ?2, succeeded_items = ?3, failed_items = ?4, completed_chunks = ?5, \
-         updated_at = ?6, completed_at = ?7, cancelled_items = ?8 WHERE seq = ?1",
+         updated_at = ?6, completed_at = ?7, cancelled_items = ?8, window_started_at = ?9, \
+         window_terminal = ?10, previous_rate = ?11, last_recorded_at = ?12 WHERE seq = ?1",
     )?
     .execute(params![
         batch.seq,
@@ -227,6 +240,10 @@ fn count_chunk(
         counts.updated_at.0,
         counts.completed_at.map(|t| t.0),
         counts.cancelled_items,
+        window.started_at.0,
+        window.terminal_at_start,
+        window.previous_rate,
+        window.last_recorded_at.map(|t| t.0),
     ])?;
-    Ok(())
+    error_counts::count_errors(conn, batch.seq, outcomes)
 }
