@@ -1522,3 +1522,152 @@ async fn sqlite_intake_and_listing_figures() {
         listing * 1000.0 / f64::from(calls)
     );
 }
+
+/// A DynamoDB store on fresh tables, with a raw client on them and their names.
+async fn dynamo_store_with_tables() -> (Arc<dyn BatchStore>, aws_sdk_dynamodb::Client, DynamoTables)
+{
+    let endpoint = moto::moto_endpoint().await;
+    let client = aws_sdk_dynamodb::Client::new(&moto::sdk_config(&endpoint).await);
+    let (batch_table, request_table) = moto::table_names("progress");
+    moto::create_tables(&client, &batch_table, &request_table).await;
+    let tables = DynamoTables {
+        batch_table,
+        request_table,
+    };
+    let store = DynamoStore::new(client.clone(), tables.clone());
+    (Arc::new(store), client, tables)
+}
+
+fn number_of(item: &HashMap<String, AttributeValue>, name: &str) -> f64 {
+    match item.get(name) {
+        Some(AttributeValue::N(value)) => value.parse().unwrap(),
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn dynamodb_a_chunk_counted_once_the_window_is_a_minute_old_starts_the_next_window() {
+    let (store, client, tables) = dynamo_store_with_tables().await;
+    store
+        .append_part(&part("w", 4, 2, 1, &["a", "b", "c", "d"]))
+        .await
+        .unwrap();
+    let batch_key = HashMap::from([("batchId".to_owned(), AttributeValue::S("w".into()))]);
+    // The window began two minutes ago, when the batch had no terminal item.
+    let two_minutes_ago = batch_manager::domain::Timestamp::now().0 - 120_000_000;
+    client
+        .update_item()
+        .table_name(&tables.batch_table)
+        .set_key(Some(batch_key.clone()))
+        .update_expression("SET windowStartedAt = :start")
+        .expression_attribute_values(":start", AttributeValue::N(two_minutes_ago.to_string()))
+        .send()
+        .await
+        .unwrap();
+    process(&*store, "w", 0).await;
+    store
+        .record_chunk(&id("w"), 0, Unfinished::Failed(None))
+        .await
+        .unwrap();
+    let item = client
+        .get_item()
+        .table_name(&tables.batch_table)
+        .set_key(Some(batch_key))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert!(number_of(&item, "windowStartedAt") > two_minutes_ago as f64 + 60e6);
+    assert_eq!(number_of(&item, "windowTerminal"), 2.0);
+    let previous = number_of(&item, "previousRate");
+    assert!(previous > 0.0 && previous <= 2.0 / 120.0, "{previous}");
+    let batch = store.get_batch(&id("w")).await.unwrap().unwrap();
+    assert_eq!(
+        batch.progress.items_per_second, previous,
+        "the new window is young: the previous one's rate is read"
+    );
+}
+
+#[tokio::test]
+async fn dynamodb_concurrent_records_bringing_new_messages_keep_at_most_twenty() {
+    let (store, client, tables) = dynamo_store_with_tables().await;
+    let ids: Vec<String> = (0..120).map(|i| format!("i{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    store
+        .append_part(&part("many", 120, 4, 1, &ids))
+        .await
+        .unwrap();
+    // Thirty chunks at once, each failing its four items with four messages of its own.
+    let recorded = futures::future::join_all((0..30).map(|chunk| {
+        let store = Arc::clone(&store);
+        async move {
+            fail_chunk_with(&*store, "many", chunk, |position| {
+                format!("chunk {chunk} item {position}")
+            })
+            .await
+        }
+    }))
+    .await;
+    assert!(recorded
+        .iter()
+        .all(|outcome| matches!(outcome, RecordOutcome::Recorded(_))));
+    let item = client
+        .get_item()
+        .table_name(&tables.request_table)
+        .set_key(Some(request_key("many", "errorCounts".to_owned())))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    let kept: Vec<f64> = item
+        .iter()
+        .filter(|(name, _)| name.starts_with("e#"))
+        .map(|(name, _)| number_of(&item, name))
+        .collect();
+    assert_eq!(kept.len(), 20);
+    assert_eq!(number_of(&item, "distinctErrors"), 20.0);
+    let counted = kept.iter().sum::<f64>() + number_of(&item, "otherErrors");
+    assert_eq!(counted, 120.0, "every failed item once");
+    let batch = store.get_batch(&id("many")).await.unwrap().unwrap();
+    assert_eq!(batch.progress.top_errors[0].message, OTHER_ERRORS);
+    assert_eq!(batch.progress.top_errors[0].count, 100);
+}
+
+#[tokio::test]
+async fn sqlite_a_chunk_counted_once_the_window_is_a_minute_old_starts_the_next_window() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("store.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store
+        .append_part(&part("w", 4, 2, 1, &["a", "b", "c", "d"]))
+        .await
+        .unwrap();
+    let two_minutes_ago = batch_manager::domain::Timestamp::now().0 - 120_000_000;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE batches SET window_started_at = ?1 WHERE batch_id = 'w'",
+        [two_minutes_ago],
+    )
+    .unwrap();
+    process(&store, "w", 0).await;
+    store
+        .record_chunk(&id("w"), 0, Unfinished::Failed(None))
+        .await
+        .unwrap();
+    let (started, terminal, previous): (i64, i64, f64) = conn
+        .query_row(
+            "SELECT window_started_at, window_terminal, previous_rate FROM batches WHERE batch_id = 'w'",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .unwrap();
+    assert!(started > two_minutes_ago + 60_000_000);
+    assert_eq!(terminal, 2);
+    assert!(previous > 0.0 && previous <= 2.0 / 120.0, "{previous}");
+    let batch = store.get_batch(&id("w")).await.unwrap().unwrap();
+    assert_eq!(batch.progress.items_per_second, previous);
+}
