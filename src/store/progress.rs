@@ -68,10 +68,11 @@ impl RateWindow {
         }
     }
 
-    /// Items per second with the batch at `terminal` terminal items, read at `now`: this
-    /// window's rate once it is [`MIN_WINDOW_MICROS`] old (or when there is no previous
-    /// window), else the previous window's; 0 once no chunk was counted for
-    /// [`STALE_AFTER_MICROS`].
+    /// Items per second with the batch at `terminal` terminal items, read at `now`: what this
+    /// window measured up to its newest counted chunk once that is [`MIN_WINDOW_MICROS`] into
+    /// it (or when there is no previous window), else the previous window's; 0 once no chunk
+    /// was counted for [`STALE_AFTER_MICROS`]. Measured up to the newest chunk rather than to
+    /// `now`, two reads with no chunk counted between them agree (within that minute).
     pub(crate) fn rate(&self, terminal: u64, now: Timestamp) -> f64 {
         let Some(last) = self.last_recorded_at else {
             return 0.0;
@@ -79,7 +80,7 @@ impl RateWindow {
         if now.0 - last.0 > STALE_AFTER_MICROS {
             return 0.0;
         }
-        let elapsed = now.0 - self.started_at.0;
+        let elapsed = last.0 - self.started_at.0;
         let measured = terminal.saturating_sub(self.terminal_at_start);
         if elapsed >= MIN_WINDOW_MICROS || (self.previous_rate == 0.0 && measured > 0) {
             per_second(measured, elapsed)
@@ -214,20 +215,26 @@ mod tests {
     }
 
     #[test]
-    fn the_rate_is_the_windows_items_over_its_age() {
+    fn the_rate_is_the_windows_items_up_to_its_newest_chunk() {
         let mut window = RateWindow::from_creation(at(0));
         window.last_recorded_at = Some(at(10));
         assert_eq!(window.rate(500, at(10)), 50.0);
-        assert_eq!(window.rate(500, at(20)), 25.0, "slows as no chunk comes");
+        assert_eq!(
+            window.rate(500, at(20)),
+            50.0,
+            "reads between two chunks agree"
+        );
     }
 
     #[test]
     fn a_young_window_reads_the_previous_windows_rate() {
         let mut window = RateWindow::from_creation(at(0));
         window.last_recorded_at = Some(at(59));
-        let rolled = window.rolled(6_000, at(60));
+        let mut rolled = window.rolled(6_000, at(60));
         assert_eq!(rolled.previous_rate, 100.0);
+        rolled.last_recorded_at = Some(at(61));
         assert_eq!(rolled.rate(6_010, at(61)), 100.0, "one second old");
+        rolled.last_recorded_at = Some(at(64));
         assert_eq!(
             rolled.rate(6_000 + 4 * 300, at(64)),
             300.0,
@@ -238,7 +245,7 @@ mod tests {
     #[test]
     fn the_first_window_reads_its_own_rate_while_young() {
         let mut window = RateWindow::from_creation(at(0));
-        window.last_recorded_at = Some(at(1));
+        window.last_recorded_at = Some(at(2));
         assert_eq!(window.rate(20, at(2)), 10.0);
     }
 
