@@ -560,8 +560,13 @@ pub struct ExportArgs {
     /// Write to this file (created or truncated) instead of standard output.
     #[arg(long)]
     pub(crate) output: Option<PathBuf>,
-    #[command(flatten)]
-    pub(crate) client: ClientArgs,
+    /// gRPC server URL.
+    #[arg(
+        long,
+        env = "BATCH_MANAGER_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub(crate) server: String,
 }
 
 /// The flags of `bench`.

@@ -99,7 +99,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
     let format = Format::from_name(&args.format)
         .with_context(|| format!("--format: must be jsonl or csv, not {:?}", args.format))?;
     let batch_id = batch_id_argument(&args.batch_id)?;
-    let mut client = AdminClient::connect(&args.client.server).await?;
+    let mut client = AdminClient::connect(&args.server).await?;
     let query = ItemQuery {
         batch_id,
         status,

@@ -1,6 +1,7 @@
 //! `ExportBatchItems`: a batch's items streamed a page at a time as the store reads them. The
-//! pages go through a channel of [`PAGES_AHEAD`] places: once the client stops taking them, the
-//! reader waits, so a slow client never makes the server hold more than a few pages.
+//! messages go through a channel of [`MESSAGES_AHEAD`] places: once the client stops taking
+//! them, the reader waits, so a slow client never makes the server hold more than a page and a
+//! few messages.
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use crate::domain::ItemRecord;
 use crate::store::{BatchStore, ItemQuery, ListError};
 
 /// Messages read ahead of the client.
-const PAGES_AHEAD: usize = 2;
+const MESSAGES_AHEAD: usize = 2;
 /// About the most bytes of IDs and errors one message holds: a page of long failure messages is
 /// sent in several, well under the 4 MiB most gRPC clients accept by default.
 const MESSAGE_BYTES: usize = 1024 * 1024;
@@ -40,7 +41,7 @@ impl Exporter {
         query: ItemQuery,
         stopping: watch::Receiver<bool>,
     ) -> (Self, ExportReceiver) {
-        let (sender, receiver) = mpsc::channel(PAGES_AHEAD);
+        let (sender, receiver) = mpsc::channel(MESSAGES_AHEAD);
         let exporter = Self {
             store,
             query,

@@ -1,5 +1,5 @@
 //! The gRPC admin service: generated code (quarantined in [`pb`]), the service, its errors,
-//! client deadlines, the client the CLI uses, and the one place where protobuf and domain types convert.
+//! exports, client deadlines, the client the CLI uses, and the one place where protobuf and domain types convert.
 
 pub mod client;
 mod convert;
