@@ -116,20 +116,34 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
         None => Box::new(std::io::stdout().lock()),
     };
     let mut out = BufWriter::new(sink);
-    format.write_header(&mut out)?;
     let mut written = 0u64;
-    while let Some(page) = items.next().await? {
-        for item in &page {
-            format.write_item(&mut out, item)?;
+    let wrote = async {
+        format.write_header(&mut out)?;
+        while let Some(page) = items.next().await? {
+            for item in &page {
+                format.write_item(&mut out, item)?;
+            }
+            written += page.len() as u64;
+            out.flush()?;
         }
-        written += page.len() as u64;
         out.flush()?;
+        anyhow::Ok(())
     }
-    out.flush()?;
+    .await;
+    match wrote {
+        // The reader went away (`export ID | head`): it has what it wanted.
+        Err(err) if is_broken_pipe(&err) => return Ok(()),
+        other => other?,
+    }
     if let Some(path) = &args.output {
         eprintln!("exported {written} items to {}", path.display());
     }
     Ok(())
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<std::io::Error>()
+        .is_some_and(|err| err.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 #[cfg(test)]
