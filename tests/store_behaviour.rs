@@ -1629,6 +1629,18 @@ async fn dynamodb_concurrent_records_bringing_new_messages_keep_at_most_twenty()
         .map(|(name, _)| number_of(&item, name))
         .collect();
     assert_eq!(kept.len(), 20);
+    let texts = client
+        .query()
+        .table_name(&tables.request_table)
+        .key_condition_expression("batchId = :batch AND begins_with(sk, :prefix)")
+        .expression_attribute_values(":batch", AttributeValue::S("many".into()))
+        .expression_attribute_values(":prefix", AttributeValue::S("errorMessage#".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .count;
+    assert!(texts >= 20, "the text of every kept message");
     assert_eq!(number_of(&item, "distinctErrors"), 20.0);
     let counted = kept.iter().sum::<f64>() + number_of(&item, "otherErrors");
     assert_eq!(counted, 120.0, "every failed item once");

@@ -69,8 +69,12 @@ pub(super) const ITEM_IDS: &str = "itemIds";
 
 // The `errorCounts` item: a batch's failure counts, one attribute per message kept.
 pub(super) const ERROR_COUNTS_SK: &str = "errorCounts";
-/// The prefix of a kept message's count attribute: `e#<message>`.
+/// The prefix of a kept message's count attribute: `e#<key of the message>`.
 pub(super) const ERROR_PREFIX: &str = "e#";
+/// The sort-key prefix of a kept message's text item: `errorMessage#<key of the message>`.
+pub(super) const ERROR_MESSAGE_PREFIX: &str = "errorMessage#";
+/// A kept message's text.
+pub(super) const ERROR_MESSAGE: &str = "message";
 /// How many messages the item keeps.
 pub(super) const DISTINCT_ERRORS: &str = "distinctErrors";
 /// Failures whose message is not kept.

@@ -44,8 +44,9 @@
 //! Progress: the batch item holds its rate window (`store::progress`); the record transaction
 //! sets when the newest chunk was counted, and a conditional write outside it starts the next
 //! window, at most once a minute per batch. Failure counts live in one `errorCounts` item per
-//! batch in the request table, added to by the record transaction of a chunk with failures
-//! only (see `error_counts`).
+//! batch in the request table (messages named by a key of their text, each text in its own
+//! `errorMessage#<key>` item), added to by the record transaction of a chunk with failures only
+//! (see `error_counts`).
 //!
 //! One file per concern: `attributes` (names and conversions), `writes` (metered,
 //! conditional and batched writes), `batches` (the batch item, its status and cancel),
