@@ -1,8 +1,9 @@
 //! `batch-manager bench`: N items through the embedded engine with the default tasks, on a
 //! temporary database, submitted over real gRPC; reports items/s and chunk executions/s end to
-//! end, peak RSS, `GetBatchStatus` latency measured while the batch runs, and the same database
-//! work done directly on the same disk (no engine, gRPC or tasks), the floor the engine is
-//! measured against.
+//! end, peak RSS, `GetBatchStatus` latency measured while the batch runs, the export of every
+//! item once the batch has ended (`ExportBatchItems` written as JSON Lines, items/s and how much
+//! resident memory it added), and the same database work done directly on the same disk (no
+//! engine, gRPC or tasks), the floor the engine is measured against.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -24,11 +25,19 @@ const TIME_LIMIT: Duration = Duration::from_secs(600);
 
 /// Peak resident set size of this process, in bytes (Linux; None elsewhere).
 pub(crate) fn peak_rss_bytes() -> Option<u64> {
+    memory_bytes("VmHWM:")
+}
+
+/// A memory figure of this process from `/proc/self/status`, in bytes.
+fn memory_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
+
+/// How often the export's resident memory is sampled.
+const MEMORY_SAMPLE_GAP: Duration = Duration::from_millis(10);
 
 fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
     if sorted.is_empty() {
@@ -49,7 +58,69 @@ struct Measured {
     submitted_after: Duration,
     latencies: Vec<Duration>,
     peak_rss: Option<u64>,
+    export: Exported,
     direct: Duration,
+}
+
+/// What exporting the ended batch measured.
+struct Exported {
+    items: u64,
+    elapsed: Duration,
+    /// Resident memory the export added at most, in bytes.
+    resident_growth: Option<u64>,
+}
+
+/// Exports every item of the batch as JSON Lines (to nowhere), sampling this process's
+/// resident memory meanwhile.
+async fn export_all(url: &str, batch_id: &crate::domain::BatchId) -> anyhow::Result<Exported> {
+    use std::io::Write;
+
+    let before = memory_bytes("VmRSS:");
+    let (done, mut finished) = tokio::sync::watch::channel(false);
+    let sampler = tokio::spawn(async move {
+        let mut peak = before;
+        loop {
+            peak = peak.max(memory_bytes("VmRSS:"));
+            tokio::select! {
+                _ = finished.wait_for(|done| *done) => return peak,
+                () = tokio::time::sleep(MEMORY_SAMPLE_GAP) => {}
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut client = AdminClient::connect(url).await?;
+    let query = crate::store::ItemQuery {
+        batch_id: batch_id.clone(),
+        status: None,
+        page_size: 0,
+        page_token: None,
+    };
+    let mut export = client.export(query).await?;
+    let mut out = std::io::sink();
+    let mut items = 0;
+    while let Some(page) = export.next().await? {
+        for item in &page {
+            let line = json!({
+                "itemId": item.item_id.as_str(),
+                "status": item.status.as_str(),
+                "error": item.error,
+                "attempts": item.attempts,
+                "chunk": item.chunk,
+            });
+            writeln!(out, "{line}")?;
+        }
+        items += page.len() as u64;
+    }
+    let elapsed = started.elapsed();
+    let _ = done.send(true);
+    let peak = sampler.await?;
+    Ok(Exported {
+        items,
+        elapsed,
+        resident_growth: peak
+            .zip(before)
+            .map(|(peak, before)| peak.saturating_sub(before)),
+    })
 }
 
 /// Runs the benchmark the arguments describe and prints its figures.
@@ -88,6 +159,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let submitted_after = started.elapsed();
     let (latencies, batch) = prober.await??;
     let elapsed = started.elapsed();
+    let export = export_all(&url, &batch_id).await?;
     app.shutdown().await?;
     let peak_rss = peak_rss_bytes();
 
@@ -104,6 +176,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         submitted_after,
         latencies,
         peak_rss,
+        export,
         direct,
     };
     report(&args, measured)
@@ -223,6 +296,12 @@ fn json_report(args: &BenchArgs, measured: &Measured) -> serde_json::Value {
         "itemsPerSecond": rates.items_per_second,
         "chunkExecutionsPerSecond": rates.chunks_per_second,
         "peakRssBytes": measured.peak_rss,
+        "export": {
+            "items": measured.export.items,
+            "seconds": measured.export.elapsed.as_secs_f64(),
+            "itemsPerSecond": measured.export.items as f64 / measured.export.elapsed.as_secs_f64(),
+            "residentGrowthBytes": measured.export.resident_growth,
+        },
         "direct": {
             "seconds": measured.direct.as_secs_f64(),
             "itemsPerSecond": rates.direct_items_per_second,
@@ -266,6 +345,14 @@ fn print_text_report(args: &BenchArgs, measured: &Measured) {
         ms(percentile(latencies, 1.0)),
         latencies.len()
     );
+    let export = &measured.export;
+    println!(
+        "export       {} items in {:.2} s ({:.0} items/s, JSON Lines); resident memory +{:.1} MB at most",
+        export.items,
+        export.elapsed.as_secs_f64(),
+        export.items as f64 / export.elapsed.as_secs_f64(),
+        export.resident_growth.unwrap_or(0) as f64 / 1e6
+    );
     println!(
         "direct       {:.2} s ({:.0} items/s, {:.0} chunks/s): the same rows written with no engine, gRPC or tasks",
         measured.direct.as_secs_f64(),
@@ -283,6 +370,13 @@ fn report(args: &BenchArgs, mut measured: Measured) -> anyhow::Result<()> {
         print_text_report(args, &measured);
     }
     let batch = &measured.batch;
+    if measured.export.items != args.items {
+        anyhow::bail!(
+            "expected {} exported items, got {}",
+            args.items,
+            measured.export.items
+        );
+    }
     if batch.succeeded_items != args.items {
         anyhow::bail!(
             "expected {} succeeded items, got {}",

@@ -31,6 +31,9 @@ pub enum Command {
     Watch(WatchArgs),
     /// List a batch's items and their outcomes.
     Items(ItemsArgs),
+    /// Write every item of a batch (or those in one status) to a file or standard output, as
+    /// JSON Lines or CSV, as the server streams them.
+    Export(ExportArgs),
     /// Cancel a batch.
     Cancel(BatchArgs),
     /// Change a running batch's limit on chunk executions in flight at once.
@@ -661,6 +664,28 @@ pub struct ItemsArgs {
     pub(crate) limit: Option<u64>,
     #[command(flatten)]
     pub(crate) client: ClientArgs,
+}
+
+/// The arguments of `export`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    pub(crate) batch_id: String,
+    /// Only items in this status: pending, succeeded, failed, cancelled.
+    #[arg(long)]
+    pub(crate) status: Option<String>,
+    /// jsonl: one JSON object per item; csv: a header, then one record per item (RFC 4180).
+    #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "csv"])]
+    pub(crate) format: String,
+    /// Write to this file (created or truncated) instead of standard output.
+    #[arg(long)]
+    pub(crate) output: Option<PathBuf>,
+    /// gRPC server URL.
+    #[arg(
+        long,
+        env = "BATCH_MANAGER_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub(crate) server: String,
 }
 
 /// The flags of `bench`.

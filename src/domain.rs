@@ -687,7 +687,49 @@ pub struct Batch {
     pub redrive_count: u32,
     /// The completion callback and its delivery.
     pub callback: Callback,
+    /// How fast the batch moves and how its items fail.
+    pub progress: BatchProgress,
 }
+
+/// A batch's pace and its most frequent failures, as a status read shows them.
+#[derive(Debug, Clone, Default)]
+pub struct BatchProgress {
+    /// Items turned terminal per second over about the last minute; 0 when none was measured.
+    pub items_per_second: f64,
+    /// Seconds until every item is terminal at that pace; `None` until a pace is measured and
+    /// once the batch is terminal.
+    pub eta_seconds: Option<u64>,
+    /// The most frequent failure messages, most frequent first (empty where a read leaves
+    /// them out, as listings do).
+    pub top_errors: Vec<ErrorCount>,
+}
+
+// The rate is compared by its bits, so that a snapshot equals itself (watchers send a
+// snapshot only when it differs from the last one sent).
+impl PartialEq for BatchProgress {
+    fn eq(&self, other: &Self) -> bool {
+        self.items_per_second.to_bits() == other.items_per_second.to_bits()
+            && self.eta_seconds == other.eta_seconds
+            && self.top_errors == other.top_errors
+    }
+}
+
+impl Eq for BatchProgress {}
+
+/// How many of a batch's items failed with one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorCount {
+    /// The failure message, cut to [`MAX_ERROR_MESSAGE_CHARS`] characters, or
+    /// [`OTHER_ERRORS`].
+    pub message: String,
+    /// Items that failed with it.
+    pub count: u64,
+}
+
+/// Longest failure message a batch's error counts keep, in characters.
+pub const MAX_ERROR_MESSAGE_CHARS: usize = 200;
+/// The message under which a batch counts failures whose message it does not keep.
+pub const OTHER_ERRORS: &str = "(other errors)";
 
 impl Batch {
     /// Items not yet terminal, including those of parts not yet received.

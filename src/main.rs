@@ -24,6 +24,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Status(args) => cli::status(args).await,
         Command::Watch(args) => cli::watch(args).await,
         Command::Items(args) => cli::items(args).await,
+        Command::Export(args) => cli::export(args).await,
         Command::Cancel(args) => cli::cancel(args).await,
         Command::Update(args) => cli::update(args).await,
         Command::Pause(args) => cli::pause(args).await,

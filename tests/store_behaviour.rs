@@ -9,7 +9,8 @@ use std::sync::Arc;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use batch_manager::domain::{
-    parse_item_ids, BatchId, BatchSize, BatchStatus, ItemOutcome, ItemRecord, ItemStatus, NewPart,
+    parse_item_ids, Batch, BatchId, BatchSize, BatchStatus, ItemOutcome, ItemRecord, ItemStatus,
+    NewPart, OTHER_ERRORS,
 };
 use batch_manager::store::codec::SKIPPED_CHUNKS_PER_PAGE;
 use batch_manager::store::dynamo::{DynamoStore, DynamoTables};
@@ -1116,6 +1117,139 @@ async fn a_filtered_listing_examines_a_bounded_number_of_chunks_per_call(
     assert_eq!(listed, refs);
 }
 
+/// Claims chunk `chunk` of `batch` and fails each of its items with the message `message`
+/// gives its position, then records it.
+async fn fail_chunk_with(
+    store: &dyn BatchStore,
+    batch: &str,
+    chunk: u64,
+    message: impl Fn(usize) -> String,
+) -> RecordOutcome {
+    let ChunkClaim::Active(claimed) = store.claim_chunk(&id(batch), chunk).await.unwrap() else {
+        panic!("chunk {chunk} not claimable");
+    };
+    let outcomes: Vec<(usize, ItemOutcome)> = (0..claimed.items.len())
+        .map(|position| (position, ItemOutcome::Failed(message(position))))
+        .collect();
+    store
+        .save_outcomes(&id(batch), chunk, &outcomes, 1)
+        .await
+        .unwrap();
+    store
+        .record_chunk(&id(batch), chunk, Unfinished::Failed(None))
+        .await
+        .unwrap()
+}
+
+fn error_counts(batch: &Batch) -> Vec<(String, u64)> {
+    batch
+        .progress
+        .top_errors
+        .iter()
+        .map(|error| (error.message.clone(), error.count))
+        .collect()
+}
+
+async fn failure_messages_are_counted_once_per_item_when_a_record_is_replayed(
+    store: Arc<dyn BatchStore>,
+) {
+    let long = "x".repeat(300);
+    let ids: Vec<String> = (0..6).map(|i| format!("i{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    store.append_part(&part("e", 6, 3, 1, &ids)).await.unwrap();
+    let untouched = store.get_batch(&id("e")).await.unwrap().unwrap();
+    assert!(untouched.progress.top_errors.is_empty());
+    // Chunk 0: one item fails by its task, the two left pending fail with the record's error.
+    store.claim_chunk(&id("e"), 0).await.unwrap();
+    store
+        .save_outcomes(&id("e"), 0, &[(1, ItemOutcome::Failed(long.clone()))], 1)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        store
+            .record_chunk(&id("e"), 0, Unfinished::Failed(Some("service down")))
+            .await
+            .unwrap();
+    }
+    // Chunk 1 by task 2's outcomes saved with the count, replayed.
+    store.claim_chunk(&id("e"), 1).await.unwrap();
+    let outcomes = vec![
+        (0, ItemOutcome::Failed("service down".into())),
+        (1, ItemOutcome::Succeeded),
+        (2, ItemOutcome::Failed("service down".into())),
+    ];
+    for _ in 0..2 {
+        store
+            .save_outcomes_and_record(&id("e"), 1, &outcomes, 1, Unfinished::Failed(None))
+            .await
+            .unwrap();
+    }
+    let batch = store.get_batch(&id("e")).await.unwrap().unwrap();
+    assert_eq!(batch.failed_items, 5);
+    assert_eq!(
+        error_counts(&batch),
+        vec![("service down".to_owned(), 4), ("x".repeat(200), 1)],
+        "each failed item once, messages cut to 200 characters"
+    );
+}
+
+async fn failure_messages_past_the_distinct_cap_are_counted_as_other_errors(
+    store: Arc<dyn BatchStore>,
+) {
+    let ids: Vec<String> = (0..40).map(|i| format!("i{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    store
+        .append_part(&part("cap", 40, 20, 1, &ids))
+        .await
+        .unwrap();
+    // Twenty distinct messages fill the batch's room; the next chunk repeats ten of them and
+    // brings ten new ones, which have no room left.
+    fail_chunk_with(&*store, "cap", 0, |position| format!("m{position:02}")).await;
+    let outcome = fail_chunk_with(&*store, "cap", 1, |position| {
+        if position < 10 {
+            format!("m{position:02}")
+        } else {
+            format!("new{position:02}")
+        }
+    })
+    .await;
+    assert!(matches!(outcome, RecordOutcome::Recorded(_)));
+    let batch = store.get_batch(&id("cap")).await.unwrap().unwrap();
+    assert_eq!(batch.failed_items, 40);
+    let mut expected = vec![(OTHER_ERRORS.to_owned(), 10)];
+    expected.extend((0..9).map(|i| (format!("m{i:02}"), 2)));
+    assert_eq!(error_counts(&batch), expected);
+}
+
+async fn a_running_batch_has_a_rate_and_an_eta_and_no_eta_once_it_ends(store: Arc<dyn BatchStore>) {
+    store
+        .append_part(&part("r", 6, 2, 1, &["a", "b", "c", "d", "e", "f"]))
+        .await
+        .unwrap();
+    let waiting = store.get_batch(&id("r")).await.unwrap().unwrap();
+    assert_eq!(waiting.progress.items_per_second, 0.0);
+    assert_eq!(waiting.progress.eta_seconds, None, "no rate yet");
+    process(&*store, "r", 0).await;
+    store
+        .record_chunk(&id("r"), 0, Unfinished::Failed(None))
+        .await
+        .unwrap();
+    let running = store.get_batch(&id("r")).await.unwrap().unwrap();
+    assert_eq!(running.status, BatchStatus::Running);
+    assert!(running.progress.items_per_second > 0.0, "{running:?}");
+    assert!(running.progress.eta_seconds.is_some(), "{running:?}");
+    for chunk in [1, 2] {
+        process(&*store, "r", chunk).await;
+        store
+            .record_chunk(&id("r"), chunk, Unfinished::Failed(None))
+            .await
+            .unwrap();
+    }
+    let ended = store.get_batch(&id("r")).await.unwrap().unwrap();
+    assert!(ended.status.is_terminal());
+    assert_eq!(ended.progress.eta_seconds, None);
+}
+
 macro_rules! both_backends {
     ($($behaviour:ident),* $(,)?) => {
         mod sqlite {
@@ -1158,6 +1292,9 @@ both_backends!(
     a_part_repeating_an_id_of_an_earlier_part_is_a_conflict_naming_both,
     a_part_with_another_batch_size_is_a_conflict_naming_batch_size,
     a_filtered_listing_examines_a_bounded_number_of_chunks_per_call,
+    failure_messages_are_counted_once_per_item_when_a_record_is_replayed,
+    failure_messages_past_the_distinct_cap_are_counted_as_other_errors,
+    a_running_batch_has_a_rate_and_an_eta_and_no_eta_once_it_ends,
 );
 
 /// A DynamoDB store on fresh tables, with a raw client on them and the request table's name.
@@ -1384,4 +1521,165 @@ async fn sqlite_intake_and_listing_figures() {
          ({:.2} ms per call)",
         listing * 1000.0 / f64::from(calls)
     );
+}
+
+/// A DynamoDB store on fresh tables, with a raw client on them and their names.
+async fn dynamo_store_with_tables() -> (Arc<dyn BatchStore>, aws_sdk_dynamodb::Client, DynamoTables)
+{
+    let endpoint = moto::moto_endpoint().await;
+    let client = aws_sdk_dynamodb::Client::new(&moto::sdk_config(&endpoint).await);
+    let (batch_table, request_table) = moto::table_names("progress");
+    moto::create_tables(&client, &batch_table, &request_table).await;
+    let tables = DynamoTables {
+        batch_table,
+        request_table,
+    };
+    let store = DynamoStore::new(client.clone(), tables.clone());
+    (Arc::new(store), client, tables)
+}
+
+fn number_of(item: &HashMap<String, AttributeValue>, name: &str) -> f64 {
+    match item.get(name) {
+        Some(AttributeValue::N(value)) => value.parse().unwrap(),
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn dynamodb_a_chunk_counted_once_the_window_is_a_minute_old_starts_the_next_window() {
+    let (store, client, tables) = dynamo_store_with_tables().await;
+    store
+        .append_part(&part("w", 4, 2, 1, &["a", "b", "c", "d"]))
+        .await
+        .unwrap();
+    let batch_key = HashMap::from([("batchId".to_owned(), AttributeValue::S("w".into()))]);
+    // The window began two minutes ago, when the batch had no terminal item.
+    let two_minutes_ago = batch_manager::domain::Timestamp::now().0 - 120_000_000;
+    client
+        .update_item()
+        .table_name(&tables.batch_table)
+        .set_key(Some(batch_key.clone()))
+        .update_expression("SET windowStartedAt = :start")
+        .expression_attribute_values(":start", AttributeValue::N(two_minutes_ago.to_string()))
+        .send()
+        .await
+        .unwrap();
+    process(&*store, "w", 0).await;
+    store
+        .record_chunk(&id("w"), 0, Unfinished::Failed(None))
+        .await
+        .unwrap();
+    let item = client
+        .get_item()
+        .table_name(&tables.batch_table)
+        .set_key(Some(batch_key))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert!(number_of(&item, "windowStartedAt") > two_minutes_ago as f64 + 60e6);
+    assert_eq!(number_of(&item, "windowTerminal"), 2.0);
+    let previous = number_of(&item, "previousRate");
+    assert!(previous > 0.0 && previous <= 2.0 / 120.0, "{previous}");
+    let batch = store.get_batch(&id("w")).await.unwrap().unwrap();
+    assert_eq!(
+        batch.progress.items_per_second, previous,
+        "the new window is young: the previous one's rate is read"
+    );
+}
+
+#[tokio::test]
+async fn dynamodb_concurrent_records_bringing_new_messages_keep_at_most_twenty() {
+    let (store, client, tables) = dynamo_store_with_tables().await;
+    let ids: Vec<String> = (0..120).map(|i| format!("i{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    store
+        .append_part(&part("many", 120, 4, 1, &ids))
+        .await
+        .unwrap();
+    // Thirty chunks at once, each failing its four items with four messages of its own.
+    let recorded = futures::future::join_all((0..30).map(|chunk| {
+        let store = Arc::clone(&store);
+        async move {
+            fail_chunk_with(&*store, "many", chunk, |position| {
+                format!("chunk {chunk} item {position}")
+            })
+            .await
+        }
+    }))
+    .await;
+    assert!(recorded
+        .iter()
+        .all(|outcome| matches!(outcome, RecordOutcome::Recorded(_))));
+    let item = client
+        .get_item()
+        .table_name(&tables.request_table)
+        .set_key(Some(request_key("many", "errorCounts".to_owned())))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    let kept: Vec<f64> = item
+        .iter()
+        .filter(|(name, _)| name.starts_with("e#"))
+        .map(|(name, _)| number_of(&item, name))
+        .collect();
+    assert_eq!(kept.len(), 20);
+    let texts = client
+        .query()
+        .table_name(&tables.request_table)
+        .key_condition_expression("batchId = :batch AND begins_with(sk, :prefix)")
+        .expression_attribute_values(":batch", AttributeValue::S("many".into()))
+        .expression_attribute_values(":prefix", AttributeValue::S("errorMessage#".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .count;
+    assert!(texts >= 20, "the text of every kept message");
+    assert_eq!(number_of(&item, "distinctErrors"), 20.0);
+    let counted = kept.iter().sum::<f64>() + number_of(&item, "otherErrors");
+    assert_eq!(counted, 120.0, "every failed item once");
+    let batch = store.get_batch(&id("many")).await.unwrap().unwrap();
+    assert_eq!(batch.progress.top_errors[0].message, OTHER_ERRORS);
+    assert_eq!(batch.progress.top_errors[0].count, 100);
+}
+
+#[tokio::test]
+async fn sqlite_a_chunk_counted_once_the_window_is_a_minute_old_starts_the_next_window() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("store.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store
+        .append_part(&part("w", 4, 2, 1, &["a", "b", "c", "d"]))
+        .await
+        .unwrap();
+    let two_minutes_ago = batch_manager::domain::Timestamp::now().0 - 120_000_000;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE batches SET window_started_at = ?1 WHERE batch_id = 'w'",
+        [two_minutes_ago],
+    )
+    .unwrap();
+    process(&store, "w", 0).await;
+    store
+        .record_chunk(&id("w"), 0, Unfinished::Failed(None))
+        .await
+        .unwrap();
+    let (started, terminal, previous): (i64, i64, f64) = conn
+        .query_row(
+            "SELECT window_started_at, window_terminal, previous_rate FROM batches WHERE batch_id = 'w'",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .unwrap();
+    assert!(started > two_minutes_ago + 60_000_000);
+    assert_eq!(terminal, 2);
+    assert!(previous > 0.0 && previous <= 2.0 / 120.0, "{previous}");
+    let batch = store.get_batch(&id("w")).await.unwrap().unwrap();
+    assert_eq!(batch.progress.items_per_second, previous);
 }

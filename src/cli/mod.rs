@@ -1,12 +1,14 @@
 //! The command-line clients: `submit` (from a file, or by reference to an S3 object the server
-//! reads), `status`, `watch`, `items`, `cancel`, and `job-items` for AWS Batch jobs. Human
+//! reads), `status`, `watch`, `items`, `export`, `cancel`, and `job-items` for AWS Batch jobs. Human
 //! output by default, `--json` for scripts. Inputs are parsed into domain values before
 //! anything is sent, and refusals name what the user typed: the flag, or the items file's line.
 
+mod export;
 mod items_file;
 mod job_items;
 mod watch;
 
+pub use self::export::export;
 pub use self::job_items::job_items;
 
 use std::io::Write;
@@ -135,7 +137,27 @@ fn batch_json(batch: &Batch) -> serde_json::Value {
         "createdAt": batch.created_at.to_rfc3339(),
         "updatedAt": batch.updated_at.to_rfc3339(),
         "completedAt": batch.completed_at.map(|t| t.to_rfc3339()),
+        "itemsPerSecond": batch.progress.items_per_second,
+        "etaSeconds": batch.progress.eta_seconds,
+        "topErrors": batch
+            .progress
+            .top_errors
+            .iter()
+            .map(|error| json!({"message": error.message, "count": error.count}))
+            .collect::<Vec<_>>(),
     })
+}
+
+/// A batch's pace for people: `120.5 items/s, about 3m 20s left`.
+fn pace(batch: &Batch) -> String {
+    let rate = format!("{:.1} items/s", batch.progress.items_per_second);
+    match batch.progress.eta_seconds {
+        Some(seconds) => format!(
+            "{rate}, about {} left",
+            humantime::format_duration(Duration::from_secs(seconds))
+        ),
+        None => rate,
+    }
 }
 
 fn print_batch(batch: &Batch) {
@@ -172,6 +194,11 @@ fn print_batch(batch: &Batch) {
     println!("created    {}", batch.created_at.to_rfc3339());
     if let Some(completed_at) = batch.completed_at {
         println!("completed  {}", completed_at.to_rfc3339());
+    }
+    println!("rate       {}", pace(batch));
+    for (index, error) in batch.progress.top_errors.iter().enumerate() {
+        let label = if index == 0 { "errors" } else { "" };
+        println!("{label:<10} {:>8}  {}", error.count, error.message);
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use tonic::Code;
 
-use super::{batch_json, print_batch, Output};
+use super::{batch_json, pace, print_batch, Output};
 use crate::domain::{Batch, BatchId};
 use crate::grpc::client::{AdminClient, BatchWatch, ClientError};
 
@@ -173,8 +173,11 @@ fn show_progress(batch: &Batch, bar: Option<&ProgressBar>) {
             bar.set_length(batch.total_items);
             bar.set_position(batch.total_items - batch.pending_items());
             bar.set_message(format!(
-                "{} ({} failed, {} cancelled)",
-                batch.status, batch.failed_items, batch.cancelled_items
+                "{} ({} failed, {} cancelled) {}",
+                batch.status,
+                batch.failed_items,
+                batch.cancelled_items,
+                pace(batch)
             ));
         }
         None => println!("{}", batch_json(batch)),

@@ -258,11 +258,34 @@ impl AdminClient {
         Ok(BatchWatch { stream })
     }
 
+    /// Opens an export of the items `query` selects (its page size and token are not sent);
+    /// each `next` yields the next items until the last.
+    pub async fn export(&mut self, query: ItemQuery) -> Result<ItemExport, ClientError> {
+        let request = pb::ExportBatchItemsRequest::from(query);
+        let stream = self.inner.export_batch_items(request).await?.into_inner();
+        Ok(ItemExport { stream })
+    }
+
     /// One page of items.
     pub async fn items(&mut self, query: ItemQuery) -> Result<Page<ItemRecord>, ClientError> {
         let request = pb::ListBatchItemsRequest::from(query);
         let response = self.inner.list_batch_items(request).await?.into_inner();
         Ok(response.try_into()?)
+    }
+}
+
+/// A stream of a batch's items, as the server reads them.
+pub struct ItemExport {
+    stream: tonic::Streaming<pb::ExportBatchItemsResponse>,
+}
+
+impl ItemExport {
+    /// The next items in submission order, or None after the last.
+    pub async fn next(&mut self) -> Result<Option<Vec<ItemRecord>>, ClientError> {
+        match self.stream.message().await? {
+            Some(response) => Ok(Some(response.try_into()?)),
+            None => Ok(None),
+        }
     }
 }
 

@@ -11,10 +11,10 @@ use prost_types::Timestamp as PbTimestamp;
 use super::client::{BatchSubmission, Submitted};
 use super::pb;
 use crate::domain::{
-    parse_count, parse_item_ids, parse_max_concurrency, Batch, BatchId, BatchSize, BatchSizeError,
-    BatchStatus, Callback, CallbackStatus, CallbackUrl, CallbackUrlError, CountError,
-    FailureBudget, IdError, ItemId, ItemIdsError, ItemRecord, ItemStatus, MaxConcurrencyError,
-    NewPart, PartError, PercentageError, Timestamp,
+    parse_count, parse_item_ids, parse_max_concurrency, Batch, BatchId, BatchProgress, BatchSize,
+    BatchSizeError, BatchStatus, Callback, CallbackStatus, CallbackUrl, CallbackUrlError,
+    CountError, ErrorCount, FailureBudget, IdError, ItemId, ItemIdsError, ItemRecord, ItemStatus,
+    MaxConcurrencyError, NewPart, PartError, PercentageError, Timestamp,
 };
 use crate::items_uri::{ItemsError, ReferenceRule};
 use crate::pipeline::Accepted;
@@ -500,6 +500,30 @@ impl TryFrom<pb::ListBatchItemsRequest> for ItemQuery {
     }
 }
 
+impl From<ItemQuery> for pb::ExportBatchItemsRequest {
+    fn from(query: ItemQuery) -> Self {
+        Self {
+            batch_id: query.batch_id.as_str().to_owned(),
+            status: query.status.map_or(pb::ItemStatus::Unspecified, Into::into) as i32,
+        }
+    }
+}
+
+/// An export reads the batch as listings do, a largest page at a time from the start.
+impl TryFrom<pb::ExportBatchItemsRequest> for ItemQuery {
+    type Error = FieldError;
+
+    fn try_from(request: pb::ExportBatchItemsRequest) -> Result<Self, FieldError> {
+        Ok(Self {
+            batch_id: batch_id(request.batch_id)?,
+            status: item_status_or_any(request.status)
+                .map_err(|rule| FieldError::new("status", rule))?,
+            page_size: MAX_ITEM_PAGE,
+            page_token: None,
+        })
+    }
+}
+
 // ---- responses: domain to wire on the server, and wire to domain in the client ----
 
 impl From<&Batch> for pb::Batch {
@@ -533,6 +557,17 @@ impl From<&Batch> for pb::Batch {
             callback_status: pb::CallbackStatus::from(batch.callback.status) as i32,
             callback_attempts: batch.callback.attempts,
             callback_last_error: batch.callback.last_error.clone().unwrap_or_default(),
+            items_per_second: batch.progress.items_per_second,
+            eta_seconds: batch.progress.eta_seconds,
+            top_errors: batch
+                .progress
+                .top_errors
+                .iter()
+                .map(|error| pb::ErrorCount {
+                    message: error.message.clone(),
+                    count: error.count,
+                })
+                .collect(),
         }
     }
 }
@@ -604,6 +639,18 @@ impl TryFrom<pb::Batch> for Batch {
             failure_reason: (!batch.failure_reason.is_empty()).then_some(batch.failure_reason),
             redrive_count: batch.redrive_count,
             callback,
+            progress: BatchProgress {
+                items_per_second: batch.items_per_second,
+                eta_seconds: batch.eta_seconds,
+                top_errors: batch
+                    .top_errors
+                    .into_iter()
+                    .map(|error| ErrorCount {
+                        message: error.message,
+                        count: error.count,
+                    })
+                    .collect(),
+            },
         })
     }
 }
@@ -788,6 +835,29 @@ impl TryFrom<pb::ListBatchItemsResponse> for Page<ItemRecord> {
             entries,
             next_page_token: page_token(response.next_page_token),
         })
+    }
+}
+
+impl From<Vec<ItemRecord>> for pb::ExportBatchItemsResponse {
+    fn from(items: Vec<ItemRecord>) -> Self {
+        Self {
+            items: items.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::ExportBatchItemsResponse> for Vec<ItemRecord> {
+    type Error = FieldError;
+
+    fn try_from(response: pb::ExportBatchItemsResponse) -> Result<Self, FieldError> {
+        response
+            .items
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| {
+                ItemRecord::try_from(item).map_err(|err| err.within(&format!("items[{index}]")))
+            })
+            .collect()
     }
 }
 

@@ -44,6 +44,9 @@ pub(crate) enum ApiError {
     /// Open watches end with this when the server stops, so that their connections can close.
     #[error("the server is shutting down; watch again once it is back")]
     ShuttingDown,
+    /// Open exports end with this when the server stops.
+    #[error("the server is shutting down; export again once it is back")]
+    ExportStopped,
 }
 
 impl From<FieldError> for Status {
@@ -65,7 +68,9 @@ impl From<ApiError> for Status {
             ApiError::Store(err) => store(err),
             ApiError::List(err) => list(err),
             ApiError::Panicked(_) => internal(&err),
-            ApiError::ShuttingDown => Status::unavailable(err.to_string()),
+            ApiError::ShuttingDown | ApiError::ExportStopped => {
+                Status::unavailable(err.to_string())
+            }
         }
     }
 }

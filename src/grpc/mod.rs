@@ -1,10 +1,11 @@
 //! The gRPC admin service: generated code (quarantined in [`pb`]), the service, its errors,
-//! client deadlines, the client the CLI uses, and the one place where protobuf and domain types convert.
+//! exports, client deadlines, the client the CLI uses, and the one place where protobuf and domain types convert.
 
 pub mod client;
 mod convert;
 mod deadline;
 mod error;
+mod export;
 mod service;
 
 /// Generated protobuf and tonic code; never used outside `grpc` (but by tests, as a raw client).

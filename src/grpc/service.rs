@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use super::convert::Submission;
 use super::deadline::DeadlineLayer;
 use super::error::ApiError;
+use super::export::Exporter;
 use super::pb;
 use super::pb::batch_manager_server::{BatchManager, BatchManagerServer};
 use crate::domain::{Batch, BatchId, NewPart};
@@ -133,6 +134,9 @@ pub(crate) async fn grpc_router(service: AdminService) -> anyhow::Result<axum::R
     Ok(routes.prepare().into_axum_router().layer(DeadlineLayer))
 }
 
+type ExportStream =
+    Pin<Box<dyn Stream<Item = Result<pb::ExportBatchItemsResponse, Status>> + Send>>;
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchBatchResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -191,6 +195,22 @@ impl BatchManager for AdminService {
                 other => other.into(),
             })?;
         Ok(Response::new(page.into()))
+    }
+
+    type ExportBatchItemsStream = ExportStream;
+
+    async fn export_batch_items(
+        &self,
+        request: Request<pb::ExportBatchItemsRequest>,
+    ) -> Result<Response<Self::ExportBatchItemsStream>, Status> {
+        let query = ItemQuery::try_from(request.into_inner())?;
+        self.batch(&query.batch_id).await?;
+        let (exporter, pages) =
+            Exporter::new(Arc::clone(&self.store), query, self.stopping.clone());
+        tokio::spawn(exporter.run());
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(pages),
+        )))
     }
 
     async fn cancel_batch(

@@ -13,6 +13,7 @@ mod id_hashes;
 pub mod jobs;
 pub(crate) mod journal;
 pub mod outbox;
+mod progress;
 mod rules;
 pub mod sqlite;
 

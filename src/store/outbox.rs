@@ -172,6 +172,7 @@ impl BatchSnapshot {
             failure_budget: Default::default(),
             failure_reason: snapshot.failure_reason,
             redrive_count: snapshot.redrive_count,
+            progress: Default::default(),
             callback: crate::domain::Callback {
                 url: snapshot
                     .callback_url

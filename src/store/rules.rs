@@ -145,7 +145,7 @@ pub(crate) enum PartVerdict {
     Store,
     /// The same part (same items) is stored already.
     AlreadyStored,
-    /// Refuse it with this outcome.
+    /// Refuse it with this outcome (boxed: an outcome can carry a whole batch).
     Refuse(Box<AppendOutcome>),
 }
 
@@ -164,18 +164,18 @@ pub(crate) fn judge_part(
     digest: &str,
 ) -> PartVerdict {
     if batch.total_items != part.total_items {
-        return refuse(AppendOutcome::Conflict(format!(
+        return PartVerdict::Refuse(Box::new(AppendOutcome::Conflict(format!(
             "batch {} exists with {} items in total, not {}",
             part.batch_id, batch.total_items, part.total_items
-        )));
+        ))));
     }
     if batch.batch_size != part.batch_size.get() {
-        return refuse(AppendOutcome::Conflict(format!(
+        return PartVerdict::Refuse(Box::new(AppendOutcome::Conflict(format!(
             "batch {} exists with batch_size {}, not {}",
             part.batch_id,
             batch.batch_size,
             part.batch_size.get()
-        )));
+        ))));
     }
     if let Some(budget) = part.failure_budget.filter(|b| *b != batch.failure_budget) {
         return refuse(AppendOutcome::Conflict(format!(
@@ -186,10 +186,10 @@ pub(crate) fn judge_part(
     match stored_digest {
         Some(stored) if stored == digest => return PartVerdict::AlreadyStored,
         Some(_) => {
-            return refuse(AppendOutcome::Conflict(format!(
+            return PartVerdict::Refuse(Box::new(AppendOutcome::Conflict(format!(
                 "part {} of batch {} was stored with other items",
                 part.part_number, part.batch_id
-            )))
+            ))))
         }
         None => {}
     }
@@ -202,10 +202,10 @@ pub(crate) fn judge_part(
     }
     let item_count = part.items.len() as u64;
     if batch.received_items + item_count > batch.total_items {
-        return refuse(AppendOutcome::Rejected(format!(
+        return PartVerdict::Refuse(Box::new(AppendOutcome::Rejected(format!(
             "batch {} expects {} items and holds {}; {} more would exceed it",
             part.batch_id, batch.total_items, batch.received_items, item_count
-        )));
+        ))));
     }
     PartVerdict::Store
 }
@@ -365,6 +365,7 @@ mod tests {
             failure_reason: None,
             redrive_count: 0,
             callback: Default::default(),
+            progress: Default::default(),
         }
     }
 

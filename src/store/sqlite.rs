@@ -7,6 +7,7 @@
 //! A chunk is one row holding its item IDs and outcomes together, encoded by [`codec`].
 
 mod chunks;
+mod error_counts;
 #[cfg(feature = "bench")]
 pub(crate) mod floor;
 mod jobs;
@@ -26,6 +27,7 @@ use self::writer::{Job, Message, Staged};
 
 use super::codec::{self, ChunkOutcomes, ItemPager};
 use super::id_hashes::{self, PartIndex};
+use super::progress::{self, RateWindow};
 use super::rules::{self, judge_part, CancelRequest, PartVerdict, Progress, Stop};
 use super::{
     AppendOutcome, BadPageToken, BatchQuery, BatchStore, CancelOutcome, Chunk, ChunkClaim,
@@ -99,7 +101,12 @@ CREATE TABLE IF NOT EXISTS batches (
     callback_url TEXT,
     callback_status TEXT NOT NULL DEFAULT 'NONE',
     callback_attempts INTEGER NOT NULL DEFAULT 0,
-    callback_last_error TEXT
+    callback_last_error TEXT,
+    window_started_at INTEGER,
+    window_terminal INTEGER NOT NULL DEFAULT 0,
+    previous_rate REAL NOT NULL DEFAULT 0,
+    last_recorded_at INTEGER,
+    other_errors INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status, seq);
 CREATE TABLE IF NOT EXISTS parts (
@@ -130,6 +137,12 @@ CREATE TABLE IF NOT EXISTS chunks (
     attempt_base INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (batch_seq, chunk)
 );
+CREATE TABLE IF NOT EXISTS batch_errors (
+    batch_seq INTEGER NOT NULL,
+    message TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (batch_seq, message)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS executions (
     batch_seq INTEGER NOT NULL,
     chunk INTEGER NOT NULL,
@@ -160,7 +173,7 @@ CREATE INDEX IF NOT EXISTS executions_sleeping ON executions (wake_at, batch_seq
 /// Columns added to a table after databases were first written with it: `(table, column,
 /// declaration, backfill)`. `CREATE TABLE IF NOT EXISTS` leaves an older table as it was, so
 /// each is added when missing, then the backfill (if any) brings older rows in line.
-const ADDED_COLUMNS: [(&str, &str, &str, Option<&str>); 11] = [
+const ADDED_COLUMNS: [(&str, &str, &str, Option<&str>); 16] = [
     (
         "batches",
         "max_concurrency",
@@ -218,6 +231,36 @@ const ADDED_COLUMNS: [(&str, &str, &str, Option<&str>); 11] = [
         "callback_last_error TEXT",
         None,
     ),
+    (
+        "batches",
+        "window_started_at",
+        "window_started_at INTEGER",
+        None,
+    ),
+    (
+        "batches",
+        "window_terminal",
+        "window_terminal INTEGER NOT NULL DEFAULT 0",
+        None,
+    ),
+    (
+        "batches",
+        "previous_rate",
+        "previous_rate REAL NOT NULL DEFAULT 0",
+        None,
+    ),
+    (
+        "batches",
+        "last_recorded_at",
+        "last_recorded_at INTEGER",
+        None,
+    ),
+    (
+        "batches",
+        "other_errors",
+        "other_errors INTEGER NOT NULL DEFAULT 0",
+        None,
+    ),
 ];
 
 /// Brings a database written by an earlier version up to [`SCHEMA`].
@@ -245,7 +288,8 @@ macro_rules! batch_columns {
          cancelled_items, total_chunks, completed_chunks, batch_size, cancel_requested, \
          created_at, updated_at, completed_at, max_concurrency, tolerated_failure_percentage, \
          tolerated_failure_count, failure_reason, redrive_count, stopped_by, callback_url, \
-         callback_status, callback_attempts, callback_last_error"
+         callback_status, callback_attempts, callback_last_error, window_started_at, \
+         window_terminal, previous_rate, last_recorded_at, other_errors"
     };
 }
 const BATCH_COLUMNS: &str = batch_columns!();
@@ -258,6 +302,9 @@ struct BatchRow {
     /// Why the batch stopped starting chunks, in its current run.
     stop: Option<Stop>,
     batch: Batch,
+    window: RateWindow,
+    /// Failures counted under the other-errors bucket.
+    other_errors: u64,
 }
 
 impl BatchRow {
@@ -282,55 +329,67 @@ impl BatchRow {
                 })
             })
             .transpose()?;
+        let created_at = Timestamp(row.get(12)?);
+        let window = RateWindow {
+            started_at: Timestamp(row.get::<_, Option<i64>>(25)?.unwrap_or(created_at.0)),
+            terminal_at_start: row.get(26)?,
+            previous_rate: row.get(27)?,
+            last_recorded_at: row.get::<_, Option<i64>>(28)?.map(Timestamp),
+        };
+        let mut batch = Batch {
+            batch_id: BatchId::parse(row.get::<_, String>(1)?).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    1,
+                    rusqlite::types::Type::Text,
+                    e.to_string().into(),
+                )
+            })?,
+            status,
+            total_items: row.get(3)?,
+            received_items: row.get(4)?,
+            succeeded_items: row.get(5)?,
+            failed_items: row.get(6)?,
+            cancelled_items: row.get(7)?,
+            total_chunks: row.get(8)?,
+            completed_chunks: row.get(9)?,
+            batch_size: row.get(10)?,
+            created_at,
+            updated_at: Timestamp(row.get(13)?),
+            completed_at: row.get::<_, Option<i64>>(14)?.map(Timestamp),
+            max_concurrency: row.get(15)?,
+            failure_budget: FailureBudget {
+                percentage: row.get(16)?,
+                count: row.get(17)?,
+            },
+            failure_reason: row.get(18)?,
+            redrive_count: row.get(19)?,
+            callback: Callback {
+                url: row
+                    .get::<_, Option<String>>(21)?
+                    .map(CallbackUrl::from_trusted),
+                status: {
+                    let name: String = row.get(22)?;
+                    CallbackStatus::from_name(&name).ok_or_else(|| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            22,
+                            rusqlite::types::Type::Text,
+                            format!("unknown callback status {name:?}").into(),
+                        )
+                    })?
+                },
+                attempts: row.get(23)?,
+                last_error: row.get(24)?,
+            },
+            progress: Default::default(),
+        };
+        batch.progress = progress::progress_of(&batch, &window, Timestamp::now());
         Ok(Self {
             seq: row.get(0)?,
             cancel_requested: row.get(11)?,
             stop,
-            batch: Batch {
-                batch_id: BatchId::parse(row.get::<_, String>(1)?).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        1,
-                        rusqlite::types::Type::Text,
-                        e.to_string().into(),
-                    )
-                })?,
-                status,
-                total_items: row.get(3)?,
-                received_items: row.get(4)?,
-                succeeded_items: row.get(5)?,
-                failed_items: row.get(6)?,
-                cancelled_items: row.get(7)?,
-                total_chunks: row.get(8)?,
-                completed_chunks: row.get(9)?,
-                batch_size: row.get(10)?,
-                created_at: Timestamp(row.get(12)?),
-                updated_at: Timestamp(row.get(13)?),
-                completed_at: row.get::<_, Option<i64>>(14)?.map(Timestamp),
-                max_concurrency: row.get(15)?,
-                failure_budget: FailureBudget {
-                    percentage: row.get(16)?,
-                    count: row.get(17)?,
-                },
-                failure_reason: row.get(18)?,
-                redrive_count: row.get(19)?,
-                callback: Callback {
-                    url: row
-                        .get::<_, Option<String>>(21)?
-                        .map(CallbackUrl::from_trusted),
-                    status: {
-                        let name: String = row.get(22)?;
-                        CallbackStatus::from_name(&name).ok_or_else(|| {
-                            rusqlite::Error::FromSqlConversionFailure(
-                                22,
-                                rusqlite::types::Type::Text,
-                                format!("unknown callback status {name:?}").into(),
-                            )
-                        })?
-                    },
-                    attempts: row.get(23)?,
-                    last_error: row.get(24)?,
-                },
-            },
+            batch,
+            window,
+            other_errors: row.get(29)?,
         })
     }
 
@@ -353,7 +412,8 @@ impl BatchRow {
         conn.prepare_cached(
             "UPDATE batches SET status = ?2, succeeded_items = ?3, failed_items = ?4, cancelled_items = ?5, \
              completed_chunks = ?6, updated_at = ?7, completed_at = ?8, cancel_requested = ?9, \
-             stopped_by = ?10, failure_reason = ?11, redrive_count = ?12 WHERE seq = ?1",
+             stopped_by = ?10, failure_reason = ?11, redrive_count = ?12, window_started_at = ?13, \
+             window_terminal = ?14, previous_rate = ?15, last_recorded_at = ?16 WHERE seq = ?1",
         )?
         .execute(params![
             self.seq,
@@ -368,6 +428,10 @@ impl BatchRow {
             self.stop.map(Stop::as_str),
             batch.failure_reason,
             batch.redrive_count,
+            self.window.started_at.0,
+            self.window.terminal_at_start,
+            self.window.previous_rate,
+            self.window.last_recorded_at.map(|t| t.0),
         ])?;
         Ok(())
     }
@@ -883,6 +947,8 @@ fn redrive_batch(
     counts.apply_to(&mut batch.batch, Timestamp::now());
     batch.stop = None;
     batch.save(conn)?;
+    // Every failed item runs again: the failure counts start over with the new run.
+    error_counts::forget_errors(conn, batch.seq)?;
     Ok(RedriveOutcome::Redriven {
         batch: batch.batch,
         chunks,
@@ -1015,7 +1081,11 @@ impl BatchStore for SqliteStore {
     }
 
     async fn get_batch(&self, batch_id: &BatchId) -> Result<Option<Batch>, StoreError> {
-        self.read_row(|conn| Ok(load_batch(conn, batch_id.as_str())?.map(|row| row.batch)))
+        self.read_row(|conn| {
+            load_batch(conn, batch_id.as_str())?
+                .map(|row| error_counts::with_top_errors(conn, row))
+                .transpose()
+        })
     }
 
     async fn list_batches(&self, query: &BatchQuery) -> Result<Page<Batch>, ListError> {

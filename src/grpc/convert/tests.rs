@@ -1,7 +1,7 @@
 //! Every conversion both ways, and every refusal with the field it names.
 
 use super::*;
-use crate::domain::with_sources;
+use crate::domain::{with_sources, OTHER_ERRORS};
 
 fn ids(raw: &[&str]) -> Vec<ItemId> {
     parse_item_ids(raw.iter().map(|id| id.to_string()).collect()).unwrap()
@@ -28,6 +28,20 @@ fn sample_batch(completed_at: Option<Timestamp>) -> Batch {
         updated_at: Timestamp(1_700_000_000_123_456),
         completed_at,
         max_concurrency: Some(4),
+        progress: BatchProgress {
+            items_per_second: 12.5,
+            eta_seconds: None,
+            top_errors: vec![
+                ErrorCount {
+                    message: "timeout".into(),
+                    count: 2,
+                },
+                ErrorCount {
+                    message: OTHER_ERRORS.into(),
+                    count: 1,
+                },
+            ],
+        },
         failure_budget: FailureBudget::parse(Some(10), Some(3)).unwrap(),
         failure_reason: Some("failure budget exceeded: 2 of 10 items failed".into()),
         redrive_count: 2,

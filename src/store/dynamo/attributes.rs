@@ -56,6 +56,12 @@ pub(super) const CALLBACK_URL: &str = "callbackUrl";
 pub(super) const CALLBACK_STATUS: &str = "callbackStatus";
 pub(super) const CALLBACK_ATTEMPTS: &str = "callbackAttempts";
 pub(super) const CALLBACK_LAST_ERROR: &str = "callbackLastError";
+/// The batch's rate window (see `store::progress`): when it began, the batch's terminal items
+/// then, the previous window's items per second, and when its newest chunk was counted.
+pub(super) const WINDOW_STARTED_AT: &str = "windowStartedAt";
+pub(super) const WINDOW_TERMINAL: &str = "windowTerminal";
+pub(super) const PREVIOUS_RATE: &str = "previousRate";
+pub(super) const LAST_RECORDED_AT: &str = "lastRecordedAt";
 /// Sort key of both listing indexes: creation time, then batch ID.
 pub(super) const CREATED_KEY: &str = "createdKey";
 /// Partition key of `by-created`: the same value on every batch.
@@ -89,6 +95,19 @@ pub(super) const ATTEMPT_BASE: &str = "attemptBase";
 pub(super) const CHUNKS: &str = "chunks";
 // `chunk#<n>#ids` items.
 pub(super) const ITEM_IDS: &str = "itemIds";
+
+// The `errorCounts` item: a batch's failure counts, one attribute per message kept.
+pub(super) const ERROR_COUNTS_SK: &str = "errorCounts";
+/// The prefix of a kept message's count attribute: `e#<key of the message>`.
+pub(super) const ERROR_PREFIX: &str = "e#";
+/// The sort-key prefix of a kept message's text item: `errorMessage#<key of the message>`.
+pub(super) const ERROR_MESSAGE_PREFIX: &str = "errorMessage#";
+/// A kept message's text.
+pub(super) const ERROR_MESSAGE: &str = "message";
+/// How many messages the item keeps.
+pub(super) const DISTINCT_ERRORS: &str = "distinctErrors";
+/// Failures whose message is not kept.
+pub(super) const OTHER_ERRORS: &str = "otherErrors";
 
 /// The sort-key prefix of parts and their hashes.
 pub(super) const PART_PREFIX: &str = "part#";

@@ -8,10 +8,11 @@ use futures::{stream, StreamExt, TryStreamExt};
 use super::attributes::{
     batch_key, corrupt, created_key, flag, flag_value, n, number, optional_number, optional_text,
     s, text, Item, BATCH_ID, BATCH_SIZE, CANCELLED_ITEMS, CANCEL_REQUESTED, COMPLETED_AT,
-    COMPLETED_CHUNKS, CREATED_AT, CREATED_KEY, FAILED_ITEMS, FAILURE_REASON, LIST_PARTITION,
-    LIST_PARTITION_VALUE, MAX_CONCURRENCY, RECEIVED_ITEMS, REDRIVE_COUNT,
-    REDRIVE_INCLUDES_CANCELLED, STATUS, STOPPED_AT, STOPPED_BY, STOP_SWEPT, SUCCEEDED_ITEMS,
-    TOLERATED_COUNT, TOLERATED_PERCENTAGE, TOTAL_CHUNKS, TOTAL_ITEMS, UPDATED_AT,
+    COMPLETED_CHUNKS, CREATED_AT, CREATED_KEY, FAILED_ITEMS, FAILURE_REASON, LAST_RECORDED_AT,
+    LIST_PARTITION, LIST_PARTITION_VALUE, MAX_CONCURRENCY, PREVIOUS_RATE, RECEIVED_ITEMS,
+    REDRIVE_COUNT, REDRIVE_INCLUDES_CANCELLED, STATUS, STOPPED_AT, STOPPED_BY, STOP_SWEPT,
+    SUCCEEDED_ITEMS, TOLERATED_COUNT, TOLERATED_PERCENTAGE, TOTAL_CHUNKS, TOTAL_ITEMS, UPDATED_AT,
+    WINDOW_STARTED_AT, WINDOW_TERMINAL,
 };
 use super::attributes::{CALLBACK_ATTEMPTS, CALLBACK_LAST_ERROR, CALLBACK_STATUS, CALLBACK_URL};
 use super::starts::{IN_FLIGHT, STARTABLE_CHUNKS, STARTED_CHUNKS};
@@ -21,6 +22,7 @@ use crate::domain::{
     Batch, BatchId, BatchStatus, Callback, CallbackStatus, CallbackUrl, FailureBudget, NewPart,
     Timestamp,
 };
+use crate::store::progress::{self, RateWindow};
 use crate::store::rules::{self, CancelRequest, Progress, Refusal, Stop};
 use crate::store::{CancelOutcome, ControlOutcome, StoreError};
 
@@ -43,6 +45,10 @@ pub(super) struct BatchRecord {
     /// no task started.
     stopped_at: Option<Timestamp>,
     stop_swept: bool,
+    /// Where the batch's rate is measured from.
+    pub(super) window: RateWindow,
+    /// Whether the window is stored (batches from before it have none).
+    window_stored: bool,
 }
 
 /// Why a batch item's current run stopped. Items written before stops were named hold only
@@ -62,45 +68,59 @@ pub(super) fn stop_of(item: &Item) -> Result<Option<Stop>, StoreError> {
 impl BatchRecord {
     pub(super) fn from_item(item: &Item) -> Result<Self, StoreError> {
         let status = text(item, STATUS)?;
-        Ok(Self {
-            batch: Batch {
-                batch_id: BatchId::parse(text(item, BATCH_ID)?).map_err(|_| corrupt(BATCH_ID))?,
-                status: BatchStatus::from_name(status).ok_or_else(|| corrupt(STATUS))?,
-                total_items: number(item, TOTAL_ITEMS)?,
-                received_items: number(item, RECEIVED_ITEMS)?,
-                succeeded_items: number(item, SUCCEEDED_ITEMS)?,
-                failed_items: number(item, FAILED_ITEMS)?,
-                cancelled_items: number(item, CANCELLED_ITEMS)?,
-                total_chunks: number(item, TOTAL_CHUNKS)?,
-                completed_chunks: number(item, COMPLETED_CHUNKS)?,
-                batch_size: number(item, BATCH_SIZE)?,
-                created_at: Timestamp(number(item, CREATED_AT)?),
-                updated_at: Timestamp(number(item, UPDATED_AT)?),
-                completed_at: optional_number(item, COMPLETED_AT)?.map(Timestamp),
-                max_concurrency: optional_number(item, MAX_CONCURRENCY)?,
-                failure_budget: FailureBudget {
-                    percentage: optional_number(item, TOLERATED_PERCENTAGE)?,
-                    count: optional_number(item, TOLERATED_COUNT)?,
-                },
-                failure_reason: optional_text(item, FAILURE_REASON).map(str::to_owned),
-                redrive_count: optional_number(item, REDRIVE_COUNT)?.unwrap_or(0),
-                callback: Callback {
-                    url: optional_text(item, CALLBACK_URL)
-                        .map(|url| CallbackUrl::from_trusted(url.to_owned())),
-                    status: match optional_text(item, CALLBACK_STATUS) {
-                        None => CallbackStatus::None,
-                        Some(name) => CallbackStatus::from_name(name)
-                            .ok_or_else(|| corrupt(CALLBACK_STATUS))?,
-                    },
-                    attempts: optional_number(item, CALLBACK_ATTEMPTS)?.unwrap_or(0),
-                    last_error: optional_text(item, CALLBACK_LAST_ERROR).map(str::to_owned),
-                },
+        let created_at = Timestamp(number(item, CREATED_AT)?);
+        let started_at = optional_number(item, WINDOW_STARTED_AT)?;
+        let window = RateWindow {
+            started_at: Timestamp(started_at.unwrap_or(created_at.0)),
+            terminal_at_start: optional_number(item, WINDOW_TERMINAL)?.unwrap_or(0),
+            previous_rate: optional_number(item, PREVIOUS_RATE)?.unwrap_or(0.0),
+            last_recorded_at: optional_number(item, LAST_RECORDED_AT)?.map(Timestamp),
+        };
+        let mut batch = Batch {
+            batch_id: BatchId::parse(text(item, BATCH_ID)?).map_err(|_| corrupt(BATCH_ID))?,
+            status: BatchStatus::from_name(status).ok_or_else(|| corrupt(STATUS))?,
+            total_items: number(item, TOTAL_ITEMS)?,
+            received_items: number(item, RECEIVED_ITEMS)?,
+            succeeded_items: number(item, SUCCEEDED_ITEMS)?,
+            failed_items: number(item, FAILED_ITEMS)?,
+            cancelled_items: number(item, CANCELLED_ITEMS)?,
+            total_chunks: number(item, TOTAL_CHUNKS)?,
+            completed_chunks: number(item, COMPLETED_CHUNKS)?,
+            batch_size: number(item, BATCH_SIZE)?,
+            created_at,
+            updated_at: Timestamp(number(item, UPDATED_AT)?),
+            completed_at: optional_number(item, COMPLETED_AT)?.map(Timestamp),
+            max_concurrency: optional_number(item, MAX_CONCURRENCY)?,
+            failure_budget: FailureBudget {
+                percentage: optional_number(item, TOLERATED_PERCENTAGE)?,
+                count: optional_number(item, TOLERATED_COUNT)?,
             },
+            failure_reason: optional_text(item, FAILURE_REASON).map(str::to_owned),
+            redrive_count: optional_number(item, REDRIVE_COUNT)?.unwrap_or(0),
+            callback: Callback {
+                url: optional_text(item, CALLBACK_URL)
+                    .map(|url| CallbackUrl::from_trusted(url.to_owned())),
+                status: match optional_text(item, CALLBACK_STATUS) {
+                    None => CallbackStatus::None,
+                    Some(name) => {
+                        CallbackStatus::from_name(name).ok_or_else(|| corrupt(CALLBACK_STATUS))?
+                    }
+                },
+                attempts: optional_number(item, CALLBACK_ATTEMPTS)?.unwrap_or(0),
+                last_error: optional_text(item, CALLBACK_LAST_ERROR).map(str::to_owned),
+            },
+            progress: Default::default(),
+        };
+        batch.progress = progress::progress_of(&batch, &window, Timestamp::now());
+        Ok(Self {
+            batch,
             cancel_requested: flag(item, CANCEL_REQUESTED),
             stop: stop_of(item)?,
             redrive_includes_cancelled: flag(item, REDRIVE_INCLUDES_CANCELLED),
             stopped_at: optional_number(item, STOPPED_AT)?.map(Timestamp),
             stop_swept: flag(item, STOP_SWEPT),
+            window,
+            window_stored: started_at.is_some(),
         })
     }
 
@@ -120,6 +140,9 @@ impl BatchRecord {
             (CANCEL_REQUESTED, flag_value(false)),
             (CREATED_AT, n(now.0)),
             (UPDATED_AT, n(now.0)),
+            (WINDOW_STARTED_AT, n(now.0)),
+            (WINDOW_TERMINAL, n(0)),
+            (PREVIOUS_RATE, n(0)),
             (CREATED_KEY, s(created_key(now.0, &part.batch_id))),
             (LIST_PARTITION, s(LIST_PARTITION_VALUE)),
             (STARTABLE_CHUNKS, n(0)),
@@ -246,27 +269,35 @@ impl DynamoStore {
         Ok(self.settle_record(batch_id, progress).await?.batch)
     }
 
-    /// [`Self::settle`], then stops the batch if its failures have exceeded its budget (the
-    /// caller counted a chunk, or found one counted by a caller that stopped short of this).
+    /// [`Self::settle`], then [`Self::stop_if_over_budget`] (the caller found a chunk counted
+    /// by a caller that may have stopped short of either).
     pub(super) async fn settle_counted(&self, batch_id: &BatchId) -> Result<Batch, StoreError> {
         let record = self
             .settle_record(batch_id, Progress::ChunkRecorded)
             .await?;
-        match rules::budget_stop(&record.batch, record.stop) {
-            Some(reason) => match self
-                .stop_batch(batch_id, Stop::BudgetExceeded, Some(reason))
-                .await?
-            {
-                CancelOutcome::Cancelled(batch) | CancelOutcome::AlreadyTerminal(batch) => {
-                    Ok(batch)
-                }
-                CancelOutcome::NotFound => Ok(record.batch),
-            },
-            None => Ok(record.batch),
+        self.stop_if_over_budget(record).await
+    }
+
+    /// Stops the batch, as read in `record`, if its failures have exceeded its budget; the
+    /// batch as it stands after.
+    pub(super) async fn stop_if_over_budget(
+        &self,
+        record: BatchRecord,
+    ) -> Result<Batch, StoreError> {
+        let Some(reason) = rules::budget_stop(&record.batch, record.stop) else {
+            return Ok(record.batch);
+        };
+        match self
+            .stop_batch(&record.batch.batch_id, Stop::BudgetExceeded, Some(reason))
+            .await?
+        {
+            CancelOutcome::Cancelled(batch) | CancelOutcome::AlreadyTerminal(batch) => Ok(batch),
+            CancelOutcome::NotFound => Ok(record.batch),
         }
     }
 
-    async fn settle_record(
+    /// [`Self::settle`], answering the batch item as read or written.
+    pub(super) async fn settle_record(
         &self,
         batch_id: &BatchId,
         progress: Progress,
@@ -391,6 +422,45 @@ impl DynamoStore {
             after.callback.last_error = None;
         }
         Ok(Some(after))
+    }
+
+    /// Starts the batch's next rate window when its chunk just counted at `now` ends the one
+    /// under way: at most once a minute per batch, and outside the transaction that counted the
+    /// chunk, so that counting costs no more. Best effort: when another writer rolled the
+    /// window first, or the write fails, the window stays as that writer left it.
+    pub(super) async fn roll_rate_window(&self, record: &BatchRecord, now: Timestamp) {
+        if !record.window.is_due(now) {
+            return;
+        }
+        let batch = &record.batch;
+        let terminal = batch.succeeded_items + batch.failed_items + batch.cancelled_items;
+        let next = record.window.rolled(terminal, now);
+        let condition = if record.window_stored {
+            format!("{WINDOW_STARTED_AT} = :seen")
+        } else {
+            format!("attribute_not_exists({WINDOW_STARTED_AT})")
+        };
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.tables.batch_table)
+            .set_key(Some(batch_key(&batch.batch_id)))
+            .update_expression(format!(
+                "SET {WINDOW_STARTED_AT} = :start, {WINDOW_TERMINAL} = :terminal, \
+                 {PREVIOUS_RATE} = :rate"
+            ))
+            .condition_expression(condition)
+            .expression_attribute_values(":start", n(next.started_at.0))
+            .expression_attribute_values(":terminal", n(next.terminal_at_start))
+            .expression_attribute_values(":rate", n(next.previous_rate));
+        if record.window_stored {
+            update = update.expression_attribute_values(":seen", n(record.window.started_at.0));
+        }
+        self.meter.write(1);
+        let sent = update.send().await;
+        if let Err(err) = conditional(sent, |e| e.is_conditional_check_failed_exception()) {
+            tracing::warn!(batch_id = %batch.batch_id, error = %err, "could not start the batch's next rate window");
+        }
     }
 
     /// Cancels a batch (see [`Self::stop_batch`]).

@@ -16,8 +16,8 @@ use super::attributes::{
     batch_key, chunk_sk, flag_value, ids_sk, job_sk, n, number, optional_number, optional_text,
     part_sk, request_key, request_key_of, s, text, Item, RequestKey, AFTER_CHUNKS, ATTEMPTS,
     ATTEMPT_BASE, BATCH_ID, CANCELLED_ITEMS, CHUNKS_WRITTEN, COMPLETED_CHUNKS, ERRORS,
-    FAILED_COUNT, FAILED_ITEMS, ITEM_COUNT, ITEM_IDS, RUN, SK, STAGE, STATES, SUCCEEDED_ITEMS,
-    UPDATED_AT, VERSION,
+    FAILED_COUNT, FAILED_ITEMS, ITEM_COUNT, ITEM_IDS, LAST_RECORDED_AT, RUN, SK, STAGE, STATES,
+    SUCCEEDED_ITEMS, UPDATED_AT, VERSION,
 };
 use super::batches::BatchRecord;
 use super::starts::IN_FLIGHT;
@@ -472,6 +472,7 @@ impl DynamoStore {
                 ));
             }
             state.outcomes.settle(unfinished);
+            let now = Timestamp::now();
             let (put_state, units) = self.state_put(batch_id, chunk, &mut state)?;
             let count = Update::builder()
                 .table_name(&self.tables.batch_table)
@@ -479,7 +480,7 @@ impl DynamoStore {
                 .update_expression(format!(
                     "ADD {SUCCEEDED_ITEMS} :succeeded, {FAILED_ITEMS} :failed, \
                      {CANCELLED_ITEMS} :cancelled, {COMPLETED_CHUNKS} :one, {IN_FLIGHT} :freed \
-                     SET {UPDATED_AT} = :now"
+                     SET {UPDATED_AT} = :now, {LAST_RECORDED_AT} = :now"
                 ))
                 // The chunk's slot frees with its count, in the same write (see `starts`).
                 .expression_attribute_values(":freed", n(-1))
@@ -493,15 +494,26 @@ impl DynamoStore {
                     n(state.outcomes.count(codec::CANCELLED)),
                 )
                 .expression_attribute_values(":one", n(1))
-                .expression_attribute_values(":now", n(Timestamp::now().0))
+                .expression_attribute_values(":now", n(now.0))
                 .build()?;
-            let writes = vec![
+            let mut writes = vec![
                 put_state,
                 TransactWriteItem::builder().update(count).build(),
             ];
-            if self.transact(writes, units + 1).await? {
+            let mut units = units + 1;
+            if let Some((errors, error_units)) =
+                self.error_counts_update(batch_id, &state.outcomes).await?
+            {
+                writes.push(TransactWriteItem::builder().update(errors).build());
+                units += error_units;
+            }
+            if self.transact(writes, units).await? {
+                let record = self
+                    .settle_record(batch_id, Progress::ChunkRecorded)
+                    .await?;
+                self.roll_rate_window(&record, now).await;
                 return Ok(RecordOutcome::Recorded(
-                    self.settle_counted(batch_id).await?,
+                    self.stop_if_over_budget(record).await?,
                 ));
             }
         }

@@ -41,8 +41,16 @@
 //! counters are incremented. A replayed update finds the chunk recorded and changes nothing;
 //! the terminal status is then set by a conditional write that only one caller can win.
 //!
+//! Progress: the batch item holds its rate window (`store::progress`); the record transaction
+//! sets when the newest chunk was counted, and a conditional write outside it starts the next
+//! window, at most once a minute per batch. Failure counts live in one `errorCounts` item per
+//! batch in the request table (messages named by a key of their text, each text in its own
+//! `errorMessage#<key>` item), added to by the record transaction of a chunk with failures only
+//! (see `error_counts`).
+//!
 //! One file per concern: `attributes` (names and conversions), `writes` (metered,
-//! conditional and batched writes), `batches` (the batch item, its status and cancel), `parts`
+//! conditional and batched writes), `batches` (the batch item, its status and cancel),
+//! `error_counts` (a batch's failure counts), `parts`
 //! (storing a part), `chunks` (chunk items and their lifecycle), `starts` (which chunks may
 //! start, and each batch's slots), `jobs` (external job records), `listing` (the list calls),
 //! `outbox` (completion callbacks to deliver).
@@ -57,6 +65,7 @@
 mod attributes;
 mod batches;
 mod chunks;
+mod error_counts;
 mod jobs;
 mod listing;
 mod outbox;
@@ -172,7 +181,13 @@ impl BatchStore for DynamoStore {
     }
 
     async fn get_batch(&self, batch_id: &BatchId) -> Result<Option<Batch>, StoreError> {
-        Ok(self.load_batch(batch_id).await?.map(|record| record.batch))
+        let Some(mut batch) = self.load_batch(batch_id).await?.map(|record| record.batch) else {
+            return Ok(None);
+        };
+        if batch.failed_items > 0 {
+            batch.progress.top_errors = self.top_errors(batch_id).await?;
+        }
+        Ok(Some(batch))
     }
 
     async fn list_batches(&self, query: &BatchQuery) -> Result<Page<Batch>, ListError> {

@@ -1,25 +1,26 @@
-//! Redriving an ended batch: which chunks run again, and the one conditional write that
-//! makes the batch run again.
+//! Redriving an ended batch: which chunks run again, and the one transaction that makes the
+//! batch run again.
 //!
 //! A redrive writes no chunk item. It reads the batch's chunk states, lists the chunks with
 //! items to re-run in `redrive#<run>#<page>` items (in start order, [`REDRIVE_PAGE_CHUNKS`]
-//! to an item), then moves the batch item in one conditional write: back to RUNNING, its
-//! counters taking the re-run items back, `redriveCount` raised to the new run, and the
-//! run's chunks appended to its start positions. From that write on, each listed chunk reads
-//! as PENDING with those items pending (see `ChunkStateRecord::in_current_run`) and is reset when it is
+//! to an item), then, in one transaction, moves the batch item on the condition that it is
+//! still the ended batch read (back to RUNNING, its counters taking the re-run items back,
+//! `redriveCount` raised to the new run, the run's chunks appended to its start positions)
+//! and drops its failure counts. From that write on, each listed chunk reads as PENDING with
+//! those items pending (see `ChunkStateRecord::in_current_run`) and is reset when it is
 //! claimed or cancelled. A redrive that stops before its write leaves only the list, which
 //! the next attempt writes again with the same content: nothing else changed meanwhile, the
 //! batch being ended.
 
 use std::ops::ControlFlow;
 
-use aws_sdk_dynamodb::types::ReturnValue;
+use aws_sdk_dynamodb::types::{Delete, TransactWriteItem, Update};
 
 use super::attributes::{
     batch_key, flag_value, n, redrive_sk, request_key, s, text, RequestKey, CANCELLED_ITEMS,
-    CHUNKS, COMPLETED_AT, COMPLETED_CHUNKS, FAILED_ITEMS, FAILURE_REASON, ITEM_IDS, REDRIVE_COUNT,
-    REDRIVE_FIRST_POSITION, REDRIVE_INCLUDES_CANCELLED, STATUS, STOPPED_AT, STOPPED_BY, STOP_SWEPT,
-    UPDATED_AT,
+    CHUNKS, COMPLETED_AT, COMPLETED_CHUNKS, ERROR_COUNTS_SK, FAILED_ITEMS, FAILURE_REASON,
+    ITEM_IDS, REDRIVE_COUNT, REDRIVE_FIRST_POSITION, REDRIVE_INCLUDES_CANCELLED, STATUS,
+    STOPPED_AT, STOPPED_BY, STOP_SWEPT, UPDATED_AT,
 };
 use super::batches::BatchRecord;
 use super::chunks::ChunkStateRecord;
@@ -27,7 +28,6 @@ use super::starts::{
     IN_FLIGHT, REDRIVE_PAGE_CHUNKS, STARTABLE_CHUNKS, STARTED_CHUNKS, STARTING_AT, STARTING_FROM,
     STARTING_TO,
 };
-use super::writes::conditional;
 use super::{contended, DynamoStore, OPTIMISTIC_ATTEMPTS};
 use crate::domain::{BatchId, BatchStatus, Timestamp};
 use crate::store::rules::{self, RedriveCounts, Refusal};
@@ -144,9 +144,7 @@ impl DynamoStore {
             0 => format!("attribute_not_exists({REDRIVE_COUNT})"),
             _ => format!("{REDRIVE_COUNT} = :previous"),
         };
-        let mut update = self
-            .client
-            .update_item()
+        let mut update = Update::builder()
             .table_name(&self.tables.batch_table)
             .set_key(Some(batch_key(&batch.batch_id)))
             .update_expression(format!(
@@ -173,17 +171,29 @@ impl DynamoStore {
             .expression_attribute_values(":now", n(Timestamp::now().0))
             .expression_attribute_values(":failed", n(-(plan.counts.failed_items as i64)))
             .expression_attribute_values(":cancelled", n(-(plan.counts.cancelled_items as i64)))
-            .expression_attribute_values(":chunks", n(-(plan.counts.chunks as i64)))
-            .return_values(ReturnValue::AllNew);
+            .expression_attribute_values(":chunks", n(-(plan.counts.chunks as i64)));
         if batch.redrive_count > 0 {
             update = update.expression_attribute_values(":previous", n(batch.redrive_count));
         }
-        self.meter.write(1);
-        let sent = update.send().await;
-        let Some(output) = conditional(sent, |e| e.is_conditional_check_failed_exception())? else {
+        // Every failed item runs again: the failure counts start over with the new run.
+        let forget_errors = Delete::builder()
+            .table_name(&self.tables.request_table)
+            .set_key(Some(request_key(
+                &batch.batch_id,
+                ERROR_COUNTS_SK.to_owned(),
+            )))
+            .build()?;
+        let writes = vec![
+            TransactWriteItem::builder().update(update.build()?).build(),
+            TransactWriteItem::builder().delete(forget_errors).build(),
+        ];
+        if !self.transact(writes, 2).await? {
             return Ok(None);
-        };
-        let redriven = BatchRecord::from_item(&output.attributes.unwrap_or_default())?;
+        }
+        let redriven = self
+            .load_batch(&batch.batch_id)
+            .await?
+            .ok_or_else(|| StoreError::Unavailable(format!("batch {} vanished", batch.batch_id)))?;
         Ok(Some(RedriveOutcome::Redriven {
             batch: redriven.batch,
             chunks: plan.chunks.clone(),

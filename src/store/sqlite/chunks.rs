@@ -3,9 +3,10 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{load_batch, load_batch_by_seq, BatchRow};
+use super::{error_counts, load_batch, load_batch_by_seq, BatchRow};
 use crate::domain::{BatchId, BatchStatus, ItemOutcome, Timestamp};
 use crate::store::codec::{self, ChunkOutcomes};
+use crate::store::progress::{self, RateWindow};
 use crate::store::rules::{self, Progress, Stop};
 use crate::store::{Chunk, ChunkClaim, ChunkStage, RecordOutcome, StoreError, Unfinished};
 
@@ -190,8 +191,9 @@ pub(super) fn save_outcomes_and_record(
     Ok(RecordOutcome::Recorded(batch.batch))
 }
 
-/// Adds a recorded chunk's outcomes to its batch's counters, stopping the batch when its
-/// failures exceed its budget, and settling it on its last chunk.
+/// Adds a recorded chunk's outcomes to its batch's counters, its rate window and its failure
+/// counts, stopping the batch when its failures exceed its budget, and settling it on its last
+/// chunk.
 fn count_chunk(
     conn: &Connection,
     batch: &mut BatchRow,
@@ -209,7 +211,19 @@ fn count_chunk(
         batch.batch.failure_reason = Some(reason);
     }
     let ended = batch.settle(Progress::ChunkRecorded, now);
+    let terminal =
+        batch.batch.succeeded_items + batch.batch.failed_items + batch.batch.cancelled_items;
+    batch.window = if batch.window.is_due(now) {
+        batch.window.rolled(terminal, now)
+    } else {
+        RateWindow {
+            last_recorded_at: Some(now),
+            ..batch.window
+        }
+    };
+    batch.batch.progress = progress::progress_of(&batch.batch, &batch.window, now);
     batch.save(conn)?;
+    error_counts::count_errors(conn, batch.seq, outcomes)?;
     if ended {
         // The outbox trigger set the callback's state.
         *batch = load_batch_by_seq(conn, batch.seq)?;
