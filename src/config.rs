@@ -554,6 +554,10 @@ pub struct SubmitArgs {
     /// Stop the batch once more than this many of its items failed.
     #[arg(long, value_name = "ITEMS")]
     pub(crate) tolerated_failure_count: Option<u64>,
+    /// POST the batch's final status to this URL each time it ends (https, or http to a
+    /// loopback host), signed with the server's callback secret.
+    #[arg(long, value_name = "URL")]
+    pub(crate) callback_url: Option<String>,
     /// Follow the batch until it ends.
     #[arg(long)]
     pub(crate) watch: bool,

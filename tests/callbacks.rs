@@ -890,3 +890,91 @@ async fn on_dynamodb_one_outbox_item_per_transition_claimed_once_and_mirrored_on
     assert_eq!(shown.callback.attempts, 2);
     assert!(store.due_deliveries(far, 10).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_redriven_batch_is_posted_again_under_a_new_delivery_id() {
+    let receiver = Receiver::start(Vec::new()).await;
+    let mut test = spawn_with_callbacks(Tasks::default(), fast_settings()).await;
+    test.client
+        .submit_batch(pb::SubmitBatchRequest {
+            callback_url: receiver.url(),
+            tolerated_failure_count: Some(0),
+            ..submit_request("twice-ended", half_bad(4), 2)
+        })
+        .await
+        .unwrap();
+    let first = test.wait_terminal("twice-ended").await;
+    assert_eq!(first.status(), pb::BatchStatus::Failed);
+    wait_callback(&mut test, "twice-ended", pb::CallbackStatus::Delivered).await;
+    test.client
+        .redrive_batch(pb::RedriveBatchRequest {
+            batch_id: "twice-ended".into(),
+            include_cancelled: true,
+        })
+        .await
+        .unwrap();
+    let received = receiver.wait_for("twice-ended", 2).await;
+    assert_eq!(received.len(), 2, "one delivery per terminal transition");
+    assert_ne!(received[0].delivery_id, received[1].delivery_id);
+    assert!(received.iter().all(Received::signature_is_valid));
+    let (before, after) = (received[0].json(), received[1].json());
+    assert_eq!(before["redriveCount"], 0);
+    assert_eq!(
+        before["failureReason"],
+        "failure budget exceeded: 1 of 4 items failed, 0 tolerated"
+    );
+    assert_eq!(after["redriveCount"], 1);
+    assert_eq!(after["status"], "FAILED");
+    let ended = wait_callback(&mut test, "twice-ended", pb::CallbackStatus::Delivered).await;
+    assert_eq!(ended.redrive_count, 1);
+}
+
+#[tokio::test]
+async fn the_cli_submits_with_a_callback_url_and_shows_its_delivery() {
+    let receiver = Receiver::start(Vec::new()).await;
+    let mut test = spawn_with_callbacks(Tasks::default(), fast_settings()).await;
+    let server = format!("http://{}", test.app.grpc_addr);
+    let directory = tempfile::tempdir().unwrap();
+    let items = directory.path().join("ids.txt");
+    std::fs::write(&items, uuids(4).join("\n")).unwrap();
+    let file = items.to_str().unwrap();
+    let url = receiver.url();
+    let (ok, _, stderr) = common::process::cli(
+        &server,
+        &[
+            "submit",
+            "--items-file",
+            file,
+            "--batch-id",
+            "cli-hook",
+            "--callback-url",
+            &url,
+        ],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    test.wait_terminal("cli-hook").await;
+    wait_callback(&mut test, "cli-hook", pb::CallbackStatus::Delivered).await;
+    let (ok, stdout, stderr) = common::process::cli(&server, &["status", "cli-hook"]).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(&format!("callback   DELIVERED {url}, 1 attempt")),
+        "{stdout}"
+    );
+    let (ok, _, stderr) = common::process::cli(
+        &server,
+        &[
+            "submit",
+            "--items-file",
+            file,
+            "--callback-url",
+            "ftp://example.com/x",
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("--callback-url: must start with https://"),
+        "{stderr}"
+    );
+}

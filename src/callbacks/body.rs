@@ -21,6 +21,8 @@ pub fn body(batch: &Batch, delivery_id: &str) -> Vec<u8> {
         "completedChunks": batch.completed_chunks,
         "batchSize": batch.batch_size,
         "maxConcurrency": batch.max_concurrency,
+        "failureReason": batch.failure_reason,
+        "redriveCount": batch.redrive_count,
         "createdAt": batch.created_at.to_rfc3339(),
         "updatedAt": batch.updated_at.to_rfc3339(),
         "completedAt": batch.completed_at.map(|at| at.to_rfc3339()),

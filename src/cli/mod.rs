@@ -24,9 +24,9 @@ use crate::config::{
     BatchArgs, ClientArgs, ItemsArgs, RedriveArgs, SubmitArgs, UpdateArgs, WatchArgs,
 };
 use crate::domain::{
-    parse_max_concurrency, Batch, BatchId, BatchSize, BatchSizeError, FailureBudget, IdError,
-    ItemIdsError, ItemRecord, ItemStatus, MaxConcurrencyError, NewPart, PartError, PercentageError,
-    MAX_ITEMS_PER_REQUEST,
+    parse_max_concurrency, Batch, BatchId, BatchSize, BatchSizeError, CallbackUrl,
+    CallbackUrlError, FailureBudget, IdError, ItemIdsError, ItemRecord, ItemStatus,
+    MaxConcurrencyError, NewPart, PartError, PercentageError, MAX_ITEMS_PER_REQUEST,
 };
 use crate::grpc::client::{
     AdminClient, BatchSubmission, ClientError, ReferenceSubmission, Submitted,
@@ -99,6 +99,8 @@ pub(crate) enum InputRule {
     MaxConcurrency(#[from] MaxConcurrencyError),
     #[error(transparent)]
     Percentage(#[from] PercentageError),
+    #[error(transparent)]
+    CallbackUrl(#[from] CallbackUrlError),
     #[error("must be pending, succeeded, failed or cancelled, not {0:?}")]
     ItemStatus(String),
     #[error(transparent)]
@@ -134,6 +136,10 @@ fn batch_json(batch: &Batch) -> serde_json::Value {
         "toleratedFailureCount": batch.failure_budget.count,
         "failureReason": batch.failure_reason,
         "redriveCount": batch.redrive_count,
+        "callbackUrl": batch.callback.url.as_ref().map(|url| url.as_str()),
+        "callbackStatus": batch.callback.status.as_str(),
+        "callbackAttempts": batch.callback.attempts,
+        "callbackLastError": batch.callback.last_error,
         "createdAt": batch.created_at.to_rfc3339(),
         "updatedAt": batch.updated_at.to_rfc3339(),
         "completedAt": batch.completed_at.map(|t| t.to_rfc3339()),
@@ -191,6 +197,22 @@ fn print_batch(batch: &Batch) {
     if batch.redrive_count > 0 {
         println!("redriven   {} times", batch.redrive_count);
     }
+    if let Some(url) = &batch.callback.url {
+        let attempts = match batch.callback.attempts {
+            0 => String::new(),
+            1 => ", 1 attempt".to_owned(),
+            n => format!(", {n} attempts"),
+        };
+        let error = match &batch.callback.last_error {
+            Some(error) => format!(", last: {error}"),
+            None => String::new(),
+        };
+        println!(
+            "callback   {} {}{attempts}{error}",
+            batch.callback.status.as_str(),
+            url.as_str()
+        );
+    }
     println!("created    {}", batch.created_at.to_rfc3339());
     if let Some(completed_at) = batch.completed_at {
         println!("completed  {}", completed_at.to_rfc3339());
@@ -240,6 +262,12 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         args.tolerated_failure_count,
     )
     .map_err(|rule| argument("--tolerated-failure-percentage", rule))?;
+    let callback_url = args
+        .callback_url
+        .clone()
+        .map(CallbackUrl::parse)
+        .transpose()
+        .map_err(|rule| argument("--callback-url", rule))?;
     if let Some(items) = items_reference(&args)? {
         let submission = ReferenceSubmission {
             batch_id,
@@ -247,6 +275,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             items,
             max_concurrency,
             failure_budget,
+            callback_url,
         };
         let mut client = AdminClient::connect(&args.client.server).await?;
         let submitted = with_retries(|| {
@@ -279,6 +308,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
                 total,
                 max_concurrency,
                 failure_budget,
+                callback_url,
                 output: Output::of(&args.client),
             };
             upload.send(&client, source).await?
@@ -290,6 +320,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
                 items: source.read_all()?,
                 max_concurrency,
                 failure_budget,
+                callback_url,
             };
             with_retries(|| {
                 let mut client = client.clone();
@@ -365,6 +396,7 @@ struct Upload {
     total: u64,
     max_concurrency: Option<u32>,
     failure_budget: FailureBudget,
+    callback_url: Option<CallbackUrl>,
     output: Output,
 }
 
@@ -383,6 +415,7 @@ impl Upload {
         let (batch_id, batch_size, total) = (self.batch_id.clone(), self.batch_size, self.total);
         let max_concurrency = self.max_concurrency;
         let failure_budget = self.failure_budget;
+        let callback_url = self.callback_url.clone();
         let reader = tokio::task::spawn_blocking(move || {
             let mut part_number = 0;
             source.for_each_group(ITEMS_PER_PART, |group| {
@@ -391,7 +424,8 @@ impl Upload {
                 let part = NewPart::new(batch_id.clone(), total, batch_size, part_number, items)
                     .map_err(|rule| argument("--items-file", rule))?
                     .with_max_concurrency(max_concurrency)
-                    .with_failure_budget(failure_budget);
+                    .with_failure_budget(failure_budget)
+                    .with_callback_url(callback_url.clone());
                 sender
                     .blocking_send(part)
                     .map_err(|_| anyhow::anyhow!("upload stopped"))

@@ -11,7 +11,7 @@ use super::pb;
 use super::pb::batch_manager_client::BatchManagerClient;
 use super::MAX_MESSAGE_BYTES;
 use crate::domain::{
-    Batch, BatchId, BatchSize, BatchStatus, FailureBudget, ItemId, ItemRecord, NewPart,
+    Batch, BatchId, BatchSize, BatchStatus, CallbackUrl, FailureBudget, ItemId, ItemRecord, NewPart,
 };
 use crate::items_uri::ItemsReference;
 use crate::store::{ItemQuery, Page};
@@ -35,6 +35,8 @@ pub struct BatchSubmission {
     pub max_concurrency: Option<u32>,
     /// Failed items tolerated before the batch stops (unset: no budget).
     pub failure_budget: FailureBudget,
+    /// Where the batch's final status is POSTed when it ends.
+    pub callback_url: Option<CallbackUrl>,
 }
 
 /// A whole batch sent in one `SubmitBatch` call by reference: the server reads its items.
@@ -50,6 +52,8 @@ pub struct ReferenceSubmission {
     pub max_concurrency: Option<u32>,
     /// Failed items tolerated before the batch stops (unset: no budget).
     pub failure_budget: FailureBudget,
+    /// Where the batch's final status is POSTed when it ends.
+    pub callback_url: Option<CallbackUrl>,
 }
 
 /// What a submission (`SubmitBatch` or one `AppendBatchItems` part) returned.

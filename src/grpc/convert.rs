@@ -301,6 +301,10 @@ impl From<BatchSubmission> for pb::SubmitBatchRequest {
             max_concurrency: submission.max_concurrency.unwrap_or(0),
             tolerated_failure_percentage: submission.failure_budget.percentage.map(u32::from),
             tolerated_failure_count: submission.failure_budget.count,
+            callback_url: submission
+                .callback_url
+                .map(|url| url.as_str().to_owned())
+                .unwrap_or_default(),
             ..Self::default()
         }
     }

@@ -104,6 +104,10 @@ impl From<ReferenceSubmission> for pb::SubmitBatchRequest {
             max_concurrency: submission.max_concurrency.unwrap_or(0),
             tolerated_failure_percentage: submission.failure_budget.percentage.map(u32::from),
             tolerated_failure_count: submission.failure_budget.count,
+            callback_url: submission
+                .callback_url
+                .map(|url| url.as_str().to_owned())
+                .unwrap_or_default(),
             ..Self::default()
         }
     }
@@ -229,6 +233,7 @@ mod tests {
             .unwrap(),
             max_concurrency: Some(12),
             failure_budget: Default::default(),
+            callback_url: None,
         };
         let Submission::ByReference(batch) =
             Submission::try_from(pb::SubmitBatchRequest::from(submission.clone())).unwrap()

@@ -96,6 +96,7 @@ fn a_whole_batch_round_trips_through_a_submit_request_as_its_first_part() {
         items: ids(&["x", "y", "z"]),
         max_concurrency: Some(7),
         failure_budget: FailureBudget::parse(Some(0), None).unwrap(),
+        callback_url: Some(CallbackUrl::parse("https://hooks.example.com/batch").unwrap()),
     };
     let part = NewPart::try_from(pb::SubmitBatchRequest::from(submission.clone())).unwrap();
     assert_eq!(part.batch_id, submission.batch_id);
@@ -104,6 +105,7 @@ fn a_whole_batch_round_trips_through_a_submit_request_as_its_first_part() {
     assert_eq!((part.total_items, part.part_number), (3, 1));
     assert_eq!(part.max_concurrency, Some(7));
     assert_eq!(part.failure_budget, Some(submission.failure_budget));
+    assert_eq!(part.callback_url, submission.callback_url);
 }
 
 #[test]
