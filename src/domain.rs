@@ -732,6 +732,43 @@ pub const MAX_ERROR_MESSAGE_CHARS: usize = 200;
 pub const OTHER_ERRORS: &str = "(other errors)";
 
 impl Batch {
+    /// The batch as JSON, in camelCase (what `--json` prints and callbacks POST).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "batchId": self.batch_id.as_str(),
+            "status": self.status.as_str(),
+            "totalItems": self.total_items,
+            "receivedItems": self.received_items,
+            "succeededItems": self.succeeded_items,
+            "failedItems": self.failed_items,
+            "cancelledItems": self.cancelled_items,
+            "pendingItems": self.pending_items(),
+            "totalChunks": self.total_chunks,
+            "completedChunks": self.completed_chunks,
+            "batchSize": self.batch_size,
+            "maxConcurrency": self.max_concurrency,
+            "toleratedFailurePercentage": self.failure_budget.percentage,
+            "toleratedFailureCount": self.failure_budget.count,
+            "failureReason": self.failure_reason,
+            "redriveCount": self.redrive_count,
+            "callbackUrl": self.callback.url.as_ref().map(|url| url.as_str()),
+            "callbackStatus": self.callback.status.as_str(),
+            "callbackAttempts": self.callback.attempts,
+            "callbackLastError": self.callback.last_error,
+            "createdAt": self.created_at.to_rfc3339(),
+            "updatedAt": self.updated_at.to_rfc3339(),
+            "completedAt": self.completed_at.map(|t| t.to_rfc3339()),
+            "itemsPerSecond": self.progress.items_per_second,
+            "etaSeconds": self.progress.eta_seconds,
+            "topErrors": self
+                .progress
+                .top_errors
+                .iter()
+                .map(|error| serde_json::json!({"message": error.message, "count": error.count}))
+                .collect::<Vec<_>>(),
+        })
+    }
+
     /// Items not yet terminal, including those of parts not yet received.
     pub fn pending_items(&self) -> u64 {
         self.total_items

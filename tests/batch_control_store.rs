@@ -13,22 +13,11 @@ use batch_manager::domain::{
     NewPart,
 };
 use batch_manager::store::dynamo::STALE_CLAIM;
-use batch_manager::store::sqlite::SqliteStore;
 use batch_manager::store::{
     AppendOutcome, BatchStore, CancelOutcome, ChunkClaim, ControlOutcome, ItemQuery, RecordOutcome,
     RedriveOutcome, Unfinished,
 };
-use common::moto;
-
-async fn sqlite_store() -> (Arc<dyn BatchStore>, tempfile::TempDir) {
-    let directory = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(directory.path().join("store.db")).unwrap();
-    (Arc::new(store), directory)
-}
-
-async fn dynamo_store() -> (Arc<dyn BatchStore>, ()) {
-    (Arc::new(moto::dynamo_store("control").await), ())
-}
+use common::{dynamo_store, moto, sqlite_store};
 
 fn id(batch: &str) -> BatchId {
     BatchId::parse(batch).unwrap()

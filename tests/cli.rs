@@ -10,32 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+use common::process::cli;
 use common::*;
 use serde_json::Value;
-
-fn run_cli(server: &str, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_batch-manager"))
-        .args(args)
-        .env("BATCH_MANAGER_SERVER", server)
-        .output()
-        .expect("run batch-manager");
-    (
-        output.status.success(),
-        String::from_utf8(output.stdout).expect("UTF-8"),
-        String::from_utf8(output.stderr).expect("UTF-8"),
-    )
-}
-
-async fn cli(server: &str, args: &[&str]) -> (bool, String, String) {
-    let server = server.to_owned();
-    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_cli(&server, &args)
-    })
-    .await
-    .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_larger_than_one_request_is_submitted_in_parts_and_watched_to_the_end() {

@@ -16,6 +16,7 @@ use batch_manager::pipeline::tasks::NOT_A_UUID;
 use batch_manager::store::dynamo::{DynamoStore, DynamoTables};
 use batch_manager::store::{BatchStore, ChunkClaim, Unfinished};
 use common::lambda::MotoStack;
+use common::process::cli;
 use common::process::{Launch, ServerProcess};
 use common::*;
 use serde_json::Value;
@@ -134,30 +135,6 @@ async fn an_unknown_batch_is_not_found_and_a_bad_batch_id_or_status_is_invalid_a
         .unwrap_err();
     assert_eq!(bad_id.code(), Code::InvalidArgument);
     assert!(bad_id.message().starts_with("batch_id"), "{bad_id:?}");
-}
-
-fn run_cli(server: &str, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_batch-manager"))
-        .args(args)
-        .env("BATCH_MANAGER_SERVER", server)
-        .output()
-        .expect("run batch-manager");
-    (
-        output.status.success(),
-        String::from_utf8(output.stdout).expect("UTF-8"),
-        String::from_utf8(output.stderr).expect("UTF-8"),
-    )
-}
-
-async fn cli(server: &str, args: &[&str]) -> (bool, String, String) {
-    let server = server.to_owned();
-    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_cli(&server, &args)
-    })
-    .await
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

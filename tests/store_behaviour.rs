@@ -1,6 +1,7 @@
 //! One suite of store behaviours, run against both backends: SQLite, and DynamoDB on moto's
 //! server with tables created as the stack template defines them.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
@@ -19,17 +20,7 @@ use batch_manager::store::{
     AppendOutcome, BatchQuery, BatchStore, CancelOutcome, ChunkClaim, ItemQuery, ListError,
     RecordOutcome, Unfinished,
 };
-use common::moto;
-
-async fn sqlite_store() -> (Arc<dyn BatchStore>, tempfile::TempDir) {
-    let directory = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(directory.path().join("store.db")).unwrap();
-    (Arc::new(store), directory)
-}
-
-async fn dynamo_store() -> (Arc<dyn BatchStore>, ()) {
-    (Arc::new(moto::dynamo_store("behaviour").await), ())
-}
+use common::{dynamo_store, moto, sqlite_store};
 
 fn part(batch: &str, total: u64, size: u64, number: u64, ids: &[&str]) -> NewPart {
     NewPart::new(
@@ -1248,29 +1239,6 @@ async fn a_running_batch_has_a_rate_and_an_eta_and_no_eta_once_it_ends(store: Ar
     let ended = store.get_batch(&id("r")).await.unwrap().unwrap();
     assert!(ended.status.is_terminal());
     assert_eq!(ended.progress.eta_seconds, None);
-}
-
-macro_rules! both_backends {
-    ($($behaviour:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $behaviour() {
-                    let (store, _directory) = super::sqlite_store().await;
-                    super::$behaviour(store).await;
-                }
-            )*
-        }
-        mod dynamodb {
-            $(
-                #[tokio::test]
-                async fn $behaviour() {
-                    let (store, _guard) = super::dynamo_store().await;
-                    super::$behaviour(store).await;
-                }
-            )*
-        }
-    };
 }
 
 both_backends!(

@@ -118,42 +118,6 @@ fn batch_id_argument(raw: &str) -> Result<BatchId, InputError> {
     BatchId::parse(raw).map_err(|rule| argument("BATCH_ID", rule))
 }
 
-fn batch_json(batch: &Batch) -> serde_json::Value {
-    json!({
-        "batchId": batch.batch_id.as_str(),
-        "status": batch.status.as_str(),
-        "totalItems": batch.total_items,
-        "receivedItems": batch.received_items,
-        "succeededItems": batch.succeeded_items,
-        "failedItems": batch.failed_items,
-        "cancelledItems": batch.cancelled_items,
-        "pendingItems": batch.pending_items(),
-        "totalChunks": batch.total_chunks,
-        "completedChunks": batch.completed_chunks,
-        "batchSize": batch.batch_size,
-        "maxConcurrency": batch.max_concurrency,
-        "toleratedFailurePercentage": batch.failure_budget.percentage,
-        "toleratedFailureCount": batch.failure_budget.count,
-        "failureReason": batch.failure_reason,
-        "redriveCount": batch.redrive_count,
-        "callbackUrl": batch.callback.url.as_ref().map(|url| url.as_str()),
-        "callbackStatus": batch.callback.status.as_str(),
-        "callbackAttempts": batch.callback.attempts,
-        "callbackLastError": batch.callback.last_error,
-        "createdAt": batch.created_at.to_rfc3339(),
-        "updatedAt": batch.updated_at.to_rfc3339(),
-        "completedAt": batch.completed_at.map(|t| t.to_rfc3339()),
-        "itemsPerSecond": batch.progress.items_per_second,
-        "etaSeconds": batch.progress.eta_seconds,
-        "topErrors": batch
-            .progress
-            .top_errors
-            .iter()
-            .map(|error| json!({"message": error.message, "count": error.count}))
-            .collect::<Vec<_>>(),
-    })
-}
-
 /// A batch's pace for people: `120.5 items/s, about 3m 20s left`.
 fn pace(batch: &Batch) -> String {
     let rate = format!("{:.1} items/s", batch.progress.items_per_second);
@@ -509,7 +473,7 @@ pub async fn redrive(args: RedriveArgs) -> anyhow::Result<()> {
     match output {
         Output::Json if !args.watch => println!(
             "{}",
-            json!({ "batch": batch_json(&batch), "redrivenItems": redriven })
+            json!({ "batch": batch.to_json(), "redrivenItems": redriven })
         ),
         Output::Json => {}
         Output::Human => {
@@ -532,7 +496,7 @@ pub async fn redrive(args: RedriveArgs) -> anyhow::Result<()> {
 
 fn show(batch: &Batch, output: Output) {
     match output {
-        Output::Json => println!("{}", batch_json(batch)),
+        Output::Json => println!("{}", batch.to_json()),
         Output::Human => print_batch(batch),
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use tonic::Code;
 
-use super::{batch_json, pace, print_batch, Output};
+use super::{pace, print_batch, Output};
 use crate::domain::{Batch, BatchId};
 use crate::grpc::client::{AdminClient, BatchWatch, ClientError};
 
@@ -180,7 +180,7 @@ fn show_progress(batch: &Batch, bar: Option<&ProgressBar>) {
                 pace(batch)
             ));
         }
-        None => println!("{}", batch_json(batch)),
+        None => println!("{}", batch.to_json()),
     }
 }
 

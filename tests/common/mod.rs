@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 /// One `#[tokio::test]` per behaviour and backend: `sqlite::<name>` and `dynamodb::<name>`,
-/// each calling `<name>(store)` with the store the test file's `sqlite_store()` or
-/// `dynamo_store()` opens (a guard returned beside it lives as long as the test).
+/// each calling `<name>(store)` with the store [`sqlite_store`] or [`dynamo_store`] opens (a
+/// guard returned beside it lives as long as the test). The test file imports both.
 #[allow(unused_macros)]
 macro_rules! both_backends {
     ($($behaviour:ident),* $(,)?) => {
@@ -107,6 +107,25 @@ async fn spawn_app_running(
         db,
         _directory: directory,
     }
+}
+
+/// A SQLite store in a fresh temporary directory (kept as long as the guard).
+pub(crate) async fn sqlite_store() -> (
+    std::sync::Arc<dyn batch_manager::store::BatchStore>,
+    tempfile::TempDir,
+) {
+    let directory = tempfile::tempdir().unwrap();
+    let store =
+        batch_manager::store::sqlite::SqliteStore::open(directory.path().join("store.db")).unwrap();
+    (std::sync::Arc::new(store), directory)
+}
+
+/// A DynamoDB store on fresh tables in this binary's moto server.
+pub(crate) async fn dynamo_store() -> (std::sync::Arc<dyn batch_manager::store::BatchStore>, ()) {
+    (
+        std::sync::Arc::new(moto::dynamo_store("behaviour").await),
+        (),
+    )
 }
 
 pub(crate) async fn connect(addr: SocketAddr) -> BatchManagerClient<Channel> {
