@@ -13,21 +13,7 @@ pub const SIGNATURE_HEADER: &str = "X-Batch-Manager-Signature";
 /// Header of the transition's delivery ID, the same on every attempt.
 pub const DELIVERY_HEADER: &str = "X-Batch-Manager-Delivery";
 
-pub(super) type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-/// An HTTP(S) client checking servers against the system's root certificates.
-pub(super) fn https_client() -> HttpsClient {
-    let https = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
-        Ok(builder) => builder,
-        Err(err) => {
-            tracing::warn!(error = %err, "no system root certificates: https requests will fail");
-            let config = rustls_without_roots();
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
-        }
-    };
-    let connector = https.https_or_http().enable_http1().build();
-    Client::builder(TokioExecutor::new()).build(connector)
-}
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Sends callbacks. Cheap to clone; clones share connections.
 #[derive(Clone)]
@@ -52,8 +38,17 @@ impl Sender {
     /// A sender whose every attempt (connect, TLS, answer) ends within `timeout`. Servers are
     /// checked against the system's root certificates.
     pub fn new(timeout: Duration) -> Self {
+        let https = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
+            Ok(builder) => builder,
+            Err(err) => {
+                tracing::warn!(error = %err, "no system root certificates: https callbacks will fail");
+                let config = rustls_without_roots();
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
+            }
+        };
+        let connector = https.https_or_http().enable_http1().build();
         Self {
-            client: https_client(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
             timeout,
         }
     }
@@ -90,7 +85,7 @@ fn rustls_without_roots() -> rustls::ClientConfig {
 }
 
 /// A client error in a few words, without addresses or internal detail.
-pub(super) fn describe(err: &hyper_util::client::legacy::Error) -> String {
+fn describe(err: &hyper_util::client::legacy::Error) -> String {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {

@@ -329,15 +329,9 @@ pub(crate) async fn run() -> Result<(), lambda_runtime::Error> {
             let signing = callbacks.secret.is_some();
             let mut deliverer = Deliverer::new(Arc::new(dynamo.clone()), callbacks);
             if settings.completion_events {
-                let Some(sink) = EventSink::from_config(&sdk_config) else {
-                    let err = InitError::InvalidSetting {
-                        name: "COMPLETION_EVENTS".to_owned(),
-                        rule: "completion events need an AWS region and credentials".to_owned(),
-                    };
-                    report_init_error(&err).await;
-                    return Err(err.into());
-                };
-                deliverer = deliverer.with_events(sink);
+                deliverer = deliverer.with_events(EventSink::new(
+                    aws_sdk_eventbridge::Client::new(&sdk_config),
+                ));
             }
             let starter = ChunkStarter::new(
                 dynamo,
