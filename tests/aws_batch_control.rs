@@ -135,15 +135,7 @@ async fn a_paused_batch_on_aws_starts_nothing_until_it_is_resumed() {
         })
         .await
         .expect("SubmitBatch");
-    let paused = client
-        .pause_batch(pb::PauseBatchRequest {
-            batch_id: "paused-on-aws".into(),
-        })
-        .await
-        .expect("PauseBatch")
-        .into_inner()
-        .batch
-        .expect("batch");
+    let paused = common::pause(&mut client, "paused-on-aws").await.unwrap();
     assert_eq!(paused.status(), pb::BatchStatus::Paused);
     // The part's stream records reach init: a paused batch claims no start.
     for _ in 0..3 {
@@ -159,12 +151,7 @@ async fn a_paused_batch_on_aws_starts_nothing_until_it_is_resumed() {
     assert_eq!(held.status, BatchStatus::Paused);
     assert_eq!(held.completed_chunks, 0);
 
-    client
-        .resume_batch(pb::ResumeBatchRequest {
-            batch_id: "paused-on-aws".into(),
-        })
-        .await
-        .expect("ResumeBatch");
+    common::resume(&mut client, "paused-on-aws").await.unwrap();
     let ended = run_to_end(&stack, &init, functions, &batch_id, RUN_DEADLINE, |round| {
         assert!(round.in_flight() <= 2, "{round:?}");
     })

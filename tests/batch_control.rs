@@ -175,16 +175,7 @@ async fn pausing_a_large_run_starts_no_chunk_until_it_is_resumed() {
         assert!(Instant::now() < deadline, "the run did not get going");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let paused = test
-        .client
-        .pause_batch(pb::PauseBatchRequest {
-            batch_id: "large".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .batch
-        .unwrap();
+    let paused = pause(&mut test.client, "large").await.unwrap();
     assert_eq!(paused.status(), pb::BatchStatus::Paused);
 
     // The chunks running when it paused finish; then nothing starts.
@@ -213,16 +204,7 @@ async fn pausing_a_large_run_starts_no_chunk_until_it_is_resumed() {
         "counters stay exact while paused"
     );
 
-    let resumed = test
-        .client
-        .resume_batch(pb::ResumeBatchRequest {
-            batch_id: "large".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .batch
-        .unwrap();
+    let resumed = resume(&mut test.client, "large").await.unwrap();
     assert_eq!(resumed.status(), pb::BatchStatus::Running);
     let ended = wait_terminal_within(&mut test, "large", Duration::from_secs(300)).await;
     assert_eq!(ended.status(), pb::BatchStatus::Completed);
@@ -286,12 +268,7 @@ async fn bad_control_requests_are_refused_and_write_nothing() {
     for (code, outcome) in [
         (
             Code::NotFound,
-            test.client
-                .pause_batch(pb::PauseBatchRequest {
-                    batch_id: "unknown".into(),
-                })
-                .await
-                .map(|_| ()),
+            pause(&mut test.client, "unknown").await.map(|_| ()),
         ),
         (
             Code::NotFound,
@@ -305,12 +282,7 @@ async fn bad_control_requests_are_refused_and_write_nothing() {
         ),
         (
             Code::InvalidArgument,
-            test.client
-                .resume_batch(pb::ResumeBatchRequest {
-                    batch_id: String::new(),
-                })
-                .await
-                .map(|_| ()),
+            resume(&mut test.client, "").await.map(|_| ()),
         ),
     ] {
         assert_eq!(outcome.unwrap_err().code(), code);
@@ -339,12 +311,7 @@ async fn bad_control_requests_are_refused_and_write_nothing() {
         "{running:?}"
     );
     assert_eq!(test.status("held").await.redrive_count, 0);
-    test.client
-        .pause_batch(pb::PauseBatchRequest {
-            batch_id: "held".into(),
-        })
-        .await
-        .unwrap();
+    pause(&mut test.client, "held").await.unwrap();
     let drained = settled_fingerprint_of(&test.db, "held").await;
     let running = test
         .client
@@ -370,13 +337,7 @@ async fn bad_control_requests_are_refused_and_write_nothing() {
     let ended = test.wait_terminal("held").await;
     assert_eq!(ended.status(), pb::BatchStatus::Cancelled);
     let settled = settled_fingerprint(&test.db).await;
-    let refused = test
-        .client
-        .pause_batch(pb::PauseBatchRequest {
-            batch_id: "held".into(),
-        })
-        .await
-        .unwrap_err();
+    let refused = pause(&mut test.client, "held").await.unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition);
     assert_eq!(database_fingerprint(&test.db), settled);
 }

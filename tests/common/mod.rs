@@ -175,6 +175,30 @@ pub(crate) async fn fetch_status(
         .expect("batch")
 }
 
+/// `PauseBatch`: the batch as it stands after, or the refusal.
+pub(crate) async fn pause(
+    client: &mut BatchManagerClient<Channel>,
+    batch_id: &str,
+) -> Result<pb::Batch, tonic::Status> {
+    let request = pb::PauseBatchRequest {
+        batch_id: batch_id.to_owned(),
+    };
+    let response = client.pause_batch(request).await?.into_inner();
+    Ok(response.batch.expect("batch"))
+}
+
+/// `ResumeBatch`: the batch as it stands after, or the refusal.
+pub(crate) async fn resume(
+    client: &mut BatchManagerClient<Channel>,
+    batch_id: &str,
+) -> Result<pb::Batch, tonic::Status> {
+    let request = pb::ResumeBatchRequest {
+        batch_id: batch_id.to_owned(),
+    };
+    let response = client.resume_batch(request).await?.into_inner();
+    Ok(response.batch.expect("batch"))
+}
+
 /// A `SubmitBatch` request.
 pub(crate) fn submit_request(
     batch_id: &str,
