@@ -117,6 +117,16 @@ impl BatchLimits {
         }
     }
 
+    /// A fresh start of `batch_id` counted by [`Self::may_run`] did not start after all (its
+    /// batch was paused before a worker took it): its slot frees and it waits, from
+    /// `position`, with the batch's held starts.
+    pub(super) fn held_back(&mut self, batch_id: &BatchId, position: JournalPosition) {
+        if let Some(slots) = self.batches.get_mut(batch_id) {
+            slots.running = slots.running.saturating_sub(1);
+            slots.held_from = Some(slots.held_from.map_or(position, |held| held.min(position)));
+        }
+    }
+
     /// The batch's limit changed in the store: read it again.
     pub(super) async fn reload(
         &mut self,
@@ -183,6 +193,30 @@ mod tests {
             ..slots
         };
         assert_eq!(unlimited.room(), None);
+    }
+
+    #[test]
+    fn a_start_held_back_after_admission_frees_its_slot_and_waits_with_the_held() {
+        let batch = BatchId::parse("b").unwrap();
+        let at = |chunk| JournalPosition {
+            batch_seq: 1,
+            chunk,
+        };
+        let mut limits = BatchLimits::default();
+        limits.batches.insert(
+            batch.clone(),
+            Slots {
+                batch_seq: 1,
+                limit: Some(2),
+                running: 2,
+                held_from: Some(at(9)),
+            },
+        );
+        limits.held_back(&batch, at(4));
+        let slots = &limits.batches[&batch];
+        assert_eq!((slots.running, slots.held_from), (1, Some(at(4))));
+        let (_, refill) = limits.next_refill(256).unwrap();
+        assert_eq!(refill.from, at(4), "the earliest held start comes first");
     }
 
     #[test]

@@ -208,6 +208,17 @@ impl LocalEngine {
             }
             let key = work.key.clone();
             let position = work.position;
+            // A fresh execution queued before its batch was paused does not start: no chunk
+            // of a paused batch starts. A failed read lets it start (it was admitted).
+            if work.cursor.is_none()
+                && shared
+                    .journal
+                    .is_paused(position.batch_seq)
+                    .unwrap_or(false)
+            {
+                let _ = shared.events.send(Event::Held { key, position });
+                continue;
+            }
             match execution::run(shared, work).await {
                 Settled::Ended(receipt) => self.settle(key, receipt, None),
                 Settled::Slept { receipt, wake_at } => {

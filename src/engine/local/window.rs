@@ -41,6 +41,12 @@ pub(super) enum Event {
     Stored { batch_id: BatchId, first_chunk: u64 },
     /// A batch's limit on executions in flight changed.
     LimitChanged { batch_id: BatchId },
+    /// A fresh execution taken off the queue did not start: its batch was paused meanwhile.
+    /// It waits with the batch's other held starts.
+    Held {
+        key: ExecutionKey,
+        position: JournalPosition,
+    },
     /// An execution left memory, its last journal entry committed; `woken` is where it sleeps.
     Settled {
         key: ExecutionKey,
@@ -182,6 +188,10 @@ impl Window {
                     tracing::error!(error = %err, "reading a batch's new limit failed");
                 }
                 self.idle = false;
+            }
+            Event::Held { key, position } => {
+                self.in_memory.remove(&key);
+                self.limits.held_back(&key.batch_id, position);
             }
             Event::Settled { key, woken } => {
                 self.in_memory.remove(&key);
