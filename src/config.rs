@@ -29,6 +29,8 @@ pub enum Command {
     Status(BatchArgs),
     /// Follow a batch with a progress bar until it ends.
     Watch(WatchArgs),
+    /// List batches, newest first.
+    Batches(BatchesArgs),
     /// List a batch's items and their outcomes.
     Items(ItemsArgs),
     /// Write every item of a batch (or those in one status) to a file or standard output, as
@@ -664,6 +666,20 @@ pub struct ItemsArgs {
     #[arg(long)]
     pub(crate) status: Option<String>,
     /// Stop after this many items.
+    #[arg(long)]
+    pub(crate) limit: Option<u64>,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+}
+
+/// The arguments of `batches`.
+#[derive(Debug, Clone, Args)]
+pub struct BatchesArgs {
+    /// Only batches in this status: pending, running, paused, completed,
+    /// completed_with_failures, failed, cancelled.
+    #[arg(long)]
+    pub(crate) status: Option<String>,
+    /// Stop after this many batches.
     #[arg(long)]
     pub(crate) limit: Option<u64>,
     #[command(flatten)]

@@ -23,6 +23,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Submit(args) => cli::submit(args).await,
         Command::Status(args) => cli::status(args).await,
         Command::Watch(args) => cli::watch(args).await,
+        Command::Batches(args) => cli::batches(args).await,
         Command::Items(args) => cli::items(args).await,
         Command::Export(args) => cli::export(args).await,
         Command::Cancel(args) => cli::cancel(args).await,

@@ -315,3 +315,48 @@ async fn watch_fails_clearly_when_the_server_stays_away() {
     );
     assert!(last.contains("unavailable"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_lists_newest_first_filters_by_status_and_refuses_an_unknown_one() {
+    let mut test = spawn_app().await;
+    let server = format!("http://{}", test.app.grpc_addr);
+    for (batch_id, ids) in [
+        ("listed-first", uuids(3)),
+        ("listed-failing", vec!["not-a-uuid".to_owned()]),
+        ("listed-last", uuids(2)),
+    ] {
+        test.client
+            .submit_batch(submit_request(batch_id, ids, 10))
+            .await
+            .unwrap();
+        test.wait_terminal(batch_id).await;
+    }
+    let (ok, stdout, stderr) = cli(&server, &["batches", "--json"]).await;
+    assert!(ok, "{stderr}");
+    let listed: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let ids: Vec<&str> = listed
+        .iter()
+        .map(|b| b["batchId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["listed-last", "listed-failing", "listed-first"]);
+
+    let (ok, stdout, stderr) = cli(&server, &["batches", "--status", "failed"]).await;
+    assert!(ok, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    assert!(lines[0].starts_with("listed-failing\tFAILED\t1/1 items done\t1 failed"));
+
+    let (ok, stdout, _) = cli(&server, &["batches", "--limit", "1", "--json"]).await;
+    assert!(ok);
+    assert_eq!(stdout.lines().count(), 1);
+
+    let (ok, _, stderr) = cli(&server, &["batches", "--status", "lost"]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("--status: must be pending, running, paused"),
+        "{stderr}"
+    );
+}

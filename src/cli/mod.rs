@@ -21,10 +21,10 @@ use serde_json::json;
 use self::items_file::ItemsSource;
 use self::watch::Watch;
 use crate::config::{
-    BatchArgs, ClientArgs, ItemsArgs, RedriveArgs, SubmitArgs, UpdateArgs, WatchArgs,
+    BatchArgs, BatchesArgs, ClientArgs, ItemsArgs, RedriveArgs, SubmitArgs, UpdateArgs, WatchArgs,
 };
 use crate::domain::{
-    parse_max_concurrency, Batch, BatchId, BatchSize, BatchSizeError, CallbackUrl,
+    parse_max_concurrency, Batch, BatchId, BatchSize, BatchSizeError, BatchStatus, CallbackUrl,
     CallbackUrlError, FailureBudget, IdError, ItemIdsError, ItemRecord, ItemStatus,
     MaxConcurrencyError, NewPart, PartError, PercentageError, MAX_ITEMS_PER_REQUEST,
 };
@@ -32,13 +32,14 @@ use crate::grpc::client::{
     AdminClient, BatchSubmission, ClientError, ReferenceSubmission, Submitted,
 };
 use crate::items_uri::{ItemsFormat, ItemsReference, ItemsUri, ReferenceRule};
-use crate::store::ItemQuery;
+use crate::store::{BatchQuery, ItemQuery};
 
 /// Items sent per `AppendBatchItems` call when a file is too large for one `SubmitBatch`.
 const ITEMS_PER_PART: usize = 50_000;
 /// Attempts per call on transient errors; every call is idempotent.
 const CALL_ATTEMPTS: u32 = 5;
 const ITEMS_PER_PAGE: u32 = 1000;
+const BATCHES_PER_PAGE: u32 = 100;
 
 /// How a command prints: for people, or one JSON object per line for scripts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +104,8 @@ pub(crate) enum InputRule {
     CallbackUrl(#[from] CallbackUrlError),
     #[error("must be pending, succeeded, failed or cancelled, not {0:?}")]
     ItemStatus(String),
+    #[error("must be pending, running, paused, completed, completed_with_failures, failed or cancelled, not {0:?}")]
+    BatchStatus(String),
     #[error(transparent)]
     Reference(#[from] ReferenceRule),
 }
@@ -510,6 +513,55 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     };
     let mut client = AdminClient::connect(&args.client.server).await?;
     watch.run(&mut client).await
+}
+
+/// Runs `batches`: lists batches, newest first, one line each (or one JSON object each).
+pub async fn batches(args: BatchesArgs) -> anyhow::Result<()> {
+    let status = match &args.status {
+        Some(name) => Some(
+            BatchStatus::from_name(&name.to_ascii_uppercase())
+                .ok_or_else(|| argument("--status", InputRule::BatchStatus(name.clone())))?,
+        ),
+        None => None,
+    };
+    let mut client = AdminClient::connect(&args.client.server).await?;
+    let output = Output::of(&args.client);
+    let mut page_token = None;
+    let mut shown = 0u64;
+    let limit = args.limit.unwrap_or(u64::MAX);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    loop {
+        let query = BatchQuery {
+            status,
+            page_size: BATCHES_PER_PAGE,
+            page_token,
+        };
+        let page = client.batches(query).await?;
+        for batch in page.entries {
+            if shown == limit {
+                return Ok(());
+            }
+            match output {
+                Output::Json => writeln!(out, "{}", batch.to_json())?,
+                Output::Human => writeln!(
+                    out,
+                    "{}\t{}\t{}/{} items done\t{} failed\tcreated {}",
+                    batch.batch_id,
+                    batch.status,
+                    batch.total_items - batch.pending_items(),
+                    batch.total_items,
+                    batch.failed_items,
+                    batch.created_at.to_rfc3339()
+                )?,
+            }
+            shown += 1;
+        }
+        match page.next_page_token {
+            Some(next) => page_token = Some(next),
+            None => return Ok(()),
+        }
+    }
 }
 
 /// Runs `items`: lists a batch's items and their outcomes.

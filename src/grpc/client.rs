@@ -14,7 +14,7 @@ use crate::domain::{
     Batch, BatchId, BatchSize, BatchStatus, CallbackUrl, FailureBudget, ItemId, ItemRecord, NewPart,
 };
 use crate::items_uri::ItemsReference;
-use crate::store::{ItemQuery, Page};
+use crate::store::{BatchQuery, ItemQuery, Page};
 
 /// A connected client.
 #[derive(Clone)]
@@ -268,6 +268,13 @@ impl AdminClient {
         let request = pb::ExportBatchItemsRequest::from(query);
         let stream = self.inner.export_batch_items(request).await?.into_inner();
         Ok(ItemExport { stream })
+    }
+
+    /// One page of batches, newest first.
+    pub async fn batches(&mut self, query: BatchQuery) -> Result<Page<Batch>, ClientError> {
+        let request = pb::ListBatchesRequest::from(query);
+        let response = self.inner.list_batches(request).await?.into_inner();
+        Ok(response.try_into()?)
     }
 
     /// One page of items.
