@@ -185,9 +185,6 @@ pub(crate) trait ExecutionJournal: Send + Sync + 'static {
     /// its executions are running by the journal (passed their first Task, not ended).
     async fn batch_slots(&self, batch_seq: i64) -> Result<BatchSlots, StoreError>;
 
-    /// Whether a batch is paused: its executions that have not started yet must wait.
-    fn is_paused(&self, batch_seq: i64) -> Result<bool, StoreError>;
-
     /// The position of a batch's chunk (None when the batch does not exist).
     async fn position(
         &self,

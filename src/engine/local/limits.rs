@@ -7,7 +7,8 @@
 //! one less for each end. Held-back starts are not kept in memory: the batch remembers the
 //! first of them, and they are paged in from there once it has room.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 
 use crate::domain::BatchId;
 use crate::store::journal::{ExecutionJournal, JournalPosition, Runnable};
@@ -30,6 +31,32 @@ impl Slots {
     }
 }
 
+/// The batches the window knows to be paused (their limit reads as 0), shared with the
+/// workers: an execution queued before its batch was paused does not start once a worker
+/// takes it. Kept with the slots, so that a worker asks memory, not the store.
+#[derive(Clone, Default)]
+pub(super) struct PausedBatches(Arc<RwLock<HashSet<BatchId>>>);
+
+impl PausedBatches {
+    /// Whether `batch_id` is paused, as far as the window has heard.
+    pub(super) fn contains(&self, batch_id: &BatchId) -> bool {
+        self.0
+            .read()
+            .map(|paused| paused.contains(batch_id))
+            .unwrap_or(false)
+    }
+
+    fn note(&self, batch_id: &BatchId, limit: Option<u32>) {
+        if let Ok(mut paused) = self.0.write() {
+            if limit == Some(0) {
+                paused.insert(batch_id.clone());
+            } else {
+                paused.remove(batch_id);
+            }
+        }
+    }
+}
+
 /// Starts a batch may make: held back ones, from where, and how many.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Refill {
@@ -41,9 +68,18 @@ pub(super) struct Refill {
 #[derive(Default)]
 pub(super) struct BatchLimits {
     batches: HashMap<BatchId, Slots>,
+    paused: PausedBatches,
 }
 
 impl BatchLimits {
+    /// Limits that keep `paused` up to date.
+    pub(super) fn new(paused: PausedBatches) -> Self {
+        Self {
+            batches: HashMap::new(),
+            paused,
+        }
+    }
+
     async fn slots<'a>(
         &'a mut self,
         journal: &dyn ExecutionJournal,
@@ -51,6 +87,7 @@ impl BatchLimits {
     ) -> Result<&'a mut Slots, StoreError> {
         if !self.batches.contains_key(&runnable.key.batch_id) {
             let read = journal.batch_slots(runnable.position.batch_seq).await?;
+            self.paused.note(&runnable.key.batch_id, read.limit);
             self.batches.insert(
                 runnable.key.batch_id.clone(),
                 Slots {
@@ -113,12 +150,13 @@ impl BatchLimits {
             if slots.running == 0 && slots.held_from.is_none() {
                 // Read again from the journal if the batch comes back (a new part).
                 self.batches.remove(batch_id);
+                self.paused.note(batch_id, None);
             }
         }
     }
 
     /// A fresh start of `batch_id` counted by [`Self::may_run`] did not start after all (its
-    /// batch was paused before a worker took it): its slot frees and it waits, from
+    /// batch was paused before a worker took it, see [`PausedBatches`]): its slot frees and it waits, from
     /// `position`, with the batch's held starts.
     pub(super) fn held_back(&mut self, batch_id: &BatchId, position: JournalPosition) {
         if let Some(slots) = self.batches.get_mut(batch_id) {
@@ -135,6 +173,7 @@ impl BatchLimits {
     ) -> Result<(), StoreError> {
         if let Some(slots) = self.batches.get_mut(batch_id) {
             slots.limit = journal.batch_slots(slots.batch_seq).await?.limit;
+            self.paused.note(batch_id, slots.limit);
         }
         Ok(())
     }

@@ -26,6 +26,7 @@ use tokio::task::JoinSet;
 
 use self::asl::StateMachine;
 use self::execution::{Settled, Work};
+use self::limits::PausedBatches;
 use self::window::{Event, Window};
 use super::STATE_MACHINE_DEFINITION;
 use crate::domain::BatchId;
@@ -85,6 +86,8 @@ struct Shared {
     ready: Mutex<mpsc::UnboundedReceiver<Work>>,
     /// Tells the window about new chunks and settled executions.
     events: mpsc::UnboundedSender<Event>,
+    /// The batches the window knows to be paused.
+    paused: PausedBatches,
     stopping: watch::Receiver<bool>,
 }
 
@@ -158,6 +161,7 @@ impl LocalEngine {
         let (ready_sender, ready) = mpsc::unbounded_channel();
         let (events, event_receiver) = mpsc::unbounded_channel();
         let (stop, stopping) = watch::channel(false);
+        let paused = PausedBatches::default();
         let engine = Self {
             shared: Arc::new(Shared {
                 machine,
@@ -167,6 +171,7 @@ impl LocalEngine {
                 steps,
                 ready: Mutex::new(ready),
                 events,
+                paused: paused.clone(),
                 stopping: stopping.clone(),
             }),
         };
@@ -178,6 +183,7 @@ impl LocalEngine {
             event_receiver,
             ready_sender,
             stopping,
+            paused,
         );
         workers.spawn(window.run());
         for _ in 0..concurrency {
@@ -209,13 +215,8 @@ impl LocalEngine {
             let key = work.key.clone();
             let position = work.position;
             // A fresh execution queued before its batch was paused does not start: no chunk
-            // of a paused batch starts. A failed read lets it start (it was admitted).
-            if work.cursor.is_none()
-                && shared
-                    .journal
-                    .is_paused(position.batch_seq)
-                    .unwrap_or(false)
-            {
+            // of a paused batch starts.
+            if work.cursor.is_none() && shared.paused.contains(&key.batch_id) {
                 let _ = shared.events.send(Event::Held { key, position });
                 continue;
             }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::execution::Work;
-use super::limits::BatchLimits;
+use super::limits::{BatchLimits, PausedBatches};
 use crate::domain::{BatchId, Timestamp};
 use crate::store::journal::{
     ExecutionJournal, ExecutionKey, JournalPosition, Runnable, WakePosition,
@@ -80,6 +80,7 @@ impl Window {
         events: mpsc::UnboundedReceiver<Event>,
         ready: mpsc::UnboundedSender<Work>,
         stopping: watch::Receiver<bool>,
+        paused: PausedBatches,
     ) -> Self {
         Self {
             journal,
@@ -93,7 +94,7 @@ impl Window {
             due_from: WakePosition::default(),
             next_wake: Some(Timestamp(i64::MIN)),
             unstarted_from: JournalPosition::default(),
-            limits: BatchLimits::default(),
+            limits: BatchLimits::new(paused),
             idle: false,
         }
     }

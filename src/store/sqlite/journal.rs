@@ -214,16 +214,6 @@ impl ExecutionJournal for SqliteStore {
         .await
     }
 
-    fn is_paused(&self, batch_seq: i64) -> Result<bool, StoreError> {
-        self.read_row(|conn| {
-            Ok(conn
-                .prepare_cached("SELECT status = 'PAUSED' FROM batches WHERE seq = ?1")?
-                .query_row([batch_seq], |row| row.get::<_, bool>(0))
-                .optional()?
-                .unwrap_or(false))
-        })
-    }
-
     async fn position(
         &self,
         batch_id: &BatchId,
