@@ -307,26 +307,21 @@ struct BatchRow {
     other_errors: u64,
 }
 
+/// A text column of a batch row that holds no value this version knows.
+fn unreadable(column: usize, why: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, why.into())
+}
+
 impl BatchRow {
     fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         let status: String = row.get(2)?;
-        let status = BatchStatus::from_name(&status).ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(
-                2,
-                rusqlite::types::Type::Text,
-                format!("unknown batch status {status:?}").into(),
-            )
-        })?;
+        let status = BatchStatus::from_name(&status)
+            .ok_or_else(|| unreadable(2, format!("unknown batch status {status:?}")))?;
         let stop = row
             .get::<_, Option<String>>(20)?
             .map(|name| {
-                Stop::from_name(&name).ok_or_else(|| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        20,
-                        rusqlite::types::Type::Text,
-                        format!("unknown stop {name:?}").into(),
-                    )
-                })
+                Stop::from_name(&name)
+                    .ok_or_else(|| unreadable(20, format!("unknown stop {name:?}")))
             })
             .transpose()?;
         let created_at = Timestamp(row.get(12)?);
@@ -337,13 +332,8 @@ impl BatchRow {
             last_recorded_at: row.get::<_, Option<i64>>(28)?.map(Timestamp),
         };
         let mut batch = Batch {
-            batch_id: BatchId::parse(row.get::<_, String>(1)?).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    1,
-                    rusqlite::types::Type::Text,
-                    e.to_string().into(),
-                )
-            })?,
+            batch_id: BatchId::parse(row.get::<_, String>(1)?)
+                .map_err(|err| unreadable(1, err.to_string()))?,
             status,
             total_items: row.get(3)?,
             received_items: row.get(4)?,
@@ -370,11 +360,7 @@ impl BatchRow {
                 status: {
                     let name: String = row.get(22)?;
                     CallbackStatus::from_name(&name).ok_or_else(|| {
-                        rusqlite::Error::FromSqlConversionFailure(
-                            22,
-                            rusqlite::types::Type::Text,
-                            format!("unknown callback status {name:?}").into(),
-                        )
+                        unreadable(22, format!("unknown callback status {name:?}"))
                     })?
                 },
                 attempts: row.get(23)?,

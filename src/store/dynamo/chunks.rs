@@ -376,8 +376,10 @@ impl DynamoStore {
             let Some((mut state, ids)) = self.load_state_and_ids(batch_id, chunk).await? else {
                 return Ok(ChunkClaim::NotFound);
             };
-            let reset = state.run < batch.batch.redrive_count;
+            let run_read = state.run;
             state = state.in_current_run(&batch);
+            // A chunk its batch's last redrive re-runs, claimed for the first time since.
+            let redriven = state.run != run_read;
             match state.outcomes.stage {
                 ChunkStage::Recorded | ChunkStage::Cancelled => return Ok(ChunkClaim::Inactive),
                 ChunkStage::Pending if batch.stop.is_some() => {
@@ -391,7 +393,7 @@ impl DynamoStore {
                 }
                 ChunkStage::Pending => {
                     state.outcomes.stage = ChunkStage::Started;
-                    let started = if reset && state.run > 0 {
+                    let started = if redriven {
                         self.start_redriven(batch_id, chunk, &mut state).await?
                     } else {
                         self.put_state(batch_id, chunk, &mut state).await?
