@@ -73,14 +73,9 @@ async fn a_budget_stops_a_batch_on_aws_and_a_redrive_runs_its_failed_chunks_as_n
     );
     let names_before: HashSet<String> = stack.execution_names().await.into_iter().collect();
 
-    let redriven = client
-        .redrive_batch(pb::RedriveBatchRequest {
-            batch_id: "budget-on-aws".into(),
-            include_cancelled: true,
-        })
+    let redriven = common::redrive(&mut client, "budget-on-aws", true)
         .await
-        .expect("RedriveBatch")
-        .into_inner();
+        .unwrap();
     assert_eq!(redriven.redriven_items, 100 - stopped.succeeded_items);
     let running = redriven.batch.expect("batch");
     assert_eq!(running.redrive_count, 1);

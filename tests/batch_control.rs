@@ -125,15 +125,9 @@ async fn a_redrive_of_items_that_failed_their_first_attempt_completes_the_batch(
     assert_eq!(first.status(), pb::BatchStatus::Failed);
     assert_eq!(first.failed_items, 50);
 
-    let redriven = test
-        .client
-        .redrive_batch(pb::RedriveBatchRequest {
-            batch_id: "retried".into(),
-            include_cancelled: false,
-        })
+    let redriven = common::redrive(&mut test.client, "retried", false)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(redriven.redriven_items, 50);
     let running = redriven.batch.unwrap();
     assert_eq!(running.redrive_count, 1);
@@ -147,12 +141,7 @@ async fn a_redrive_of_items_that_failed_their_first_attempt_completes_the_batch(
     for item in test.all_items("retried", pb::ItemStatus::Succeeded).await {
         assert_eq!(item.attempts, 2, "{item:?}");
     }
-    let again = test
-        .client
-        .redrive_batch(pb::RedriveBatchRequest {
-            batch_id: "retried".into(),
-            include_cancelled: false,
-        })
+    let again = common::redrive(&mut test.client, "retried", false)
         .await
         .unwrap_err();
     assert_eq!(again.code(), Code::FailedPrecondition);
@@ -272,11 +261,7 @@ async fn bad_control_requests_are_refused_and_write_nothing() {
         ),
         (
             Code::NotFound,
-            test.client
-                .redrive_batch(pb::RedriveBatchRequest {
-                    batch_id: "unknown".into(),
-                    include_cancelled: true,
-                })
+            common::redrive(&mut test.client, "unknown", true)
                 .await
                 .map(|_| ()),
         ),
@@ -297,12 +282,7 @@ async fn bad_control_requests_are_refused_and_write_nothing() {
         })
         .await
         .unwrap();
-    let running = test
-        .client
-        .redrive_batch(pb::RedriveBatchRequest {
-            batch_id: "held".into(),
-            include_cancelled: true,
-        })
+    let running = common::redrive(&mut test.client, "held", true)
         .await
         .unwrap_err();
     assert_eq!(running.code(), Code::FailedPrecondition);
@@ -313,12 +293,7 @@ async fn bad_control_requests_are_refused_and_write_nothing() {
     assert_eq!(test.status("held").await.redrive_count, 0);
     pause(&mut test.client, "held").await.unwrap();
     let drained = settled_fingerprint_of(&test.db, "held").await;
-    let running = test
-        .client
-        .redrive_batch(pb::RedriveBatchRequest {
-            batch_id: "held".into(),
-            include_cancelled: false,
-        })
+    let running = common::redrive(&mut test.client, "held", false)
         .await
         .unwrap_err();
     assert_eq!(running.code(), Code::FailedPrecondition);

@@ -906,11 +906,7 @@ async fn a_redriven_batch_is_posted_again_under_a_new_delivery_id() {
     let first = test.wait_terminal("twice-ended").await;
     assert_eq!(first.status(), pb::BatchStatus::Failed);
     wait_callback(&mut test, "twice-ended", pb::CallbackStatus::Delivered).await;
-    test.client
-        .redrive_batch(pb::RedriveBatchRequest {
-            batch_id: "twice-ended".into(),
-            include_cancelled: true,
-        })
+    common::redrive(&mut test.client, "twice-ended", true)
         .await
         .unwrap();
     let received = receiver.wait_for("twice-ended", 2).await;

@@ -652,14 +652,9 @@ async fn a_redrive_runs_the_command_again_for_the_failed_items_only_under_new_jo
     let first_runs = work.runs("task2").len();
     assert_eq!(first_runs, 1);
 
-    let redriven = client
-        .redrive_batch(pb::RedriveBatchRequest {
-            batch_id: "redriven-jobs".into(),
-            include_cancelled: false,
-        })
+    let redriven = common::redrive(&mut client, "redriven-jobs", false)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(redriven.redriven_items, 1);
     let ended = wait_terminal(&mut client, "redriven-jobs").await;
     assert_eq!(ended.status(), pb::BatchStatus::CompletedWithFailures);

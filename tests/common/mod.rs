@@ -199,6 +199,19 @@ pub(crate) async fn resume(
     Ok(response.batch.expect("batch"))
 }
 
+/// `RedriveBatch`: its answer (the batch and how many items run again), or the refusal.
+pub(crate) async fn redrive(
+    client: &mut BatchManagerClient<Channel>,
+    batch_id: &str,
+    include_cancelled: bool,
+) -> Result<pb::RedriveBatchResponse, tonic::Status> {
+    let request = pb::RedriveBatchRequest {
+        batch_id: batch_id.to_owned(),
+        include_cancelled,
+    };
+    Ok(client.redrive_batch(request).await?.into_inner())
+}
+
 /// A `SubmitBatch` request.
 pub(crate) fn submit_request(
     batch_id: &str,
