@@ -139,6 +139,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             connections: crate::config::ConnectionConfig::default(),
             jobs: crate::app::JobConfig::default(),
             items_buckets: crate::items_uri::s3::BucketPolicy::default(),
+            access: crate::app::AccessConfig::default(),
         },
         Tasks::default(),
     )

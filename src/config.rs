@@ -106,7 +106,61 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub(crate) callbacks: CallbackArgs,
     #[command(flatten)]
+    pub(crate) access: AccessArgs,
+    #[command(flatten)]
     pub(crate) aws: AwsArgs,
+}
+
+/// Who may call the server, and over what.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct AccessArgs {
+    /// File of the bearer tokens callers must send (`authorization: Bearer <token>`): one per
+    /// line, an optional name after a space, `ro:` in front of a read-only token.
+    #[arg(long, env = "BATCH_MANAGER_AUTH_TOKEN_FILE", value_name = "FILE")]
+    pub(crate) auth_token_file: Option<PathBuf>,
+    /// Serve without tokens on addresses other machines can reach (refused otherwise).
+    #[arg(long, env = "BATCH_MANAGER_ALLOW_UNAUTHENTICATED")]
+    pub(crate) allow_unauthenticated: bool,
+    /// PEM certificate chain: serve gRPC and HTTP over TLS (needs --tls-key).
+    #[arg(
+        long,
+        env = "BATCH_MANAGER_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "BATCH_MANAGER_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub(crate) tls_key: Option<PathBuf>,
+}
+
+impl AccessArgs {
+    /// Reads the token file and the certificate, refusing an open server beyond loopback.
+    pub(crate) fn settings(
+        &self,
+        addresses: &[(&str, SocketAddr)],
+    ) -> anyhow::Result<crate::app::AccessConfig> {
+        let control = match &self.auth_token_file {
+            Some(path) => {
+                crate::access::AccessControl::with_tokens(crate::access::Tokens::read(path)?)
+            }
+            None => crate::access::AccessControl::open(),
+        };
+        crate::access::check_exposure(&control, addresses, self.allow_unauthenticated)?;
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::app::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        Ok(crate::app::AccessConfig { control, tls })
+    }
 }
 
 /// Tasks as external jobs. A task with a command runs it on this machine once per chunk
@@ -134,6 +188,13 @@ pub(crate) struct JobArgs {
 /// Text that holds a secret: read like any flag, never shown (`Debug` hides it).
 #[derive(Clone)]
 pub(crate) struct SecretText(String);
+
+impl SecretText {
+    /// The secret, for the one place that sends or uses it.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
 
 impl std::str::FromStr for SecretText {
     type Err = std::convert::Infallible;
@@ -516,9 +577,46 @@ pub(crate) struct ClientArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     pub(crate) server: String,
+    #[command(flatten)]
+    pub(crate) credentials: CredentialArgs,
     /// Machine-readable JSON output.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// How a client proves itself to a server, and trusts it.
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct CredentialArgs {
+    /// Bearer token for a server started with --auth-token-file.
+    #[arg(long, env = "BATCH_MANAGER_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<SecretText>,
+    /// PEM certificate(s) to trust for an https:// server, besides the system's roots (a
+    /// self-signed certificate, or a private CA).
+    #[arg(long, env = "BATCH_MANAGER_CA_CERT", value_name = "FILE")]
+    pub(crate) ca_cert: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    /// Connects to the server these flags name.
+    pub(crate) async fn connect(
+        &self,
+    ) -> Result<crate::grpc::client::AdminClient, crate::grpc::client::ClientError> {
+        self.credentials.connect(&self.server).await
+    }
+}
+
+impl CredentialArgs {
+    /// Connects to `server` with these credentials.
+    pub(crate) async fn connect(
+        &self,
+        server: &str,
+    ) -> Result<crate::grpc::client::AdminClient, crate::grpc::client::ClientError> {
+        let options = crate::grpc::client::ConnectOptions {
+            token: self.token.as_ref().map(|token| token.expose().to_owned()),
+            ca_cert: self.ca_cert.clone(),
+        };
+        crate::grpc::client::AdminClient::connect_with(server, &options).await
+    }
 }
 
 /// The flags of `submit`.
@@ -706,6 +804,8 @@ pub struct ExportArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     pub(crate) server: String,
+    #[command(flatten)]
+    pub(crate) credentials: CredentialArgs,
 }
 
 /// The flags of `bench`.

@@ -14,6 +14,7 @@
 //! - [`callbacks`]: completion callbacks (signed HTTP POSTs, EventBridge events);
 //! - [`app`], [`config`], [`bench`]: wiring, settings, the benchmark.
 
+pub mod access;
 pub mod app;
 #[cfg(feature = "bench")]
 pub mod bench;

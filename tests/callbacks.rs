@@ -211,6 +211,7 @@ async fn spawn_with_callbacks(tasks: Tasks, settings: CallbackSettings) -> Callb
             connections: Default::default(),
             jobs: Default::default(),
             items_buckets: Default::default(),
+            access: Default::default(),
         },
         tasks,
         settings,

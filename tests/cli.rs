@@ -177,6 +177,7 @@ async fn serve_on(
             connections,
             jobs: batch_manager::app::JobConfig::default(),
             items_buckets: Default::default(),
+            access: Default::default(),
         },
         tasks,
     )

@@ -280,6 +280,7 @@ async fn the_dynamodb_store_exports_the_same() {
             connections: batch_manager::config::ConnectionConfig::default(),
             jobs: batch_manager::app::JobConfig::default(),
             items_buckets: Default::default(),
+            access: Default::default(),
         },
         &stack.sdk_config,
     )

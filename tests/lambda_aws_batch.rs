@@ -273,6 +273,7 @@ async fn cancel_from_the_admin_service_terminates_the_batchs_running_jobs() {
             connections: batch_manager::config::ConnectionConfig::default(),
             jobs: batch_manager::app::JobConfig::default(),
             items_buckets: Default::default(),
+            access: Default::default(),
         },
         &jobs.stack.sdk_config,
     )

@@ -33,6 +33,7 @@ async fn submitted_batches_are_stored_in_dynamodb_and_their_stream_starts_them_i
             connections: batch_manager::config::ConnectionConfig::default(),
             jobs: batch_manager::app::JobConfig::default(),
             items_buckets: Default::default(),
+            access: Default::default(),
         },
         &stack.sdk_config,
     )

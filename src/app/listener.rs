@@ -22,6 +22,7 @@ use crate::http::framing::{MAX_HEADER_FIELDS, MAX_HEAD_BYTES};
 use super::connection::{
     ConnectionState, HeadRewriter, Protocol, Timeouts, TrackedIo, TrackedService, Verdict,
 };
+use super::tls::Tls;
 
 /// How long a connection closed for being idle (or to make room) may take to say goodbye.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -32,6 +33,8 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How often a listener at its cap with every connection busy looks for one gone idle.
 const FULL_RECHECK: Duration = Duration::from_millis(100);
+/// Longest a client may take over its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// HTTP/2 settings of a gRPC listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +57,8 @@ pub(super) struct ListenerConfig {
     pub http2: Option<Http2Settings>,
     /// For HTTP/1: gives the responses hyper writes by itself a JSON body.
     pub rewrite_head: Option<HeadRewriter>,
+    /// When set, connections speak TLS.
+    pub tls: Option<Tls>,
 }
 
 /// When shutdown began, the instant by which every connection must be closed.
@@ -286,12 +291,38 @@ pub(super) async fn serve(
 async fn serve_connection(
     stream: TcpStream,
     registration: Registration,
+    permit: OwnedSemaphorePermit,
+    router: axum::Router,
+    config: Arc<ListenerConfig>,
+    mut stop: StopSignal,
+) {
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = config.tls.clone() else {
+        return serve_stream(stream, registration, permit, router, config, stop).await;
+    };
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)) => handshake,
+        _ = stop_deadline(&mut stop) => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => serve_stream(stream, registration, permit, router, config, stop).await,
+        Ok(Err(err)) => {
+            tracing::debug!(listener = config.name, error = %err, "TLS handshake failed");
+        }
+        Err(_) => tracing::debug!(listener = config.name, "TLS handshake timed out"),
+    }
+}
+
+async fn serve_stream<S>(
+    stream: S,
+    registration: Registration,
     _permit: OwnedSemaphorePermit,
     router: axum::Router,
     config: Arc<ListenerConfig>,
     stop: StopSignal,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let state = Arc::clone(&registration.state);
     let io = TokioIo::new(TrackedIo::new(
         stream,

@@ -6,6 +6,9 @@
 mod connection;
 mod jobs;
 mod listener;
+mod tls;
+
+pub use self::tls::TlsFiles;
 
 pub(crate) use self::jobs::build as build_job_runners;
 pub use self::jobs::JobConfig;
@@ -17,12 +20,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use axum::middleware;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use self::connection::{Protocol, Timeouts};
 use self::listener::{Http2Settings, ListenerConfig};
+use crate::access::AccessControl;
 use crate::callbacks::{CallbackSettings, Deliverer};
 use crate::config::{AwsSettings, Backend, ConnectionConfig, ServeArgs};
 use crate::engine::local::{EngineConfig, EngineRunner, LocalEngine};
@@ -53,6 +58,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let items_buckets = args.items_buckets();
     let callbacks = args.callbacks.settings()?;
+    let access = args
+        .access
+        .settings(&[("gRPC", args.grpc_addr), ("HTTP", args.http_addr)])?;
     match args.backend {
         Backend::Local => {
             let config = LocalConfig {
@@ -66,6 +74,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 connections,
                 jobs: args.jobs.config(),
                 items_buckets,
+                access,
             };
             let app = LocalApp::spawn_with(config, Tasks::default(), callbacks).await?;
             app.run_until(shutdown_signal()).await
@@ -78,6 +87,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 connections,
                 jobs: args.jobs.config(),
                 items_buckets,
+                access,
             };
             let sdk_config = crate::config::aws_sdk_config().await;
             let app = AwsApp::spawn_with(config, &sdk_config, callbacks).await?;
@@ -103,6 +113,17 @@ pub struct LocalConfig {
     pub jobs: JobConfig,
     /// The buckets a batch's `items_uri` may name; read with the standard AWS configuration.
     pub items_buckets: BucketPolicy,
+    /// Who may call, and whether over TLS.
+    pub access: AccessConfig,
+}
+
+/// Who may call a server, and whether its listeners speak TLS.
+#[derive(Debug, Clone, Default)]
+pub struct AccessConfig {
+    /// The tokens callers need (open when none).
+    pub control: AccessControl,
+    /// The certificate and key both listeners serve TLS with (plain text when none).
+    pub tls: Option<TlsFiles>,
 }
 
 /// A running server over a store of type `S`.
@@ -173,7 +194,7 @@ impl LocalApp {
         let deliverer = Deliverer::new(Arc::new(store.clone()), callbacks);
         let mut server = Server::start(
             (config.grpc_addr, config.http_addr),
-            &config.connections,
+            (&config.connections, &config.access),
             (intake, objects),
             shared_store,
             (Some(runner), job_runners),
@@ -205,6 +226,8 @@ pub struct AwsConfig {
     pub jobs: JobConfig,
     /// The buckets a batch's `items_uri` may name.
     pub items_buckets: BucketPolicy,
+    /// Who may call, and whether over TLS.
+    pub access: AccessConfig,
 }
 
 impl AwsApp {
@@ -249,7 +272,7 @@ impl AwsApp {
         );
         let server = Server::start(
             (config.grpc_addr, config.http_addr),
-            &config.connections,
+            (&config.connections, &config.access),
             (intake, objects),
             shared_store,
             (None, job_runners),
@@ -286,7 +309,7 @@ impl Server {
     /// the listeners, when the backend runs chunks in this process.
     async fn start(
         addresses: (SocketAddr, SocketAddr),
-        connections: &ConnectionConfig,
+        (connections, access): (&ConnectionConfig, &AccessConfig),
         (intake, objects): (Intake, ObjectReader),
         store: Arc<dyn BatchStore>,
         (engine, jobs): (Option<EngineRunner>, jobs::BuiltRunners),
@@ -303,24 +326,46 @@ impl Server {
         let (stop, stopped) = watch::channel(None);
         let (watchers_stop, watchers_stopped) = watch::channel(false);
         let admin = AdminService::new((intake.clone(), objects.clone()), store, watchers_stopped);
-        let grpc_routes = grpc_router(admin).await?;
+        let grpc_routes = grpc_router(admin)
+            .await?
+            .layer(middleware::from_fn_with_state(
+                access.control.clone(),
+                crate::access::require_grpc_token,
+            ));
         let http_routes = crate::http::router(
             (intake, objects),
             HttpSettings {
                 body_timeout: connections.http.body_timeout,
                 hosts: HostPolicy::for_address(http_addr, &connections.http.allowed_hosts),
             },
-        );
+        )
+        .layer(middleware::from_fn_with_state(
+            access.control.clone(),
+            crate::access::require_http_token,
+        ));
+        let (grpc_tls, http_tls) = match &access.tls {
+            Some(files) => (Some(files.load(b"h2")?), Some(files.load(b"http/1.1")?)),
+            None => (None, None),
+        };
+        if access.control.requires_tokens() {
+            tracing::info!("calls need a bearer token");
+        }
         let grpc = tokio::spawn(listener::serve(
             grpc_listener,
             grpc_routes,
-            grpc_listener_config(connections),
+            ListenerConfig {
+                tls: grpc_tls,
+                ..grpc_listener_config(connections)
+            },
             stopped.clone(),
         ));
         let http = tokio::spawn(listener::serve(
             http_listener,
             http_routes,
-            http_listener_config(connections),
+            ListenerConfig {
+                tls: http_tls,
+                ..http_listener_config(connections)
+            },
             stopped,
         ));
         Ok(Self {
@@ -400,6 +445,7 @@ fn grpc_listener_config(connections: &ConnectionConfig) -> ListenerConfig {
             max_connection_age: grpc.max_connection_age,
         }),
         rewrite_head: None,
+        tls: None,
     }
 }
 
@@ -417,6 +463,7 @@ fn http_listener_config(connections: &ConnectionConfig) -> ListenerConfig {
         request_body_timeout: None,
         http2: None,
         rewrite_head: Some(crate::http::framing::json_error_response),
+        tls: None,
     }
 }
 

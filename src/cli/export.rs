@@ -11,7 +11,6 @@ use serde_json::json;
 use super::{argument, batch_id_argument, InputRule};
 use crate::config::ExportArgs;
 use crate::domain::{ItemRecord, ItemStatus};
-use crate::grpc::client::AdminClient;
 use crate::store::ItemQuery;
 
 /// How exported items are written.
@@ -99,7 +98,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
     let format = Format::from_name(&args.format)
         .with_context(|| format!("--format: must be jsonl or csv, not {:?}", args.format))?;
     let batch_id = batch_id_argument(&args.batch_id)?;
-    let mut client = AdminClient::connect(&args.server).await?;
+    let mut client = args.credentials.connect(&args.server).await?;
     let query = ItemQuery {
         batch_id,
         status,

@@ -244,7 +244,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             failure_budget,
             callback_url,
         };
-        let mut client = AdminClient::connect(&args.client.server).await?;
+        let mut client = args.client.connect().await?;
         let submitted = with_retries(|| {
             let mut client = client.clone();
             let submission = submission.clone();
@@ -266,7 +266,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     } else {
         Some(source.check()?)
     };
-    let mut client = AdminClient::connect(&args.client.server).await?;
+    let mut client = args.client.connect().await?;
     let submitted = match total {
         Some(total) if total > MAX_ITEMS_PER_REQUEST as u64 => {
             let upload = Upload {
@@ -423,7 +423,7 @@ impl Upload {
 /// Runs `status`: shows a batch's status.
 pub async fn status(args: BatchArgs) -> anyhow::Result<()> {
     let batch_id = batch_id_argument(&args.batch_id)?;
-    let mut client = AdminClient::connect(&args.client.server).await?;
+    let mut client = args.client.connect().await?;
     let batch = client.status(&batch_id).await?;
     show(&batch, Output::of(&args.client));
     Ok(())
@@ -432,7 +432,7 @@ pub async fn status(args: BatchArgs) -> anyhow::Result<()> {
 /// Runs `cancel`: cancels a batch.
 pub async fn cancel(args: BatchArgs) -> anyhow::Result<()> {
     let batch_id = batch_id_argument(&args.batch_id)?;
-    let mut client = AdminClient::connect(&args.client.server).await?;
+    let mut client = args.client.connect().await?;
     let batch = client.cancel(&batch_id).await?;
     show(&batch, Output::of(&args.client));
     Ok(())
@@ -443,7 +443,7 @@ pub async fn update(args: UpdateArgs) -> anyhow::Result<()> {
     let batch_id = batch_id_argument(&args.batch_id)?;
     let limit = parse_max_concurrency(u64::from(args.max_concurrency))
         .map_err(|rule| argument("--max-concurrency", rule))?;
-    let mut client = AdminClient::connect(&args.client.server).await?;
+    let mut client = args.client.connect().await?;
     let batch = client.update(&batch_id, limit).await?;
     show(&batch, Output::of(&args.client));
     Ok(())
@@ -452,7 +452,7 @@ pub async fn update(args: UpdateArgs) -> anyhow::Result<()> {
 /// Runs `pause`: pauses a batch.
 pub async fn pause(args: BatchArgs) -> anyhow::Result<()> {
     let batch_id = batch_id_argument(&args.batch_id)?;
-    let mut client = AdminClient::connect(&args.client.server).await?;
+    let mut client = args.client.connect().await?;
     let batch = client.pause(&batch_id).await?;
     show(&batch, Output::of(&args.client));
     Ok(())
@@ -461,7 +461,7 @@ pub async fn pause(args: BatchArgs) -> anyhow::Result<()> {
 /// Runs `resume`: resumes a paused batch.
 pub async fn resume(args: BatchArgs) -> anyhow::Result<()> {
     let batch_id = batch_id_argument(&args.batch_id)?;
-    let mut client = AdminClient::connect(&args.client.server).await?;
+    let mut client = args.client.connect().await?;
     let batch = client.resume(&batch_id).await?;
     show(&batch, Output::of(&args.client));
     Ok(())
@@ -471,7 +471,7 @@ pub async fn resume(args: BatchArgs) -> anyhow::Result<()> {
 pub async fn redrive(args: RedriveArgs) -> anyhow::Result<()> {
     let batch_id = batch_id_argument(&args.batch_id)?;
     let output = Output::of(&args.client);
-    let mut client = AdminClient::connect(&args.client.server).await?;
+    let mut client = args.client.connect().await?;
     let (batch, redriven) = client.redrive(&batch_id, args.include_cancelled).await?;
     match output {
         Output::Json if !args.watch => println!(
@@ -511,7 +511,7 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         output: Output::of(&args.client),
         reconnect_timeout: args.reconnect.reconnect_timeout,
     };
-    let mut client = AdminClient::connect(&args.client.server).await?;
+    let mut client = args.client.connect().await?;
     watch.run(&mut client).await
 }
 
@@ -524,7 +524,7 @@ pub async fn batches(args: BatchesArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let mut client = AdminClient::connect(&args.client.server).await?;
+    let mut client = args.client.connect().await?;
     let output = Output::of(&args.client);
     let mut page_token = None;
     let mut shown = 0u64;
@@ -574,7 +574,7 @@ pub async fn items(args: ItemsArgs) -> anyhow::Result<()> {
         None => None,
     };
     let batch_id = batch_id_argument(&args.batch_id)?;
-    let mut client = AdminClient::connect(&args.client.server).await?;
+    let mut client = args.client.connect().await?;
     let mut page_token = None;
     let mut shown = 0u64;
     let limit = args.limit.unwrap_or(u64::MAX);

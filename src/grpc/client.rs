@@ -2,8 +2,13 @@
 //! values (or the small views below), so that generated types stay inside `grpc`. An answer that
 //! breaks the contract (an unknown status, a missing timestamp) is an error, never a guess.
 
+use std::path::PathBuf;
+
 use tonic::codegen::http::uri::InvalidUri;
-use tonic::transport::Channel;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic::{Code, Status};
 
 use super::convert::FieldError;
@@ -19,7 +24,40 @@ use crate::store::{BatchQuery, ItemQuery, Page};
 /// A connected client.
 #[derive(Clone)]
 pub struct AdminClient {
-    inner: BatchManagerClient<Channel>,
+    inner: BatchManagerClient<InterceptedService<Channel, BearerToken>>,
+}
+
+/// How to reach a server beyond its URL.
+#[derive(Default, Clone)]
+pub struct ConnectOptions {
+    /// Sent as `authorization: Bearer <token>` with every call.
+    pub token: Option<String>,
+    /// PEM certificates to trust for an `https://` server, besides the system's roots.
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("token", &self.token.as_ref().map(|_| "hidden"))
+            .field("ca_cert", &self.ca_cert)
+            .finish()
+    }
+}
+
+/// Adds the bearer token, if any, to every call.
+#[derive(Clone)]
+struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
 }
 
 /// A whole batch sent in one `SubmitBatch` call.
@@ -83,6 +121,18 @@ pub enum ClientError {
         #[source]
         source: InvalidUri,
     },
+    /// The token cannot be sent in a header.
+    #[error("the token must be printable ASCII without spaces")]
+    BadToken,
+    /// The CA certificate file could not be read.
+    #[error("cannot read the CA certificate {}", path.display())]
+    CaCert {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The server could not be reached.
     #[error("cannot connect to {url}")]
     Connect {
@@ -122,7 +172,7 @@ impl ClientError {
     /// cannot read as INTERNAL (as tonic counts a message it cannot decode).
     pub fn code(&self) -> Code {
         match self {
-            Self::BadUrl { .. } => Code::InvalidArgument,
+            Self::BadUrl { .. } | Self::BadToken | Self::CaCert { .. } => Code::InvalidArgument,
             Self::Connect { .. } => Code::Unavailable,
             Self::Call(status) => status.code(),
             Self::Answer(_) => Code::Internal,
@@ -154,11 +204,41 @@ impl AdminClient {
     /// Connects to the server at `url` (`http://127.0.0.1:50051`). Should the connection
     /// break later, the next call opens a new one.
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
-        let endpoint =
+        Self::connect_with(url, &ConnectOptions::default()).await
+    }
+
+    /// Connects to the server at `url` (`http://` or `https://`) with `options`: a token for a
+    /// server that requires one, a certificate to trust for one with its own.
+    pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Self, ClientError> {
+        let token = match &options.token {
+            Some(token) if token.bytes().all(|byte| byte.is_ascii_graphic()) => Some(
+                MetadataValue::try_from(format!("Bearer {token}"))
+                    .map_err(|_| ClientError::BadToken)?,
+            ),
+            Some(_) => return Err(ClientError::BadToken),
+            None => None,
+        };
+        let mut endpoint =
             Channel::from_shared(url.to_owned()).map_err(|source| ClientError::BadUrl {
                 url: url.to_owned(),
                 source,
             })?;
+        if endpoint.uri().scheme_str() == Some("https") {
+            let mut tls = ClientTlsConfig::new().with_native_roots();
+            if let Some(path) = &options.ca_cert {
+                let pem = std::fs::read(path).map_err(|source| ClientError::CaCert {
+                    path: path.clone(),
+                    source,
+                })?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|source| ClientError::Connect {
+                    url: url.to_owned(),
+                    source,
+                })?;
+        }
         let channel = endpoint
             .connect()
             .await
@@ -167,7 +247,7 @@ impl AdminClient {
                 source,
             })?;
         Ok(Self {
-            inner: BatchManagerClient::new(channel)
+            inner: BatchManagerClient::with_interceptor(channel, BearerToken(token))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         })

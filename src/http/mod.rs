@@ -12,7 +12,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
 use http_body_util::BodyExt;
 use serde_json::json;
@@ -55,6 +55,7 @@ pub(crate) fn router((intake, objects): (Intake, ObjectReader), settings: HttpSe
         body_timeout: settings.body_timeout,
     };
     Router::new()
+        .route(crate::access::HEALTH_ROUTE, get(healthz))
         .route(
             seed::ROUTE,
             post(state_machine_init)
@@ -72,6 +73,11 @@ pub(crate) fn router((intake, objects): (Intake, ObjectReader), settings: HttpSe
             guard::refuse_foreign_requests,
         ))
         .layer(middleware::map_response(ensure_json_error))
+}
+
+/// Liveness: the server accepts and answers requests (open to probes without a token).
+async fn healthz() -> Response {
+    Json(json!({ "status": "SERVING" })).into_response()
 }
 
 async fn state_machine_init(State(endpoint): State<Endpoint>, request: Request) -> Response {
@@ -174,13 +180,18 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
 }
 
 async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
+    let allowed = if uri.path() == crate::access::HEALTH_ROUTE {
+        "GET"
+    } else {
+        "POST"
+    };
     let mut response = error(
         StatusCode::METHOD_NOT_ALLOWED,
-        format!("{method} {} is not allowed; use POST", uri.path()),
+        format!("{method} {} is not allowed; use {allowed}", uri.path()),
     );
     response
         .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        .insert(header::ALLOW, HeaderValue::from_static(allowed));
     response
 }
 

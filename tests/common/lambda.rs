@@ -487,6 +487,7 @@ impl MotoStack {
                 connections: batch_manager::config::ConnectionConfig::default(),
                 jobs: batch_manager::app::JobConfig::default(),
                 items_buckets: batch_manager::items_uri::s3::BucketPolicy::only_listed(""),
+                access: Default::default(),
             },
             &self.sdk_config,
         )

@@ -95,6 +95,7 @@ async fn spawn_app_running(
             connections,
             jobs,
             items_buckets: Default::default(),
+            access: Default::default(),
         },
         tasks,
     )
