@@ -96,3 +96,62 @@ async fn grpcurl_lists_the_service_and_submits_the_seed_example() {
     .unwrap();
     assert!(health.contains("SERVING"), "{health}");
 }
+
+#[test]
+fn grpcurl_with_a_bearer_header_reaches_a_server_that_requires_tokens() {
+    let directory = tempfile::tempdir().unwrap();
+    let tokens = directory.path().join("tokens");
+    let token = "grpcurl-test-token-5e0c1a";
+    std::fs::write(&tokens, format!("{token} grpcurl\n")).unwrap();
+    let server = process::ServerProcess::start_with(
+        &directory.path().join("auth.db"),
+        process::Launch {
+            args: &["--auth-token-file", tokens.to_str().unwrap()],
+            ..process::Launch::default()
+        },
+    );
+    let addr = server.grpc_addr.to_string();
+    let refused = Command::new("grpcurl")
+        .args(["-plaintext", &addr, "list"])
+        .output()
+        .expect("grpcurl runs");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Unauthenticated"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let header = format!("authorization: Bearer {token}");
+    let listed = grpcurl(&["-plaintext", "-H", &header, &addr, "list"]);
+    assert!(listed.contains("batchmanager.v1.BatchManager"), "{listed}");
+    let seed = seed_body();
+    let request = serde_json::json!({
+        "batch_id": seed["batchId"],
+        "item_ids": seed["itemIds"],
+        "batch_size": seed["batchSize"],
+    })
+    .to_string();
+    let submitted: Value = serde_json::from_str(&grpcurl(&[
+        "-plaintext",
+        "-H",
+        &header,
+        "-d",
+        &request,
+        &addr,
+        "batchmanager.v1.BatchManager/SubmitBatch",
+    ]))
+    .unwrap();
+    assert_eq!(submitted["totalItems"], "10");
+    // grpcurl reads the health service's descriptor through reflection, which needs the
+    // token; the check itself does not.
+    let reflect_header = header.clone();
+    let health = grpcurl(&[
+        "-plaintext",
+        "-reflect-header",
+        &reflect_header,
+        &addr,
+        "grpc.health.v1.Health/Check",
+    ]);
+    assert!(health.contains("SERVING"), "{health}");
+}
