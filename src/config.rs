@@ -146,9 +146,7 @@ impl AccessArgs {
         addresses: &[(&str, SocketAddr)],
     ) -> anyhow::Result<crate::app::AccessConfig> {
         let control = match &self.auth_token_file {
-            Some(path) => {
-                crate::access::AccessControl::with_tokens(crate::access::Tokens::read(path)?)
-            }
+            Some(path) => crate::access::AccessControl::from_file(path)?,
             None => crate::access::AccessControl::open(),
         };
         crate::access::check_exposure(&control, addresses, self.allow_unauthenticated)?;

@@ -488,3 +488,56 @@ async fn https_post(port: u16, cert_pem: &str, body: &str) -> (u16, String) {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
+
+/// Whether `token` is in force: an unknown route answers 404 to its holder, 401 to others.
+async fn admitted(http_addr: std::net::SocketAddr, token: &str) -> bool {
+    let status = reqwest::Client::new()
+        .get(format!("http://{http_addr}/no-such-route"))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    assert!(status == 401 || status == 404, "{status}");
+    status == 404
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_rotate_on_sighup_and_a_broken_file_keeps_the_tokens_in_force() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = start_guarded(directory.path(), &[]);
+    let rotated = "n-7e3a9c0d5b1f2468ab";
+    assert!(admitted(server.http_addr, WRITER).await);
+    assert!(!admitted(server.http_addr, rotated).await);
+
+    std::fs::write(
+        directory.path().join("tokens"),
+        format!("{rotated} rotated\n"),
+    )
+    .unwrap();
+    server.signal_hangup();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !admitted(server.http_addr, rotated).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new token is never admitted: {:?}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!admitted(server.http_addr, WRITER).await);
+
+    std::fs::write(directory.path().join("tokens"), "short\n").unwrap();
+    server.signal_hangup();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !server
+        .log()
+        .iter()
+        .any(|line| line.contains("tokens in force are kept"))
+    {
+        assert!(std::time::Instant::now() < deadline, "{:?}", server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(admitted(server.http_addr, rotated).await);
+}

@@ -11,7 +11,8 @@ mod http_gate;
 mod tokens;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use axum::http::{header, HeaderMap};
 
@@ -26,7 +27,14 @@ pub(crate) const UNAUTHENTICATED_MESSAGE: &str =
 /// Which callers a server admits.
 #[derive(Debug, Clone, Default)]
 pub struct AccessControl {
-    tokens: Option<Arc<Tokens>>,
+    tokens: Option<Arc<TokenSource>>,
+}
+
+/// The tokens in force, and the file they were read from (to read again on SIGHUP).
+#[derive(Debug)]
+struct TokenSource {
+    file: PathBuf,
+    current: RwLock<Arc<Tokens>>,
 }
 
 /// What the gate decided for one request.
@@ -46,11 +54,31 @@ impl AccessControl {
         Self::default()
     }
 
-    /// Admits only holders of `tokens`.
-    pub fn with_tokens(tokens: Tokens) -> Self {
-        Self {
-            tokens: Some(Arc::new(tokens)),
-        }
+    /// Admits only holders of the tokens in `file`, which [`Self::reload`] reads again.
+    pub fn from_file(file: &Path) -> Result<Self, TokenFileError> {
+        let tokens = Tokens::read(file)?;
+        Ok(Self {
+            tokens: Some(Arc::new(TokenSource {
+                file: file.to_owned(),
+                current: RwLock::new(Arc::new(tokens)),
+            })),
+        })
+    }
+
+    /// Reads the token file again and puts its tokens in force, returning how many there are
+    /// (none for an open server); a file that cannot be used leaves the tokens in force as
+    /// they were.
+    pub fn reload(&self) -> Result<usize, TokenFileError> {
+        let Some(source) = &self.tokens else {
+            return Ok(0);
+        };
+        let tokens = Tokens::read(&source.file)?;
+        let count = tokens.len();
+        *source
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(tokens);
+        Ok(count)
     }
 
     /// Whether calls need a token.
@@ -60,9 +88,15 @@ impl AccessControl {
 
     /// Reads the bearer token of `headers` and says who sent it.
     pub(crate) fn admit(&self, headers: &HeaderMap) -> Admission {
-        let Some(tokens) = &self.tokens else {
+        let Some(source) = &self.tokens else {
             return Admission::Open;
         };
+        let tokens = Arc::clone(
+            &source
+                .current
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
         match bearer_token(headers).and_then(|token| tokens.verify(token)) {
             Some(caller) => Admission::Caller(caller.clone()),
             None => Admission::Refused,

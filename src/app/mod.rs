@@ -61,6 +61,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let access = args
         .access
         .settings(&[("gRPC", args.grpc_addr), ("HTTP", args.http_addr)])?;
+    if access.control.requires_tokens() {
+        tokio::spawn(reload_tokens_on_hangup(access.control.clone()));
+    }
     match args.backend {
         Backend::Local => {
             let config = LocalConfig {
@@ -465,6 +468,28 @@ fn http_listener_config(connections: &ConnectionConfig) -> ListenerConfig {
         rewrite_head: Some(crate::http::framing::json_error_response),
         tls: None,
     }
+}
+
+/// Reads the token file again on every SIGHUP, so tokens rotate without a restart.
+async fn reload_tokens_on_hangup(control: AccessControl) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match control.reload() {
+                Ok(count) => tracing::info!(tokens = count, "token file read again"),
+                Err(err) => tracing::error!(
+                    error = format!("{:#}", anyhow::Error::new(err)),
+                    "the token file cannot be used; the tokens in force are kept"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = control;
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -118,11 +118,21 @@ impl ServerProcess {
 
     /// Sends SIGTERM and returns at once.
     pub(crate) fn signal_terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Sends SIGHUP and returns at once.
+    #[allow(dead_code)]
+    pub(crate) fn signal_hangup(&self) {
+        self.signal("-HUP");
+    }
+
+    fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
         Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([signal, &pid])
             .status()
-            .expect("send SIGTERM");
+            .expect("send a signal");
     }
 
     /// The exit status, once the process exited within `limit`; None if it is still running.
