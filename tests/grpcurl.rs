@@ -21,6 +21,17 @@ fn grpcurl(args: &[&str]) -> String {
     String::from_utf8(output.stdout).expect("UTF-8")
 }
 
+/// The seed example as grpcurl's `-d` body of `SubmitBatch`.
+fn seed_submit_request() -> String {
+    let seed = seed_body();
+    serde_json::json!({
+        "batch_id": seed["batchId"],
+        "item_ids": seed["itemIds"],
+        "batch_size": seed["batchSize"],
+    })
+    .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_the_service_and_submits_the_seed_example() {
     let test = spawn_app().await;
@@ -39,13 +50,7 @@ async fn grpcurl_lists_the_service_and_submits_the_seed_example() {
         assert!(listed.contains(service), "{listed}");
     }
 
-    let seed = seed_body();
-    let request = serde_json::json!({
-        "batch_id": seed["batchId"],
-        "item_ids": seed["itemIds"],
-        "batch_size": seed["batchSize"],
-    })
-    .to_string();
+    let request = seed_submit_request();
     let submitted: Value = tokio::task::spawn_blocking({
         let addr = addr.clone();
         move || {
@@ -125,13 +130,7 @@ fn grpcurl_with_a_bearer_header_reaches_a_server_that_requires_tokens() {
     let header = format!("authorization: Bearer {token}");
     let listed = grpcurl(&["-plaintext", "-H", &header, &addr, "list"]);
     assert!(listed.contains("batchmanager.v1.BatchManager"), "{listed}");
-    let seed = seed_body();
-    let request = serde_json::json!({
-        "batch_id": seed["batchId"],
-        "item_ids": seed["itemIds"],
-        "batch_size": seed["batchSize"],
-    })
-    .to_string();
+    let request = seed_submit_request();
     let submitted: Value = serde_json::from_str(&grpcurl(&[
         "-plaintext",
         "-H",
