@@ -134,7 +134,7 @@ impl Metrics {
         let item_family = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "items_recorded",
-            "Items whose outcome was recorded into their batch's counts, by outcome",
+            "Items a chunk's update step counted into their batch, by outcome",
             item_family.clone(),
         );
         let item = |outcome| item_family.get_or_create_owned(&OutcomeLabel { outcome });

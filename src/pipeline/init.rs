@@ -69,12 +69,12 @@ impl Intake {
         }
     }
 
-    /// This intake, taking parts that name a callback URL when `signing` (a secret is set).
     /// The store parts go to.
     pub(crate) fn store(&self) -> Arc<dyn BatchStore> {
         Arc::clone(&self.store)
     }
 
+    /// This intake, taking parts that name a callback URL when `signing` (a secret is set).
     pub(crate) fn with_callbacks(mut self, signing: bool) -> Self {
         self.callbacks = signing;
         self
