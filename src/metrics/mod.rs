@@ -399,3 +399,59 @@ async fn scrape(State(store): State<Arc<dyn BatchStore>>) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_described_and_the_exposition_ends_with_eof() {
+        let metrics = Metrics::new();
+        metrics.set_batch_counts(&[(BatchStatus::Running, 2)]);
+        metrics.items_recorded(&ItemTally {
+            succeeded: 3,
+            failed: 1,
+            cancelled: 0,
+        });
+        metrics.grpc_answered(
+            "batchmanager.v1.BatchManager",
+            "SubmitBatch",
+            tonic::Code::Ok,
+        );
+        // A family is written once it holds a series.
+        metrics.state_retried("Task1");
+        let text = metrics.encode();
+        for name in [
+            "batch_manager_batches",
+            "batch_manager_items_recorded",
+            "batch_manager_chunk_executions_started",
+            "batch_manager_chunk_executions_finished",
+            "batch_manager_executions_in_flight",
+            "batch_manager_executions_waiting",
+            "batch_manager_state_retries",
+            "batch_manager_step_duration_seconds",
+            "batch_manager_step_errors",
+            "batch_manager_store_commit_duration_seconds",
+            "batch_manager_grpc_requests",
+        ] {
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
+        }
+        assert!(
+            text.contains("batch_manager_batches{status=\"RUNNING\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("batch_manager_batches{status=\"PAUSED\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("batch_manager_items_recorded_total{outcome=\"succeeded\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "batch_manager_grpc_requests_total{service=\"batchmanager.v1.BatchManager\",\
+             method=\"SubmitBatch\",code=\"OK\"} 1\n"
+        ));
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
