@@ -106,11 +106,16 @@ async fn a_batch_with_failing_items_is_counted_exactly_in_the_metrics() {
     let until = Instant::now() + SETTLE_DEADLINE;
     let (content_type, scrape) = loop {
         let (content_type, scrape) = scrape(&server).await;
-        let finished = value(
-            &scrape,
-            "batch_manager_chunk_executions_finished_total",
-            &[],
-        );
+        let finished: f64 = ["succeeded", "failed"]
+            .map(|status| {
+                value(
+                    &scrape,
+                    "batch_manager_chunk_executions_finished_total",
+                    &[("status", status)],
+                )
+            })
+            .iter()
+            .sum();
         let in_flight = value(&scrape, "batch_manager_executions_in_flight", &[]);
         if (finished == batch.total_chunks as f64 && in_flight == 0.0) || Instant::now() >= until {
             break (content_type, scrape);
