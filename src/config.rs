@@ -109,6 +109,21 @@ pub struct ServeArgs {
     pub(crate) access: AccessArgs,
     #[command(flatten)]
     pub(crate) aws: AwsArgs,
+    /// Log lines as human-readable text, or as JSON objects carrying each request's ID.
+    #[arg(
+        long,
+        env = "BATCH_MANAGER_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub(crate) log_format: crate::logging::LogFormat,
+}
+
+impl ServeArgs {
+    /// How `serve` writes its log lines.
+    pub fn log_format(&self) -> crate::logging::LogFormat {
+        self.log_format
+    }
 }
 
 /// Who may call the server, and over what.

@@ -12,6 +12,8 @@
 //! - [`store`]: persistence (SQLite locally, DynamoDB on AWS);
 //! - [`engine`]: orchestration (the embedded ASL engine locally, Step Functions on AWS);
 //! - [`callbacks`]: completion callbacks (signed HTTP POSTs, EventBridge events);
+//! - [`metrics`], [`logging`]: Prometheus metrics of `serve`, embedded-metric-format lines on
+//!   Lambda; text or JSON logs with a request ID per request;
 //! - [`app`], [`config`], [`bench`]: wiring, settings, the benchmark.
 
 pub mod access;
@@ -27,6 +29,8 @@ pub mod grpc;
 pub(crate) mod http;
 pub mod items_uri;
 pub mod lambda;
+pub mod logging;
+pub mod metrics;
 pub mod pipeline;
 pub(crate) mod run_request;
 pub(crate) mod seed;

@@ -5,17 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use batch_manager::config::{Cli, Command};
+use batch_manager::logging::{self, LogFormat};
 use batch_manager::{app, cli, lambda};
-
-fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
@@ -42,10 +33,10 @@ fn main() -> ExitCode {
         return lambda::main();
     }
     let cli = Cli::parse();
-    init_tracing(match cli.command {
-        Command::Serve(_) => "info",
-        _ => "warn",
-    });
+    match &cli.command {
+        Command::Serve(args) => logging::init("info", args.log_format()),
+        _ => logging::init("warn", LogFormat::Text),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

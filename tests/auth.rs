@@ -181,6 +181,21 @@ async fn every_grpc_call_admits_exactly_the_callers_its_token_allows() {
         }
     }
     assert_eq!(table.len(), methods.len() * CREDENTIALS.len());
+    let metrics = reqwest::Client::new()
+        .get(format!("http://{}/metrics", server.http_addr))
+        .header("authorization", format!("Bearer {READER}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for code in ["UNAUTHENTICATED", "PERMISSION_DENIED"] {
+        assert!(
+            metrics.contains(&format!("method=\"CancelBatch\",code=\"{code}\"")),
+            "refusals are counted: {metrics}"
+        );
+    }
 
     let log = server.log().join("\n");
     assert!(
@@ -246,6 +261,7 @@ async fn every_http_route_admits_exactly_the_callers_its_token_allows() {
             "/runrequests",
             Some(serde_json::json!({ "clientName": "c", "processName": "p" })),
         ),
+        ("GET", "/metrics", None),
         ("GET", "/no-such-route", None),
     ];
     for (method, path, body) in &routes {

@@ -162,7 +162,7 @@ async fn a_batch_past_its_failure_budget_stops_failed_and_cancels_its_unstarted_
     assert_eq!(within.failed_items, 2, "2 of 20 is within 10%");
     assert!(!within.status.is_terminal());
     run_chunk(&*store, "budget", 2, |position| position == 1).await;
-    let RecordOutcome::Recorded(stopped) = record(&*store, "budget", 2).await else {
+    let RecordOutcome::Recorded(stopped, _) = record(&*store, "budget", 2).await else {
         panic!("chunk 2 is recorded once");
     };
     assert_eq!(
@@ -189,7 +189,7 @@ async fn a_batch_past_its_failure_budget_stops_failed_and_cancels_its_unstarted_
             "chunk {chunk} must never run"
         );
     }
-    let RecordOutcome::Recorded(ended) = record(&*store, "budget", 3).await else {
+    let RecordOutcome::Recorded(ended, _) = record(&*store, "budget", 3).await else {
         panic!("chunk 3 is recorded once");
     };
     assert_eq!(ended.status, BatchStatus::Failed);
@@ -260,7 +260,7 @@ async fn a_paused_batch_keeps_counting_running_chunks_and_resumes_where_it_stopp
         store.pause_batch(&id("paused")).await.unwrap(),
         ControlOutcome::Applied(again) if again.status == BatchStatus::Paused
     ));
-    let RecordOutcome::Recorded(counted) = record(&*store, "paused", 0).await else {
+    let RecordOutcome::Recorded(counted, _) = record(&*store, "paused", 0).await else {
         panic!("the running chunk is recorded");
     };
     assert_eq!(counted.status, BatchStatus::Paused, "still paused");

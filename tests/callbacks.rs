@@ -592,7 +592,7 @@ async fn a_replayed_update_writes_no_second_outbox_record() {
     let far = Timestamp(i64::MAX);
     assert!(store.due_deliveries(far, 10).await.unwrap().is_empty());
 
-    let RecordOutcome::Recorded(batch) = store
+    let RecordOutcome::Recorded(batch, _) = store
         .record_chunk(&batch_id, 0, Unfinished::Failed(None))
         .await
         .unwrap()
@@ -837,7 +837,7 @@ async fn on_dynamodb_one_outbox_item_per_transition_claimed_once_and_mirrored_on
     let far = Timestamp(i64::MAX / 2);
     assert!(store.due_deliveries(far, 10).await.unwrap().is_empty());
 
-    let RecordOutcome::Recorded(batch) = store
+    let RecordOutcome::Recorded(batch, _) = store
         .record_chunk(&batch_id, 0, Unfinished::Failed(None))
         .await
         .unwrap()

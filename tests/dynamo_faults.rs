@@ -316,7 +316,7 @@ async fn run_chunk(store: &DynamoStore, batch_id: &BatchId, chunk: u64) {
             .record_chunk(batch_id, chunk, Unfinished::Failed(None))
             .await
             .unwrap(),
-        RecordOutcome::Recorded(_)
+        RecordOutcome::Recorded(_, _)
     ));
 }
 
@@ -370,7 +370,7 @@ async fn a_stalled_part_write_landing_after_its_retry_was_processed_and_cancelle
         panic!("not cancelled");
     };
     assert_eq!(cancelled.cancelled_items, 6);
-    let RecordOutcome::Recorded(ended) = retrying
+    let RecordOutcome::Recorded(ended, _) = retrying
         .record_chunk(&batch_id, 2, Unfinished::Failed(None))
         .await
         .unwrap()

@@ -185,7 +185,7 @@ async fn replayed_and_out_of_order_updates_give_exact_counters_and_one_terminal_
     let mut terminal_snapshots = 0;
     for delivery in deliveries {
         match delivery.await.unwrap() {
-            RecordOutcome::Recorded(batch) => {
+            RecordOutcome::Recorded(batch, _) => {
                 recorded += 1;
                 if batch.status.is_terminal() {
                     terminal_snapshots += 1;
@@ -263,7 +263,7 @@ async fn recording_with_a_failure_fails_the_items_still_pending(store: Arc<dyn B
         )
         .await
         .unwrap();
-    let RecordOutcome::Recorded(batch) = store
+    let RecordOutcome::Recorded(batch, _) = store
         .record_chunk(&id("f"), 0, Unfinished::Failed(Some("service down")))
         .await
         .unwrap()
@@ -296,7 +296,7 @@ async fn task_2_outcomes_saved_with_the_count_are_counted_once_and_kept_when_rep
         (1, ItemOutcome::Failed("rejected".into())),
         (2, ItemOutcome::Succeeded),
     ];
-    let RecordOutcome::Recorded(batch) = store
+    let RecordOutcome::Recorded(batch, _) = store
         .save_outcomes_and_record(&id("s"), 0, &outcomes, 2, Unfinished::Failed(None))
         .await
         .unwrap()
@@ -350,7 +350,7 @@ async fn a_started_chunk_whose_job_a_cancel_stopped_counts_its_unfinished_items_
     };
     assert_eq!(cancelled.cancelled_items, 3, "the chunk never started");
 
-    let RecordOutcome::Recorded(batch) = store
+    let RecordOutcome::Recorded(batch, _) = store
         .record_chunk(&id("j"), 0, Unfinished::Cancelled)
         .await
         .unwrap()
@@ -461,7 +461,7 @@ async fn cancelling_skips_unstarted_chunks_and_ends_when_running_ones_are_record
         AppendOutcome::Rejected(_) | AppendOutcome::Conflict(_)
     ));
 
-    let RecordOutcome::Recorded(done) = store
+    let RecordOutcome::Recorded(done, _) = store
         .record_chunk(&id("c"), 1, Unfinished::Failed(None))
         .await
         .unwrap()
@@ -1204,7 +1204,7 @@ async fn failure_messages_past_the_distinct_cap_are_counted_as_other_errors(
         }
     })
     .await;
-    assert!(matches!(outcome, RecordOutcome::Recorded(_)));
+    assert!(matches!(outcome, RecordOutcome::Recorded(_, _)));
     let batch = store.get_batch(&id("cap")).await.unwrap().unwrap();
     assert_eq!(batch.failed_items, 40);
     let mut expected = vec![(OTHER_ERRORS.to_owned(), 10)];
@@ -1330,7 +1330,7 @@ async fn dynamodb_chunk_states_written_with_their_part_by_earlier_versions_still
             .record_chunk(&id("legacy"), 1, Unfinished::Failed(Some("task failed")))
             .await
             .unwrap(),
-        RecordOutcome::Recorded(_)
+        RecordOutcome::Recorded(_, _)
     ));
     let CancelOutcome::Cancelled(cancelled) = store.cancel_batch(&id("legacy")).await.unwrap()
     else {
@@ -1580,7 +1580,7 @@ async fn dynamodb_concurrent_records_bringing_new_messages_keep_at_most_twenty()
     .await;
     assert!(recorded
         .iter()
-        .all(|outcome| matches!(outcome, RecordOutcome::Recorded(_))));
+        .all(|outcome| matches!(outcome, RecordOutcome::Recorded(_, _))));
     let item = client
         .get_item()
         .table_name(&tables.request_table)

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::middleware;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -329,23 +328,15 @@ impl Server {
         let (stop, stopped) = watch::channel(None);
         let (watchers_stop, watchers_stopped) = watch::channel(false);
         let admin = AdminService::new((intake.clone(), objects.clone()), store, watchers_stopped);
-        let grpc_routes = grpc_router(admin)
-            .await?
-            .layer(middleware::from_fn_with_state(
-                access.control.clone(),
-                crate::access::require_grpc_token,
-            ));
+        let grpc_routes = grpc_router(admin, access.control.clone()).await?;
         let http_routes = crate::http::router(
             (intake, objects),
             HttpSettings {
                 body_timeout: connections.http.body_timeout,
                 hosts: HostPolicy::for_address(http_addr, &connections.http.allowed_hosts),
+                access: access.control.clone(),
             },
-        )
-        .layer(middleware::from_fn_with_state(
-            access.control.clone(),
-            crate::access::require_http_token,
-        ));
+        );
         let (grpc_tls, http_tls) = match &access.tls {
             Some(files) => (Some(files.load(b"h2")?), Some(files.load(b"http/1.1")?)),
             None => (None, None),

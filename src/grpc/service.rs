@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::convert::Submission;
 use super::deadline::DeadlineLayer;
@@ -17,6 +18,7 @@ use super::pb::batch_manager_server::{BatchManager, BatchManagerServer};
 use crate::domain::{Batch, BatchId, NewPart};
 use crate::items_uri::s3::ObjectReader;
 use crate::items_uri::BatchByReference;
+use crate::metrics::grpc_layer::GrpcMetricsLayer;
 use crate::pipeline::{Accepted, Intake, IntakeError, RunRequestError};
 use crate::run_request::RunRequest;
 use crate::store::{
@@ -59,7 +61,7 @@ impl AdminService {
     /// half-way (its deadline passed, its client went away) still starts the chunks it stored.
     async fn accept(&self, part: NewPart) -> Result<Accepted, ApiError> {
         let intake = self.intake.clone();
-        let accepting = tokio::spawn(async move { intake.submit(&part).await });
+        let accepting = tokio::spawn(async move { intake.submit(&part).await }.in_current_span());
         match accepting.await {
             Ok(outcome) => Ok(outcome?),
             Err(err) => Err(ApiError::Panicked(err)),
@@ -69,8 +71,9 @@ impl AdminService {
     /// As [`Self::accept`], for a batch whose items are read from an object.
     async fn accept_by_reference(&self, request: BatchByReference) -> Result<Accepted, ApiError> {
         let (intake, objects) = (self.intake.clone(), self.objects.clone());
-        let accepting =
-            tokio::spawn(async move { intake.submit_from_uri(&objects, &request).await });
+        let accepting = tokio::spawn(
+            async move { intake.submit_from_uri(&objects, &request).await }.in_current_span(),
+        );
         match accepting.await {
             Ok(outcome) => Ok(outcome?),
             Err(err) => Err(ApiError::Panicked(err)),
@@ -111,7 +114,10 @@ impl AdminService {
 
 /// The admin service, `grpc.health.v1.Health`, and reflection (v1 and v1alpha) as one router,
 /// every call held to the deadline its client set ([`DeadlineLayer`]).
-pub(crate) async fn grpc_router(service: AdminService) -> anyhow::Result<axum::Router> {
+pub(crate) async fn grpc_router(
+    service: AdminService,
+    access: crate::access::AccessControl,
+) -> anyhow::Result<axum::Router> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<BatchManagerServer<AdminService>>()
@@ -131,7 +137,16 @@ pub(crate) async fn grpc_router(service: AdminService) -> anyhow::Result<axum::R
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
-    Ok(routes.prepare().into_axum_router().layer(DeadlineLayer))
+    Ok(routes
+        .prepare()
+        .into_axum_router()
+        .layer(DeadlineLayer)
+        .layer(axum::middleware::from_fn_with_state(
+            access,
+            crate::access::require_grpc_token,
+        ))
+        .layer(GrpcMetricsLayer)
+        .layer(axum::middleware::from_fn(crate::logging::request_span)))
 }
 
 type ExportStream =
@@ -227,7 +242,9 @@ impl BatchManager for AdminService {
     ) -> Result<Response<pb::SubmitRunRequestResponse>, Status> {
         let run_request = RunRequest::try_from(request.into_inner())?;
         let intake = self.intake.clone();
-        let submitting = tokio::spawn(async move { intake.submit_run_request(&run_request).await });
+        let submitting = tokio::spawn(
+            async move { intake.submit_run_request(&run_request).await }.in_current_span(),
+        );
         let run_request_id = match submitting.await {
             Ok(Ok(id)) => id,
             Ok(Err(RunRequestError::NoExternalJob)) => {

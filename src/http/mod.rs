@@ -1,5 +1,6 @@
 //! The seed-compatible HTTP endpoints of `serve`: `POST /stateMachineInit` (the chunk pipeline)
-//! and `POST /runrequests` (the job submitter). Every answer is JSON,
+//! and `POST /runrequests` (the job submitter), beside `GET /metrics`. Every answer but the
+//! metrics is JSON,
 //! errors included (`{"message": ...}`); requests from other sites are refused ([`guard`]).
 
 pub(crate) mod framing;
@@ -16,6 +17,7 @@ use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
 use http_body_util::BodyExt;
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::items_uri::s3::ObjectReader;
 use crate::pipeline::Intake;
@@ -33,6 +35,8 @@ pub(crate) struct HttpSettings {
     pub body_timeout: Duration,
     /// Which Host names (and so which origins) are served.
     pub hosts: HostPolicy,
+    /// Which callers are served.
+    pub access: crate::access::AccessControl,
 }
 
 #[derive(Clone)]
@@ -49,6 +53,7 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
 
 /// The HTTP router; `objects` reads the items of seed bodies by reference.
 pub(crate) fn router((intake, objects): (Intake, ObjectReader), settings: HttpSettings) -> Router {
+    let metrics = crate::metrics::router(intake.store());
     let endpoint = Endpoint {
         intake,
         objects,
@@ -68,11 +73,17 @@ pub(crate) fn router((intake, objects): (Intake, ObjectReader), settings: HttpSe
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(endpoint)
+        .merge(metrics)
+        .layer(middleware::from_fn_with_state(
+            settings.access,
+            crate::access::require_http_token,
+        ))
         .layer(middleware::from_fn_with_state(
             settings.hosts,
             guard::refuse_foreign_requests,
         ))
         .layer(middleware::map_response(ensure_json_error))
+        .layer(middleware::from_fn(crate::logging::request_span))
 }
 
 /// Liveness: the server accepts and answers requests (open to probes without a token).
@@ -106,7 +117,7 @@ where
         Ok(body) => body,
         Err(refusal) => return refusal,
     };
-    let reply = match tokio::spawn(handle(endpoint.intake, body)).await {
+    let reply = match tokio::spawn(handle(endpoint.intake, body).in_current_span()).await {
         Ok(reply) => reply,
         Err(err) => {
             let request_id = uuid::Uuid::new_v4();

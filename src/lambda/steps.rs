@@ -1,11 +1,15 @@
 //! The `task1`, `task2` and `update` roles: the state machine's Task events in, the step's
 //! result out. A failure leaves as a [`Diagnostic`] whose `errorType` is the step error's
 //! stable name, the one the definition's Retry and Catch rules match; the conversion below is
-//! the only place a step error meets Lambda.
+//! the only place a step error meets Lambda. Each step writes its metrics to stdout as one
+//! embedded-metric-format line ([`crate::metrics::emf`]).
+
+use std::time::Instant;
 
 use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
 use serde_json::Value;
 
+use crate::metrics::emf::{self, StepReport};
 use crate::pipeline::dispatch;
 pub(crate) use crate::pipeline::dispatch::StepRole;
 use crate::pipeline::steps::{KeptChunk, StepError};
@@ -16,9 +20,19 @@ use crate::pipeline::Steps;
 pub(crate) async fn serve(role: StepRole, steps: Steps) -> Result<(), lambda_runtime::Error> {
     let steps = &steps;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        dispatch::invoke(steps, role, event.payload, &mut KeptChunk::default())
-            .await
-            .map_err(Diagnostic::from)
+        let metrics = crate::metrics::global();
+        let items_before = metrics.items_recorded_so_far();
+        let started = Instant::now();
+        let output = dispatch::invoke(steps, role, event.payload, &mut KeptChunk::default()).await;
+        // The runtime runs one event at a time, so the counters moved for this event only.
+        StepReport {
+            role,
+            duration: started.elapsed(),
+            failed: output.is_err(),
+            items: emf::recorded_between(&items_before, &metrics.items_recorded_so_far()),
+        }
+        .emit();
+        output.map_err(Diagnostic::from)
     }))
     .await
 }

@@ -3,6 +3,8 @@
 //! [`StepError`], whose [`StepError::error_type`] is the name the definition's Retry and Catch
 //! rules match.
 
+use std::time::Instant;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -37,6 +39,18 @@ pub(crate) enum StepOutput {
 /// same execution when the caller runs them in one process (the embedded engine); a fresh
 /// [`KeptChunk`] makes every step read and write the store itself.
 pub(crate) async fn invoke(
+    steps: &Steps,
+    role: StepRole,
+    event: Value,
+    kept: &mut KeptChunk,
+) -> Result<StepOutput, StepError> {
+    let started = Instant::now();
+    let output = run(steps, role, event, kept).await;
+    crate::metrics::global().step_finished(role, started.elapsed(), output.is_err());
+    output
+}
+
+async fn run(
     steps: &Steps,
     role: StepRole,
     event: Value,

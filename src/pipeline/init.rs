@@ -69,6 +69,11 @@ impl Intake {
         }
     }
 
+    /// The store parts go to.
+    pub(crate) fn store(&self) -> Arc<dyn BatchStore> {
+        Arc::clone(&self.store)
+    }
+
     /// This intake, taking parts that name a callback URL when `signing` (a secret is set).
     pub(crate) fn with_callbacks(mut self, signing: bool) -> Self {
         self.callbacks = signing;
@@ -241,6 +246,7 @@ impl Intake {
         let outcome = self.apply_part_callback(part, outcome).await?;
         match outcome {
             AppendOutcome::Created { batch, chunks } => {
+                tracing::debug!(batch_id = %batch.batch_id, chunks = chunks.len(), "part stored");
                 self.orchestrator
                     .start_chunks(&batch.batch_id, &chunks)
                     .await?;
@@ -253,6 +259,11 @@ impl Intake {
                 batch,
                 unstarted_chunks,
             } => {
+                tracing::debug!(
+                    batch_id = %batch.batch_id,
+                    unstarted_chunks = unstarted_chunks.len(),
+                    "part stored before"
+                );
                 if !unstarted_chunks.is_empty() {
                     self.orchestrator
                         .start_chunks(&batch.batch_id, &unstarted_chunks)

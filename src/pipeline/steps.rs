@@ -426,7 +426,10 @@ impl Steps {
             }
         };
         let (batch, recorded) = match outcome {
-            RecordOutcome::Recorded(batch) => (batch, true),
+            RecordOutcome::Recorded(batch, tally) => {
+                crate::metrics::global().items_recorded(&tally);
+                (batch, true)
+            }
             RecordOutcome::AlreadyRecorded(batch) => (batch, false),
             RecordOutcome::NotFound => {
                 return Err(StepError::ChunkNotFound {

@@ -207,6 +207,15 @@ impl ChunkOutcomes {
         self.stage = ChunkStage::Recorded;
     }
 
+    /// The items that count into their batch's succeeded, failed and cancelled counts.
+    pub(crate) fn tally(&self) -> super::ItemTally {
+        super::ItemTally {
+            succeeded: self.count(SUCCEEDED),
+            failed: self.count(FAILED),
+            cancelled: self.count(CANCELLED),
+        }
+    }
+
     pub(crate) fn count(&self, letter: u8) -> u64 {
         self.states.iter().filter(|&&state| state == letter).count() as u64
     }

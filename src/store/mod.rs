@@ -216,12 +216,24 @@ pub enum ChunkClaim {
 /// What recording a chunk did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordOutcome {
-    /// Counted now; the batch as it stands after.
-    Recorded(Batch),
+    /// Counted now; the batch as it stands after, and the chunk's items that went into its
+    /// counts.
+    Recorded(Batch, ItemTally),
     /// Counted before (a replayed update): nothing changed.
     AlreadyRecorded(Batch),
     /// No such chunk.
     NotFound,
+}
+
+/// A recorded chunk's items, by how they ended, as they were added to their batch's counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ItemTally {
+    /// Items that succeeded.
+    pub succeeded: u64,
+    /// Items that failed.
+    pub failed: u64,
+    /// Items cancelled.
+    pub cancelled: u64,
 }
 
 /// How the items still pending end when their chunk is recorded.
@@ -384,4 +396,10 @@ pub trait BatchStore: JobStore + OutboxStore {
     /// Waits until something may have changed (a write committed here, or `poll` elapsed for
     /// stores that cannot tell), for watchers.
     async fn wait_for_change(&self, since: u64, poll: Duration) -> u64;
+
+    /// How many batches are in each status, for the metrics; `None` from a store that cannot
+    /// count them at a bounded cost.
+    async fn count_batches_by_status(&self) -> Result<Option<Vec<(BatchStatus, u64)>>, StoreError> {
+        Ok(None)
+    }
 }

@@ -1207,6 +1207,25 @@ impl BatchStore for SqliteStore {
         .await
     }
 
+    async fn count_batches_by_status(&self) -> Result<Option<Vec<(BatchStatus, u64)>>, StoreError> {
+        self.read(|conn| {
+            let mut statement =
+                conn.prepare_cached("SELECT status, COUNT(*) FROM batches GROUP BY status")?;
+            let rows = statement.query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?))
+            })?;
+            let mut counts = Vec::new();
+            for row in rows {
+                let (status, count) = row?;
+                if let Some(status) = BatchStatus::from_name(&status) {
+                    counts.push((status, count));
+                }
+            }
+            Ok(Some(counts))
+        })
+        .await
+    }
+
     async fn wait_for_change(&self, since: u64, poll: Duration) -> u64 {
         let mut changes = self.inner.changes.clone();
         let _ =

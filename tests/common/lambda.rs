@@ -266,6 +266,7 @@ pub(crate) struct LambdaFunction {
     pub started_at: Instant,
     child: Child,
     logs: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl LambdaFunction {
@@ -284,7 +285,7 @@ impl LambdaFunction {
             .env("RUST_LOG", "info")
             .envs(vars.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(handler) = handler {
             command.env("_HANDLER", handler);
@@ -302,11 +303,21 @@ impl LambdaFunction {
                 logs.push('\n');
             }
         });
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().expect("stdout");
+        let out_sink = Arc::clone(&stdout);
+        std::thread::spawn(move || {
+            use std::io::{BufRead, BufReader};
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                out_sink.lock().unwrap().push(line);
+            }
+        });
         Self {
             api,
             started_at,
             child,
             logs,
+            stdout,
         }
     }
 
@@ -331,6 +342,19 @@ impl LambdaFunction {
             let logs = self.logs();
             if logs.contains(needle) || Instant::now() >= until {
                 return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The lines the function has written to stdout (its metrics) once there are at least
+    /// `count`, or as they stand after `deadline`.
+    pub(crate) async fn stdout_lines(&self, count: usize, deadline: Duration) -> Vec<String> {
+        let until = Instant::now() + deadline;
+        loop {
+            let lines = self.stdout.lock().unwrap().clone();
+            if lines.len() >= count || Instant::now() >= until {
+                return lines;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -16,9 +16,16 @@ pub(crate) struct ServerProcess {
     log: Arc<Mutex<Vec<String>>>,
 }
 
+/// The address logged as `key=ADDR` (text logs) or `"key":"ADDR"` (JSON logs).
 fn address_after(line: &str, key: &str) -> Option<SocketAddr> {
-    let start = line.find(key)? + key.len();
-    line[start..].split_whitespace().next()?.parse().ok()
+    let text_key = format!("{key}=");
+    let json_key = format!("\"{key}\":\"");
+    if let Some(start) = line.find(&text_key) {
+        let rest = &line[start + text_key.len()..];
+        return rest.split_whitespace().next()?.parse().ok();
+    }
+    let start = line.find(&json_key)? + json_key.len();
+    line[start..].split('"').next()?.parse().ok()
 }
 
 /// How to start a server beyond its database.
@@ -84,8 +91,8 @@ impl ServerProcess {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if !sent {
                     if let (Some(grpc), Some(http)) = (
-                        address_after(&line, "grpc_addr="),
-                        address_after(&line, "http_addr="),
+                        address_after(&line, "grpc_addr"),
+                        address_after(&line, "http_addr"),
                     ) {
                         let _ = found.send((grpc, http));
                         sent = true;

@@ -82,6 +82,11 @@ fn running(cursor: &Cursor, wake_at: Option<Timestamp>, started_at: Timestamp) -
 
 /// Runs an execution until it ends, sleeps or the engine stops.
 pub(super) async fn run(shared: &Shared, work: Work) -> Settled {
+    let metrics = crate::metrics::global();
+    let _in_flight = metrics.execution_in_flight();
+    if work.cursor.is_none() {
+        metrics.execution_started();
+    }
     let mut cursor = first_cursor(shared, &work);
     let Work {
         key,
@@ -157,11 +162,13 @@ pub(super) async fn run(shared: &Shared, work: Work) -> Settled {
                 cursor = fallback.clone();
             }
             Step::Succeeded(_) => {
+                metrics.execution_finished(true);
                 let end = JournalEntry::Ended(ExecutionEnd::Succeeded);
                 return Settled::Ended(shared.journal.stage(&key, position, end));
             }
             Step::Failed { error, cause } => {
                 tracing::warn!(execution = %key.name(), %error, %cause, "chunk execution failed");
+                metrics.execution_finished(false);
                 let end = JournalEntry::Ended(ExecutionEnd::Failed { error, cause });
                 return Settled::Ended(shared.journal.stage(&key, position, end));
             }

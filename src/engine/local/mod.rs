@@ -205,6 +205,7 @@ impl LocalEngine {
                 }
             };
             let Some(work) = next else { return };
+            crate::metrics::global().execution_waiting(false);
             // While the store refuses writes, a started execution would only fail its step.
             while !shared.journal.accepting() {
                 tokio::select! {

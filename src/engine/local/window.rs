@@ -278,7 +278,9 @@ impl Window {
             }
             self.in_memory.insert(runnable.key.clone());
             // The workers live as long as the window; once they stop, the journal keeps it.
-            let _ = self.ready.send(Work::from(runnable));
+            if self.ready.send(Work::from(runnable)).is_ok() {
+                crate::metrics::global().execution_waiting(true);
+            }
         }
         if let Some(held) = last_held.filter(|held| held.batch_seq == self.unstarted_from.batch_seq)
         {

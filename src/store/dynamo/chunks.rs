@@ -474,6 +474,7 @@ impl DynamoStore {
                 ));
             }
             state.outcomes.settle(unfinished);
+            let tally = state.outcomes.tally();
             let now = Timestamp::now();
             let (put_state, units) = self.state_put(batch_id, chunk, &mut state)?;
             let count = Update::builder()
@@ -486,15 +487,9 @@ impl DynamoStore {
                 ))
                 // The chunk's slot frees with its count, in the same write (see `starts`).
                 .expression_attribute_values(":freed", n(-1))
-                .expression_attribute_values(
-                    ":succeeded",
-                    n(state.outcomes.count(codec::SUCCEEDED)),
-                )
-                .expression_attribute_values(":failed", n(state.outcomes.count(codec::FAILED)))
-                .expression_attribute_values(
-                    ":cancelled",
-                    n(state.outcomes.count(codec::CANCELLED)),
-                )
+                .expression_attribute_values(":succeeded", n(tally.succeeded))
+                .expression_attribute_values(":failed", n(tally.failed))
+                .expression_attribute_values(":cancelled", n(tally.cancelled))
                 .expression_attribute_values(":one", n(1))
                 .expression_attribute_values(":now", n(now.0))
                 .build()?;
@@ -516,6 +511,7 @@ impl DynamoStore {
                 self.roll_rate_window(&record, now).await;
                 return Ok(RecordOutcome::Recorded(
                     self.stop_if_over_budget(record).await?,
+                    tally,
                 ));
             }
         }

@@ -2,7 +2,7 @@
 //! not an error), transactions, and `BatchWriteItem` with `UnprocessedItems` retried.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, TransactWriteItem, WriteRequest};
@@ -10,6 +10,7 @@ use futures::{stream, StreamExt, TryStreamExt};
 
 use super::attributes::Item;
 use super::{DynamoStore, StoreMetrics};
+use crate::metrics::StoreKind;
 use crate::store::StoreError;
 
 /// Most items in one `BatchWriteItem` request.
@@ -123,12 +124,14 @@ impl DynamoStore {
         units: u64,
     ) -> Result<bool, StoreError> {
         self.meter.write(2 * units);
+        let started = Instant::now();
         let outcome = self
             .client
             .transact_write_items()
             .set_transact_items(Some(items))
             .send()
             .await;
+        crate::metrics::global().store_committed(StoreKind::Dynamo, started.elapsed());
         Ok(conditional(outcome, |e| e.is_transaction_canceled_exception())?.is_some())
     }
 
@@ -171,13 +174,15 @@ impl DynamoStore {
                 .map(|put| write_units(&put.item))
                 .sum();
             self.meter.write(units);
+            let started = Instant::now();
             let output = self
                 .client
                 .batch_write_item()
                 .request_items(&table, pending)
                 .send()
-                .await
-                .map_err(unavailable)?;
+                .await;
+            crate::metrics::global().store_committed(StoreKind::Dynamo, started.elapsed());
+            let output = output.map_err(unavailable)?;
             let unprocessed = output
                 .unprocessed_items
                 .and_then(|mut tables| tables.remove(&table))

@@ -5,7 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{error_counts, load_batch, load_batch_by_seq, BatchRow};
 use crate::domain::{BatchId, BatchStatus, ItemOutcome, Timestamp};
-use crate::store::codec::{self, ChunkOutcomes};
+use crate::store::codec::ChunkOutcomes;
 use crate::store::progress::{self, RateWindow};
 use crate::store::rules::{self, Progress, Stop};
 use crate::store::{Chunk, ChunkClaim, ChunkStage, RecordOutcome, StoreError, Unfinished};
@@ -188,7 +188,7 @@ pub(super) fn save_outcomes_and_record(
     row.outcomes.settle(unfinished);
     row.write(conn, chunk)?;
     count_chunk(conn, &mut batch, &row.outcomes)?;
-    Ok(RecordOutcome::Recorded(batch.batch))
+    Ok(RecordOutcome::Recorded(batch.batch, row.outcomes.tally()))
 }
 
 /// Adds a recorded chunk's outcomes to its batch's counters, its rate window and its failure
@@ -201,9 +201,10 @@ fn count_chunk(
 ) -> Result<(), StoreError> {
     let now = Timestamp::now();
     let counts = &mut batch.batch;
-    counts.succeeded_items += outcomes.count(codec::SUCCEEDED);
-    counts.failed_items += outcomes.count(codec::FAILED);
-    counts.cancelled_items += outcomes.count(codec::CANCELLED);
+    let tally = outcomes.tally();
+    counts.succeeded_items += tally.succeeded;
+    counts.failed_items += tally.failed;
+    counts.cancelled_items += tally.cancelled;
     counts.completed_chunks += 1;
     counts.updated_at = now;
     if let Some(reason) = rules::budget_stop(&batch.batch, batch.stop) {

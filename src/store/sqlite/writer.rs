@@ -15,6 +15,7 @@ use rusqlite::{params, Connection};
 use tokio::sync::{oneshot, watch};
 
 use crate::domain::Timestamp;
+use crate::metrics::StoreKind;
 use crate::store::journal::{ExecutionEnd, ExecutionKey, JournalEntry};
 use crate::store::StoreError;
 
@@ -198,7 +199,9 @@ impl Writer {
         if group.is_empty() && entries.is_empty() {
             return;
         }
+        let started = Instant::now();
         let committed = commit_group(&self.conn, &mut group, &entries);
+        crate::metrics::global().store_committed(StoreKind::Sqlite, started.elapsed());
         match &committed {
             Ok(()) => {
                 self.backoff.succeeded();

@@ -268,10 +268,13 @@ impl State {
                 delay,
                 retries,
                 input,
-            } => Step::Sleep {
-                duration: delay,
-                then: Cursor::retrying(scope.state_name().to_owned(), input, retries),
-            },
+            } => {
+                crate::metrics::global().state_retried(scope.state_name());
+                Step::Sleep {
+                    duration: delay,
+                    then: Cursor::retrying(scope.state_name().to_owned(), input, retries),
+                }
+            }
             Body::Caught { output, next } => {
                 match ensure_within_limit(output, "the state's output", scope) {
                     Ok(output) => Step::Continue(Cursor::entering(next, output)),
