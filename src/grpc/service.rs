@@ -18,7 +18,7 @@ use super::pb::batch_manager_server::{BatchManager, BatchManagerServer};
 use crate::domain::{Batch, BatchId, NewPart};
 use crate::items_uri::s3::ObjectReader;
 use crate::items_uri::BatchByReference;
-use crate::metrics::grpc_layer::GrpcMetricsLayer;
+use crate::metrics::grpc_layer::count_grpc_call;
 use crate::pipeline::{Accepted, Intake, IntakeError, RunRequestError};
 use crate::run_request::RunRequest;
 use crate::store::{
@@ -145,7 +145,7 @@ pub(crate) async fn grpc_router(
             access,
             crate::access::require_grpc_token,
         ))
-        .layer(GrpcMetricsLayer)
+        .layer(axum::middleware::from_fn(count_grpc_call))
         .layer(axum::middleware::from_fn(crate::logging::request_span)))
 }
 

@@ -1,72 +1,38 @@
 //! Counts gRPC calls by service, method and status code. The code is read where the answer
 //! carries it: the `grpc-status` header of a trailers-only answer (tonic's errors before any
 //! message), or else the trailers that end the body (unary answers and streams alike). A body
-//! dropped before its trailers (the client went away) counts as CANCELLED.
+//! dropped before its trailers (the client went away) counts as CANCELLED. Paths that name no
+//! method served here count as `unknown`.
 
-use std::convert::Infallible;
-use std::future::Future;
+use std::collections::HashSet;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::task::{ready, Context, Poll};
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{HeaderMap, Response};
+use axum::middleware::Next;
 use http_body::Frame;
+use prost::Message;
 use tonic::Code;
-use tower::{Layer, Service};
 
 const GRPC_STATUS: &str = "grpc-status";
 
-/// Counts every call into `batch_manager_grpc_requests_total`.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct GrpcMetricsLayer;
-
-impl<S> Layer<S> for GrpcMetricsLayer {
-    type Service = GrpcMetrics<S>;
-
-    fn layer(&self, inner: S) -> GrpcMetrics<S> {
-        GrpcMetrics { inner }
+/// Counts every call into `batch_manager_grpc_requests_total`, once its code is known.
+pub(crate) async fn count_grpc_call(request: Request, next: Next) -> Response<Body> {
+    let call = CallName::of(request.uri().path());
+    let response = next.run(request).await;
+    if let Some(code) = status_code(response.headers()) {
+        call.record(code);
+        return response;
     }
-}
-
-/// See [`GrpcMetricsLayer`].
-#[derive(Debug, Clone)]
-pub(crate) struct GrpcMetrics<S> {
-    inner: S,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S> Service<Request> for GrpcMetrics<S>
-where
-    S: Service<Request, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let call = CallName::of(request.uri().path());
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let Ok(response) = answer.await;
-            if let Some(code) = status_code(response.headers()) {
-                call.record(code);
-                return Ok(response);
-            }
-            Ok(response.map(|body| {
-                Body::new(CountedBody {
-                    inner: body,
-                    call: Some(call),
-                })
-            }))
+    response.map(|body| {
+        Body::new(CountedBody {
+            inner: body,
+            call: Some(call),
         })
-    }
+    })
 }
 
 /// The service and method a call's path names.
@@ -77,11 +43,13 @@ struct CallName {
 }
 
 impl CallName {
+    /// The call `path` names; paths that name no method served here are all `unknown`, so
+    /// that clients (unauthenticated ones included) cannot grow the series without bound.
     fn of(path: &str) -> Self {
-        let (service, method) = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .unwrap_or(("", ""));
+        let (service, method) = match path.trim_start_matches('/').split_once('/') {
+            Some((service, method)) if served_calls().contains(path) => (service, method),
+            _ => ("unknown", "unknown"),
+        };
         Self {
             service: service.to_owned(),
             method: method.to_owned(),
@@ -89,15 +57,44 @@ impl CallName {
     }
 
     fn record(self, code: Code) {
-        // Paths that name no method served here are counted together, so that clients cannot
-        // grow the metric's series without bound.
-        let (service, method) = if code == Code::Unimplemented {
-            ("unknown", "unknown")
-        } else {
-            (self.service.as_str(), self.method.as_str())
-        };
-        super::global().grpc_answered(service, method, code);
+        super::global().grpc_answered(&self.service, &self.method, code);
     }
+}
+
+/// The paths of every method `serve` answers: the admin and health services (from their
+/// descriptors) and reflection.
+fn served_calls() -> &'static HashSet<String> {
+    static CALLS: OnceLock<HashSet<String>> = OnceLock::new();
+    CALLS.get_or_init(|| {
+        let mut calls: HashSet<String> = [
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        for set in [
+            crate::grpc::pb::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ] {
+            let Ok(set) = prost_types::FileDescriptorSet::decode(set) else {
+                continue;
+            };
+            for file in &set.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        calls.insert(format!(
+                            "/{}.{}/{}",
+                            file.package(),
+                            service.name(),
+                            method.name()
+                        ));
+                    }
+                }
+            }
+        }
+        calls
+    })
 }
 
 fn status_code(headers: &HeaderMap) -> Option<Code> {
@@ -195,8 +192,19 @@ mod tests {
         let call = CallName::of("/batchmanager.v1.BatchManager/SubmitBatch");
         assert_eq!(call.service, "batchmanager.v1.BatchManager");
         assert_eq!(call.method, "SubmitBatch");
-        let odd = CallName::of("/nothing");
-        assert_eq!((odd.service.as_str(), odd.method.as_str()), ("", ""));
+        for odd in [
+            "/nothing",
+            "/batchmanager.v1.BatchManager/Nothing",
+            "/x.Y/Z",
+        ] {
+            let call = CallName::of(odd);
+            assert_eq!(
+                (call.service.as_str(), call.method.as_str()),
+                ("unknown", "unknown")
+            );
+        }
+        let health = CallName::of("/grpc.health.v1.Health/Check");
+        assert_eq!(health.method, "Check");
     }
 
     #[test]
