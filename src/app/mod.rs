@@ -303,6 +303,7 @@ impl Server {
         let (stop, stopped) = watch::channel(None);
         let (watchers_stop, watchers_stopped) = watch::channel(false);
         let admin = AdminService::new((intake.clone(), objects.clone()), store, watchers_stopped);
+        let dashboard = crate::dashboard::router(admin.clone());
         let grpc_routes = grpc_router(admin).await?;
         let http_routes = crate::http::router(
             (intake, objects),
@@ -310,6 +311,7 @@ impl Server {
                 body_timeout: connections.http.body_timeout,
                 hosts: HostPolicy::for_address(http_addr, &connections.http.allowed_hosts),
             },
+            dashboard,
         );
         let grpc = tokio::spawn(listener::serve(
             grpc_listener,

@@ -1,0 +1,526 @@
+//! The web dashboard in a real browser: Debian's headless chromium, driven through
+//! chromedriver (WebDriver), against a real server on loopback. The batch list, a running
+//! batch whose counters advance live without a reload until it completes, failed items
+//! grouped by message and the item filter, the cancel button behind its confirmation, and a
+//! phone-width layout. Screenshots go to `target/`, or to `docs/` with
+//! `BATCH_MANAGER_UPDATE_SCREENSHOTS=1`.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use batch_manager::domain::ItemOutcome;
+use batch_manager::grpc::pb;
+use batch_manager::pipeline::{ChunkTask, TaskError, TaskInput, Tasks};
+use common::*;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+
+/// Longest wait for anything the browser shows.
+const UI_DEADLINE: Duration = Duration::from_secs(60);
+
+/// One browser at a time: the tests share two cores with the server and its tasks.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Task 1: holds each chunk of a batch whose ID starts with `slow-` for a while, so that its
+/// run lasts long enough to watch and to act on.
+struct Paced(Duration);
+
+#[async_trait]
+impl ChunkTask for Paced {
+    async fn process(&self, input: TaskInput<'_>) -> Result<Vec<ItemOutcome>, TaskError> {
+        if input.batch_id.as_str().starts_with("slow-") {
+            tokio::time::sleep(self.0).await;
+        }
+        Ok(vec![ItemOutcome::Succeeded; input.items.len()])
+    }
+}
+
+/// Task 2: fails the items whose ID says so (`bad-price-...`, `bad-sku-...`).
+struct FailsBadItems;
+
+#[async_trait]
+impl ChunkTask for FailsBadItems {
+    async fn process(&self, input: TaskInput<'_>) -> Result<Vec<ItemOutcome>, TaskError> {
+        Ok(input
+            .items
+            .iter()
+            .map(|item| {
+                let id = item.as_str();
+                if id.starts_with("bad-price-") {
+                    ItemOutcome::Failed("price: must be greater than 0".into())
+                } else if id.starts_with("bad-sku-") {
+                    ItemOutcome::Failed("sku: not in the catalogue".into())
+                } else {
+                    ItemOutcome::Succeeded
+                }
+            })
+            .collect())
+    }
+}
+
+async fn spawn_dashboard_app() -> TestApp {
+    spawn_app_with(Tasks {
+        task1: Arc::new(Paced(Duration::from_millis(250))),
+        task2: Arc::new(FailsBadItems),
+    })
+    .await
+}
+
+fn ids(prefix: &str, count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("{prefix}{i:05}")).collect()
+}
+
+async fn submit(test: &mut TestApp, batch_id: &str, items: Vec<String>, max_concurrency: u32) {
+    test.client
+        .submit_batch(pb::SubmitBatchRequest {
+            max_concurrency,
+            ..submit_request(batch_id, items, 10)
+        })
+        .await
+        .expect("batch submitted");
+}
+
+/// chromedriver and the chromium it starts, in a process group of their own that is killed
+/// when this is dropped, a failed test included.
+struct Browser {
+    client: Option<Client>,
+    driver: std::process::Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start(width: u32, height: u32) -> Self {
+        let port = free_port();
+        let profile = tempfile::tempdir().expect("profile directory");
+        let driver = {
+            use std::os::unix::process::CommandExt;
+            std::process::Command::new(binary(&["chromedriver"]))
+                .arg(format!("--port={port}"))
+                .arg("--allowed-ips=127.0.0.1")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .expect("chromedriver starts (install chromium and chromium-driver)")
+        };
+        let mut browser = Self {
+            client: None,
+            driver,
+            _profile: profile,
+        };
+        let chromium = binary(&["chromium", "chromium-browser", "google-chrome"]);
+        let capabilities = json!({
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": [
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-dev-shm-usage",
+                    "--disable-gpu",
+                    "--hide-scrollbars",
+                    "--no-first-run",
+                    format!("--user-data-dir={}", browser._profile.path().display()),
+                    format!("--window-size={width},{height}"),
+                ]
+            }
+        });
+        let Value::Object(capabilities) = capabilities else {
+            unreachable!()
+        };
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = loop {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector)
+                .capabilities(capabilities.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(client) => break client,
+                Err(err) if Instant::now() < deadline => {
+                    let _ = err;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(err) => panic!("no WebDriver session: {err}"),
+            }
+        };
+        client
+            .set_window_size(width, height)
+            .await
+            .expect("window size");
+        browser.client = Some(client);
+        browser
+    }
+
+    fn client(&self) -> &Client {
+        self.client.as_ref().expect("session")
+    }
+
+    async fn close(mut self) {
+        if let Some(client) = self.client.take() {
+            let _ = client.close().await;
+        }
+    }
+
+    /// Runs `script` in the page and returns its value.
+    async fn eval(&self, script: &str) -> Value {
+        self.client()
+            .execute(script, vec![])
+            .await
+            .unwrap_or_else(|err| panic!("script {script:?} failed: {err}"))
+    }
+
+    /// Waits until `script` returns true; panics with `what` after [`UI_DEADLINE`].
+    async fn wait_until(&self, what: &str, script: &str) {
+        let deadline = Instant::now() + UI_DEADLINE;
+        loop {
+            if self.client().execute(script, vec![]).await.ok() == Some(Value::Bool(true)) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn text(&self, selector: &str) -> String {
+        self.client()
+            .find(Locator::Css(selector))
+            .await
+            .unwrap_or_else(|err| panic!("{selector}: {err}"))
+            .text()
+            .await
+            .expect("text")
+    }
+
+    async fn click(&self, selector: &str) {
+        self.client()
+            .wait()
+            .at_most(UI_DEADLINE)
+            .for_element(Locator::Css(selector))
+            .await
+            .unwrap_or_else(|err| panic!("{selector}: {err}"))
+            .click()
+            .await
+            .unwrap_or_else(|err| panic!("click {selector}: {err}"));
+    }
+
+    /// Saves a screenshot as `name` under `target/`, or `docs/` when asked to.
+    async fn screenshot(&self, name: &str) {
+        let png = self.client().screenshot().await.expect("screenshot");
+        let directory = if std::env::var_os("BATCH_MANAGER_UPDATE_SCREENSHOTS").is_some() {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs")
+        } else {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target")
+        };
+        std::fs::create_dir_all(&directory).expect("screenshot directory");
+        std::fs::write(directory.join(name), png).expect("screenshot written");
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // chromedriver leads its own process group: chromium and its helpers are in it.
+        unsafe {
+            libc::kill(-(self.driver.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.driver.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The first of `names` found on PATH.
+fn binary(names: &[&str]) -> String {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for name in names {
+        for directory in std::env::split_paths(&path) {
+            let candidate = directory.join(name);
+            if candidate.is_file() {
+                return candidate.display().to_string();
+            }
+        }
+    }
+    panic!("none of {names:?} is installed (apt-get install chromium chromium-driver)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_batch_counts_up_live_without_a_reload_until_it_completes() {
+    let _one = ONE_BROWSER.lock().await;
+    let mut test = spawn_dashboard_app().await;
+    submit(&mut test, "orders-2026-12-04", ids("order-", 480), 0).await;
+    let mut with_failures = ids("order-", 300);
+    with_failures.extend(ids("bad-price-", 23));
+    with_failures.extend(ids("bad-sku-", 9));
+    submit(&mut test, "orders-2026-12-05", with_failures, 0).await;
+    test.wait_terminal("orders-2026-12-04").await;
+    test.wait_terminal("orders-2026-12-05").await;
+    submit(&mut test, "slow-cancelled-run", ids("item-", 200), 1).await;
+    test.client
+        .cancel_batch(pb::CancelBatchRequest {
+            batch_id: "slow-cancelled-run".into(),
+        })
+        .await
+        .expect("cancelled");
+    test.wait_terminal("slow-cancelled-run").await;
+    submit(&mut test, "slow-catalogue-sync", ids("sku-", 400), 1).await;
+
+    let browser = Browser::start(1280, 860).await;
+    browser
+        .client()
+        .goto(&test.http_url("/"))
+        .await
+        .expect("list loads");
+    let rows = browser
+        .eval("return document.querySelectorAll('table.batches tbody tr').length")
+        .await;
+    assert_eq!(rows, json!(4), "every batch is listed");
+    let first = browser
+        .text("table.batches tbody tr:first-child a.id")
+        .await;
+    assert_eq!(first, "slow-catalogue-sync", "newest first");
+    browser
+        .wait_until(
+            "the running batch to show progress in the list",
+            "return document.querySelector('table.batches tbody tr .pct').textContent !== '0%'",
+        )
+        .await;
+    browser.screenshot("dashboard-batches.png").await;
+
+    browser
+        .click("a[href='/batches/slow-catalogue-sync']")
+        .await;
+    browser
+        .wait_until(
+            "the batch page",
+            "return !!document.getElementById('batch') && document.getElementById('batch').dataset.batch === 'slow-catalogue-sync'",
+        )
+        .await;
+    browser
+        .eval("window.noReloadMarker = 'still here'; return null")
+        .await;
+    let succeeded = |browser: &Browser| {
+        let browser = browser.client().clone();
+        async move {
+            let value = browser
+                .execute(
+                    "return document.querySelector('[data-field=succeeded]').textContent",
+                    vec![],
+                )
+                .await
+                .expect("counter");
+            value
+                .as_str()
+                .unwrap_or_default()
+                .replace(',', "")
+                .parse::<u64>()
+                .unwrap_or(0)
+        }
+    };
+    let before = succeeded(&browser).await;
+    assert!(before < 400, "the batch is still running: {before}");
+    let deadline = Instant::now() + UI_DEADLINE;
+    while succeeded(&browser).await <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the counter never advanced past {before}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser
+        .wait_until(
+            "the live note",
+            "return !document.querySelector('[data-live-note]').hidden",
+        )
+        .await;
+    browser.screenshot("dashboard-batch.png").await;
+    browser
+        .wait_until(
+            "COMPLETED, live",
+            "return document.querySelector('#batch [data-field=status]').textContent === 'COMPLETED'",
+        )
+        .await;
+    assert_eq!(succeeded(&browser).await, 400);
+    assert_eq!(
+        browser.eval("return window.noReloadMarker").await,
+        json!("still here"),
+        "the page was never reloaded"
+    );
+    assert_eq!(
+        browser
+            .eval(
+                "return document.querySelector('[role=progressbar]').getAttribute('aria-valuenow')"
+            )
+            .await,
+        json!("400")
+    );
+    let status = test.wait_terminal("slow-catalogue-sync").await;
+    assert_eq!(status.status(), pb::BatchStatus::Completed);
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_items_are_grouped_by_message_and_the_item_filter_shows_only_failures() {
+    let _one = ONE_BROWSER.lock().await;
+    let mut test = spawn_dashboard_app().await;
+    let mut items = ids("ok-", 120);
+    items.extend(ids("bad-price-", 12));
+    items.extend(ids("bad-sku-", 5));
+    submit(&mut test, "mixed", items, 0).await;
+    let ended = test.wait_terminal("mixed").await;
+    assert_eq!(ended.status(), pb::BatchStatus::CompletedWithFailures);
+
+    let browser = Browser::start(1280, 860).await;
+    browser
+        .client()
+        .goto(&test.http_url("/batches/mixed"))
+        .await
+        .expect("batch page loads");
+    let groups = browser
+        .eval(
+            "return [...document.querySelectorAll('#failed details.group')].map(g => \
+             [g.querySelector('summary code').textContent, g.querySelectorAll('li').length])",
+        )
+        .await;
+    assert_eq!(
+        groups,
+        json!([
+            ["price: must be greater than 0", 12],
+            ["sku: not in the catalogue", 5]
+        ])
+    );
+    let top_errors = browser
+        .eval("return [...document.querySelectorAll('#errors tbody tr')].map(r => r.children[1].textContent)")
+        .await;
+    assert_eq!(top_errors, json!(["12", "5"]));
+    assert!(browser
+        .eval("return document.querySelector('button[data-action=redrive]').hidden === false")
+        .await
+        .as_bool()
+        .unwrap());
+    assert!(browser
+        .eval("return document.querySelector('button[data-action=cancel]').hidden")
+        .await
+        .as_bool()
+        .unwrap());
+
+    browser
+        .client()
+        .find(Locator::Css("#item-status"))
+        .await
+        .expect("item filter")
+        .select_by_value("FAILED")
+        .await
+        .expect("FAILED chosen");
+    browser
+        .wait_until(
+            "the filtered item list",
+            "return location.search.includes('items=FAILED') && document.readyState === 'complete' \
+             && !!document.querySelector('table.items')",
+        )
+        .await;
+    let rows = browser
+        .eval(
+            "return [...document.querySelectorAll('table.items tbody tr')].map(r => \
+             [r.children[1].textContent, r.children[4].textContent])",
+        )
+        .await;
+    let rows = rows.as_array().expect("rows");
+    assert_eq!(rows.len(), 17, "{rows:?}");
+    for row in rows {
+        assert_eq!(row[0], json!("FAILED"), "{row:?}");
+        assert!(row[1].as_str().unwrap().contains(": "), "{row:?}");
+    }
+    assert_eq!(
+        browser
+            .eval("return document.querySelector('label[for=item-status]').textContent")
+            .await,
+        json!("Item status")
+    );
+
+    browser
+        .client()
+        .set_window_size(390, 844)
+        .await
+        .expect("phone width");
+    browser
+        .client()
+        .goto(&test.http_url("/"))
+        .await
+        .expect("list loads");
+    let fits = browser
+        .eval("return document.documentElement.scrollWidth <= window.innerWidth")
+        .await;
+    assert_eq!(fits, json!(true), "the list fits a phone's width");
+    browser
+        .client()
+        .goto(&test.http_url("/batches/mixed"))
+        .await
+        .expect("batch page loads");
+    let fits = browser
+        .eval("return document.documentElement.scrollWidth <= window.innerWidth")
+        .await;
+    assert_eq!(fits, json!(true), "the batch page fits a phone's width");
+
+    browser
+        .client()
+        .goto(&test.http_url("/batches/no-such-batch"))
+        .await
+        .expect("page loads");
+    assert!(browser
+        .text("main")
+        .await
+        .contains("batch no-such-batch not found"));
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cancel_button_cancels_a_running_batch_after_its_confirmation() {
+    let _one = ONE_BROWSER.lock().await;
+    let mut test = spawn_dashboard_app().await;
+    submit(&mut test, "slow-to-cancel", ids("item-", 300), 1).await;
+
+    let browser = Browser::start(1280, 860).await;
+    browser
+        .client()
+        .goto(&test.http_url(&format!("/batches/{}", "slow-to-cancel")))
+        .await
+        .expect("batch page loads");
+    assert!(browser
+        .eval("return document.querySelector('button[data-action=redrive]').hidden")
+        .await
+        .as_bool()
+        .unwrap());
+    browser.click("button[data-action=cancel]").await;
+    browser
+        .wait_until(
+            "the confirmation",
+            "return document.getElementById('confirm').open",
+        )
+        .await;
+    let question = browser.text("#confirm [data-confirm-text]").await;
+    assert!(question.starts_with("Cancel this batch?"), "{question}");
+    browser.click("#confirm [data-confirm-yes]").await;
+    browser
+        .wait_until(
+            "the batch to show CANCELLED",
+            "return document.querySelector('#batch [data-field=status]').textContent === 'CANCELLED'",
+        )
+        .await;
+    let flash = browser.text("#flash").await;
+    assert!(flash.starts_with("Cancel requested."), "{flash}");
+    let status = test.wait_terminal("slow-to-cancel").await;
+    assert_eq!(status.status(), pb::BatchStatus::Cancelled);
+    assert!(status.cancelled_items > 0, "{status:?}");
+    browser.close().await;
+}
