@@ -273,9 +273,23 @@ async fn a_running_batch_counts_up_live_without_a_reload_until_it_completes() {
         .await
         .expect("cancelled");
     test.wait_terminal("slow-cancelled-run").await;
-    submit(&mut test, "slow-catalogue-sync", ids("sku-", 400), 1).await;
+    let mut price_update = ids("price-", 600);
+    for (i, id) in price_update.iter_mut().enumerate() {
+        match i % 40 {
+            7 => *id = format!("bad-price-{i:05}"),
+            23 | 31 => *id = format!("bad-sku-{i:05}"),
+            _ => {}
+        }
+    }
+    submit(&mut test, "slow-price-update", price_update, 2).await;
+    submit(&mut test, "slow-catalogue-sync", ids("sku-", 600), 1).await;
 
     let browser = Browser::start(1280, 860).await;
+    let deadline = Instant::now() + UI_DEADLINE;
+    while test.status("slow-price-update").await.failed_items < 12 {
+        assert!(Instant::now() < deadline, "no failures yet");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     browser
         .client()
         .goto(&test.http_url("/"))
@@ -284,7 +298,7 @@ async fn a_running_batch_counts_up_live_without_a_reload_until_it_completes() {
     let rows = browser
         .eval("return document.querySelectorAll('table.batches tbody tr').length")
         .await;
-    assert_eq!(rows, json!(4), "every batch is listed");
+    assert_eq!(rows, json!(5), "every batch is listed");
     let first = browser
         .text("table.batches tbody tr:first-child a.id")
         .await;
@@ -297,6 +311,27 @@ async fn a_running_batch_counts_up_live_without_a_reload_until_it_completes() {
         .await;
     browser.screenshot("dashboard-batches.png").await;
 
+    browser
+        .client()
+        .goto(&test.http_url("/batches/slow-price-update"))
+        .await
+        .expect("batch page loads");
+    browser
+        .wait_until(
+            "the live note on a running batch with failures",
+            "return !document.querySelector('[data-live-note]').hidden \
+             && !!document.querySelector('#failed details.group')",
+        )
+        .await;
+    browser.screenshot("dashboard-batch.png").await;
+
+    browser.click("header nav a[href='/']").await;
+    browser
+        .wait_until(
+            "the list",
+            "return !!document.querySelector('table.batches')",
+        )
+        .await;
     browser
         .click("a[href='/batches/slow-catalogue-sync']")
         .await;
@@ -328,7 +363,7 @@ async fn a_running_batch_counts_up_live_without_a_reload_until_it_completes() {
         }
     };
     let before = succeeded(&browser).await;
-    assert!(before < 400, "the batch is still running: {before}");
+    assert!(before < 600, "the batch is still running: {before}");
     let deadline = Instant::now() + UI_DEADLINE;
     while succeeded(&browser).await <= before {
         assert!(
@@ -343,14 +378,13 @@ async fn a_running_batch_counts_up_live_without_a_reload_until_it_completes() {
             "return !document.querySelector('[data-live-note]').hidden",
         )
         .await;
-    browser.screenshot("dashboard-batch.png").await;
     browser
         .wait_until(
             "COMPLETED, live",
             "return document.querySelector('#batch [data-field=status]').textContent === 'COMPLETED'",
         )
         .await;
-    assert_eq!(succeeded(&browser).await, 400);
+    assert_eq!(succeeded(&browser).await, 600);
     assert_eq!(
         browser.eval("return window.noReloadMarker").await,
         json!("still here"),
@@ -362,7 +396,7 @@ async fn a_running_batch_counts_up_live_without_a_reload_until_it_completes() {
                 "return document.querySelector('[role=progressbar]').getAttribute('aria-valuenow')"
             )
             .await,
-        json!("400")
+        json!("600")
     );
     let status = test.wait_terminal("slow-catalogue-sync").await;
     assert_eq!(status.status(), pb::BatchStatus::Completed);
@@ -448,6 +482,26 @@ async fn failed_items_are_grouped_by_message_and_the_item_filter_shows_only_fail
         json!("Item status")
     );
 
+    // With a token stored (as after signing in), links load through fetch with the token.
+    browser
+        .eval(
+            "sessionStorage.setItem('batch-manager-token', 'any'); \
+             window.noReloadMarker = 'kept'; return null",
+        )
+        .await;
+    browser.click("header a.brand").await;
+    browser
+        .wait_until(
+            "the list, loaded in place",
+            "return location.pathname === '/' && !!document.querySelector('table.batches')",
+        )
+        .await;
+    assert_eq!(
+        browser.eval("return window.noReloadMarker").await,
+        json!("kept")
+    );
+    browser.eval("sessionStorage.clear(); return null").await;
+
     browser
         .client()
         .set_window_size(390, 844)
@@ -471,6 +525,7 @@ async fn failed_items_are_grouped_by_message_and_the_item_filter_shows_only_fail
         .eval("return document.documentElement.scrollWidth <= window.innerWidth")
         .await;
     assert_eq!(fits, json!(true), "the batch page fits a phone's width");
+    browser.screenshot("dashboard-phone.png").await;
 
     browser
         .client()

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::{
     badge, batch_path, count, error_page, html_page, percent_done, progress_bar, rate, when,
-    with_query,
+    when_minute, with_query,
 };
 use crate::domain::BatchStatus;
 use crate::grpc::AdminService;
@@ -76,14 +76,14 @@ pub(super) async fn page(
                                 th scope="col" .num { "Failed" }
                                 th scope="col" .num { "Cancelled" }
                                 th scope="col" .num { "Items/s" }
-                                th scope="col" { "Created" }
+                                th scope="col" { "Created (UTC)" }
                             }
                         }
                         tbody {
                             @for batch in &listed.entries {
                                 tr {
                                     td data-label="Batch" {
-                                        a.id href=(batch_path(batch.batch_id.as_str())) { (batch.batch_id) }
+                                        a.id href=(batch_path(batch.batch_id.as_str())) title=(batch.batch_id) { (batch.batch_id) }
                                     }
                                     td data-label="Status" { (badge(batch.status)) }
                                     td data-label="Progress" {
@@ -97,7 +97,7 @@ pub(super) async fn page(
                                     td.num data-label="Failed" { (count(batch.failed_items)) }
                                     td.num data-label="Cancelled" { (count(batch.cancelled_items)) }
                                     td.num data-label="Items/s" { (rate(batch.progress.items_per_second)) }
-                                    td data-label="Created" { (when(batch.created_at)) }
+                                    td.when data-label="Created" title=(when(batch.created_at)) { (when_minute(batch.created_at)) }
                                 }
                             }
                         }

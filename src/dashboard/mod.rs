@@ -234,6 +234,12 @@ fn when(timestamp: crate::domain::Timestamp) -> String {
     format!("{} UTC", seconds.replace('T', " "))
 }
 
+/// A timestamp to the minute, in UTC.
+fn when_minute(timestamp: crate::domain::Timestamp) -> String {
+    let text = timestamp.to_rfc3339();
+    text.get(..16).unwrap_or(&text).replace('T', " ")
+}
+
 /// The CSS class of a status badge.
 fn status_class(status: BatchStatus) -> &'static str {
     match status {
