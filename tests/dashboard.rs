@@ -27,14 +27,22 @@ const UI_DEADLINE: Duration = Duration::from_secs(60);
 /// One browser at a time: the tests share two cores with the server and its tasks.
 static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Task 1: holds each chunk of a batch whose ID starts with `slow-` for a while, so that its
-/// run lasts long enough to watch and to act on.
+/// Batches whose chunks [`Paced`] holds.
+const PACED_BATCHES: [&str; 4] = [
+    "catalogue-sync",
+    "price-update",
+    "returns-2026-12-03",
+    "to-cancel",
+];
+
+/// Task 1: holds each chunk of the [`PACED_BATCHES`] for a while, so that their runs last long
+/// enough to watch and to act on.
 struct Paced(Duration);
 
 #[async_trait]
 impl ChunkTask for Paced {
     async fn process(&self, input: TaskInput<'_>) -> Result<Vec<ItemOutcome>, TaskError> {
-        if input.batch_id.as_str().starts_with("slow-") {
+        if PACED_BATCHES.contains(&input.batch_id.as_str()) {
             tokio::time::sleep(self.0).await;
         }
         Ok(vec![ItemOutcome::Succeeded; input.items.len()])
@@ -265,14 +273,14 @@ async fn a_running_batch_counts_up_live_without_a_reload_until_it_completes() {
     submit(&mut test, "orders-2026-12-05", with_failures, 0).await;
     test.wait_terminal("orders-2026-12-04").await;
     test.wait_terminal("orders-2026-12-05").await;
-    submit(&mut test, "slow-cancelled-run", ids("item-", 200), 1).await;
+    submit(&mut test, "returns-2026-12-03", ids("item-", 200), 1).await;
     test.client
         .cancel_batch(pb::CancelBatchRequest {
-            batch_id: "slow-cancelled-run".into(),
+            batch_id: "returns-2026-12-03".into(),
         })
         .await
         .expect("cancelled");
-    test.wait_terminal("slow-cancelled-run").await;
+    test.wait_terminal("returns-2026-12-03").await;
     let mut price_update = ids("price-", 600);
     for (i, id) in price_update.iter_mut().enumerate() {
         match i % 40 {
@@ -281,12 +289,12 @@ async fn a_running_batch_counts_up_live_without_a_reload_until_it_completes() {
             _ => {}
         }
     }
-    submit(&mut test, "slow-price-update", price_update, 2).await;
-    submit(&mut test, "slow-catalogue-sync", ids("sku-", 600), 1).await;
+    submit(&mut test, "price-update", price_update, 2).await;
+    submit(&mut test, "catalogue-sync", ids("sku-", 600), 1).await;
 
     let browser = Browser::start(1280, 860).await;
     let deadline = Instant::now() + UI_DEADLINE;
-    while test.status("slow-price-update").await.failed_items < 12 {
+    while test.status("price-update").await.failed_items < 12 {
         assert!(Instant::now() < deadline, "no failures yet");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -302,7 +310,7 @@ async fn a_running_batch_counts_up_live_without_a_reload_until_it_completes() {
     let first = browser
         .text("table.batches tbody tr:first-child a.id")
         .await;
-    assert_eq!(first, "slow-catalogue-sync", "newest first");
+    assert_eq!(first, "catalogue-sync", "newest first");
     browser
         .wait_until(
             "the running batch to show progress in the list",
@@ -313,7 +321,7 @@ async fn a_running_batch_counts_up_live_without_a_reload_until_it_completes() {
 
     browser
         .client()
-        .goto(&test.http_url("/batches/slow-price-update"))
+        .goto(&test.http_url("/batches/price-update"))
         .await
         .expect("batch page loads");
     browser
@@ -332,13 +340,11 @@ async fn a_running_batch_counts_up_live_without_a_reload_until_it_completes() {
             "return !!document.querySelector('table.batches')",
         )
         .await;
-    browser
-        .click("a[href='/batches/slow-catalogue-sync']")
-        .await;
+    browser.click("a[href='/batches/catalogue-sync']").await;
     browser
         .wait_until(
             "the batch page",
-            "return !!document.getElementById('batch') && document.getElementById('batch').dataset.batch === 'slow-catalogue-sync'",
+            "return !!document.getElementById('batch') && document.getElementById('batch').dataset.batch === 'catalogue-sync'",
         )
         .await;
     browser
@@ -398,7 +404,7 @@ async fn a_running_batch_counts_up_live_without_a_reload_until_it_completes() {
             .await,
         json!("600")
     );
-    let status = test.wait_terminal("slow-catalogue-sync").await;
+    let status = test.wait_terminal("catalogue-sync").await;
     assert_eq!(status.status(), pb::BatchStatus::Completed);
     browser.close().await;
 }
@@ -543,12 +549,12 @@ async fn failed_items_are_grouped_by_message_and_the_item_filter_shows_only_fail
 async fn the_cancel_button_cancels_a_running_batch_after_its_confirmation() {
     let _one = ONE_BROWSER.lock().await;
     let mut test = spawn_dashboard_app().await;
-    submit(&mut test, "slow-to-cancel", ids("item-", 300), 1).await;
+    submit(&mut test, "to-cancel", ids("item-", 300), 1).await;
 
     let browser = Browser::start(1280, 860).await;
     browser
         .client()
-        .goto(&test.http_url(&format!("/batches/{}", "slow-to-cancel")))
+        .goto(&test.http_url(&format!("/batches/{}", "to-cancel")))
         .await
         .expect("batch page loads");
     assert!(browser
@@ -574,8 +580,99 @@ async fn the_cancel_button_cancels_a_running_batch_after_its_confirmation() {
         .await;
     let flash = browser.text("#flash").await;
     assert!(flash.starts_with("Cancel requested."), "{flash}");
-    let status = test.wait_terminal("slow-to-cancel").await;
+    let status = test.wait_terminal("to-cancel").await;
     assert_eq!(status.status(), pb::BatchStatus::Cancelled);
     assert!(status.cancelled_items > 0, "{status:?}");
     browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_answer_html_even_for_errors_and_buttons_keep_the_browser_guards() {
+    let mut test = spawn_dashboard_app().await;
+    submit(&mut test, "guarded", ids("ok-", 20), 0).await;
+    test.wait_terminal("guarded").await;
+    let http = reqwest::Client::new();
+
+    let missing = http
+        .get(test.http_url("/batches/no-such-batch"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    assert!(missing.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(missing
+        .text()
+        .await
+        .unwrap()
+        .contains("batch no-such-batch not found"));
+    let bad_token = http
+        .get(test.http_url("/?page=not-a-token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_token.status(), 400);
+    assert!(bad_token.text().await.unwrap().contains("<!DOCTYPE html>"));
+
+    let cancel = test.http_url("/batches/guarded/cancel");
+    let form_post = http.post(&cancel).body("{}").send().await.unwrap();
+    assert_eq!(form_post.status(), 415, "a POST must say it is JSON");
+    let cross_site = http
+        .post(&cancel)
+        .header("content-type", "application/json")
+        .header("origin", "https://evil.example")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status(), 403, "cross-origin POSTs are refused");
+    let foreign_host = http
+        .get(test.http_url("/"))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign_host.status(), 403, "DNS rebinding is refused");
+
+    let refused = http
+        .post(&cancel)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 409, "FAILED_PRECONDITION, as over gRPC");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["message"], json!("batch guarded is already COMPLETED"));
+    let redrive = http
+        .post(test.http_url("/batches/guarded/redrive"))
+        .header("content-type", "application/json")
+        .body(r#"{"includeCancelled": true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redrive.status(), 409, "nothing to redrive");
+
+    let events = http
+        .get(test.http_url("/batches/guarded/events"))
+        .send()
+        .await
+        .unwrap();
+    assert!(events.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let stream = tokio::time::timeout(UI_DEADLINE, events.text())
+        .await
+        .expect("a terminal batch's stream ends")
+        .unwrap();
+    assert!(stream.starts_with("event: batch\ndata: {"), "{stream}");
+    assert!(stream.contains(r#""status":"COMPLETED""#), "{stream}");
+
+    let seed_error = http.get(test.http_url("/nowhere")).send().await.unwrap();
+    assert_eq!(seed_error.status(), 404);
+    let body: Value = seed_error.json().await.unwrap();
+    assert!(body["message"].is_string(), "other routes keep JSON errors");
 }

@@ -21,7 +21,7 @@
     const response = await fetch(url, { ...options, headers, credentials: "same-origin" });
     if (response.status === 401) {
       sessionStorage.removeItem(TOKEN_KEY);
-      if (stored) location.reload();
+      if (stored && !document.getElementById("sign-in")) location.reload();
       throw new SignInNeeded();
     }
     return response;
@@ -198,22 +198,24 @@
     }
   }
 
+  // The sign-in page: a tab that already holds a token (a reload, a typed address) uses it
+  // at once; a refused token is cleared, and the form asks again.
   function signIn(form) {
     const input = form.querySelector("input[type=password]");
     const error = form.querySelector("#sign-in-error");
-    form.addEventListener("submit", async (event) => {
+    const here = location.pathname + location.search;
+    const refused = (err) => {
+      if (!error) return;
+      error.textContent = err instanceof SignInNeeded ? "That token was refused." : "Could not load the page: " + err.message;
+      error.hidden = false;
+    };
+    form.addEventListener("submit", (event) => {
       event.preventDefault();
       sessionStorage.setItem(TOKEN_KEY, input.value.trim());
-      try {
-        await load(location.pathname + location.search, false);
-      } catch (err) {
-        if (error) {
-          error.textContent = err instanceof SignInNeeded ? "That token was refused." : "Could not load the page: " + err.message;
-          error.hidden = false;
-        }
-      }
+      load(here, false).catch(refused);
     });
-    input.focus();
+    if (token()) load(here, false).catch(() => {});
+    else input.focus();
   }
 
   // Sets up the content of <main>: on first load and after each in-place navigation.
