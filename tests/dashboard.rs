@@ -1,7 +1,7 @@
 //! The web dashboard in a real browser: Debian's headless chromium, driven through
 //! chromedriver (WebDriver), against a real server on loopback. The batch list, a running
 //! batch whose counters advance live without a reload until it completes, failed items
-//! grouped by message and the item filter, the cancel button behind its confirmation, and a
+//! grouped by message and the item filter, the buttons behind their confirmation, and a
 //! phone-width layout. Screenshots go to `target/`, or to `docs/` with
 //! `BATCH_MANAGER_UPDATE_SCREENSHOTS=1`.
 
@@ -546,7 +546,7 @@ async fn failed_items_are_grouped_by_message_and_the_item_filter_shows_only_fail
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cancel_button_cancels_a_running_batch_after_its_confirmation() {
+async fn the_buttons_pause_resume_cancel_and_redrive_a_batch_after_their_confirmation() {
     let _one = ONE_BROWSER.lock().await;
     let mut test = spawn_dashboard_app().await;
     submit(&mut test, "to-cancel", ids("item-", 300), 1).await;
@@ -554,14 +554,47 @@ async fn the_cancel_button_cancels_a_running_batch_after_its_confirmation() {
     let browser = Browser::start(1280, 860).await;
     browser
         .client()
-        .goto(&test.http_url(&format!("/batches/{}", "to-cancel")))
+        .goto(&test.http_url("/batches/to-cancel"))
         .await
         .expect("batch page loads");
-    assert!(browser
-        .eval("return document.querySelector('button[data-action=redrive]').hidden")
-        .await
-        .as_bool()
-        .unwrap());
+    let shown = "return [...document.querySelectorAll('#batch button[data-action]')]\
+                 .filter(b => !b.hidden).map(b => b.dataset.action).join(' ')";
+    assert_eq!(browser.eval(shown).await, json!("pause cancel"));
+
+    browser.click("button[data-action=pause]").await;
+    browser
+        .wait_until(
+            "the confirmation",
+            "return document.getElementById('confirm').open",
+        )
+        .await;
+    browser.click("#confirm [data-confirm-yes]").await;
+    browser
+        .wait_until(
+            "PAUSED",
+            "return document.querySelector('#batch [data-field=status]').textContent === 'PAUSED'",
+        )
+        .await;
+    assert_eq!(
+        test.status("to-cancel").await.status(),
+        pb::BatchStatus::Paused
+    );
+    assert_eq!(browser.eval(shown).await, json!("resume cancel"));
+    browser.click("button[data-action=resume]").await;
+    browser
+        .wait_until(
+            "the confirmation",
+            "return document.getElementById('confirm').open",
+        )
+        .await;
+    browser.click("#confirm [data-confirm-yes]").await;
+    browser
+        .wait_until(
+            "RUNNING again",
+            "return document.querySelector('#batch [data-field=status]').textContent !== 'PAUSED'",
+        )
+        .await;
+
     browser.click("button[data-action=cancel]").await;
     browser
         .wait_until(
@@ -583,6 +616,47 @@ async fn the_cancel_button_cancels_a_running_batch_after_its_confirmation() {
     let status = test.wait_terminal("to-cancel").await;
     assert_eq!(status.status(), pb::BatchStatus::Cancelled);
     assert!(status.cancelled_items > 0, "{status:?}");
+
+    // Only cancelled items: a redrive without them is refused, as over gRPC.
+    browser
+        .wait_until(
+            "the redrive button",
+            "return !document.querySelector('button[data-action=redrive]').hidden",
+        )
+        .await;
+    browser.click("button[data-action=redrive]").await;
+    browser
+        .wait_until(
+            "the confirmation",
+            "return document.getElementById('confirm').open",
+        )
+        .await;
+    browser.click("#confirm [data-confirm-yes]").await;
+    browser
+        .wait_until(
+            "the refusal",
+            "return document.getElementById('flash').textContent.startsWith('Refused: ')",
+        )
+        .await;
+    browser.click("button[data-action=redrive]").await;
+    browser
+        .wait_until(
+            "the confirmation",
+            "return document.getElementById('confirm').open",
+        )
+        .await;
+    browser.click("#include-cancelled").await;
+    browser.click("#confirm [data-confirm-yes]").await;
+    browser
+        .wait_until(
+            "the redrive",
+            "return document.getElementById('flash').textContent.startsWith('Redriving ')",
+        )
+        .await;
+    let ended = test.wait_terminal("to-cancel").await;
+    assert_eq!(ended.redrive_count, 1);
+    assert_eq!(ended.status(), pb::BatchStatus::Completed, "{ended:?}");
+    assert_eq!(ended.succeeded_items, 300);
     browser.close().await;
 }
 

@@ -97,11 +97,11 @@ fn eta(batch: &Batch) -> String {
     }
 }
 
-/// A control button: its action, label, the statuses it applies to, and what it asks.
+/// A control button: its action, label, the statuses it applies in, and what it asks.
 struct Control {
     action: &'static str,
     label: &'static str,
-    applies: fn(&Batch) -> bool,
+    when: &'static [BatchStatus],
     confirm: &'static str,
 }
 
@@ -109,38 +109,50 @@ const CONTROLS: [Control; 4] = [
     Control {
         action: "pause",
         label: "Pause",
-        applies: |batch| matches!(batch.status, BatchStatus::Pending | BatchStatus::Running),
-        confirm: "Pause this batch? No new chunk starts until it is resumed; running chunks finish.",
+        when: &[BatchStatus::Pending, BatchStatus::Running],
+        confirm:
+            "Pause this batch? No new chunk starts until it is resumed; running chunks finish.",
     },
     Control {
         action: "resume",
         label: "Resume",
-        applies: |batch| batch.status == BatchStatus::Paused,
+        when: &[BatchStatus::Paused],
         confirm: "Resume this batch?",
     },
     Control {
         action: "cancel",
         label: "Cancel",
-        applies: |batch| !batch.status.is_terminal(),
-        confirm: "Cancel this batch? Chunks not started are cancelled and its external jobs stopped. This cannot be undone.",
+        when: &[
+            BatchStatus::Pending,
+            BatchStatus::Running,
+            BatchStatus::Paused,
+        ],
+        confirm: "Cancel this batch? Chunks not started are cancelled and its external jobs \
+                  stopped. This cannot be undone.",
     },
     Control {
         action: "redrive",
         label: "Redrive",
-        applies: |batch| {
-            batch.status.is_terminal() && (batch.failed_items > 0 || batch.cancelled_items > 0)
-        },
+        when: &[
+            BatchStatus::CompletedWithFailures,
+            BatchStatus::Failed,
+            BatchStatus::Cancelled,
+        ],
         confirm: "Redrive this batch? Its failed items run again.",
     },
 ];
 
-/// The statuses in which the control applies, for the page's script (counters aside).
-fn applies_in(control: &Control) -> &'static str {
-    match control.action {
-        "pause" => "PENDING RUNNING",
-        "resume" => "PAUSED",
-        "cancel" => "PENDING RUNNING PAUSED",
-        _ => "COMPLETED_WITH_FAILURES FAILED CANCELLED",
+impl Control {
+    /// Whether the button is shown; the page's script applies the same rule to live updates.
+    fn applies(&self, batch: &Batch) -> bool {
+        self.when.contains(&batch.status)
+            && (self.action != "redrive" || batch.failed_items + batch.cancelled_items > 0)
+    }
+
+    /// The statuses it applies in, for the page's script.
+    fn when_names(&self) -> String {
+        let names: Vec<&str> = self.when.iter().map(|status| status.as_str()).collect();
+        names.join(" ")
     }
 }
 
@@ -222,8 +234,8 @@ pub(super) async fn page_for(
             div.actions role="group" aria-label="Batch actions" {
                 @for control in &CONTROLS {
                     button type="button" .(format!("act-{}", control.action))
-                        data-action=(control.action) data-when=(applies_in(control))
-                        data-confirm=(control.confirm) hidden[!(control.applies)(&batch)] {
+                        data-action=(control.action) data-when=(control.when_names())
+                        data-confirm=(control.confirm) hidden[!control.applies(&batch)] {
                         (control.label)
                     }
                 }
