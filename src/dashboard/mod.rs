@@ -8,7 +8,7 @@ mod batch;
 mod batches;
 mod events;
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Router};
@@ -66,6 +66,25 @@ pub(crate) fn sign_in_page() -> String {
         },
     )
     .into_string()
+}
+
+/// The header the dashboard's script sets on every request it makes (its fetches of pages,
+/// event streams and button POSTs), so that they can be told from the browser's navigations.
+pub(crate) const SCRIPT_REQUEST_HEADER: &str = "x-batch-manager-dashboard";
+
+/// Whether a request refused for want of a token should be answered with [`sign_in_page`]:
+/// a browser's navigation (a GET asking for HTML), not a request of the page's script or of
+/// an API client, which get the plain 401.
+// The authentication layer in front of the HTTP router calls it; nothing here does.
+#[allow(dead_code)]
+pub(crate) fn wants_sign_in_page(method: &axum::http::Method, headers: &HeaderMap) -> bool {
+    let accepts_html = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    *method == axum::http::Method::GET
+        && accepts_html
+        && !headers.contains_key(SCRIPT_REQUEST_HEADER)
 }
 
 /// A whole page around `content`.
@@ -294,6 +313,29 @@ mod tests {
         assert!(page.contains(r#"<label for="token">"#));
         assert!(page.contains(r#"type="password""#));
         assert!(page.contains("sessionStorage"));
+        assert!(page.to_ascii_lowercase().contains(SCRIPT_REQUEST_HEADER));
+    }
+
+    #[test]
+    fn only_a_browser_navigation_is_answered_with_the_sign_in_page() {
+        let navigation = |pairs: &[(&'static str, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.insert(*name, HeaderValue::from_static(value));
+            }
+            headers
+        };
+        let get = axum::http::Method::GET;
+        let browser = navigation(&[("accept", "text/html,application/xhtml+xml,*/*;q=0.8")]);
+        assert!(wants_sign_in_page(&get, &browser));
+        assert!(!wants_sign_in_page(&axum::http::Method::POST, &browser));
+        let script = navigation(&[("accept", "text/html"), (SCRIPT_REQUEST_HEADER, "1")]);
+        assert!(!wants_sign_in_page(&get, &script));
+        assert!(!wants_sign_in_page(
+            &get,
+            &navigation(&[("accept", "application/json")])
+        ));
+        assert!(!wants_sign_in_page(&get, &HeaderMap::new()));
     }
 
     #[test]
