@@ -157,7 +157,7 @@ impl Control {
 }
 
 /// A batch's page.
-pub(super) async fn page_for(
+async fn page_for(
     admin: &AdminService,
     batch_id: BatchId,
     params: &BatchParams,
@@ -298,6 +298,11 @@ fn failed_items(path: &str, params: &BatchParams, failed: &Page<ItemRecord>) -> 
         section.panel #failed {
             h2 { "Failed items" }
             p.hint { "A page of failed items, grouped by message." }
+            @if groups.is_empty() {
+                // A page ends early, with a token, when the store has read its share of a
+                // large batch without finding enough matches.
+                p.empty { "No failed items in this stretch of the batch; the next page reads on." }
+            }
             @for (message, items) in &groups {
                 details.group open {
                     summary {
