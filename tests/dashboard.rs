@@ -233,7 +233,7 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // chromedriver leads its own process group: chromium and its helpers are in it.
+        // chromedriver leads its own process group: chromium and its child processes are in it.
         unsafe {
             libc::kill(-(self.driver.id() as i32), libc::SIGKILL);
         }
