@@ -20,6 +20,14 @@ if [ ! -x "$tools/node/node_modules/.bin/asl-validator" ] || [ ! -x "$tools/node
   npm install --silent --no-audit --no-fund --prefix "$tools/node" 'asl-validator@^4' '@bufbuild/buf@^1'
 fi
 
+# The dashboard's tests drive Debian's chromium through chromedriver.
+if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
+  sudo=""
+  if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then sudo=sudo; fi
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq chromium chromium-driver
+fi
+
 export PATH="$tools/venv/bin:$tools/node/node_modules/.bin:$PATH"
 
 echo "== buf lint"

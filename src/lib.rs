@@ -7,6 +7,7 @@
 //! Layout, edge to core:
 //! - [`grpc`], [`http`], [`seed`], [`run_request`], [`cli`], [`lambda`]: the edges (gRPC admin
 //!   service and clients, the seed-compatible HTTP endpoints, the four AWS Lambda roles);
+//! - [`dashboard`]: the web dashboard `serve` shows on its HTTP address;
 //! - [`domain`]: parsed, trusted values; [`items_uri`]: batches whose items are read from S3;
 //! - [`pipeline`]: intake and the per-chunk steps; [`pipeline::tasks`] is the user's trait;
 //! - [`store`]: persistence (SQLite locally, DynamoDB on AWS);
@@ -23,6 +24,7 @@ pub mod bench;
 pub mod callbacks;
 pub mod cli;
 pub mod config;
+pub(crate) mod dashboard;
 pub mod domain;
 pub mod engine;
 pub mod grpc;

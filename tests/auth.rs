@@ -262,6 +262,14 @@ async fn every_http_route_admits_exactly_the_callers_its_token_allows() {
             Some(serde_json::json!({ "clientName": "c", "processName": "p" })),
         ),
         ("GET", "/metrics", None),
+        ("GET", "/", None),
+        ("GET", "/batches/any-batch", None),
+        ("GET", "/batches/any-batch/events", None),
+        (
+            "POST",
+            "/batches/any-batch/cancel",
+            Some(serde_json::json!({})),
+        ),
         ("GET", "/no-such-route", None),
     ];
     for (method, path, body) in &routes {

@@ -328,6 +328,7 @@ impl Server {
         let (stop, stopped) = watch::channel(None);
         let (watchers_stop, watchers_stopped) = watch::channel(false);
         let admin = AdminService::new((intake.clone(), objects.clone()), store, watchers_stopped);
+        let dashboard = crate::dashboard::router(admin.clone());
         let grpc_routes = grpc_router(admin, access.control.clone()).await?;
         let http_routes = crate::http::router(
             (intake, objects),
@@ -336,6 +337,7 @@ impl Server {
                 hosts: HostPolicy::for_address(http_addr, &connections.http.allowed_hosts),
                 access: access.control.clone(),
             },
+            dashboard,
         );
         let (grpc_tls, http_tls) = match &access.tls {
             Some(files) => (Some(files.load(b"h2")?), Some(files.load(b"http/1.1")?)),

@@ -18,4 +18,5 @@ pub mod pb {
         include_bytes!(concat!(env!("OUT_DIR"), "/batch_manager_descriptor.bin"));
 }
 
+pub(crate) use error::ApiError;
 pub(crate) use service::{grpc_router, AdminService, MAX_MESSAGE_BYTES};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -15,14 +15,15 @@ use super::error::ApiError;
 use super::export::Exporter;
 use super::pb;
 use super::pb::batch_manager_server::{BatchManager, BatchManagerServer};
-use crate::domain::{Batch, BatchId, NewPart};
+use crate::domain::{Batch, BatchId, ItemRecord, NewPart};
 use crate::items_uri::s3::ObjectReader;
 use crate::items_uri::BatchByReference;
 use crate::metrics::grpc_layer::count_grpc_call;
 use crate::pipeline::{Accepted, Intake, IntakeError, RunRequestError};
 use crate::run_request::RunRequest;
 use crate::store::{
-    BatchQuery, BatchStore, CancelOutcome, ControlOutcome, ItemQuery, ListError, RedriveOutcome,
+    BatchQuery, BatchStore, CancelOutcome, ControlOutcome, ItemQuery, ListError, Page,
+    RedriveOutcome,
 };
 
 /// Largest gRPC message the server accepts: 100,000 IDs of up to 256 bytes, with room to spare.
@@ -80,14 +81,16 @@ impl AdminService {
         }
     }
 
-    async fn batch(&self, batch_id: &BatchId) -> Result<Batch, ApiError> {
+    /// The batch, as `GetBatchStatus` reads it.
+    pub(crate) async fn batch(&self, batch_id: &BatchId) -> Result<Batch, ApiError> {
         self.store
             .get_batch(batch_id)
             .await?
             .ok_or_else(|| ApiError::NotFound(batch_id.clone()))
     }
 
-    async fn cancel(&self, batch_id: BatchId) -> Result<Batch, ApiError> {
+    /// `CancelBatch`: cancels the batch and stops its external jobs.
+    pub(crate) async fn cancel(&self, batch_id: BatchId) -> Result<Batch, ApiError> {
         match self.store.cancel_batch(&batch_id).await? {
             CancelOutcome::Cancelled(batch) => {
                 // The cancel stands once stored; jobs a failed stop leaves running end at
@@ -109,6 +112,58 @@ impl AdminService {
             }),
             CancelOutcome::NotFound => Err(ApiError::NotFound(batch_id)),
         }
+    }
+
+    /// `ListBatches`: a page of batches, newest first.
+    pub(crate) async fn batches(&self, query: &BatchQuery) -> Result<Page<Batch>, ApiError> {
+        Ok(self.store.list_batches(query).await?)
+    }
+
+    /// `ListBatchItems`: a page of a batch's items, in submission order.
+    pub(crate) async fn items(&self, query: &ItemQuery) -> Result<Page<ItemRecord>, ApiError> {
+        self.store.list_items(query).await.map_err(|err| match err {
+            ListError::NotFound => ApiError::NotFound(query.batch_id.clone()),
+            other => other.into(),
+        })
+    }
+
+    /// `RedriveBatch`: the batch it left running and how many items it redrove.
+    pub(crate) async fn redrive(
+        &self,
+        batch_id: BatchId,
+        include_cancelled: bool,
+    ) -> Result<(Batch, u64), ApiError> {
+        match self.intake.redrive(&batch_id, include_cancelled).await? {
+            RedriveOutcome::Redriven { batch, items, .. } => Ok((batch, items)),
+            RedriveOutcome::Refused(reason) => Err(ApiError::Refused(reason)),
+            RedriveOutcome::NotFound => Err(ApiError::NotFound(batch_id)),
+        }
+    }
+
+    /// `PauseBatch`.
+    pub(crate) async fn pause(&self, batch_id: BatchId) -> Result<Batch, ApiError> {
+        let outcome = self.intake.pause(&batch_id).await;
+        controlled(batch_id, outcome)
+    }
+
+    /// `ResumeBatch`.
+    pub(crate) async fn resume(&self, batch_id: BatchId) -> Result<Batch, ApiError> {
+        let outcome = self.intake.resume(&batch_id).await;
+        controlled(batch_id, outcome)
+    }
+
+    /// `WatchBatch`: the batch's snapshots as it changes, from `first` to the terminal one;
+    /// an error ends them.
+    pub(crate) fn follow(&self, first: Batch) -> mpsc::Receiver<Result<Batch, ApiError>> {
+        let (sender, receiver) = mpsc::channel(4);
+        let watcher = Watcher {
+            batch_id: first.batch_id.clone(),
+            store: Arc::clone(&self.store),
+            stopping: self.stopping.clone(),
+            sender,
+        };
+        tokio::spawn(watcher.run(first));
+        receiver
     }
 }
 
@@ -188,12 +243,7 @@ impl BatchManager for AdminService {
         request: Request<pb::ListBatchesRequest>,
     ) -> Result<Response<pb::ListBatchesResponse>, Status> {
         let query = BatchQuery::try_from(request.into_inner())?;
-        let page = self
-            .store
-            .list_batches(&query)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(page.into()))
+        Ok(Response::new(self.batches(&query).await?.into()))
     }
 
     async fn list_batch_items(
@@ -201,15 +251,7 @@ impl BatchManager for AdminService {
         request: Request<pb::ListBatchItemsRequest>,
     ) -> Result<Response<pb::ListBatchItemsResponse>, Status> {
         let query = ItemQuery::try_from(request.into_inner())?;
-        let page = self
-            .store
-            .list_items(&query)
-            .await
-            .map_err(|err| match err {
-                ListError::NotFound => ApiError::NotFound(query.batch_id.clone()),
-                other => other.into(),
-            })?;
-        Ok(Response::new(page.into()))
+        Ok(Response::new(self.items(&query).await?.into()))
     }
 
     type ExportBatchItemsStream = ExportStream;
@@ -289,17 +331,11 @@ impl BatchManager for AdminService {
         let request = request.into_inner();
         let include_cancelled = request.include_cancelled;
         let batch_id = BatchId::try_from(request)?;
-        match self.intake.redrive(&batch_id, include_cancelled).await {
-            Ok(RedriveOutcome::Redriven { batch, items, .. }) => {
-                Ok(Response::new(pb::RedriveBatchResponse {
-                    batch: Some((&batch).into()),
-                    redriven_items: items,
-                }))
-            }
-            Ok(RedriveOutcome::Refused(reason)) => Err(ApiError::Refused(reason).into()),
-            Ok(RedriveOutcome::NotFound) => Err(ApiError::NotFound(batch_id).into()),
-            Err(err) => Err(ApiError::from(err).into()),
-        }
+        let (batch, items) = self.redrive(batch_id, include_cancelled).await?;
+        Ok(Response::new(pb::RedriveBatchResponse {
+            batch: Some((&batch).into()),
+            redriven_items: items,
+        }))
     }
 
     async fn pause_batch(
@@ -307,8 +343,7 @@ impl BatchManager for AdminService {
         request: Request<pb::PauseBatchRequest>,
     ) -> Result<Response<pb::PauseBatchResponse>, Status> {
         let batch_id = BatchId::try_from(request.into_inner())?;
-        let outcome = self.intake.pause(&batch_id).await;
-        Ok(Response::new(controlled(batch_id, outcome)?.into()))
+        Ok(Response::new(self.pause(batch_id).await?.into()))
     }
 
     async fn resume_batch(
@@ -316,8 +351,7 @@ impl BatchManager for AdminService {
         request: Request<pb::ResumeBatchRequest>,
     ) -> Result<Response<pb::ResumeBatchResponse>, Status> {
         let batch_id = BatchId::try_from(request.into_inner())?;
-        let outcome = self.intake.resume(&batch_id).await;
-        Ok(Response::new(controlled(batch_id, outcome)?.into()))
+        Ok(Response::new(self.resume(batch_id).await?.into()))
     }
 
     type WatchBatchStream = WatchStream;
@@ -328,17 +362,12 @@ impl BatchManager for AdminService {
     ) -> Result<Response<Self::WatchBatchStream>, Status> {
         let batch_id = BatchId::try_from(request.into_inner())?;
         let first = self.batch(&batch_id).await?;
-        let (sender, receiver) = mpsc::channel(4);
-        let watcher = Watcher {
-            batch_id,
-            store: Arc::clone(&self.store),
-            stopping: self.stopping.clone(),
-            sender,
-        };
-        tokio::spawn(watcher.run(first));
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(receiver),
-        )))
+        let snapshots = tokio_stream::wrappers::ReceiverStream::new(self.follow(first));
+        Ok(Response::new(Box::pin(snapshots.map(|snapshot| {
+            snapshot
+                .map(pb::WatchBatchResponse::from)
+                .map_err(Status::from)
+        }))))
     }
 }
 
@@ -359,7 +388,7 @@ struct Watcher {
     batch_id: BatchId,
     store: Arc<dyn BatchStore>,
     stopping: watch::Receiver<bool>,
-    sender: mpsc::Sender<Result<pb::WatchBatchResponse, Status>>,
+    sender: mpsc::Sender<Result<Batch, ApiError>>,
 }
 
 impl Watcher {
@@ -370,8 +399,7 @@ impl Watcher {
         loop {
             if last_sent.as_ref() != Some(&current) {
                 let terminal = current.status.is_terminal();
-                let snapshot = pb::WatchBatchResponse::from(current.clone());
-                if self.sender.send(Ok(snapshot)).await.is_err() || terminal {
+                if self.sender.send(Ok(current.clone())).await.is_err() || terminal {
                     return;
                 }
                 last_sent = Some(current);
@@ -403,6 +431,6 @@ impl Watcher {
     }
 
     async fn fail(&self, err: ApiError) {
-        let _ = self.sender.send(Err(err.into())).await;
+        let _ = self.sender.send(Err(err)).await;
     }
 }

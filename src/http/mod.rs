@@ -51,8 +51,13 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
     (status, Json(json!({ "message": message.into() }))).into_response()
 }
 
-/// The HTTP router; `objects` reads the items of seed bodies by reference.
-pub(crate) fn router((intake, objects): (Intake, ObjectReader), settings: HttpSettings) -> Router {
+/// The HTTP router; `objects` reads the items of seed bodies by reference; `pages` (the
+/// dashboard) and the metrics are served behind the same gates.
+pub(crate) fn router(
+    (intake, objects): (Intake, ObjectReader),
+    settings: HttpSettings,
+    pages: Router,
+) -> Router {
     let metrics = crate::metrics::router(intake.store());
     let endpoint = Endpoint {
         intake,
@@ -74,6 +79,7 @@ pub(crate) fn router((intake, objects): (Intake, ObjectReader), settings: HttpSe
         .fallback(not_found)
         .with_state(endpoint)
         .merge(metrics)
+        .merge(pages)
         .layer(middleware::from_fn_with_state(
             settings.access,
             crate::access::require_http_token,
@@ -206,15 +212,18 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
     response
 }
 
-/// Gives any error answer without a JSON body (one a framework layer made) the JSON shape of
-/// every other, keeping its status and headers.
+/// Gives any error answer without a JSON or HTML body (one a framework layer made) the JSON
+/// shape of every other, keeping its status and headers.
 async fn ensure_json_error(response: Response) -> Response {
     let status = response.status();
-    let is_json = response
+    let is_json_or_html = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        .is_some_and(|value| {
+            value.as_bytes().starts_with(b"application/json")
+                || value.as_bytes().starts_with(b"text/html")
+        });
+    if !(status.is_client_error() || status.is_server_error()) || is_json_or_html {
         return response;
     }
     let (mut parts, body) = response.into_parts();
