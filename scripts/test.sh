@@ -25,7 +25,7 @@ if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; the
   sudo=""
   if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then sudo=sudo; fi
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq chromium chromium-driver
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
 fi
 
 export PATH="$tools/venv/bin:$tools/node/node_modules/.bin:$PATH"
