@@ -654,6 +654,43 @@ async fn batches_list_newest_first_by_status_in_pages(store: Arc<dyn BatchStore>
     assert_eq!(completed, vec!["n2"]);
 }
 
+async fn batches_that_have_not_ended_are_counted_by_status_for_the_metrics(
+    store: Arc<dyn BatchStore>,
+) {
+    for name in ["m1", "m2", "m3", "m4"] {
+        store
+            .append_part(&part(name, 1, 1, 1, &["x"]))
+            .await
+            .unwrap();
+    }
+    process(&*store, "m2", 0).await;
+    store.cancel_batch(&id("m3")).await.unwrap();
+    store.pause_batch(&id("m4")).await.unwrap();
+    let counts = store
+        .count_batches_by_status()
+        .await
+        .unwrap()
+        .expect("both stores count");
+    let count = |status: BatchStatus| {
+        counts
+            .iter()
+            .find(|(counted, _)| *counted == status)
+            .map(|(_, n)| *n)
+    };
+    assert_eq!(count(BatchStatus::Pending), Some(1), "{counts:?}");
+    assert_eq!(count(BatchStatus::Running), Some(1), "{counts:?}");
+    assert_eq!(count(BatchStatus::Paused), Some(1), "{counts:?}");
+    // SQLite counts ended batches too (an index range); DynamoDB leaves them out.
+    assert!(
+        matches!(count(BatchStatus::Cancelled), Some(1) | None),
+        "{counts:?}"
+    );
+    assert!(
+        matches!(count(BatchStatus::Completed), Some(0) | None),
+        "{counts:?}"
+    );
+}
+
 async fn unknown_batches_and_chunks_are_reported_as_such(store: Arc<dyn BatchStore>) {
     assert!(store.get_batch(&id("ghost")).await.unwrap().is_none());
     assert_eq!(
@@ -1252,6 +1289,7 @@ both_backends!(
     cancelling_a_batch_waiting_for_parts_cancels_the_items_never_sent,
     items_page_in_order_and_filter_by_status,
     batches_list_newest_first_by_status_in_pages,
+    batches_that_have_not_ended_are_counted_by_status_for_the_metrics,
     unknown_batches_and_chunks_are_reported_as_such,
     concurrent_cancels_count_the_items_never_received_once,
     identical_parts_sent_concurrently_amid_claims_records_and_a_cancel_count_each_item_once,

@@ -67,6 +67,45 @@ impl DynamoStore {
         }
     }
 
+    /// How many batches are in each status that has not ended, counted on the keys-only
+    /// status index. Ended batches are not counted: they only grow, so counting them at every
+    /// scrape would read more of the index each time.
+    pub(super) async fn count_unended_batches(
+        &self,
+    ) -> Result<Vec<(BatchStatus, u64)>, StoreError> {
+        let mut counts = Vec::new();
+        for status in BatchStatus::ALL
+            .into_iter()
+            .filter(|status| !status.is_terminal())
+        {
+            let mut count = 0u64;
+            let mut start_key = None;
+            loop {
+                self.meter.read();
+                let output = self
+                    .client
+                    .query()
+                    .table_name(&self.tables.batch_table)
+                    .index_name(BY_STATUS_INDEX)
+                    .key_condition_expression("#status = :status")
+                    .expression_attribute_names("#status", STATUS)
+                    .expression_attribute_values(":status", s(status.as_str()))
+                    .select(aws_sdk_dynamodb::types::Select::Count)
+                    .set_exclusive_start_key(start_key)
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+                count += u64::try_from(output.count).unwrap_or(0);
+                match output.last_evaluated_key {
+                    Some(key) if !key.is_empty() => start_key = Some(key),
+                    _ => break,
+                }
+            }
+            counts.push((status, count));
+        }
+        Ok(counts)
+    }
+
     /// `BatchStore::list_batches`: one index query, then the page's batch items.
     pub(super) async fn batch_page(&self, query: &BatchQuery) -> Result<Page<Batch>, ListError> {
         let start = query

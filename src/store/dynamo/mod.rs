@@ -280,4 +280,10 @@ impl BatchStore for DynamoStore {
         tokio::time::sleep(poll).await;
         since + 1
     }
+
+    async fn count_batches_by_status(
+        &self,
+    ) -> Result<Option<Vec<(crate::domain::BatchStatus, u64)>>, StoreError> {
+        self.count_unended_batches().await.map(Some)
+    }
 }
