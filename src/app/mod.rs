@@ -207,6 +207,7 @@ impl LocalApp {
             grpc_addr = %server.grpc_addr,
             http_addr = %server.http_addr,
             db = %config.db.display(),
+            dashboard = %server.dashboard_url(),
             "serving"
         );
         Ok(Self::new(server, store))
@@ -286,6 +287,7 @@ impl AwsApp {
             batch_table = %config.stack.tables.batch_table,
             request_table = %config.stack.tables.request_table,
             state_machine = %config.stack.state_machine_arn,
+            dashboard = %server.dashboard_url(),
             "serving"
         );
         Ok(Self::new(server, store))
@@ -304,6 +306,7 @@ struct Server {
     jobs: jobs::BuiltRunners,
     shutdown_grace: Duration,
     callbacks: Option<JoinHandle<()>>,
+    tls: bool,
 }
 
 impl Server {
@@ -375,7 +378,14 @@ impl Server {
             jobs,
             shutdown_grace: connections.shutdown_grace,
             callbacks: None,
+            tls: access.tls.is_some(),
         })
+    }
+
+    /// Where a browser finds the dashboard.
+    fn dashboard_url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}/", self.http_addr)
     }
 
     /// Delivers completion callbacks from the store's outbox until shutdown.
