@@ -892,9 +892,15 @@ async fn a_server_with_tokens_shows_nothing_before_sign_in_and_a_read_only_token
         "a read-only token cancels nothing"
     );
 
-    // A new tab's session starts without the token: the sign-in page again.
-    browser.eval("sessionStorage.clear(); return null").await;
-    browser.client().goto(&page).await.expect("page loads");
+    // Signing out forgets the token: the sign-in page again, and nothing of the batch.
+    browser.click("#sign-out").await;
+    browser
+        .wait_until(
+            "the sign-in page after signing out",
+            "return !!document.getElementById('sign-in') \
+             && !document.body.innerText.includes('guarded-run')",
+        )
+        .await;
     sign_in(&browser, WRITER_TOKEN).await;
     browser
         .wait_until(

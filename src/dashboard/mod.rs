@@ -98,6 +98,7 @@ fn layout(title: &str, content: Markup) -> Markup {
                 header.top {
                     a.brand href="/" { "batch-manager" }
                     nav aria-label="Main" { a href="/" { "Batches" } }
+                    button #sign-out type="button" hidden { "Sign out" }
                 }
                 div #flash role="status" aria-live="polite" hidden {}
                 main { (content) }

@@ -220,6 +220,8 @@
 
   // Sets up the content of <main>: on first load and after each in-place navigation.
   function start() {
+    const signOut = document.getElementById("sign-out");
+    if (signOut) signOut.hidden = !token();
     const form = document.getElementById("sign-in");
     if (form) return signIn(form);
     for (const select of document.querySelectorAll("select[data-autosubmit]")) {
@@ -254,6 +256,12 @@
     load(url.pathname + url.search, true).catch((err) => {
       if (!(err instanceof SignInNeeded)) flash("Could not load the page: " + err.message, true);
     });
+  });
+  // Signing out forgets the token in this tab; the server then asks for one again.
+  document.getElementById("sign-out")?.addEventListener("click", () => {
+    stopFollowing();
+    sessionStorage.removeItem(TOKEN_KEY);
+    location.reload();
   });
   window.addEventListener("popstate", () => {
     if (token()) load(location.pathname + location.search, false).catch(() => {});
