@@ -197,6 +197,16 @@ impl Browser {
         }
     }
 
+    /// Presses the batch's `action` button and waits for its confirmation to open.
+    async fn open_confirmation(&self, action: &str) {
+        self.click(&format!("button[data-action={action}]")).await;
+        self.wait_until(
+            "the confirmation",
+            "return document.getElementById('confirm').open",
+        )
+        .await;
+    }
+
     async fn text(&self, selector: &str) -> String {
         self.client()
             .find(Locator::Css(selector))
@@ -562,13 +572,7 @@ async fn the_buttons_pause_resume_cancel_and_redrive_a_batch_after_their_confirm
                  .filter(b => !b.hidden).map(b => b.dataset.action).join(' ')";
     assert_eq!(browser.eval(shown).await, json!("pause cancel"));
 
-    browser.click("button[data-action=pause]").await;
-    browser
-        .wait_until(
-            "the confirmation",
-            "return document.getElementById('confirm').open",
-        )
-        .await;
+    browser.open_confirmation("pause").await;
     browser.click("#confirm [data-confirm-yes]").await;
     browser
         .wait_until(
@@ -581,13 +585,7 @@ async fn the_buttons_pause_resume_cancel_and_redrive_a_batch_after_their_confirm
         pb::BatchStatus::Paused
     );
     assert_eq!(browser.eval(shown).await, json!("resume cancel"));
-    browser.click("button[data-action=resume]").await;
-    browser
-        .wait_until(
-            "the confirmation",
-            "return document.getElementById('confirm').open",
-        )
-        .await;
+    browser.open_confirmation("resume").await;
     browser.click("#confirm [data-confirm-yes]").await;
     browser
         .wait_until(
@@ -596,13 +594,7 @@ async fn the_buttons_pause_resume_cancel_and_redrive_a_batch_after_their_confirm
         )
         .await;
 
-    browser.click("button[data-action=cancel]").await;
-    browser
-        .wait_until(
-            "the confirmation",
-            "return document.getElementById('confirm').open",
-        )
-        .await;
+    browser.open_confirmation("cancel").await;
     let question = browser.text("#confirm [data-confirm-text]").await;
     assert!(question.starts_with("Cancel this batch?"), "{question}");
     browser.click("#confirm [data-confirm-yes]").await;
@@ -625,13 +617,7 @@ async fn the_buttons_pause_resume_cancel_and_redrive_a_batch_after_their_confirm
             "return !document.querySelector('button[data-action=redrive]').hidden",
         )
         .await;
-    browser.click("button[data-action=redrive]").await;
-    browser
-        .wait_until(
-            "the confirmation",
-            "return document.getElementById('confirm').open",
-        )
-        .await;
+    browser.open_confirmation("redrive").await;
     browser.click("#confirm [data-confirm-yes]").await;
     browser
         .wait_until(
@@ -639,13 +625,7 @@ async fn the_buttons_pause_resume_cancel_and_redrive_a_batch_after_their_confirm
             "return document.getElementById('flash').textContent.startsWith('Refused: ')",
         )
         .await;
-    browser.click("button[data-action=redrive]").await;
-    browser
-        .wait_until(
-            "the confirmation",
-            "return document.getElementById('confirm').open",
-        )
-        .await;
+    browser.open_confirmation("redrive").await;
     browser.click("#include-cancelled").await;
     browser.click("#confirm [data-confirm-yes]").await;
     browser
@@ -872,13 +852,7 @@ async fn a_server_with_tokens_shows_nothing_before_sign_in_and_a_read_only_token
             "return document.querySelector('[data-field=succeeded]').textContent !== '0'",
         )
         .await;
-    browser.click("button[data-action=cancel]").await;
-    browser
-        .wait_until(
-            "the confirmation",
-            "return document.getElementById('confirm').open",
-        )
-        .await;
+    browser.open_confirmation("cancel").await;
     browser.click("#confirm [data-confirm-yes]").await;
     browser
         .wait_until(
@@ -908,13 +882,7 @@ async fn a_server_with_tokens_shows_nothing_before_sign_in_and_a_read_only_token
             "return document.getElementById('batch')?.dataset.batch === 'guarded-run'",
         )
         .await;
-    browser.click("button[data-action=cancel]").await;
-    browser
-        .wait_until(
-            "the confirmation",
-            "return document.getElementById('confirm').open",
-        )
-        .await;
+    browser.open_confirmation("cancel").await;
     browser.click("#confirm [data-confirm-yes]").await;
     browser
         .wait_until(

@@ -36,6 +36,20 @@ impl BatchCursor {
 }
 
 impl DynamoStore {
+    /// A query of the keys-only status index for the batches in `status`.
+    fn status_index_query(
+        &self,
+        status: BatchStatus,
+    ) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
+        self.client
+            .query()
+            .table_name(&self.tables.batch_table)
+            .index_name(BY_STATUS_INDEX)
+            .key_condition_expression("#status = :status")
+            .expression_attribute_names("#status", STATUS)
+            .expression_attribute_values(":status", s(status.as_str()))
+    }
+
     /// Every batch in `status`, from the keys-only status index, all pages.
     pub(super) async fn batch_ids_with_status(
         &self,
@@ -46,13 +60,7 @@ impl DynamoStore {
         loop {
             self.meter.read();
             let output = self
-                .client
-                .query()
-                .table_name(&self.tables.batch_table)
-                .index_name(BY_STATUS_INDEX)
-                .key_condition_expression("#status = :status")
-                .expression_attribute_names("#status", STATUS)
-                .expression_attribute_values(":status", s(status.as_str()))
+                .status_index_query(status)
                 .set_exclusive_start_key(start_key)
                 .send()
                 .await
@@ -83,13 +91,7 @@ impl DynamoStore {
             loop {
                 self.meter.read();
                 let output = self
-                    .client
-                    .query()
-                    .table_name(&self.tables.batch_table)
-                    .index_name(BY_STATUS_INDEX)
-                    .key_condition_expression("#status = :status")
-                    .expression_attribute_names("#status", STATUS)
-                    .expression_attribute_values(":status", s(status.as_str()))
+                    .status_index_query(status)
                     .select(aws_sdk_dynamodb::types::Select::Count)
                     .set_exclusive_start_key(start_key)
                     .send()
