@@ -258,6 +258,10 @@ pub(crate) struct CallbackArgs {
     /// is eventbridge or both): every batch this server ends (a cancel) gets one.
     #[arg(long, env = "COMPLETION_EVENTS", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
     pub(crate) completion_events: bool,
+    /// Deliver callbacks to private and link-local addresses too (by default only to public
+    /// ones, and loopback), for receivers inside the server's network.
+    #[arg(long, env = "BATCH_MANAGER_CALLBACK_ALLOW_PRIVATE_NETWORKS")]
+    pub(crate) callback_allow_private_networks: bool,
 }
 
 impl CallbackArgs {
@@ -289,6 +293,7 @@ impl CallbackArgs {
             },
             poll: self.callback_poll,
             completion_events: self.completion_events,
+            allow_private_networks: self.callback_allow_private_networks,
         })
     }
 }

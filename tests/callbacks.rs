@@ -173,6 +173,7 @@ fn fast_settings() -> CallbackSettings {
         },
         poll: Duration::from_millis(50),
         completion_events: false,
+        allow_private_networks: false,
     }
 }
 
@@ -495,6 +496,40 @@ async fn a_refused_connection_is_reported_in_a_few_words() {
         .unwrap();
     let failed = wait_callback(&mut test, "refused", pb::CallbackStatus::Failed).await;
     assert_eq!(failed.callback_last_error, "connection refused");
+}
+
+#[tokio::test]
+async fn a_callback_to_a_private_or_metadata_address_is_never_sent() {
+    let mut settings = fast_settings();
+    settings.retry.max_age = Duration::from_millis(1);
+    let mut test = spawn_with_callbacks(Tasks::default(), settings).await;
+    for (batch_id, url) in [
+        ("to-metadata", "https://169.254.169.254/latest/meta-data/"),
+        ("to-private", "https://10.1.2.3:8443/hook"),
+        ("to-mapped", "https://[::ffff:192.168.0.10]/hook"),
+    ] {
+        test.client
+            .submit_batch(submit_with_callback(batch_id, 2, url))
+            .await
+            .unwrap();
+        let failed = wait_callback(&mut test, batch_id, pb::CallbackStatus::Failed).await;
+        assert_eq!(
+            failed.callback_last_error,
+            "refused: the host is a private, link-local or reserved address",
+            "{batch_id}"
+        );
+    }
+
+    // A host name goes through the checked resolver: `localhost` resolves to loopback, which
+    // is allowed.
+    let receiver = Receiver::start(Vec::new()).await;
+    let by_name = format!("http://localhost:{}/hook", receiver.addr.port());
+    test.client
+        .submit_batch(submit_with_callback("by-name", 2, &by_name))
+        .await
+        .unwrap();
+    wait_callback(&mut test, "by-name", pb::CallbackStatus::Delivered).await;
+    assert_eq!(receiver.wait_for("by-name", 1).await.len(), 1);
 }
 
 #[tokio::test]

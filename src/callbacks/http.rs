@@ -8,18 +8,22 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use super::destination::{self, CheckedResolver};
+
 /// Header of the body's HMAC-SHA256: `sha256=<hex>`.
 pub const SIGNATURE_HEADER: &str = "X-Batch-Manager-Signature";
 /// Header of the transition's delivery ID, the same on every attempt.
 pub const DELIVERY_HEADER: &str = "X-Batch-Manager-Delivery";
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient =
+    Client<hyper_rustls::HttpsConnector<HttpConnector<CheckedResolver>>, Full<Bytes>>;
 
 /// Sends callbacks. Cheap to clone; clones share connections.
 #[derive(Clone)]
 pub struct Sender {
     client: HttpsClient,
     timeout: Duration,
+    allow_private: bool,
 }
 
 /// One POST, ready to send.
@@ -36,8 +40,9 @@ pub struct Post<'a> {
 
 impl Sender {
     /// A sender whose every attempt (connect, TLS, answer) ends within `timeout`. Servers are
-    /// checked against the system's root certificates.
-    pub fn new(timeout: Duration) -> Self {
+    /// checked against the system's root certificates, and their addresses against
+    /// [`destination`] (private networks too when `allow_private`).
+    pub fn new(timeout: Duration, allow_private: bool) -> Self {
         let https = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
             Ok(builder) => builder,
             Err(err) => {
@@ -46,10 +51,16 @@ impl Sender {
                 hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
             }
         };
-        let connector = https.https_or_http().enable_http1().build();
+        let mut resolved = HttpConnector::new_with_resolver(CheckedResolver { allow_private });
+        resolved.enforce_http(false);
+        let connector = https
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(resolved);
         Self {
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeout,
+            allow_private,
         }
     }
 
@@ -59,6 +70,14 @@ impl Sender {
             .url
             .parse()
             .map_err(|_| "the URL could not be used".to_owned())?;
+        // An address in the URL is connected to without the resolver, so it is checked here.
+        let literal = uri
+            .host()
+            .map(|host| host.trim_start_matches('[').trim_end_matches(']'))
+            .and_then(|host| host.parse::<std::net::IpAddr>().ok());
+        if literal.is_some_and(|ip| !destination::is_allowed(ip, self.allow_private)) {
+            return Err(destination::REFUSED.to_owned());
+        }
         let request = hyper::Request::post(uri)
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header(
@@ -90,6 +109,7 @@ fn describe(err: &hyper_util::client::legacy::Error) -> String {
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             return match io.kind() {
+                std::io::ErrorKind::PermissionDenied => destination::REFUSED.to_owned(),
                 std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
                 std::io::ErrorKind::ConnectionReset => "connection reset".to_owned(),
                 std::io::ErrorKind::TimedOut => "timed out".to_owned(),

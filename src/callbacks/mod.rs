@@ -10,6 +10,7 @@
 //! Lambda delivers a record when its stream record arrives and sweeps due ones on its schedule.
 
 mod body;
+mod destination;
 pub mod events;
 mod http;
 mod retry;
@@ -48,6 +49,9 @@ pub struct CallbackSettings {
     /// Whether every batch's end gets an outbox record, for its completion event (a server
     /// on a stack whose `CompletionNotification` includes EventBridge).
     pub completion_events: bool,
+    /// Whether callbacks may go to private and link-local addresses (by default only public
+    /// and loopback ones).
+    pub allow_private_networks: bool,
 }
 
 impl Default for CallbackSettings {
@@ -58,6 +62,7 @@ impl Default for CallbackSettings {
             retry: RetrySchedule::default(),
             poll: Duration::from_secs(1),
             completion_events: false,
+            allow_private_networks: false,
         }
     }
 }
@@ -94,7 +99,7 @@ impl Drop for InFlight<'_> {
 impl Deliverer {
     /// A deliverer over `store`'s outbox.
     pub fn new(store: Arc<dyn OutboxStore>, settings: CallbackSettings) -> Self {
-        let sender = Sender::new(settings.timeout);
+        let sender = Sender::new(settings.timeout, settings.allow_private_networks);
         Self {
             inner: Arc::new(Inner {
                 store,
