@@ -16,7 +16,8 @@
 //! Completion callbacks: `CALLBACK_SECRET` (init only) signs them, and without it `init`
 //! refuses batches naming a callback URL; `COMPLETION_EVENTS=true` (every role that can end a
 //! batch) gives every batch's terminal transition an outbox record, which `init` also puts as
-//! a `Batch Finished` event on the default EventBridge bus.
+//! a `Batch Finished` event on the default EventBridge bus. Callbacks go only to public
+//! addresses unless `CALLBACK_ALLOW_PRIVATE_NETWORKS=true` (init).
 //!
 //! Settings are read once from the environment ([`LambdaSettings`]); the SDK configuration,
 //! clients, store and steps are built once per process, before the first poll of the Runtime
@@ -74,6 +75,8 @@ pub(crate) const START_CLAIM_TIMEOUT_VAR: &str = "START_CLAIM_TIMEOUT_SECONDS";
 pub(crate) const CALLBACK_SECRET_VAR: &str = "CALLBACK_SECRET";
 /// `true`: every batch's end is put as an EventBridge event.
 pub(crate) const COMPLETION_EVENTS_VAR: &str = "COMPLETION_EVENTS";
+/// `true`: callbacks may go to private and link-local addresses (`init`).
+pub(crate) const CALLBACK_PRIVATE_NETWORKS_VAR: &str = "CALLBACK_ALLOW_PRIVATE_NETWORKS";
 
 /// Seconds one attempt's external job may run.
 pub(crate) const TASK_TIMEOUT_VAR: &str = "TASK_TIMEOUT_SECONDS";
@@ -158,6 +161,8 @@ pub(crate) struct LambdaSettings {
     pub callback_secret: Option<SigningSecret>,
     /// Whether every batch's end is put as a completion event.
     pub completion_events: bool,
+    /// Whether callbacks may go to private and link-local addresses.
+    pub callback_private_networks: bool,
 }
 
 impl LambdaSettings {
@@ -242,16 +247,16 @@ impl LambdaSettings {
                 })
             })
             .transpose()?;
-        let completion_events = match lookup(COMPLETION_EVENTS_VAR).as_deref() {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(_) => {
-                return Err(InitError::InvalidSetting {
-                    name: COMPLETION_EVENTS_VAR.to_owned(),
-                    rule: "must be true or false".to_owned(),
-                })
-            }
+        let switch = |name: &str| match lookup(name).as_deref() {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(_) => Err(InitError::InvalidSetting {
+                name: name.to_owned(),
+                rule: "must be true or false".to_owned(),
+            }),
         };
+        let completion_events = switch(COMPLETION_EVENTS_VAR)?;
+        let callback_private_networks = switch(CALLBACK_PRIVATE_NETWORKS_VAR)?;
         Ok(Self {
             role,
             tables,
@@ -259,6 +264,7 @@ impl LambdaSettings {
             items_buckets,
             callback_secret,
             completion_events,
+            callback_private_networks,
         })
     }
 }
@@ -324,6 +330,7 @@ pub(crate) async fn run() -> Result<(), lambda_runtime::Error> {
             );
             let callbacks = CallbackSettings {
                 secret: settings.callback_secret,
+                allow_private_networks: settings.callback_private_networks,
                 ..CallbackSettings::default()
             };
             let signing = callbacks.secret.is_some();
@@ -492,6 +499,13 @@ mod tests {
         .unwrap();
         assert!(set.callback_secret.is_some());
         assert!(set.completion_events);
+        assert!(!set.callback_private_networks);
+        let private = init(&[("CALLBACK_ALLOW_PRIVATE_NETWORKS", "true")]).unwrap();
+        assert!(private.callback_private_networks);
+        let unclear = init(&[("CALLBACK_ALLOW_PRIVATE_NETWORKS", "yes")]).unwrap_err();
+        assert!(unclear
+            .to_string()
+            .contains("CALLBACK_ALLOW_PRIVATE_NETWORKS"));
         let short = init(&[("CALLBACK_SECRET", "short-secret")]).unwrap_err();
         assert_eq!(short.error_type(), "BatchManager.InvalidSetting");
         assert!(short
