@@ -121,8 +121,22 @@ async fn every_framework_error_is_answered_with_a_json_message_and_the_right_sta
         );
         if expected == 405 {
             assert!(head.contains("\r\nallow: post"), "{case}: {head}");
+            assert!(
+                body["message"]
+                    .as_str()
+                    .is_some_and(|m| m.ends_with("/stateMachineInit is not allowed; use POST")),
+                "{case}: {body}"
+            );
         }
     }
+    let (status, head, body) = exchange(addr, &request("DELETE", "/healthz", &[host], "")).await;
+    assert_eq!(status, 405, "{head}");
+    assert!(head.contains("\r\nallow: get,head"), "{head}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        body["message"],
+        "DELETE /healthz is not allowed; use GET,HEAD"
+    );
     assert!(
         !database_fingerprint(&test.db).contains("4b4dc5c6"),
         "nothing was written"

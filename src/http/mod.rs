@@ -12,6 +12,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
@@ -64,7 +65,7 @@ pub(crate) fn router(
         objects,
         body_timeout: settings.body_timeout,
     };
-    Router::new()
+    let routes = Router::new()
         .route(crate::access::HEALTH_ROUTE, get(healthz))
         .route(
             seed::ROUTE,
@@ -75,7 +76,6 @@ pub(crate) fn router(
             run_request::ROUTE,
             post(run_requests).route_layer(middleware::from_fn(guard::require_json_content_type)),
         )
-        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(endpoint)
         .merge(metrics)
@@ -87,8 +87,12 @@ pub(crate) fn router(
         .layer(middleware::from_fn_with_state(
             settings.hosts,
             guard::refuse_foreign_requests,
-        ))
-        .layer(middleware::map_response(ensure_json_error))
+        ));
+    // Around the whole router rather than each route, so that the JSON error sees the answers
+    // routing completes itself (a 405's `Allow`).
+    Router::new()
+        .fallback_service(routes)
+        .layer(middleware::from_fn(ensure_json_error))
         .layer(middleware::from_fn(crate::logging::request_span))
 }
 
@@ -196,25 +200,11 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
     )
 }
 
-async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
-    let allowed = if uri.path() == crate::access::HEALTH_ROUTE {
-        "GET"
-    } else {
-        "POST"
-    };
-    let mut response = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("{method} {} is not allowed; use {allowed}", uri.path()),
-    );
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allowed));
-    response
-}
-
 /// Gives any error answer without a JSON or HTML body (one a framework layer made) the JSON
-/// shape of every other, keeping its status and headers.
-async fn ensure_json_error(response: Response) -> Response {
+/// shape of every other, keeping its status and headers; a `405` names the methods allowed.
+async fn ensure_json_error(request: Request, next: Next) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let response = next.run(request).await;
     let status = response.status();
     let is_json_or_html = response
         .headers()
@@ -233,7 +223,13 @@ async fn ensure_json_error(response: Response) -> Response {
             .to_owned(),
         Err(_) => String::new(),
     };
-    let message = if text.is_empty() {
+    let allowed = parts
+        .headers
+        .get(header::ALLOW)
+        .and_then(|value| value.to_str().ok());
+    let message = if let (StatusCode::METHOD_NOT_ALLOWED, Some(allowed)) = (status, allowed) {
+        format!("{method} {path} is not allowed; use {allowed}")
+    } else if text.is_empty() {
         status
             .canonical_reason()
             .unwrap_or("request failed")
