@@ -262,6 +262,14 @@ pub(crate) struct CallbackArgs {
     /// ones, and loopback), for receivers inside the server's network.
     #[arg(long, env = "BATCH_MANAGER_CALLBACK_ALLOW_PRIVATE_NETWORKS")]
     pub(crate) callback_allow_private_networks: bool,
+    /// The only hosts a batch's callback URL may name (comma-separated; `*.example.com` for
+    /// any name under example.com); any host when empty.
+    #[arg(
+        long,
+        env = "BATCH_MANAGER_CALLBACK_ALLOWED_HOSTS",
+        value_name = "HOSTS"
+    )]
+    pub(crate) callback_allowed_hosts: Option<String>,
 }
 
 impl CallbackArgs {
@@ -294,6 +302,10 @@ impl CallbackArgs {
             poll: self.callback_poll,
             completion_events: self.completion_events,
             allow_private_networks: self.callback_allow_private_networks,
+            allowed_hosts: crate::callbacks::AllowedHosts::parse(
+                self.callback_allowed_hosts.as_deref().unwrap_or_default(),
+            )
+            .map_err(|rule| anyhow::anyhow!("--callback-allowed-hosts: {rule}"))?,
         })
     }
 }

@@ -85,6 +85,8 @@ pub(crate) enum SeedRule {
     CallbackUrl(#[from] CallbackUrlError),
     #[error("{CALLBACKS_DISABLED}")]
     CallbacksDisabled,
+    #[error("{0}")]
+    CallbackHost(String),
     #[error("must be true or false")]
     NotABool,
     #[error("must be \"lines\", \"csv\" or \"jsonl\"")]
@@ -300,6 +302,7 @@ pub(crate) async fn handle(intake: &Intake, objects: &ObjectReader, body: &[u8])
             Reply::message(409, reason)
         }
         Err(IntakeError::CallbacksDisabled) => Reply::callbacks_disabled(),
+        Err(err @ IntakeError::CallbackHostNotAllowed(_)) => Reply::callback_host(&err),
         Err(err) => Reply::failure(&err),
     }
 }
@@ -308,6 +311,14 @@ impl Reply {
     /// `400`: a callback URL, and the server has no secret to sign callbacks with.
     fn callbacks_disabled() -> Self {
         Self::bad_request(&SeedError::new("callbackUrl", SeedRule::CallbacksDisabled))
+    }
+
+    /// `400`: a callback URL naming a host the server does not call back.
+    pub(crate) fn callback_host(refusal: &IntakeError) -> Self {
+        Self::bad_request(&SeedError::new(
+            "callbackUrl",
+            SeedRule::CallbackHost(refusal.to_string()),
+        ))
     }
 }
 

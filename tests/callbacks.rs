@@ -174,6 +174,7 @@ fn fast_settings() -> CallbackSettings {
         poll: Duration::from_millis(50),
         completion_events: false,
         allow_private_networks: false,
+        allowed_hosts: Default::default(),
     }
 }
 
@@ -305,6 +306,67 @@ async fn bad_callback_urls_are_refused_naming_the_rule_and_nothing_is_written() 
             .unwrap_err();
         assert_eq!(missing.code(), tonic::Code::NotFound);
     }
+}
+
+#[tokio::test]
+async fn a_callback_host_off_the_allowed_list_is_refused_and_nothing_is_written() {
+    let mut settings = fast_settings();
+    settings.allowed_hosts =
+        batch_manager::callbacks::AllowedHosts::parse("localhost,*.hooks.example").unwrap();
+    let mut test = spawn_with_callbacks(Tasks::default(), settings).await;
+    for (batch_id, url) in [
+        ("off-list", "https://evil.example/hook"),
+        ("apex", "https://hooks.example/hook"),
+        ("lookalike", "https://a.hooks.example.evil.net/hook"),
+    ] {
+        let refused = test
+            .client
+            .submit_batch(submit_with_callback(batch_id, 2, url))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{url}");
+        assert!(
+            refused.message().starts_with("callback_url: host ")
+                && refused.message().contains("--callback-allowed-hosts"),
+            "{refused:?}"
+        );
+        let body = json!({"batchId": batch_id, "totalItems": 2, "batchSize": 2,
+                          "currentBatch": 1, "itemIds": uuids(2), "callbackUrl": url});
+        let (code, answer) =
+            post_json_body(test.http_url("/stateMachineInit"), body.to_string()).await;
+        assert_eq!(code, 400, "{answer}");
+        assert!(
+            answer["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("callbackUrl: host "),
+            "{answer}"
+        );
+        let missing = test
+            .client
+            .get_batch_status(pb::GetBatchStatusRequest {
+                batch_id: batch_id.to_owned(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::NotFound, "nothing written");
+    }
+
+    let receiver = Receiver::start(Vec::new()).await;
+    let listed = format!("http://localhost:{}/hook", receiver.addr.port());
+    test.client
+        .submit_batch(submit_with_callback("listed", 2, &listed))
+        .await
+        .unwrap();
+    test.client
+        .submit_batch(submit_with_callback(
+            "wildcard",
+            2,
+            "https://a.hooks.example/hook",
+        ))
+        .await
+        .expect("a name under a listed domain is taken");
+    wait_callback(&mut test, "listed", pb::CallbackStatus::Delivered).await;
 }
 
 #[tokio::test]

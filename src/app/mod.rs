@@ -191,7 +191,8 @@ impl LocalApp {
                 .context("starting the engine")?;
         let intake = Intake::new(Arc::clone(&shared_store), Arc::new(engine))
             .with_jobs(steps)
-            .with_callbacks(callbacks.secret.is_some());
+            .with_callbacks(callbacks.secret.is_some())
+            .with_callback_hosts(callbacks.allowed_hosts.clone());
         let objects = ObjectReader::from_environment(config.items_buckets.clone());
         let deliverer = Deliverer::new(Arc::new(store.clone()), callbacks);
         let mut server = Server::start(
@@ -268,7 +269,8 @@ impl AwsApp {
         // The stack's request-table stream starts the chunks of the parts stored here.
         let intake = Intake::new(Arc::clone(&shared_store), Arc::new(StartedByStream))
             .with_jobs(steps)
-            .with_callbacks(callbacks.secret.is_some());
+            .with_callbacks(callbacks.secret.is_some())
+            .with_callback_hosts(callbacks.allowed_hosts.clone());
         let objects = ObjectReader::new(
             aws_sdk_s3::Client::new(sdk_config),
             config.items_buckets.clone(),

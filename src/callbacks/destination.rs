@@ -16,6 +16,48 @@ use hyper_util::client::legacy::connect::dns::Name;
 /// The error a refused destination gives; its text is what the batch's status shows.
 pub(super) const REFUSED: &str = "refused: the host is a private, link-local or reserved address";
 
+/// The hosts callbacks may name (`--callback-allowed-hosts`): exact names or addresses, and
+/// `*.example.com` for any name under `example.com`. Unset, any host passes this check.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowedHosts(Option<Vec<String>>);
+
+impl AllowedHosts {
+    /// Reads a comma-separated list; an empty list allows any host.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let mut patterns = Vec::new();
+        for raw in list.split(',').map(str::trim).filter(|raw| !raw.is_empty()) {
+            let pattern = raw.trim_end_matches('.').to_ascii_lowercase();
+            let name = pattern.strip_prefix("*.").unwrap_or(&pattern);
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'));
+            if !valid {
+                return Err(format!(
+                    "{raw:?} is not a host name, an address or *.domain"
+                ));
+            }
+            patterns.push(pattern);
+        }
+        Ok(Self((!patterns.is_empty()).then_some(patterns)))
+    }
+
+    /// Whether `host` (lowercase, as [`crate::domain::CallbackUrl::host`] gives it) is allowed.
+    pub fn allows(&self, host: &str) -> bool {
+        let Some(patterns) = &self.0 else {
+            return true;
+        };
+        patterns
+            .iter()
+            .any(|pattern| match pattern.strip_prefix("*.") {
+                Some(domain) => host
+                    .strip_suffix(domain)
+                    .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+                None => host == pattern,
+            })
+    }
+}
+
 /// Whether a callback may be sent to `ip`.
 pub(super) fn is_allowed(ip: IpAddr, allow_private: bool) -> bool {
     if allow_private {
@@ -94,6 +136,22 @@ mod tests {
 
     fn allowed(ip: &str) -> bool {
         is_allowed(ip.parse().unwrap(), false)
+    }
+
+    #[test]
+    fn allowed_hosts_match_names_exactly_and_wildcards_below_their_domain() {
+        let hosts = AllowedHosts::parse(" hooks.example.com., *.corp.example ,127.0.0.1").unwrap();
+        assert!(hosts.allows("hooks.example.com"));
+        assert!(hosts.allows("a.corp.example"));
+        assert!(hosts.allows("b.a.corp.example"));
+        assert!(hosts.allows("127.0.0.1"));
+        assert!(!hosts.allows("corp.example"));
+        assert!(!hosts.allows("evilcorp.example"));
+        assert!(!hosts.allows("example.com"));
+        assert!(!hosts.allows("hooks.example.com.evil.net"));
+        assert!(AllowedHosts::parse("").unwrap().allows("anything.net"));
+        assert!(AllowedHosts::parse("bad host").is_err());
+        assert!(AllowedHosts::parse("*.").is_err());
     }
 
     #[test]

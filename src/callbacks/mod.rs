@@ -11,6 +11,8 @@
 
 mod body;
 mod destination;
+
+pub use self::destination::AllowedHosts;
 pub mod events;
 mod http;
 mod retry;
@@ -52,6 +54,8 @@ pub struct CallbackSettings {
     /// Whether callbacks may go to private and link-local addresses (by default only public
     /// and loopback ones).
     pub allow_private_networks: bool,
+    /// The hosts a batch's callback URL may name (any when unset).
+    pub allowed_hosts: AllowedHosts,
 }
 
 impl Default for CallbackSettings {
@@ -63,6 +67,7 @@ impl Default for CallbackSettings {
             poll: Duration::from_secs(1),
             completion_events: false,
             allow_private_networks: false,
+            allowed_hosts: AllowedHosts::default(),
         }
     }
 }

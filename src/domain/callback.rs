@@ -88,6 +88,14 @@ impl CallbackUrl {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The host the URL names, lowercase, without brackets, port or trailing dot.
+    pub fn host(&self) -> String {
+        let rest = self.0.split_once("://").map_or("", |(_, rest)| rest);
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        let host = split_host_port(authority).map_or(authority, |(host, _)| host);
+        host.trim_end_matches('.').to_ascii_lowercase()
+    }
 }
 
 impl fmt::Display for CallbackUrl {

@@ -82,6 +82,9 @@ fn intake(err: IntakeError) -> Status {
         IntakeError::CallbacksDisabled => {
             Status::failed_precondition(format!("callback_url: {CALLBACKS_DISABLED}"))
         }
+        IntakeError::CallbackHostNotAllowed(_) => {
+            Status::invalid_argument(format!("callback_url: {err}"))
+        }
         IntakeError::Store(err) => store(err),
         IntakeError::Orchestrator(_) => internal(&err),
     }

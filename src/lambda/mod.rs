@@ -17,7 +17,8 @@
 //! refuses batches naming a callback URL; `COMPLETION_EVENTS=true` (every role that can end a
 //! batch) gives every batch's terminal transition an outbox record, which `init` also puts as
 //! a `Batch Finished` event on the default EventBridge bus. Callbacks go only to public
-//! addresses unless `CALLBACK_ALLOW_PRIVATE_NETWORKS=true` (init).
+//! addresses unless `CALLBACK_ALLOW_PRIVATE_NETWORKS=true`, and, when `CALLBACK_ALLOWED_HOSTS`
+//! lists hosts, only to those (init).
 //!
 //! Settings are read once from the environment ([`LambdaSettings`]); the SDK configuration,
 //! clients, store and steps are built once per process, before the first poll of the Runtime
@@ -77,6 +78,8 @@ pub(crate) const CALLBACK_SECRET_VAR: &str = "CALLBACK_SECRET";
 pub(crate) const COMPLETION_EVENTS_VAR: &str = "COMPLETION_EVENTS";
 /// `true`: callbacks may go to private and link-local addresses (`init`).
 pub(crate) const CALLBACK_PRIVATE_NETWORKS_VAR: &str = "CALLBACK_ALLOW_PRIVATE_NETWORKS";
+/// The only hosts callback URLs may name, comma-separated (`init`; any when empty).
+pub(crate) const CALLBACK_ALLOWED_HOSTS_VAR: &str = "CALLBACK_ALLOWED_HOSTS";
 
 /// Seconds one attempt's external job may run.
 pub(crate) const TASK_TIMEOUT_VAR: &str = "TASK_TIMEOUT_SECONDS";
@@ -163,6 +166,8 @@ pub(crate) struct LambdaSettings {
     pub completion_events: bool,
     /// Whether callbacks may go to private and link-local addresses.
     pub callback_private_networks: bool,
+    /// The hosts callback URLs may name.
+    pub callback_hosts: crate::callbacks::AllowedHosts,
 }
 
 impl LambdaSettings {
@@ -257,6 +262,13 @@ impl LambdaSettings {
         };
         let completion_events = switch(COMPLETION_EVENTS_VAR)?;
         let callback_private_networks = switch(CALLBACK_PRIVATE_NETWORKS_VAR)?;
+        let callback_hosts = crate::callbacks::AllowedHosts::parse(
+            &lookup(CALLBACK_ALLOWED_HOSTS_VAR).unwrap_or_default(),
+        )
+        .map_err(|rule| InitError::InvalidSetting {
+            name: CALLBACK_ALLOWED_HOSTS_VAR.to_owned(),
+            rule,
+        })?;
         Ok(Self {
             role,
             tables,
@@ -265,6 +277,7 @@ impl LambdaSettings {
             callback_secret,
             completion_events,
             callback_private_networks,
+            callback_hosts,
         })
     }
 }
@@ -334,6 +347,7 @@ pub(crate) async fn run() -> Result<(), lambda_runtime::Error> {
                 ..CallbackSettings::default()
             };
             let signing = callbacks.secret.is_some();
+            let callback_hosts = settings.callback_hosts;
             let mut deliverer = Deliverer::new(Arc::new(dynamo.clone()), callbacks);
             if settings.completion_events {
                 deliverer = deliverer.with_events(EventSink::new(
@@ -351,7 +365,8 @@ pub(crate) async fn run() -> Result<(), lambda_runtime::Error> {
                 ObjectReader::new(aws_sdk_s3::Client::new(&sdk_config), settings.items_buckets);
             let intake = Intake::new(store, Arc::new(StartedByStream))
                 .with_jobs(steps)
-                .with_callbacks(signing);
+                .with_callbacks(signing)
+                .with_callback_hosts(callback_hosts);
             api::serve(intake, objects, starter).await
         }
         RoleSettings::Step(role) => steps::serve(role, steps).await,
@@ -502,6 +517,11 @@ mod tests {
         assert!(!set.callback_private_networks);
         let private = init(&[("CALLBACK_ALLOW_PRIVATE_NETWORKS", "true")]).unwrap();
         assert!(private.callback_private_networks);
+        let hosts = init(&[("CALLBACK_ALLOWED_HOSTS", "hooks.example.com,*.corp.example")])
+            .unwrap()
+            .callback_hosts;
+        assert!(hosts.allows("a.corp.example") && !hosts.allows("evil.example"));
+        assert!(init(&[("CALLBACK_ALLOWED_HOSTS", "not a host")]).is_err());
         let unclear = init(&[("CALLBACK_ALLOW_PRIVATE_NETWORKS", "yes")]).unwrap_err();
         assert!(unclear
             .to_string()

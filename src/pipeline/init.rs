@@ -26,6 +26,9 @@ pub(crate) enum IntakeError {
     /// The batch cannot take the part.
     #[error("{0}")]
     Rejected(String),
+    /// The part's callback URL names a host the server does not call back.
+    #[error("host {0} is not among the hosts this server calls back (--callback-allowed-hosts)")]
+    CallbackHostNotAllowed(String),
     /// The part names a callback URL, and no signing secret is configured.
     #[error("{CALLBACKS_DISABLED}")]
     CallbacksDisabled,
@@ -57,6 +60,8 @@ pub(crate) struct Intake {
     jobs: Option<Steps>,
     /// Whether callbacks can be signed, so parts may name a callback URL.
     callbacks: bool,
+    /// The hosts a callback URL may name.
+    callback_hosts: crate::callbacks::AllowedHosts,
 }
 
 impl Intake {
@@ -66,6 +71,7 @@ impl Intake {
             orchestrator,
             jobs: None,
             callbacks: false,
+            callback_hosts: crate::callbacks::AllowedHosts::default(),
         }
     }
 
@@ -80,13 +86,22 @@ impl Intake {
         self
     }
 
-    /// Refuses a callback URL when callbacks cannot be signed.
+    /// This intake, taking only callback URLs whose host `hosts` allows.
+    pub(crate) fn with_callback_hosts(mut self, hosts: crate::callbacks::AllowedHosts) -> Self {
+        self.callback_hosts = hosts;
+        self
+    }
+
+    /// Refuses a callback URL when callbacks cannot be signed, or its host is not allowed.
     pub(crate) fn check_callback(
         &self,
         callback_url: Option<&CallbackUrl>,
     ) -> Result<(), IntakeError> {
         match callback_url {
             Some(_) if !self.callbacks => Err(IntakeError::CallbacksDisabled),
+            Some(url) if !self.callback_hosts.allows(&url.host()) => {
+                Err(IntakeError::CallbackHostNotAllowed(url.host()))
+            }
             _ => Ok(()),
         }
     }

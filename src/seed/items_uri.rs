@@ -102,6 +102,9 @@ pub(super) async fn handle(
             IntakeError::Conflict(reason) | IntakeError::Rejected(reason),
         )) => Reply::message(409, reason),
         Err(FromUriError::Intake(IntakeError::CallbacksDisabled)) => Reply::callbacks_disabled(),
+        Err(FromUriError::Intake(err @ IntakeError::CallbackHostNotAllowed(_))) => {
+            Reply::callback_host(&err)
+        }
         Err(FromUriError::Intake(err)) => Reply::failure(&err),
     }
 }
