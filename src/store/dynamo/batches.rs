@@ -247,10 +247,7 @@ impl DynamoStore {
     ) -> Result<bool, StoreError> {
         self.meter.write(1);
         let sent = self
-            .client
-            .update_item()
-            .table_name(&self.tables.batch_table)
-            .set_key(Some(batch_key(batch_id)))
+            .update_batch_item(batch_id)
             .condition_expression(format!("attribute_exists({BATCH_ID})"))
             .update_expression(format!("SET {CALLBACK_URL} = :url"))
             .expression_attribute_values(":url", s(url.as_str()))
@@ -341,10 +338,7 @@ impl DynamoStore {
         };
         self.meter.write(1);
         let sent = self
-            .client
-            .update_item()
-            .table_name(&self.tables.batch_table)
-            .set_key(Some(batch_key(&read.batch_id)))
+            .update_batch_item(&read.batch_id)
             .update_expression(format!(
                 "SET #status = :next, {UPDATED_AT} = :now{completed}"
             ))
@@ -441,10 +435,7 @@ impl DynamoStore {
             format!("attribute_not_exists({WINDOW_STARTED_AT})")
         };
         let mut update = self
-            .client
-            .update_item()
-            .table_name(&self.tables.batch_table)
-            .set_key(Some(batch_key(&batch.batch_id)))
+            .update_batch_item(&batch.batch_id)
             .update_expression(format!(
                 "SET {WINDOW_STARTED_AT} = :start, {WINDOW_TERMINAL} = :terminal, \
                  {PREVIOUS_RATE} = :rate"
@@ -492,10 +483,7 @@ impl DynamoStore {
         if !record.stop_swept {
             self.meter.write(1);
             let sent = self
-                .client
-                .update_item()
-                .table_name(&self.tables.batch_table)
-                .set_key(Some(batch_key(batch_id)))
+                .update_batch_item(batch_id)
                 .update_expression(format!("SET {STOP_SWEPT} = :yes"))
                 .condition_expression(format!("attribute_exists({STOPPED_BY})"))
                 .expression_attribute_values(":yes", flag_value(true))
@@ -560,10 +548,7 @@ impl DynamoStore {
                 None => String::new(),
             };
             let mut update = self
-                .client
-                .update_item()
-                .table_name(&self.tables.batch_table)
-                .set_key(Some(batch_key(batch_id)))
+                .update_batch_item(batch_id)
                 .update_expression(format!(
                     "SET {CANCEL_REQUESTED} = :yes, {STOPPED_BY} = :stop, {STOPPED_AT} = :now, \
                      {UPDATED_AT} = :now{reason_update} \
@@ -612,10 +597,7 @@ impl DynamoStore {
             };
             self.meter.write(1);
             let sent = self
-                .client
-                .update_item()
-                .table_name(&self.tables.batch_table)
-                .set_key(Some(batch_key(batch_id)))
+                .update_batch_item(batch_id)
                 .update_expression(format!("SET #status = :next, {UPDATED_AT} = :now"))
                 .condition_expression("#status = :current")
                 .expression_attribute_names("#status", STATUS)

@@ -156,6 +156,17 @@ impl DynamoStore {
         }
     }
 
+    /// An update of `batch_id`'s item in the batch table, to be given its expressions.
+    fn update_batch_item(
+        &self,
+        batch_id: &BatchId,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.tables.batch_table)
+            .set_key(Some(attributes::batch_key(batch_id)))
+    }
+
     /// This store, writing an outbox record for every batch's terminal transition, for its
     /// completion event.
     pub fn with_completion_events(mut self, on: bool) -> Self {

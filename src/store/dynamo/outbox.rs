@@ -8,10 +8,10 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
 
 use super::attributes::{
-    batch_key, corrupt, flag, flag_value, n, number, optional_text, outbox_sk, request_key, s,
-    text, Item, ATTEMPTS, BATCH_ID, BY_DUE_INDEX, CALLBACK_ATTEMPTS, CALLBACK_LAST_ERROR,
-    CALLBACK_STATUS, COMPLETED_AT, DELIVERY_STATUS, DUE_AT, DUE_PARTITION, DUE_PARTITION_VALUE,
-    EVENT_SENT, LAST_ERROR, OUTBOX_PREFIX, SK, SNAPSHOT,
+    corrupt, flag, flag_value, n, number, optional_text, outbox_sk, request_key, s, text, Item,
+    ATTEMPTS, BATCH_ID, BY_DUE_INDEX, CALLBACK_ATTEMPTS, CALLBACK_LAST_ERROR, CALLBACK_STATUS,
+    COMPLETED_AT, DELIVERY_STATUS, DUE_AT, DUE_PARTITION, DUE_PARTITION_VALUE, EVENT_SENT,
+    LAST_ERROR, OUTBOX_PREFIX, SK, SNAPSHOT,
 };
 use super::writes::{conditional, unavailable, write_units};
 use super::DynamoStore;
@@ -108,10 +108,7 @@ impl DynamoStore {
             None => String::new(),
         };
         let mut update = self
-            .client
-            .update_item()
-            .table_name(&self.tables.batch_table)
-            .set_key(Some(batch_key(&key.batch_id)))
+            .update_batch_item(&key.batch_id)
             .update_expression(format!(
                 "SET {CALLBACK_STATUS} = :status, {CALLBACK_ATTEMPTS} = :attempts{error_update}"
             ))

@@ -29,8 +29,8 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::attributes::{
-    batch_key, flag, n, number, optional_number, redrive_sk, request_key, request_key_of, s, text,
-    Item, RequestKey, BATCH_ID, CHUNKS, CHUNKS_WRITTEN, CHUNK_COUNT, FIRST_CHUNK, MAX_CONCURRENCY,
+    flag, n, number, optional_number, redrive_sk, request_key, request_key_of, s, text, Item,
+    RequestKey, BATCH_ID, CHUNKS, CHUNKS_WRITTEN, CHUNK_COUNT, FIRST_CHUNK, MAX_CONCURRENCY,
     PART_PREFIX, REDRIVE_COUNT, REDRIVE_FIRST_POSITION, STATUS, STOPPED_BY, TOTAL_CHUNKS,
 };
 use super::batches::stop_of;
@@ -244,10 +244,7 @@ impl DynamoStore {
                 continue;
             };
             let mut update = self
-                .client
-                .update_item()
-                .table_name(&self.tables.batch_table)
-                .set_key(Some(batch_key(batch_id)))
+                .update_batch_item(batch_id)
                 .condition_expression(unchanged(STARTABLE_VERSION, ":version", counters.version))
                 .expression_attribute_values(":next", n(counters.version.unwrap_or(0) + 1));
             if let Some(version) = counters.version {
@@ -330,10 +327,7 @@ impl DynamoStore {
     ) -> Result<bool, StoreError> {
         self.meter.write(1);
         let sent = self
-            .client
-            .update_item()
-            .table_name(&self.tables.batch_table)
-            .set_key(Some(batch_key(batch_id)))
+            .update_batch_item(batch_id)
             .update_expression(format!(
                 "SET {STARTABLE_CHUNKS} = :end, {STARTED_CHUNKS} = :first, {STARTABLE_VERSION} = :one"
             ))
@@ -386,10 +380,7 @@ impl DynamoStore {
             let first = counters.started.unwrap_or(0);
             let end = first + count;
             let mut update = self
-                .client
-                .update_item()
-                .table_name(&self.tables.batch_table)
-                .set_key(Some(batch_key(batch_id)))
+                .update_batch_item(batch_id)
                 .update_expression(format!(
                     "SET {STARTED_CHUNKS} = :end, {STARTING_FROM} = :first, \
                      {STARTING_TO} = :end, {STARTING_AT} = :now ADD {IN_FLIGHT} :count"
@@ -481,10 +472,7 @@ impl DynamoStore {
     ) -> Result<(), StoreError> {
         self.meter.write(1);
         let sent = self
-            .client
-            .update_item()
-            .table_name(&self.tables.batch_table)
-            .set_key(Some(batch_key(batch_id)))
+            .update_batch_item(batch_id)
             .update_expression(format!(
                 "REMOVE {STARTING_FROM}, {STARTING_TO}, {STARTING_AT}"
             ))
@@ -505,10 +493,7 @@ impl DynamoStore {
         max_concurrency: Option<u32>,
     ) -> Result<bool, StoreError> {
         let update = self
-            .client
-            .update_item()
-            .table_name(&self.tables.batch_table)
-            .set_key(Some(batch_key(batch_id)))
+            .update_batch_item(batch_id)
             .condition_expression(format!("attribute_exists({BATCH_ID})"));
         let update = match max_concurrency {
             Some(limit) => update
