@@ -100,14 +100,7 @@ async fn export_all(url: &str, batch_id: &crate::domain::BatchId) -> anyhow::Res
     let mut items = 0;
     while let Some(page) = export.next().await? {
         for item in &page {
-            let line = json!({
-                "itemId": item.item_id.as_str(),
-                "status": item.status.as_str(),
-                "error": item.error,
-                "attempts": item.attempts,
-                "chunk": item.chunk,
-            });
-            writeln!(out, "{line}")?;
+            writeln!(out, "{}", item.to_json())?;
         }
         items += page.len() as u64;
     }

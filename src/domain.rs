@@ -791,6 +791,19 @@ pub struct ItemRecord {
     pub chunk: u64,
 }
 
+impl ItemRecord {
+    /// The item as JSON, in camelCase (what `items --json` prints and `export` writes a line of).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "itemId": self.item_id.as_str(),
+            "status": self.status.as_str(),
+            "error": self.error,
+            "attempts": self.attempts,
+            "chunk": self.chunk,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

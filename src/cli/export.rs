@@ -6,7 +6,6 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 
 use anyhow::Context;
-use serde_json::json;
 
 use super::{argument, batch_id_argument, InputRule};
 use crate::config::ExportArgs;
@@ -42,16 +41,7 @@ impl Format {
 
     fn write_item(self, out: &mut impl Write, item: &ItemRecord) -> std::io::Result<()> {
         match self {
-            Self::JsonLines => {
-                let line = json!({
-                    "itemId": item.item_id.as_str(),
-                    "status": item.status.as_str(),
-                    "error": item.error,
-                    "attempts": item.attempts,
-                    "chunk": item.chunk,
-                });
-                writeln!(out, "{line}")
-            }
+            Self::JsonLines => writeln!(out, "{}", item.to_json()),
             Self::Csv => write_csv_record(
                 out,
                 [

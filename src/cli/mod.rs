@@ -420,22 +420,36 @@ impl Upload {
     }
 }
 
-/// Runs `status`: shows a batch's status.
-pub async fn status(args: BatchArgs) -> anyhow::Result<()> {
+/// A command that names one batch, calls the server once, and shows the batch it answers.
+#[derive(Clone, Copy)]
+enum BatchCall {
+    Status,
+    Cancel,
+    Pause,
+    Resume,
+}
+
+async fn call_on_batch(args: BatchArgs, call: BatchCall) -> anyhow::Result<()> {
     let batch_id = batch_id_argument(&args.batch_id)?;
     let mut client = args.client.connect().await?;
-    let batch = client.status(&batch_id).await?;
+    let batch = match call {
+        BatchCall::Status => client.status(&batch_id).await?,
+        BatchCall::Cancel => client.cancel(&batch_id).await?,
+        BatchCall::Pause => client.pause(&batch_id).await?,
+        BatchCall::Resume => client.resume(&batch_id).await?,
+    };
     show(&batch, Output::of(&args.client));
     Ok(())
 }
 
+/// Runs `status`: shows a batch's status.
+pub async fn status(args: BatchArgs) -> anyhow::Result<()> {
+    call_on_batch(args, BatchCall::Status).await
+}
+
 /// Runs `cancel`: cancels a batch.
 pub async fn cancel(args: BatchArgs) -> anyhow::Result<()> {
-    let batch_id = batch_id_argument(&args.batch_id)?;
-    let mut client = args.client.connect().await?;
-    let batch = client.cancel(&batch_id).await?;
-    show(&batch, Output::of(&args.client));
-    Ok(())
+    call_on_batch(args, BatchCall::Cancel).await
 }
 
 /// Runs `update`: sets a running batch's limit on chunk executions in flight.
@@ -451,20 +465,12 @@ pub async fn update(args: UpdateArgs) -> anyhow::Result<()> {
 
 /// Runs `pause`: pauses a batch.
 pub async fn pause(args: BatchArgs) -> anyhow::Result<()> {
-    let batch_id = batch_id_argument(&args.batch_id)?;
-    let mut client = args.client.connect().await?;
-    let batch = client.pause(&batch_id).await?;
-    show(&batch, Output::of(&args.client));
-    Ok(())
+    call_on_batch(args, BatchCall::Pause).await
 }
 
 /// Runs `resume`: resumes a paused batch.
 pub async fn resume(args: BatchArgs) -> anyhow::Result<()> {
-    let batch_id = batch_id_argument(&args.batch_id)?;
-    let mut client = args.client.connect().await?;
-    let batch = client.resume(&batch_id).await?;
-    show(&batch, Output::of(&args.client));
-    Ok(())
+    call_on_batch(args, BatchCall::Resume).await
 }
 
 /// Runs `redrive`: re-runs an ended batch's failed items, then follows it with `--watch`.
@@ -604,17 +610,7 @@ pub async fn items(args: ItemsArgs) -> anyhow::Result<()> {
 
 fn write_item(out: &mut impl Write, item: &ItemRecord, output: Output) -> anyhow::Result<()> {
     if output == Output::Json {
-        writeln!(
-            out,
-            "{}",
-            json!({
-                "itemId": item.item_id.as_str(),
-                "status": item.status.as_str(),
-                "error": item.error,
-                "attempts": item.attempts,
-                "chunk": item.chunk,
-            })
-        )?;
+        writeln!(out, "{}", item.to_json())?;
     } else {
         writeln!(
             out,
