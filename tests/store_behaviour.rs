@@ -49,15 +49,26 @@ async fn process(store: &dyn BatchStore, batch: &str, chunk: u64) {
     let ChunkClaim::Active(claimed) = store.claim_chunk(&id(batch), chunk).await.unwrap() else {
         panic!("chunk {chunk} not claimable");
     };
-    let outcomes: Vec<(usize, ItemOutcome)> = (0..claimed.items.len())
-        .map(|position| {
-            let outcome = if position % 2 == 1 {
-                ItemOutcome::Failed(format!("odd position {position}"))
-            } else {
-                ItemOutcome::Succeeded
-            };
-            (position, outcome)
-        })
+    save_by_position(store, batch, chunk, claimed.items.len(), |position| {
+        if position % 2 == 1 {
+            ItemOutcome::Failed(format!("odd position {position}"))
+        } else {
+            ItemOutcome::Succeeded
+        }
+    })
+    .await;
+}
+
+/// Saves, for each of a claimed chunk's `items` positions, the outcome `outcome` gives it.
+async fn save_by_position(
+    store: &dyn BatchStore,
+    batch: &str,
+    chunk: u64,
+    items: usize,
+    outcome: impl Fn(usize) -> ItemOutcome,
+) {
+    let outcomes: Vec<(usize, ItemOutcome)> = (0..items)
+        .map(|position| (position, outcome(position)))
         .collect();
     store
         .save_outcomes(&id(batch), chunk, &outcomes, 1)
@@ -796,16 +807,17 @@ async fn run_if_active(store: &dyn BatchStore, batch: &str, chunk: u64) {
     let ChunkClaim::Active(claimed) = store.claim_chunk(&id(batch), chunk).await.unwrap() else {
         return;
     };
-    let outcomes: Vec<(usize, ItemOutcome)> = (0..claimed.items.len())
-        .map(|position| match position % 2 {
-            0 => (position, ItemOutcome::Succeeded),
-            _ => (position, ItemOutcome::Failed("odd".into())),
-        })
-        .collect();
-    store
-        .save_outcomes(&id(batch), chunk, &outcomes, 1)
-        .await
-        .unwrap();
+    save_by_position(
+        store,
+        batch,
+        chunk,
+        claimed.items.len(),
+        |position| match position % 2 {
+            0 => ItemOutcome::Succeeded,
+            _ => ItemOutcome::Failed("odd".into()),
+        },
+    )
+    .await;
     store
         .record_chunk(&id(batch), chunk, Unfinished::Failed(None))
         .await
@@ -1156,13 +1168,10 @@ async fn fail_chunk_with(
     let ChunkClaim::Active(claimed) = store.claim_chunk(&id(batch), chunk).await.unwrap() else {
         panic!("chunk {chunk} not claimable");
     };
-    let outcomes: Vec<(usize, ItemOutcome)> = (0..claimed.items.len())
-        .map(|position| (position, ItemOutcome::Failed(message(position))))
-        .collect();
-    store
-        .save_outcomes(&id(batch), chunk, &outcomes, 1)
-        .await
-        .unwrap();
+    save_by_position(store, batch, chunk, claimed.items.len(), |position| {
+        ItemOutcome::Failed(message(position))
+    })
+    .await;
     store
         .record_chunk(&id(batch), chunk, Unfinished::Failed(None))
         .await
