@@ -97,13 +97,17 @@ impl Intake {
         &self,
         callback_url: Option<&CallbackUrl>,
     ) -> Result<(), IntakeError> {
-        match callback_url {
-            Some(_) if !self.callbacks => Err(IntakeError::CallbacksDisabled),
-            Some(url) if !self.callback_hosts.allows(&url.host()) => {
-                Err(IntakeError::CallbackHostNotAllowed(url.host()))
-            }
-            _ => Ok(()),
+        let Some(url) = callback_url else {
+            return Ok(());
+        };
+        if !self.callbacks {
+            return Err(IntakeError::CallbacksDisabled);
         }
+        let host = url.host();
+        if !self.callback_hosts.allows(&host) {
+            return Err(IntakeError::CallbackHostNotAllowed(host));
+        }
+        Ok(())
     }
 
     /// This intake, taking run requests for and stopping the external jobs of `steps`.
